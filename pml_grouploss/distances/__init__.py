@@ -1,0 +1,1 @@
+from .pearson_correlation import PearsonCorrelation

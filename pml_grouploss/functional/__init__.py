@@ -1,0 +1,18 @@
+"""Pure tensor functions behind pml_grouploss: no PML imports, typed, shapes documented."""
+from .anchors import select_anchors
+from .group_loss import LOG_EPSILON, group_loss, initial_assignment
+from .pearson import pearson_correlation, pearson_similarity
+from .replicator import consistency, replicator_dynamics, replicator_history, replicator_step
+
+__all__ = [
+    "LOG_EPSILON",
+    "consistency",
+    "group_loss",
+    "initial_assignment",
+    "pearson_correlation",
+    "pearson_similarity",
+    "replicator_dynamics",
+    "replicator_history",
+    "replicator_step",
+    "select_anchors",
+]

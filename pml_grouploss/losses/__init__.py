@@ -1,0 +1,1 @@
+from .group_loss import GroupLoss
