@@ -1,7 +1,12 @@
 """Pure tensor functions behind pml_grouploss: no PML imports, typed, shapes documented."""
 from .anchors import select_anchors
-from .group_loss import LOG_EPSILON, group_loss, initial_assignment
-from .pearson import pearson_correlation, pearson_similarity
+from .group_loss import LOG_EPSILON, group_loss, initial_assignment, refined_label_loss
+from .pearson import (
+    pearson_correlation,
+    pearson_similarity,
+    similarity_from_correlation,
+    standardize_rows,
+)
 from .replicator import consistency, replicator_dynamics, replicator_history, replicator_step
 
 __all__ = [
@@ -11,8 +16,11 @@ __all__ = [
     "initial_assignment",
     "pearson_correlation",
     "pearson_similarity",
+    "refined_label_loss",
     "replicator_dynamics",
     "replicator_history",
     "replicator_step",
     "select_anchors",
+    "similarity_from_correlation",
+    "standardize_rows",
 ]

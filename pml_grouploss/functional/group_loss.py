@@ -42,6 +42,44 @@ def initial_assignment(
     return torch.where(is_anchor, one_hot, prior)
 
 
+def refined_label_loss(
+    W: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    anchors: torch.Tensor,
+    *,
+    temperature: float,
+    num_iterations: int,
+    ce_weight: float = 1.0,
+    nll_weight: float = 1.0,
+) -> Dict[str, torch.Tensor]:
+    """Group Loss of a batch given its similarity matrix (steps 2-4 of :func:`group_loss`).
+
+    Args:
+        W: ``(n, n)`` similarity matrix (e.g. :func:`pearson_similarity`).
+        logits: ``(n, m)``; labels ``(n,)``; anchors ``(a,)``: see :func:`group_loss`.
+
+    Returns:
+        the dict described in :func:`group_loss` (``similarity`` is ``W``).
+    """
+    X0 = initial_assignment(logits, labels, anchors, temperature)
+    XT = replicator_dynamics(W, X0, num_iterations)
+    nll = -torch.log(XT + LOG_EPSILON).gather(1, labels.view(-1, 1)).squeeze(1)
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    group = nll.mean()
+    ce_mean = ce.mean()
+    return {
+        "loss": nll_weight * group + ce_weight * ce_mean,
+        "group_loss": group,
+        "ce_loss": ce_mean,
+        "group_loss_per_sample": nll,
+        "ce_loss_per_sample": ce,
+        "probabilities": XT,
+        "prior": X0,
+        "similarity": W,
+    }
+
+
 def group_loss(
     embeddings: torch.Tensor,
     logits: torch.Tensor,
@@ -88,22 +126,16 @@ def group_loss(
     dtype = torch.promote_types(
         torch.promote_types(embeddings.dtype, logits.dtype), torch.float32
     )
-    embeddings = embeddings.to(dtype)
-    logits = logits.to(dtype)
-    W = pearson_similarity(embeddings, negatives=negatives, zero_diagonal=zero_diagonal)
-    X0 = initial_assignment(logits, labels, anchors, temperature)
-    XT = replicator_dynamics(W, X0, num_iterations)
-    nll = -torch.log(XT + LOG_EPSILON).gather(1, labels.view(-1, 1)).squeeze(1)
-    ce = F.cross_entropy(logits, labels, reduction="none")
-    group = nll.mean()
-    ce_mean = ce.mean()
-    return {
-        "loss": nll_weight * group + ce_weight * ce_mean,
-        "group_loss": group,
-        "ce_loss": ce_mean,
-        "group_loss_per_sample": nll,
-        "ce_loss_per_sample": ce,
-        "probabilities": XT,
-        "prior": X0,
-        "similarity": W,
-    }
+    W = pearson_similarity(
+        embeddings.to(dtype), negatives=negatives, zero_diagonal=zero_diagonal
+    )
+    return refined_label_loss(
+        W,
+        logits.to(dtype),
+        labels,
+        anchors,
+        temperature=temperature,
+        num_iterations=num_iterations,
+        ce_weight=ce_weight,
+        nll_weight=nll_weight,
+    )

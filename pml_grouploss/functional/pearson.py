@@ -9,7 +9,7 @@ Negatives = Literal["clamp", "shift", "none"]
 NEGATIVE_MODES = ("clamp", "shift", "none")
 
 
-def _unit_centred_rows(x: torch.Tensor) -> torch.Tensor:
+def standardize_rows(x: torch.Tensor) -> torch.Tensor:
     """Centre each row by its own mean and scale it to unit L2 norm.
 
     Args:
@@ -47,52 +47,46 @@ def pearson_correlation(
     Returns:
         ``(n, r)`` correlations in ``[-1, 1]``.
     """
-    q = _unit_centred_rows(query)
-    r = q if reference is None else _unit_centred_rows(reference)
+    q = standardize_rows(query)
+    r = q if reference is None else standardize_rows(reference)
     return q @ r.transpose(0, 1)
 
 
-def pearson_similarity(
-    embeddings: torch.Tensor,
+def similarity_from_correlation(
+    corr: torch.Tensor,
     negatives: Negatives = "clamp",
     zero_diagonal: bool = False,
 ) -> torch.Tensor:
-    """Similarity matrix ``W`` of a batch for the replicator dynamics.
+    """Turn a square similarity matrix into the ``W`` of the replicator dynamics.
 
-    ``W = corr(x_i, x_j)`` (Group Loss++ eq. 3), then negative entries handled by
-    ``negatives`` (GL++ §3.4.1):
+    The diagonal is set to exactly 1 (self-similarity; its gradient is 0 for a
+    correlation), then negative entries are handled by ``negatives`` (GL++ §3.4.1):
 
     - ``"clamp"``: ``max(W, 0)`` (ReLU), the papers' and the authors' choice;
     - ``"shift"``: ``W - min(0, min(W))``, every entry moved up by the largest negative value
       (the alternative GL++ rejects: CUB R@1 51 vs 65.5 with clamping);
-    - ``"none"``: raw correlations. The replicator dynamics then no longer keep rows of ``X``
+    - ``"none"``: raw values. The replicator dynamics then no longer keep rows of ``X``
       on the simplex; for experiments only.
 
-    ``zero_diagonal=False`` keeps ``W_ii = 1`` as the authors' code does (self-support);
-    ``True`` sets ``W_ii = 0`` as ECCV'20 eq. 1 / GL++ eq. 3 state (a sample with no positive
-    similarity then has an all-zero support row; :func:`replicator_dynamics` leaves such rows
-    unchanged).
+    ``zero_diagonal=False`` keeps ``W_ii = 1`` (shifted: ``1 + |min|``) as the authors' code
+    does (self-support); ``True`` sets ``W_ii = 0`` as ECCV'20 eq. 1 / GL++ eq. 3 state (a
+    sample with no positive similarity then has an all-zero support row;
+    :func:`~pml_grouploss.functional.replicator_step` leaves such rows unchanged).
 
     Args:
-        embeddings: ``(n, d)``.
+        corr: ``(n, n)`` similarities (e.g. :func:`pearson_correlation`).
         negatives: ``"clamp"``, ``"shift"`` or ``"none"``.
-        zero_diagonal: set ``W_ii = 0`` instead of 1.
+        zero_diagonal: set ``W_ii = 0`` instead of keeping self-similarity.
 
     Returns:
-        ``(n, n)`` symmetric similarity matrix, same dtype and device as ``embeddings``.
+        ``(n, n)`` matrix, same dtype and device as ``corr``.
     """
     if negatives not in NEGATIVE_MODES:
         raise ValueError(
             f"negatives must be one of {NEGATIVE_MODES}, got {negatives!r}"
         )
-    if embeddings.dim() != 2:
-        raise ValueError(
-            f"embeddings must be 2-D (batch_size, embedding_size), got shape "
-            f"{tuple(embeddings.shape)}"
-        )
-    corr = pearson_correlation(embeddings)
-    # The exact self-correlation is 1 (0 for a constant row, which we also treat as
-    # 1 so that such a sample keeps its own labelling); its gradient is exactly 0.
+    if corr.dim() != 2 or corr.shape[0] != corr.shape[1]:
+        raise ValueError(f"corr must be a square (n, n) matrix, got {tuple(corr.shape)}")
     eye = torch.eye(corr.shape[0], dtype=torch.bool, device=corr.device)
     corr = corr.masked_fill(eye, 1.0)
     if negatives == "clamp":
@@ -104,3 +98,34 @@ def pearson_similarity(
     if zero_diagonal:
         W = W.masked_fill(eye, 0.0)
     return W
+
+
+def pearson_similarity(
+    embeddings: torch.Tensor,
+    negatives: Negatives = "clamp",
+    zero_diagonal: bool = False,
+) -> torch.Tensor:
+    """Similarity matrix ``W`` of a batch for the replicator dynamics (GL++ eq. 3, §3.4.1).
+
+    ``W_ij = corr(x_i, x_j)``: each embedding standardised over its own features (not
+    across the batch), as the authors' code does; then
+    :func:`similarity_from_correlation` (negatives ``"clamp"``/``"shift"``/``"none"``,
+    diagonal kept at 1 or zeroed). A zero-variance embedding correlates 0 with every other
+    sample (finite values and gradients, unlike the reference's 0/0).
+
+    Args:
+        embeddings: ``(n, d)``.
+        negatives: ``"clamp"``, ``"shift"`` or ``"none"``.
+        zero_diagonal: set ``W_ii = 0`` instead of 1.
+
+    Returns:
+        ``(n, n)`` symmetric similarity matrix, same dtype and device as ``embeddings``.
+    """
+    if embeddings.dim() != 2:
+        raise ValueError(
+            f"embeddings must be 2-D (batch_size, embedding_size), got shape "
+            f"{tuple(embeddings.shape)}"
+        )
+    return similarity_from_correlation(
+        pearson_correlation(embeddings), negatives=negatives, zero_diagonal=zero_diagonal
+    )
