@@ -1,0 +1,231 @@
+"""GradML loss (Vasudeva et al., "GradML: A Gradient-based Loss for Deep Metric Learning", eq. 10-11)."""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Optional, Tuple
+
+import torch
+from pytorch_metric_learning.distances import LpDistance
+from pytorch_metric_learning.losses import GenericPairLoss
+from pytorch_metric_learning.reducers import (
+    MeanReducer,
+    MultipleReducers,
+    ThresholdReducer,
+)
+from pytorch_metric_learning.utils import common_functions as c_f
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+from ..functional.gradml import check_gradml_params, gradml_pair_terms
+
+
+class GradMLLoss(GenericPairLoss):
+    r"""GradML, the gradient-derived pairwise loss of eq. (10)-(11) of the GradML paper.
+
+    Per pair, positives contribute ``pos_weight * ||x_i - x_j||^k`` and negatives
+    ``-w * ||x_i - x_j||^k`` (eq. 10; eq. 11 is ``pos_weight = 1`` and one ``w`` for all
+    negatives). The paper's defaults are ``k = 2, w = 1`` (Table 3); its appendix also uses
+    ``w = 0.5``, "obtained by equating the sum of the weights of the positives to that of the
+    negatives" in its two-classes-two-samples example (2 positive pairs, 4 negative pairs).
+
+    **Normalized embeddings.** The negative term is unbounded below: with free embeddings the
+    loss goes to ``-inf`` by pushing classes apart without limit. The default distance is
+    therefore ``LpDistance(normalize_embeddings=True, p=2, power=1)`` (distances on the unit
+    sphere, ``0 <= d <= 2``), and a ``UserWarning`` is raised when the given distance does not
+    normalize. Similarities (``is_inverted=True``, e.g. ``CosineSimilarity``) are rejected:
+    eq. (10) is written for distances. ``k`` always applies to the plain distance: with
+    ``LpDistance(power=q)`` the terms are ``(d^q)^(k/q)``.
+
+    **Reduction.** The two pair types are two sub-losses (``"pos_loss"`` and ``"neg_loss"``,
+    reduction types ``pos_pair``/``neg_pair``), each reduced by its own reducer and then added,
+    as PML's ``ContrastiveLoss`` does.
+
+    * Default, ``MeanReducer``: ``pos_weight * mean_pos d^k - w * mean_neg d^k``. The value no
+      longer depends on how many pairs of each type a batch holds, so one learning rate fits any
+      batch composition; ``w`` then weighs the *average* negative against the *average* positive,
+      and ``w = 1`` is the appendix's "equal total weight" balance (for every batch), not the
+      ``w = 1`` of Table 3. On the paper's 2x2 example the mean form with ``w`` equals
+      ``1/2`` of the sum form with ``w / 2``.
+    * Paper form: ``reducer=SumReducer()``. When the loss forms the pairs itself
+      (``indices_tuple=None`` and no ``ref_emb``) every *unordered* pair ``{i, j}`` is counted
+      once, as in eq. (10)-(11), so the value is exactly eq. (11) on the 2x2 example (PML's
+      ``get_all_pairs_indices`` lists both ``(i, j)`` and ``(j, i)``; the reverse copies are
+      dropped; this leaves means unchanged). Pairs given by a miner, or formed against
+      ``ref_emb`` (e.g. by ``DistributedLossWrapper(efficient=True)``), are used as given. With
+      sums the loss scales with the number of pairs (``O(batch^2)`` negatives), so the learning
+      rate has to follow the batch size; the paper trains with batch 32 and lr 1e-7.
+    * ``ThresholdReducer``/``AvgNonZeroReducer`` on ``neg_loss`` are rejected: the negative
+      terms are ``<= 0`` and a ``losses > 0`` filter would silently drop all of them.
+
+    **Cost.** One ``(n, n_ref)`` distance matrix (PML's distance) plus per-pair vectors: memory
+    and work ``O(#pairs)``. Table 2 of the paper lists GradML as ``O(B_S)`` per iteration, which
+    only holds per sample pair-count held fixed; over all pairs of a batch it is ``O(B_S^2)``.
+
+    **Gradients.** For ``k = 2`` on the 2x2 example the gradient of eq. (11) is
+    ``dL/dx1 = 2((1 - 2w) x1 - x2 + w (y1 + y2))`` (see
+    :func:`pml_grouploss.functional.gradml_gradient`). The GradML row of the paper's Table 1,
+    ``2w(y1 + y2 - x2)``, does **not** follow from eq. (11) for any ``w`` (it would need both
+    ``w = 1/2`` and ``w = 1``); this class implements eq. (11). Where two embeddings coincide
+    the per-pair gradient is set to 0 (finite for every ``k > 0``).
+
+    Degenerate batches are finite: one class only (no negatives) gives the positive term alone,
+    one sample per class (no positives) gives the negative term alone, a single sample gives 0.
+
+    Args:
+        k: exponent of the distance, ``> 0`` (eq. 7-10). Default 2 (Table 3).
+        w: weight of every negative pair, ``>= 0`` (eq. 11). Default 1 (Table 3).
+        pos_weight: weight ``a_pos`` of every positive pair, ``>= 0`` (eq. 10). Default 1.
+        **kwargs: PML's ``distance``, ``reducer``, ``embedding_regularizer``, ... .
+
+    Example::
+
+        from pytorch_metric_learning import miners, reducers
+        from pml_grouploss.losses import GradMLLoss
+
+        loss_fn = GradMLLoss()                                  # mean per pair type
+        paper_loss = GradMLLoss(reducer=reducers.SumReducer())  # eq. (11) exactly
+        loss = loss_fn(embeddings, labels)
+        loss = loss_fn(embeddings, labels, miners.PairMarginMiner()(embeddings, labels))
+    """
+
+    def __init__(
+        self,
+        k: float = 2.0,
+        w: float = 1.0,
+        pos_weight: float = 1.0,
+        **kwargs,
+    ) -> None:
+        check_gradml_params(k, w, pos_weight)
+        super().__init__(mat_based_loss=False, **kwargs)
+        self.k = float(k)
+        self.w = float(w)
+        self.pos_weight = float(pos_weight)
+        self._check_distance()
+        self._check_reducer()
+        self.add_to_recordable_attributes(
+            list_of_names=["k", "w", "pos_weight"], is_stat=False
+        )
+        self.add_to_recordable_attributes(
+            list_of_names=[
+                "num_pos_pairs",
+                "num_neg_pairs",
+                "mean_pos_distance",
+                "mean_neg_distance",
+            ],
+            is_stat=True,
+        )
+
+    # ------------------------------------------------------------------ checks
+    def get_default_distance(self) -> LpDistance:
+        return LpDistance(normalize_embeddings=True, p=2, power=1)
+
+    def get_default_reducer(self) -> MeanReducer:
+        return MeanReducer()
+
+    def _check_distance(self) -> None:
+        if getattr(self.distance, "is_inverted", False):
+            raise ValueError(
+                f"distance must be a distance (is_inverted=False), got "
+                f"{type(self.distance).__name__} which is a similarity; GradML (eq. 10) is "
+                "written for Euclidean distances: use LpDistance(normalize_embeddings=True)"
+            )
+        power = getattr(self.distance, "power", 1)
+        if not isinstance(power, (int, float)) or isinstance(power, bool) or power <= 0:
+            raise ValueError(f"distance.power must be a number > 0, got {power!r}")
+        if not getattr(self.distance, "normalize_embeddings", True):
+            warnings.warn(
+                "GradMLLoss: distance.normalize_embeddings=False. The GradML loss is unbounded "
+                "below without normalized embeddings (the -w * ||x_i - x_j||^k term goes to "
+                "-inf as classes are pushed apart); keep LpDistance(normalize_embeddings=True) "
+                "unless the model bounds the embeddings itself.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def _check_reducer(self) -> None:
+        reducer = self.reducer
+        if isinstance(reducer, MultipleReducers):
+            neg_reducer = (
+                reducer.reducers["neg_loss"]
+                if "neg_loss" in reducer.reducers
+                else reducer.default_reducer
+            )
+        else:
+            neg_reducer = reducer
+        if any(isinstance(m, ThresholdReducer) for m in neg_reducer.modules()):
+            raise ValueError(
+                f"reducer: {type(neg_reducer).__name__} is a ThresholdReducer, which keeps "
+                "only losses > low; GradML's negative-pair terms are <= 0 and would all be "
+                "dropped. Use MeanReducer() (default) or SumReducer() (the paper's eq. 11)."
+            )
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(
+        self,
+        embeddings: torch.Tensor,
+        labels: Optional[torch.Tensor],
+        indices_tuple,
+        ref_emb: torch.Tensor,
+        ref_labels: Optional[torch.Tensor],
+    ) -> Dict[str, Dict]:
+        c_f.labels_or_indices_tuple_required(labels, indices_tuple)
+        self_pairs = indices_tuple is None and ref_emb is embeddings and ref_labels is labels
+        indices_tuple = lmu.convert_to_pairs(indices_tuple, labels, ref_labels)
+        if self_pairs:
+            # eq. (10) counts each unordered pair once; PML lists (i, j) and (j, i).
+            a1, p, a2, n = indices_tuple
+            keep_pos, keep_neg = a1 < p, a2 < n
+            indices_tuple = (a1[keep_pos], p[keep_pos], a2[keep_neg], n[keep_neg])
+        if all(len(x) == 0 for x in indices_tuple):
+            return self.zero_losses()
+        mat = self.distance(embeddings, ref_emb)
+        return self.loss_method(mat, indices_tuple)
+
+    def _compute_loss(
+        self,
+        pos_pair_dist: torch.Tensor,
+        neg_pair_dist: torch.Tensor,
+        indices_tuple: Tuple[torch.Tensor, ...],
+    ) -> Dict[str, Dict]:
+        a1 = indices_tuple[0]
+        if not torch.is_tensor(pos_pair_dist):  # GenericPairLoss passes [] for no pairs
+            pos_pair_dist = a1.new_empty(0, dtype=torch.float)
+        if not torch.is_tensor(neg_pair_dist):
+            neg_pair_dist = a1.new_empty(0, dtype=torch.float)
+        pos_terms, neg_terms = gradml_pair_terms(
+            pos_pair_dist,
+            neg_pair_dist,
+            k=self.k,
+            w=self.w,
+            pos_weight=self.pos_weight,
+            dist_power=float(getattr(self.distance, "power", 1)),
+        )
+        if self.collect_stats:
+            with torch.no_grad():
+                power = float(getattr(self.distance, "power", 1))
+                self.num_pos_pairs = int(pos_pair_dist.numel())
+                self.num_neg_pairs = int(neg_pair_dist.numel())
+                self.mean_pos_distance = (
+                    float((pos_pair_dist.float() ** (1 / power)).mean())
+                    if pos_pair_dist.numel()
+                    else 0.0
+                )
+                self.mean_neg_distance = (
+                    float((neg_pair_dist.float() ** (1 / power)).mean())
+                    if neg_pair_dist.numel()
+                    else 0.0
+                )
+        return {
+            "pos_loss": {
+                "losses": pos_terms if pos_terms.numel() else 0,
+                "indices": lmu.pos_pairs_from_tuple(indices_tuple),
+                "reduction_type": "pos_pair",
+            },
+            "neg_loss": {
+                "losses": neg_terms if neg_terms.numel() else 0,
+                "indices": lmu.neg_pairs_from_tuple(indices_tuple),
+                "reduction_type": "neg_pair",
+            },
+        }
+
+    def _sub_loss_names(self):
+        return ["pos_loss", "neg_loss"]
