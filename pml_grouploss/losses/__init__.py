@@ -1,1 +1,2 @@
 from .group_loss import GroupLoss
+from .gradml_loss import GradMLLoss
