@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+
+from pml_grouploss.functional import (
+    pearson_correlation,
+    pearson_similarity,
+    similarity_from_correlation,
+    standardize_rows,
+)
+
+
+def test_matches_numpy_corrcoef():
+    x = torch.randn(7, 11, dtype=torch.float64)
+    np.testing.assert_allclose(pearson_correlation(x).numpy(), np.corrcoef(x.numpy()),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_invariant_to_per_row_scale_and_shift():
+    x = torch.randn(6, 9, dtype=torch.float64)
+    scale = torch.rand(6, 1, dtype=torch.float64) * 3 + 0.5
+    shift = torch.randn(6, 1, dtype=torch.float64) * 5
+    np.testing.assert_allclose(pearson_similarity(x).numpy(),
+                               pearson_similarity(x * scale + shift).numpy(), atol=1e-13)
+
+
+def test_not_centred_across_batch():
+    # Centring across the batch (columns) would change this value; the reference centres rows.
+    x = torch.tensor([[1.0, 2.0, 4.0], [2.0, 1.0, 0.0]], dtype=torch.float64)
+    expected = np.corrcoef(x.numpy())[0, 1]
+    assert pearson_correlation(x)[0, 1].item() == pytest.approx(expected, rel=1e-14)
+
+
+def test_clamp_shift_none_and_diagonal():
+    corr = torch.tensor([[1.0, -0.4, 0.3], [-0.4, 1.0, -0.1], [0.3, -0.1, 1.0]])
+    clamp = similarity_from_correlation(corr, "clamp")
+    np.testing.assert_allclose(clamp.numpy(), [[1, 0, 0.3], [0, 1, 0], [0.3, 0, 1]])
+    shift = similarity_from_correlation(corr, "shift")
+    np.testing.assert_allclose(shift.numpy(), (corr + 0.4).numpy(), atol=1e-7)
+    none = similarity_from_correlation(corr, "none", zero_diagonal=True)
+    np.testing.assert_allclose(none.numpy(), (corr - torch.eye(3)).numpy())
+    positive = torch.tensor([[1.0, 0.2], [0.2, 1.0]])
+    assert torch.equal(similarity_from_correlation(positive, "shift"), positive)
+
+
+def test_zero_variance_rows_are_finite():
+    x = torch.tensor([[0.1, 0.1, 0.1, 0.1], [1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0]],
+                     dtype=torch.float64, requires_grad=True)
+    W = pearson_similarity(x)
+    assert torch.isfinite(W).all()
+    assert W[0].tolist() == [1.0, 0.0, 0.0] and W[2].tolist() == [0.0, 0.0, 1.0]
+    W.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert standardize_rows(x)[0].abs().max() == 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="negatives"):
+        pearson_similarity(torch.randn(3, 4), negatives="relu")
+    with pytest.raises(ValueError, match="2-D"):
+        pearson_similarity(torch.randn(3))
