@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pml_grouploss.datasets import CUB, Cars196, StanfordOnlineProducts
+
+from dataset_trees import write_cars_tree, write_cub_tree, write_sop_tree
+
+
+def test_cub_adapter(tmp_path):
+    write_cub_tree(str(tmp_path), n_classes=200, per_class=2)
+    train = CUB(str(tmp_path), split="train")
+    test = CUB(str(tmp_path), split="test", transform=lambda im: torch.tensor(np.asarray(im)))
+    assert len(train) == 200 and train.num_classes == 100
+    assert train.original_labels[:4] == [1, 1, 2, 2] and train.labels[:4] == [0, 0, 1, 1]
+    assert set(test.original_labels) == set(range(101, 201)) and max(test.labels) == 99
+    img, label = train[0]  # stored grayscale, returned RGB
+    assert isinstance(img, Image.Image) and img.mode == "RGB" and label == 0
+    x, y = test[3]
+    assert x.shape == (24, 24, 3) and y == 1
+    assert len(CUB(str(tmp_path), split="train+test")) == 400
+
+
+def test_cars_adapter(tmp_path):
+    write_cars_tree(str(tmp_path), n_classes=196, per_class=2)
+    train = Cars196(str(tmp_path), split="train")
+    test = Cars196(str(tmp_path), split="test")
+    assert train.num_classes == 98 and len(train) == 196  # both annotation files pooled
+    assert set(train.original_labels) == set(range(1, 99))
+    assert set(test.original_labels) == set(range(99, 197)) and test.num_classes == 98
+    assert sorted(set(test.labels)) == list(range(98))
+    img, _ = test[0]
+    assert img.mode == "RGB" and img.size == (24, 24)
+
+
+def test_sop_adapter(tmp_path):
+    _, train_ids, test_ids = write_sop_tree(str(tmp_path), n_train=6, n_test=5, per_class=3)
+    train = StanfordOnlineProducts(str(tmp_path), split="train")
+    test = StanfordOnlineProducts(str(tmp_path), split="test")
+    assert len(train) == 18 and train.num_classes == 6
+    assert sorted(set(train.original_labels)) == train_ids
+    assert sorted(set(test.original_labels)) == test_ids and test.labels[:4] == [0, 0, 0, 1]
+    assert test[4][0].mode == "RGB"
+
+
+@pytest.mark.parametrize("cls,needle", [(CUB, "CUB_200_2011.tgz"), (Cars196, "names.csv"),
+                                        (StanfordOnlineProducts, "Ebay_train.txt")])
+def test_missing_files_say_what_to_download(tmp_path, cls, needle):
+    with pytest.raises(FileNotFoundError, match=needle):
+        cls(str(tmp_path))
+    with pytest.raises(ValueError, match="split"):
+        cls(str(tmp_path), split="val")
+    with pytest.raises(ValueError, match="root"):
+        cls(None)
