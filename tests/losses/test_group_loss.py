@@ -263,3 +263,23 @@ def test_cuda():
     loss = loss_fn(e, torch.arange(3).repeat(3).to(device))
     loss.backward()
     assert loss_fn.W.device.type == "cuda" and torch.isfinite(e.grad).all()
+
+
+@pytest.mark.parametrize("path", fixture_paths("gtg_variants_*.npz"), ids=os.path.basename)
+@pytest.mark.parametrize(
+    "variant,kwargs",
+    [("zerodiag", dict(zero_diagonal=True)), ("shift", dict(negatives="shift"))],
+)
+def test_paper_variants_through_pml_forward(path, variant, kwargs, monkeypatch):
+    """GroupLoss(negatives="shift") and GroupLoss(zero_diagonal=True) are the paper's variants."""
+    z = np.load(path)
+    loss_fn = _loss_for(z, **kwargs)
+    e = torch.tensor(z["embeddings"], requires_grad=True)
+    logits = torch.tensor(z["logits"], requires_grad=True)
+    monkeypatch.setattr(loss_fn, "get_logits", lambda emb: logits)
+    loss = loss_fn(e, torch.tensor(z["labels"]))
+    grad_e, grad_logits = torch.autograd.grad(loss, [e, logits])
+    tol = dict(rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(loss.item(), z[f"{variant}_loss_total"], **tol)
+    np.testing.assert_allclose(grad_e.numpy(), z[f"{variant}_grad_embeddings"], **tol)
+    np.testing.assert_allclose(grad_logits.numpy(), z[f"{variant}_grad_logits"], **tol)
