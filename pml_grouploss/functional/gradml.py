@@ -32,7 +32,7 @@ PML adapter.
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -42,6 +42,7 @@ __all__ = [
     "gradml_pair_terms",
     "gradml_loss",
     "gradml_gradient",
+    "pair_indices",
 ]
 
 
@@ -138,6 +139,41 @@ def gradml_pair_terms(
     pos_terms = float(pos_weight) * safe_pow(pos_dist, exponent)
     neg_terms = -float(w) * safe_pow(neg_dist, exponent)
     return pos_terms, neg_terms
+
+
+def pair_indices(
+    labels: torch.Tensor,
+    ref_labels: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All positive and negative pairs, as PML's ``(a1, p, a2, n)`` tuple, in ``O(#pairs)`` memory.
+
+    Without ``ref_labels`` the pairs are the *unordered* pairs ``i < j`` of the batch (each
+    pair of eq. 10 once). With ``ref_labels`` they are all ``(i, j)`` with ``i`` in the batch
+    and ``j`` in the reference set. PML's ``get_all_pairs_indices`` gives the same pairs (both
+    orders in the first case) but goes through ``nonzero`` on an ``(n, n)`` mask, which
+    returns an ``(#pairs, 2)`` tensor, twice the size of the pair matrix; here the largest
+    tensor is the ``(2, n(n-1)/2)`` upper-triangle index (or ``n * m`` flat indices).
+
+    Args:
+        labels: ``(n,)`` integer labels.
+        ref_labels: optional ``(m,)`` integer labels of the reference set.
+
+    Returns:
+        ``(a1, p, a2, n)`` int64 index tensors on ``labels.device``, in row-major order.
+    """
+    labels = labels.reshape(-1)
+    device = labels.device
+    if ref_labels is None:
+        n = labels.shape[0]
+        i, j = torch.triu_indices(n, n, offset=1, device=device)
+        same = labels[i] == labels[j]
+        return i[same], j[same], i[~same], j[~same]
+    ref_labels = ref_labels.reshape(-1).to(device)
+    m = ref_labels.shape[0]
+    flat = torch.arange(labels.shape[0] * m, device=device)
+    same = (labels.view(-1, 1) == ref_labels.view(1, -1)).flatten()
+    pos, neg = flat[same], flat[~same]
+    return pos // m, pos % m, neg // m, neg % m
 
 
 def _check_batch(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from pytorch_metric_learning.reducers import (
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from ..functional.gradml import check_gradml_params, gradml_pair_terms
+from ..functional.gradml import check_gradml_params, gradml_pair_terms, pair_indices
 
 
 class GradMLLoss(GenericPairLoss):
@@ -168,13 +168,13 @@ class GradMLLoss(GenericPairLoss):
         ref_labels: Optional[torch.Tensor],
     ) -> Dict[str, Dict]:
         c_f.labels_or_indices_tuple_required(labels, indices_tuple)
-        self_pairs = indices_tuple is None and ref_emb is embeddings and ref_labels is labels
-        indices_tuple = lmu.convert_to_pairs(indices_tuple, labels, ref_labels)
-        if self_pairs:
-            # eq. (10) counts each unordered pair once; PML lists (i, j) and (j, i).
-            a1, p, a2, n = indices_tuple
-            keep_pos, keep_neg = a1 < p, a2 < n
-            indices_tuple = (a1[keep_pos], p[keep_pos], a2[keep_neg], n[keep_neg])
+        if indices_tuple is None:
+            # Eq. (10) counts each unordered pair {i, j} once (PML's get_all_pairs_indices
+            # lists (i, j) and (j, i), through an (#pairs, 2) nonzero): see pair_indices.
+            self_pairs = ref_emb is embeddings and ref_labels is labels
+            indices_tuple = pair_indices(labels, None if self_pairs else ref_labels)
+        else:
+            indices_tuple = lmu.convert_to_pairs(indices_tuple, labels, ref_labels)
         if all(len(x) == 0 for x in indices_tuple):
             return self.zero_losses()
         mat = self.distance(embeddings, ref_emb)

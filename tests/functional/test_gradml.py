@@ -9,6 +9,7 @@ from pml_grouploss.functional.gradml import (
     gradml_gradient,
     gradml_loss,
     gradml_pair_terms,
+    pair_indices,
     safe_pow,
 )
 
@@ -196,3 +197,20 @@ def test_bad_shapes():
         gradml_loss(torch.zeros(4), LABELS)
     with pytest.raises(ValueError, match="labels"):
         gradml_loss(torch.zeros(3, 2), LABELS)
+
+
+def test_pair_indices_match_pml_pairs():
+    from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+    labels = torch.tensor([3, 1, 3, 3, 0, 1])
+    ref = torch.tensor([1, 0, 0, 3])
+
+    def as_sets(t):
+        return [set(zip(t[0].tolist(), t[1].tolist())), set(zip(t[2].tolist(), t[3].tolist()))]
+
+    ours = as_sets(pair_indices(labels))
+    pml = as_sets(lmu.get_all_pairs_indices(labels))
+    # unordered: exactly PML's ordered pairs with i < j
+    assert ours == [{(i, j) for i, j in s if i < j} for s in pml]
+    assert len(ours[0]) == 4 and len(ours[1]) == 11  # C(6,2) = 15
+    assert as_sets(pair_indices(labels, ref)) == as_sets(lmu.get_all_pairs_indices(labels, ref))
