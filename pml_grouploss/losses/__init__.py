@@ -1,2 +1,3 @@
 from .group_loss import GroupLoss
 from .gradml_loss import GradMLLoss
+from .distributed_loss_wrapper import ParametricDistributedLossWrapper
