@@ -1,0 +1,190 @@
+"""Class-disjoint splits for the benchmark: train / validation fold / test.
+
+The test classes come from the dataset's own test split (alphabet-disjoint for Omniglot, the
+second half of the classes for CUB/Cars/SOP). Validation classes are carved from the *training*
+classes only: the training classes are shuffled once with a fixed seed and cut into
+``num_folds`` folds; a run on fold ``k`` validates on fold ``k`` and trains on the rest. Test images
+are read only by the final evaluation.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+DATASET_NAMES = ("omniglot-small", "omniglot", "cub", "cars196", "sop")
+#: permutation seed of the class folds: fixed, so every method and seed sees the same folds
+FOLD_SEED = 12345
+
+
+class ClassSubset(Dataset):
+    """The samples of ``base`` whose label is in ``classes``, labels remapped to ``0..C-1``.
+
+    ``base[i]`` must return ``(PIL image, label)``; ``transform`` is applied here.
+    ``identities`` are globally unique class names (used to assert disjointness).
+    """
+
+    def __init__(self, base: Dataset, classes: Sequence[int], transform: Optional[Callable],
+                 split_name: str) -> None:
+        labels = np.asarray(base.labels)
+        classes = sorted(int(c) for c in classes)
+        index = {c: i for i, c in enumerate(classes)}
+        self.base = base
+        self.split_name = split_name
+        self.indices: List[int] = [int(i) for i in np.flatnonzero(np.isin(labels, classes))]
+        self.labels: List[int] = [index[int(labels[i])] for i in self.indices]
+        self.base_classes: List[int] = classes
+        self.transform = transform
+        names = getattr(base, "classes", None)
+        tag = f"{type(base).__name__}:{getattr(base, 'split', '')}"
+        self.identities: List[str] = [
+            names[c] if names is not None else f"{tag}:{c}" for c in classes
+        ]
+        ids = getattr(base, "original_labels", None)
+        if names is None and ids is not None:  # PML adapters: ids are global across splits
+            orig = {int(labels[i]): int(ids[i]) for i in self.indices}
+            self.identities = [f"{type(base).__name__}:{orig[c]}" for c in classes]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.base_classes)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        img, _ = self.base[self.indices[i]]
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.labels[i]
+
+
+@dataclass
+class Splits:
+    train: ClassSubset       # training classes minus the validation fold (augmented)
+    train_eval: ClassSubset  # the same images without augmentation (train R@1)
+    val: ClassSubset         # validation fold (model selection)
+    test: ClassSubset        # unseen test classes (touched once)
+    in_channels: int
+
+
+def class_folds(num_classes: int, num_folds: int, seed: int = FOLD_SEED) -> List[np.ndarray]:
+    """Split ``0..num_classes-1`` into ``num_folds`` disjoint folds of (almost) equal size."""
+    if num_folds < 2:
+        raise ValueError(f"--num-folds must be >= 2 (one fold validates), got {num_folds}")
+    if num_folds > num_classes:
+        raise ValueError(f"--num-folds {num_folds} exceeds the {num_classes} training classes")
+    perm = np.random.default_rng(seed).permutation(num_classes)
+    return [np.sort(f) for f in np.array_split(perm, num_folds)]
+
+
+def load_base(dataset: str, data_root: Optional[str], download: bool = False):
+    """Return ``(train_base, test_base, in_channels)`` with images as PIL, labels 0..C-1."""
+    from .. import datasets as ds
+
+    if dataset == "omniglot-small":
+        return ds.Omniglot(split="train"), ds.Omniglot(split="test"), 1
+    if data_root is None:
+        raise ValueError(f"--data-root is required for --dataset {dataset}")
+    if not download and not os.path.isdir(data_root):
+        raise FileNotFoundError(
+            f"--data-root {data_root!r} does not exist; point it at the {dataset} directory "
+            "(see docs/datasets.md) or add --download"
+        )
+    if dataset == "omniglot":
+        return (ds.Omniglot(data_root, split="train", download=download),
+                ds.Omniglot(data_root, split="test"), 1)
+    cls = {"cub": ds.CUB, "cars196": ds.Cars196, "sop": ds.StanfordOnlineProducts}.get(dataset)
+    if cls is None:
+        raise ValueError(f"--dataset: unknown dataset {dataset!r}; choose one of "
+                         f"{', '.join(DATASET_NAMES)}")
+    return cls(data_root, split="train", download=download), cls(data_root, split="test"), 3
+
+
+def build_transforms(trunk: str, in_channels: int, image_size: int, augment: str
+                     ) -> Tuple[Callable, Callable]:
+    """(train transform, eval transform).
+
+    Small CNN: resize to ``image_size``, tensor, standardise. torchvision trunks: the papers'
+    preprocessing (resize 256, random crop 227 + horizontal flip for training, centre crop 227 for
+    evaluation, ImageNet statistics), grayscale replicated to 3 channels.
+    """
+    from torchvision import transforms as T
+
+    if augment not in ("none", "affine"):
+        raise ValueError(f"--augment must be 'none' or 'affine', got {augment!r}")
+    if trunk == "cnn":
+        mean, std = ([0.08] * in_channels, [0.25] * in_channels) if in_channels == 1 else (
+            [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        base = [T.Resize((image_size, image_size))]
+        tail = [T.ToTensor(), T.Normalize(mean, std)]
+        aug = [T.RandomAffine(10, translate=(0.1, 0.1), scale=(0.9, 1.1))] if augment == "affine" else []
+        return T.Compose(base + aug + tail), T.Compose(base + tail)
+    to3 = [T.Grayscale(3)] if in_channels == 1 else []
+    norm = [T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    train = T.Compose(to3 + [T.Resize(256), T.RandomResizedCrop(227) if augment == "affine"
+                             else T.RandomCrop(227), T.RandomHorizontalFlip()] + norm)
+    test = T.Compose(to3 + [T.Resize(256), T.CenterCrop(227)] + norm)
+    return train, test
+
+
+def build_splits(dataset: str, data_root: Optional[str], fold: int, num_folds: int,
+                 trunk: str = "cnn", image_size: int = 28, augment: str = "none",
+                 max_classes: Optional[int] = None, download: bool = False) -> Splits:
+    """Load the data and carve validation fold ``fold`` (of ``num_folds``) from the training
+    classes. ``max_classes`` keeps only the first training/test classes (for quick runs)."""
+    train_base, test_base, in_channels = load_base(dataset, data_root, download)
+    n_train = len(set(train_base.labels))
+    n_test = len(set(test_base.labels))
+    if max_classes is not None:
+        n_train, n_test = min(n_train, max_classes), min(n_test, max_classes)
+    folds = class_folds(n_train, num_folds)
+    val_classes = folds[fold % num_folds]
+    train_classes = np.setdiff1d(np.arange(n_train), val_classes)
+    tr_tf, ev_tf = build_transforms(trunk, in_channels, image_size, augment)
+    splits = Splits(
+        train=ClassSubset(train_base, train_classes, tr_tf, "train"),
+        train_eval=ClassSubset(train_base, train_classes, ev_tf, "train"),
+        val=ClassSubset(train_base, val_classes, ev_tf, "val"),
+        test=ClassSubset(test_base, np.arange(n_test), ev_tf, "test"),
+        in_channels=in_channels,
+    )
+    assert_disjoint(splits)
+    return splits
+
+
+def assert_disjoint(splits: Splits) -> None:
+    """Raise ``AssertionError`` unless train, validation and test share no class and no image."""
+    tr, va, te = (set(s.identities) for s in (splits.train, splits.val, splits.test))
+    if tr & va or tr & te or va & te:
+        raise AssertionError(f"class overlap: train&val={sorted(tr & va)[:5]}, "
+                             f"train&test={sorted(tr & te)[:5]}, val&test={sorted(va & te)[:5]}")
+    if splits.train.base is splits.val.base and set(splits.train.indices) & set(splits.val.indices):
+        raise AssertionError("train and validation share images")
+    if splits.train.base is splits.test.base:
+        raise AssertionError("the test split must come from the dataset's own test split")
+
+
+def check_batch(classes_per_batch: int, samples_per_class: int, batch_size: Optional[int],
+                num_train_classes: int) -> int:
+    """Validate the MPerClassSampler recipe and return the batch size."""
+    if samples_per_class < 1 or classes_per_batch < 1:
+        raise ValueError("--classes-per-batch and --samples-per-class must be >= 1")
+    if batch_size is None:
+        batch_size = classes_per_batch * samples_per_class
+    if batch_size % samples_per_class != 0:
+        raise ValueError(
+            f"--batch-size {batch_size} is not divisible by --samples-per-class "
+            f"{samples_per_class}; use a multiple such as {samples_per_class * (batch_size // samples_per_class or 1)}"
+        )
+    if batch_size // samples_per_class > num_train_classes:
+        raise ValueError(
+            f"{batch_size // samples_per_class} classes per batch but only {num_train_classes} "
+            f"training classes (after removing the validation fold); lower --classes-per-batch or "
+            "--batch-size, or use fewer folds"
+        )
+    return batch_size

@@ -1,0 +1,182 @@
+"""The methods (loss + miner + loss-parameter learning rate) the benchmark can train.
+
+Every method gets the same trunk, embedder, sampler, batch, trunk optimizer, epochs and seeds;
+what differs is only the loss, its miner and -- for losses that own parameters (GroupLoss's
+classifier, ProxyAnchor's proxies, any PML loss with a ``W``) -- the learning rate of the loss's own
+``metric_loss_optimizer`` (../DESIGN §4 and PML's docs: proxy/classifier weights need a much
+larger learning rate than the trunk).
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import torch
+from pytorch_metric_learning import losses as pml_losses
+from pytorch_metric_learning import miners as pml_miners
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How to build one method. ``params`` are the loss's keyword arguments (the defaults of the
+    papers / PML); ``loss_lr`` is the learning rate of the loss's own parameters."""
+
+    name: str
+    description: str
+    build_loss: Callable[..., torch.nn.Module]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    build_miner: Optional[Callable[..., Any]] = None
+    loss_lr: Optional[float] = None
+    #: search space for the equal-budget tuning (name -> list of values)
+    search_space: Mapping[str, Tuple[Any, ...]] = field(default_factory=dict)
+
+
+def _group_loss(num_classes: int, embedding_size: int, **params):
+    from ..losses import GroupLoss
+
+    return GroupLoss(num_classes=num_classes, embedding_size=embedding_size, **params)
+
+
+def _gradml(num_classes: int, embedding_size: int, **params):
+    from ..losses import GradMLLoss
+
+    return GradMLLoss(**params)
+
+
+def _triplet(num_classes: int, embedding_size: int, **params):
+    params = dict(params)
+    params.pop("type_of_triplets", None)
+    return pml_losses.TripletMarginLoss(**params)
+
+
+def _triplet_miner(params: Mapping[str, Any]):
+    return pml_miners.TripletMarginMiner(
+        margin=params.get("margin", 0.05), type_of_triplets=params.get("type_of_triplets", "semihard")
+    )
+
+
+def _proxy_anchor(num_classes: int, embedding_size: int, **params):
+    return pml_losses.ProxyAnchorLoss(num_classes=num_classes, embedding_size=embedding_size, **params)
+
+
+GL_SPACE = {"temperature": (1.0, 5.0, 10.0, 24.0, 50.0), "num_iterations": (1, 2, 3),
+            "num_anchors": (1, 2, 3), "loss_lr": (0.03, 0.1, 0.3), "lr": (5e-4, 1e-3, 2.5e-3)}
+
+#: Built-in methods. Group Loss defaults: T=24 (temperature of the reference code's CUB config),
+#: 1 refinement step and 2 anchors per class (GL++ Figs. 3-4 and the reference), classifier lr 1e-1
+#: (DESIGN §4). Triplet: PML defaults (margin 0.05) with semi-hard mining. ProxyAnchor: the paper's
+#: margin 0.1, alpha 32, proxies at lr 1e-2.
+METHODS: Dict[str, MethodSpec] = {
+    "grouploss": MethodSpec(
+        "grouploss", "Group Loss (ECCV'20 / GL++): refined-label NLL + auxiliary CE",
+        _group_loss, {"temperature": 24.0, "num_iterations": 1, "num_anchors": 2},
+        loss_lr=0.1, search_space=GL_SPACE,
+    ),
+    "grouploss_ce": MethodSpec(
+        "grouploss_ce", "ablation: GroupLoss with refined-label NLL weight 0 = plain CE on its classifier",
+        _group_loss, {"temperature": 24.0, "num_iterations": 1, "num_anchors": 2, "nll_weight": 0.0},
+        loss_lr=0.1, search_space={"loss_lr": (0.03, 0.1, 0.3), "lr": (5e-4, 1e-3, 2.5e-3)},
+    ),
+    "triplet": MethodSpec(
+        "triplet", "PML TripletMarginLoss + TripletMarginMiner(semihard)",
+        _triplet, {"margin": 0.05, "type_of_triplets": "semihard"}, build_miner=_triplet_miner,
+        search_space={"margin": (0.02, 0.05, 0.1, 0.2), "type_of_triplets": ("semihard", "all", "hard"),
+                      "lr": (5e-4, 1e-3, 2.5e-3)},
+    ),
+    "proxyanchor": MethodSpec(
+        "proxyanchor", "PML ProxyAnchorLoss (margin 0.1, alpha 32)",
+        _proxy_anchor, {"margin": 0.1, "alpha": 32.0}, loss_lr=1e-2,
+        search_space={"margin": (0.05, 0.1, 0.2), "alpha": (16.0, 32.0, 64.0),
+                      "loss_lr": (3e-3, 1e-2, 3e-2), "lr": (5e-4, 1e-3, 2.5e-3)},
+    ),
+    "gradml": MethodSpec(
+        "gradml", "GradML (GL++ eq. 10-11), pml_grouploss.losses.GradMLLoss",
+        _gradml, {"k": 2.0, "w": 1.0},
+        search_space={"k": (1.0, 2.0, 4.0), "w": (0.5, 1.0, 2.0), "lr": (5e-4, 1e-3, 2.5e-3)},
+    ),
+}
+
+DEFAULT_METHODS = ("grouploss", "grouploss_ce", "triplet", "proxyanchor")
+
+
+def _pml_loss_method(name: str) -> MethodSpec:
+    cls = getattr(pml_losses, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, pml_losses.BaseMetricLossFunction)):
+        valid = sorted(n for n in dir(pml_losses) if n.endswith("Loss") and n[0].isupper())
+        raise ValueError(
+            f"--losses: unknown loss {name!r}. Built-in methods: {', '.join(METHODS)}; or any PML "
+            f"loss class by name, e.g. {', '.join(valid[:8])}, ..."
+        )
+    sig = inspect.signature(cls.__init__).parameters
+
+    def build(num_classes: int, embedding_size: int, **params):
+        if "num_classes" in sig:
+            params.setdefault("num_classes", num_classes)
+        if "embedding_size" in sig:
+            params.setdefault("embedding_size", embedding_size)
+        return cls(**params)
+
+    needs_params = "num_classes" in sig
+    return MethodSpec(name, f"PML {name} (PML defaults)", build,
+                      loss_lr=1e-2 if needs_params else None,
+                      search_space={"lr": (5e-4, 1e-3, 2.5e-3)})
+
+
+def get_method(name: str) -> MethodSpec:
+    """A built-in method, or any ``pytorch_metric_learning.losses`` class by name (defaults)."""
+    if name in METHODS:
+        return METHODS[name]
+    return _pml_loss_method(name)
+
+
+def parse_overrides(items) -> Dict[str, Dict[str, Any]]:
+    """``["grouploss.temperature=10", "proxyanchor.loss_lr=0.03"]`` -> nested dict.
+
+    Values are Python literals (``ast.literal_eval``), or plain strings when not a literal.
+    """
+    out: Dict[str, Dict[str, Any]] = {}
+    for item in items or ():
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--set: expected METHOD.PARAM=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        method, param = key.split(".", 1)
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out.setdefault(method, {})[param] = value
+    return out
+
+
+@dataclass
+class BuiltMethod:
+    label: str
+    loss: torch.nn.Module
+    miner: Any
+    loss_lr: Optional[float]
+    lr: Optional[float]
+    params: Dict[str, Any]
+
+
+def build_method(
+    spec: MethodSpec,
+    num_classes: int,
+    embedding_size: int,
+    overrides: Optional[Mapping[str, Any]] = None,
+    label: Optional[str] = None,
+) -> BuiltMethod:
+    """Instantiate loss and miner. Overrides may include ``loss_lr`` and ``lr`` (trunk lr)."""
+    params = dict(spec.params)
+    params.update(overrides or {})
+    loss_lr = params.pop("loss_lr", spec.loss_lr)
+    lr = params.pop("lr", None)
+    try:
+        loss = spec.build_loss(num_classes, embedding_size, **params)
+    except TypeError as err:
+        raise ValueError(f"--set {spec.name}.*: {err}") from err
+    miner = spec.build_miner(params) if spec.build_miner is not None else None
+    has_params = any(p.requires_grad for p in loss.parameters())
+    return BuiltMethod(label or spec.name, loss, miner, loss_lr if has_params else None, lr,
+                       {**params, **({"loss_lr": loss_lr} if has_params else {})})

@@ -1,0 +1,119 @@
+"""Run every (method, seed) of a benchmark, aggregate, write tables and figures."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import pandas as pd
+
+from .aggregate import format_table, summarize, to_markdown
+from .config import BenchmarkConfig
+from .data import build_splits, check_batch
+from .methods import MethodSpec, get_method
+from .runner import run_one
+
+#: (label, method name, parameter overrides) -- one column of a comparison
+Variant = Tuple[str, str, Dict[str, Any]]
+
+
+def variants_from_config(cfg: BenchmarkConfig) -> List[Variant]:
+    out = []
+    for name in cfg.methods:
+        get_method(name)  # fail early on unknown names
+        out.append((name, name, dict(cfg.overrides.get(name, {}))))
+    return out
+
+
+def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -> None:
+    """Create ``output_dir``; refuse to mix runs of different protocol settings."""
+    path = os.path.join(output_dir, "config.json")
+    if fresh and os.path.isdir(output_dir):
+        import shutil
+
+        shutil.rmtree(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = BenchmarkConfig.from_dict(json.load(f))
+        if old.protocol_key() != cfg.protocol_key():
+            diff = sorted(k for k, v in cfg.protocol_key().items() if old.protocol_key().get(k) != v)
+            raise ValueError(
+                f"--output-dir {output_dir!r} holds a run with different settings ({', '.join(diff)}); "
+                "use another --output-dir, or --fresh to delete it and start over"
+            )
+    with open(path, "w") as f:
+        f.write(cfg.to_json())
+
+
+def run_variants(cfg: BenchmarkConfig, variants: Sequence[Variant], output_dir: str,
+                 final_test: bool = True, log=print) -> pd.DataFrame:
+    """Train every variant for every seed (seed-major, so finished seeds are complete
+    comparisons) and return the per-seed rows. Finished runs are reused."""
+    rows = []
+    splits_by_fold: Dict[int, Any] = {}
+    total = len(variants) * len(cfg.seeds)
+    done = 0
+    for seed in cfg.seeds:
+        fold = seed % cfg.num_folds
+        if fold not in splits_by_fold:
+            splits_by_fold[fold] = build_splits(
+                cfg.dataset, cfg.data_root, fold, cfg.num_folds, cfg.trunk, cfg.image_size,
+                cfg.augment, cfg.max_classes, cfg.download)
+        splits = splits_by_fold[fold]
+        for label, name, overrides in variants:
+            spec: MethodSpec = get_method(name)
+            run_dir = os.path.join(output_dir, "runs", label, f"seed{seed}")
+            finished = os.path.isfile(os.path.join(run_dir, "final.json"))
+            t0 = time.time()
+            row = run_one(cfg, spec, seed, splits, run_dir, label=label, overrides=overrides,
+                          final_test=final_test)
+            done += 1
+            status = "reused" if finished else f"{time.time() - t0:.0f}s"
+            metric = row.get("precision_at_1", row.get("val_precision_at_1"))
+            where = "test" if "precision_at_1" in row else "val"
+            log(f"[{done}/{total}] {label} seed {seed}: {where} P@1 {100 * metric:.1f} ({status})")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_tables(per_seed: pd.DataFrame, output_dir: str, title: str = "") -> str:
+    """per_seed.csv, summary.csv, results.md; returns the Markdown table."""
+    per_seed.to_csv(os.path.join(output_dir, "per_seed.csv"), index=False)
+    summary = summarize(per_seed)
+    summary.to_csv(os.path.join(output_dir, "summary.csv"), index=False)
+    md = to_markdown(format_table(summary))
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        if title:
+            f.write(f"# {title}\n\n")
+        f.write(md)
+    return md
+
+
+def run_benchmark(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
+                  figures: bool = True, log=print) -> pd.DataFrame:
+    """The main job: every method x seed, then tables and figures in ``output_dir``."""
+    from .data import load_base
+
+    variants = variants_from_config(cfg)
+    train_base, _, _ = load_base(cfg.dataset, cfg.data_root, cfg.download)
+    n_train = len(set(train_base.labels))
+    if cfg.max_classes:
+        n_train = min(n_train, cfg.max_classes)
+    n_fit = n_train - -(-n_train // cfg.num_folds)  # training classes left after the largest fold
+    check_batch(cfg.classes_per_batch, cfg.samples_per_class, cfg.batch_size, n_fit)
+    if cfg.epochs % cfg.eval_every != 0:
+        raise ValueError(f"--epochs {cfg.epochs} must be a multiple of --eval-every "
+                         f"{cfg.eval_every} so that the last epoch is evaluated")
+    prepare_output(cfg, output_dir, fresh)
+    t0 = time.time()
+    per_seed = run_variants(cfg, variants, output_dir, log=log)
+    md = write_tables(per_seed, output_dir, title="Test classes (touched once), mean ± 95% CI over seeds")
+    log("\n" + md)
+    if figures:
+        from . import figures as figs
+
+        figs.make_all(output_dir, cfg)
+    log(f"results in {output_dir} ({time.time() - t0:.0f}s)")
+    return per_seed

@@ -1,0 +1,91 @@
+"""Trunks and embedders shared by every method of the benchmark."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+#: torchvision trunks and the size of their pooled features
+TORCHVISION_TRUNKS = {"resnet50": 2048, "googlenet": 1024, "densenet121": 1024}
+TRUNK_NAMES = ("cnn",) + tuple(TORCHVISION_TRUNKS)
+
+
+class SmallCNN(nn.Module):
+    """Four conv blocks (3x3 conv, BatchNorm, ReLU, 2x2 max-pool): 28x28 -> 1x1 x ``width``.
+
+    The classic Omniglot trunk (Vinyals et al. 2016; Snell et al. 2017). Any input size works: a
+    global average pool after the fourth block turns the map into a ``width``-d vector.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 64) -> None:
+        super().__init__()
+        blocks = []
+        c = in_channels
+        for _ in range(4):
+            blocks += [
+                nn.Conv2d(c, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            c = width
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.output_size = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (B, C, H, W) -> (B, width)."""
+        return self.pool(self.features(x)).flatten(1)
+
+
+def build_trunk(name: str, in_channels: int, pretrained: bool) -> Tuple[nn.Module, int]:
+    """Return ``(trunk, feature_size)``; the trunk maps images to pooled features.
+
+    torchvision trunks get their classifier replaced by ``nn.Identity`` (PML's usual recipe).
+    ``pretrained=True`` loads ImageNet weights through torchvision, which needs network access
+    (or a filled torch hub cache); failure raises a ``RuntimeError`` that says so.
+    """
+    if name == "cnn":
+        if pretrained:
+            raise ValueError("--pretrained: the small CNN has no pretrained weights; use --trunk "
+                             "resnet50, googlenet or densenet121, or drop --pretrained")
+        trunk = SmallCNN(in_channels=in_channels)
+        return trunk, trunk.output_size
+    if name not in TORCHVISION_TRUNKS:
+        raise ValueError(f"--trunk: unknown trunk {name!r}; choose one of {', '.join(TRUNK_NAMES)}")
+    import torchvision
+
+    builder = getattr(torchvision.models, name)
+    weights = "DEFAULT" if pretrained else None
+    kwargs = {"aux_logits": False, "init_weights": not pretrained} if name == "googlenet" else {}
+    try:
+        model = builder(weights=weights, **kwargs)
+    except Exception as err:  # URLError / HTTPError / hash mismatch when offline
+        raise RuntimeError(
+            f"--pretrained: could not get the ImageNet weights of {name} ({err!r}). They are "
+            "downloaded by torchvision into the torch hub cache (TORCH_HOME); connect to the "
+            "network once, copy the .pth file into $TORCH_HOME/hub/checkpoints/, or run without "
+            "--pretrained."
+        ) from err
+    if name == "densenet121":
+        model.classifier = nn.Identity()
+    else:
+        model.fc = nn.Identity()
+    return model, TORCHVISION_TRUNKS[name]
+
+
+def build_embedder(feature_size: int, embedding_size: int, kind: str = "linear") -> nn.Module:
+    """``linear``: one ``nn.Linear`` (PML's trunk + embedder recipe); ``identity``: the pooled
+    features are the embedding (the Group Loss papers' choice; needs ``feature_size ==
+    embedding_size``)."""
+    if kind == "linear":
+        return nn.Linear(feature_size, embedding_size)
+    if kind == "identity":
+        if feature_size != embedding_size:
+            raise ValueError(
+                f"--embedder identity needs --embedding-size equal to the trunk's feature size "
+                f"({feature_size}); got {embedding_size}"
+            )
+        return nn.Identity()
+    raise ValueError(f"--embedder must be 'linear' or 'identity', got {kind!r}")
