@@ -295,10 +295,6 @@ def _check_embeddings(query: np.ndarray, reference: np.ndarray, k: Optional[int]
         raise ValueError("query and reference must be finite (found NaN or inf)")
 
 
-def _output_columns(n: int, nq: int, ref_offset: int, ref_includes_query: bool) -> int:
-    return n - ref_offset
-
-
 def dense_re_ranking_knn(
     query: ArrayLike,
     k: Optional[int],
@@ -479,6 +475,110 @@ def _expanded_sets(top: np.ndarray, k1: int, block_elems: int = 1 << 24) -> sp.c
     return sp.csr_matrix((np.ones(indices.shape[0], dtype=bool), indices, indptr), shape=(n, n))
 
 
+def _rows_kth(rows: np.ndarray, vals: np.ndarray, nrows: int, kth: int) -> np.ndarray:
+    """``kth``-smallest (1-based) of ``vals`` per row id in ``[0, nrows)``; inf if fewer."""
+    out = np.full(nrows, np.inf, dtype=np.float64)
+    order = np.lexsort((vals, rows))
+    r, v = rows[order], vals[order]
+    first = np.searchsorted(r, np.arange(nrows))
+    rank = np.arange(r.shape[0]) - first[r]
+    hit = rank == kth - 1
+    out[r[hit]] = v[hit]
+    return out
+
+
+def _rank_rows(
+    rows_loc, s, mm, kk, n, off, ref_includes_query, lam, one_minus, lam32,
+    x64, x32, row_max, gallery, ov_rows, ov_cols, jac, out_d, out_i,
+) -> np.ndarray:
+    """Exact top-``kk`` for the block queries ``s + rows_loc`` (step 5 of the sparse path).
+
+    Candidates: every overlapping item (shares a V column; its final distance is computed
+    exactly unless a lower bound already rules it out) and the non-overlapping items inside the
+    first ``mm`` neighbours by the original distance (their Jaccard distance is 1). Returns a
+    mask of the rows whose top-``kk`` is proven complete; the others need a larger ``mm``.
+    """
+    nb = rows_loc.shape[0]
+    slot = np.full(int(rows_loc.max()) + 1, -1, dtype=np.int64)
+    slot[rows_loc] = np.arange(nb)
+    sel_ov = slot[ov_rows] >= 0 if ov_rows.shape[0] else np.zeros(0, bool)
+    o_r = slot[ov_rows[sel_ov]]  # row slot in [0, nb)
+    o_c = ov_cols[sel_ov]
+    o_j = jac[sel_ov]
+    qids = s + rows_loc
+    covers_all = mm >= n - off
+    reliable = mm if covers_all else mm - _CANDIDATE_MARGIN
+    if lam == 0.0:
+        # final = Jaccard: non-overlapping items all tie at 1.0, the smallest indices win
+        n_ov = np.bincount(o_r, minlength=nb)
+        width = int(min(n - off, kk + 1 + n_ov.max(initial=0)))
+        ids = np.broadcast_to(np.arange(off, off + width, dtype=np.int64), (nb, width))
+        d = np.zeros((nb, width), dtype=np.float32)
+        bound = np.full(nb, np.inf)
+        reliable = width
+        covers_all = True
+    else:
+        _, cand = _faiss_search(gallery, x32[qids], mm)
+        cand = np.where(cand >= 0, cand + off, -1)
+        ids, d = _exact_sorted_candidates(x64, qids, cand, row_max)
+        bound = d[:, reliable].astype(np.float64) if not covers_all else np.full(nb, np.inf)
+        ids, d = ids[:, :reliable], d[:, :reliable]
+    p_r = np.repeat(np.arange(nb), ids.shape[1])
+    p_c = ids.reshape(-1).astype(np.int64)
+    p_d = d.reshape(-1)
+    ok = np.isfinite(p_d)
+    if ref_includes_query:
+        ok &= p_c != qids[p_r]
+    p_r, p_c, p_d = p_r[ok], p_c[ok], p_d[ok]
+    p_keys = p_r * n + p_c
+    o_keys = o_r * n + o_c
+    p_is_ov = np.isin(p_keys, o_keys)
+    o_in_p = np.isin(o_keys, p_keys)
+    # non-overlapping prefix items: Jaccard distance 1
+    n_r, n_c = p_r[~p_is_ov], p_c[~p_is_ov]
+    n_f = one_minus + p_d[~p_is_ov] * lam32
+    # an upper bound T on each row's kk-th final distance from the items with known distance
+    known_r = np.concatenate([n_r, o_r[o_in_p]])
+    if lam == 0.0:
+        known_f = np.concatenate([n_f, o_j[o_in_p] * one_minus])
+    else:
+        dk = _pair_sqdist(x64, qids[o_r[o_in_p]], o_c[o_in_p]).astype(np.float32)
+        dk = dk / row_max[qids[o_r[o_in_p]]]
+        known_f = np.concatenate([n_f, o_j[o_in_p] * one_minus + dk * lam32])
+    T = _rows_kth(known_r, known_f.astype(np.float64), nb, kk)
+    # overlapping items outside the prefix have d >= bound: prune by a lower bound
+    lb_d = np.where(o_in_p, 0.0, bound[o_r]).astype(np.float32)
+    lb = o_j * one_minus + (lb_d * lam32 if lam != 0.0 else np.float32(0))
+    need = o_in_p | (lb.astype(np.float64) <= T[o_r])
+    c_r, c_c, c_j = o_r[need], o_c[need], o_j[need]
+    if lam == 0.0:
+        c_f = c_j * one_minus
+    else:
+        dc = _pair_sqdist(x64, qids[c_r], c_c).astype(np.float32) / row_max[qids[c_r]]
+        c_f = c_j * one_minus + dc * lam32
+    ent_r = np.concatenate([n_r, c_r])
+    ent_c = np.concatenate([n_c, c_c])
+    ent_f = np.concatenate([n_f, c_f]).astype(np.float32)
+    order = np.lexsort((ent_c, ent_f, ent_r))
+    ent_r, ent_c, ent_f = ent_r[order], ent_c[order], ent_f[order]
+    first = np.searchsorted(ent_r, np.arange(nb))
+    rank = np.arange(ent_r.shape[0]) - first[ent_r]
+    counts = np.bincount(ent_r, minlength=nb)
+    take = rank < kk
+    kth = np.full(nb, np.inf, dtype=np.float32)
+    last = rank == kk - 1
+    kth[ent_r[last]] = ent_f[last]
+    # unseen non-overlapping items have final >= one_minus + lam * bound
+    fin = np.isfinite(bound)
+    unseen_lb = np.full(nb, np.inf, dtype=np.float32)
+    unseen_lb[fin] = one_minus + bound[fin].astype(np.float32) * lam32
+    done = (counts >= kk) & ((kth < unseen_lb) | covers_all)
+    mask = done[ent_r] & take
+    out_i[qids[ent_r[mask]], rank[mask]] = ent_c[mask] - off
+    out_d[qids[ent_r[mask]], rank[mask]] = ent_f[mask]
+    return done
+
+
 def sparse_re_ranking_knn(
     query: ArrayLike,
     k: Optional[int],
@@ -588,6 +688,12 @@ def sparse_re_ranking_knn(
     one_minus = np.float32(1 - lam)
     lam32 = np.float32(lam)
 
+    if ref_includes_query:
+        gallery = index_all
+    else:
+        gallery = faiss.IndexFlatL2(dim)
+        gallery.add(x32[off:])
+
     for s in range(0, nq, query_block):
         e = min(s + query_block, nq)
         # 4. Jaccard sums of the block via the inverted index
@@ -613,57 +719,17 @@ def sparse_re_ranking_knn(
         if ref_includes_query:
             keep &= ov_cols != (ov_rows + s)
         ov_rows, ov_cols, ov_s = ov_rows[keep], ov_cols[keep], ov_s[keep]
-        n_overlap = np.bincount(ov_rows, minlength=e - s)
-        # 5. nearest non-overlapping items by the original distance
-        need_i = np.minimum(n_out, kk + n_overlap + _CANDIDATE_MARGIN) + (1 if ref_includes_query else 0)
-        qids = np.arange(s, e)
-        best_d = [None] * (e - s)
-        best_i = [None] * (e - s)
-        # exact final distances of the overlapping items
-        sq_ov = _pair_sqdist(x64, ov_rows + s, ov_cols)
-        d_ov = sq_ov.astype(np.float32) / row_max[ov_rows + s]
+        del sums, keep
+
         s32 = ov_s.astype(np.float32)
         jac = np.float32(1) - s32 / (np.float32(2) - s32)
-        f_ov = jac * one_minus + d_ov * lam32
-        ov_split = np.split(np.arange(ov_rows.shape[0]), np.cumsum(n_overlap)[:-1])
-        # group queries by the candidate count they need (power-of-two buckets)
-        bucket = np.ceil(np.log2(np.maximum(need_i, 1))).astype(int)
-        if ref_includes_query:
-            gallery = index_all
-        else:
-            if s == 0:
-                index_ref = faiss.IndexFlatL2(dim)
-                index_ref.add(x32[off:])
-            gallery = index_ref
-        for bval in np.unique(bucket):
-            sel = np.flatnonzero(bucket == bval)
-            mm = int(min(n - off, 2 ** bval))
-            if lam == 0.0:
-                # all non-overlapping items tie at 1.0: the smallest indices win
-                cand = np.broadcast_to(np.arange(mm, dtype=np.int64), (sel.shape[0], mm))
-                cand_d = None
-            else:
-                _, cand = _faiss_search(gallery, x32[qids[sel]], mm)
-                cand = np.where(cand >= 0, cand, -1)
-            for t, qi in enumerate(sel):
-                i = s + qi
-                c = np.asarray(cand[t])
-                c = c[c >= 0] + off
-                idx_ov = ov_split[qi]
-                ov_c = ov_cols[idx_ov]
-                mask = ~np.isin(c, ov_c)
-                if ref_includes_query:
-                    mask &= c != i
-                c = c[mask]
-                sq_c = _pair_sqdist(x64, np.full(c.shape[0], i), c)
-                d_c = sq_c.astype(np.float32) / row_max[i]
-                f_c = np.float32(1) * one_minus + d_c * lam32
-                allc = np.concatenate([ov_c, c])
-                allf = np.concatenate([f_ov[idx_ov], f_c.astype(np.float32)])
-                order = np.lexsort((allc, allf))[:kk]
-                best_i[qi] = allc[order] - off
-                best_d[qi] = allf[order]
-        for qi in range(e - s):
-            out_i[s + qi] = best_i[qi]
-            out_d[s + qi] = best_d[qi]
+        pending = np.arange(e - s)
+        mm = min(n - off, kk + 1 + 2 * _CANDIDATE_MARGIN)
+        while pending.shape[0]:
+            done = _rank_rows(
+                pending, s, mm, kk, n, off, ref_includes_query, lam, one_minus, lam32,
+                x64, x32, row_max, gallery, ov_rows, ov_cols, jac, out_d, out_i,
+            )
+            pending = pending[~done]
+            mm = min(n - off, 4 * mm)
     return out_d, out_i
