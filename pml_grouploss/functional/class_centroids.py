@@ -90,7 +90,8 @@ def nearest_classes(
     if exclude is not None and exclude.numel() > 0:
         exclude = exclude.to(dist.device)
         dist[exclude] = float("inf")
-        banned = int(torch.unique(torch.cat([exclude, torch.tensor([seed], device=dist.device)])).numel())
+        seed_t = torch.tensor([seed], device=dist.device)
+        banned = int(torch.unique(torch.cat([exclude, seed_t])).numel())
     available = num_classes - banned
     if not 0 <= num_neighbors <= available:
         raise ValueError(

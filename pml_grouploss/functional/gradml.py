@@ -51,8 +51,8 @@ def _is_real_number(x: object) -> bool:
         return False
     if isinstance(x, (int, float)):
         return True
-    if torch.is_tensor(x) and x.numel() == 1 and not x.dtype.is_complex and not x.dtype == torch.bool:
-        return True
+    if torch.is_tensor(x) and x.numel() == 1:
+        return not x.dtype.is_complex and x.dtype != torch.bool
     return False
 
 

@@ -1,4 +1,8 @@
-"""GradML loss (Vasudeva et al., "GradML: A Gradient-based Loss for Deep Metric Learning", eq. 10-11)."""
+"""GradML loss (Vasudeva et al., "GradML: A Gradient-based Loss for Deep Metric Learning").
+
+Eq. (10)-(11) of the paper as a PML ``GenericPairLoss``; the math is in
+:mod:`pml_grouploss.functional.gradml`.
+"""
 from __future__ import annotations
 
 import warnings

@@ -149,15 +149,17 @@ class NearestClassSampler(MPerClassSampler):
             labels: optional ``(N',)`` labels of the rows of ``embeddings`` when they are not the
                 whole dataset in order; every class of the sampler must appear.
         """
-        emb = torch.as_tensor(np.asarray(embeddings) if not torch.is_tensor(embeddings) else embeddings)
-        emb = emb.detach().cpu()
+        if torch.is_tensor(embeddings):
+            emb = embeddings.detach().cpu()
+        else:
+            emb = torch.as_tensor(np.asarray(embeddings))
         if emb.ndim != 2:
             raise ValueError(f"embeddings must have shape (N, d), got {tuple(emb.shape)}")
         if labels is None:
             if emb.shape[0] != len(self.dataset_labels):
                 raise ValueError(
-                    f"embeddings must have one row per dataset sample ({len(self.dataset_labels)}), "
-                    f"got {emb.shape[0]}; pass labels= for a subset"
+                    "embeddings must have one row per dataset sample "
+                    f"({len(self.dataset_labels)}), got {emb.shape[0]}; pass labels= for a subset"
                 )
             labels_t = torch.as_tensor(self.dataset_labels)
         else:
@@ -277,7 +279,10 @@ class NearestClassSampler(MPerClassSampler):
                 chosen = self._uniform_companions(rng, seed_class, unvisited, companions)
             else:
                 pool = nearest_classes(self.centroids, seed_class, self.num_candidates).numpy()
-                chosen = pool if len(pool) == companions else rng.choice(pool, companions, replace=False)
+                if len(pool) == companions:
+                    chosen = pool
+                else:
+                    chosen = rng.choice(pool, companions, replace=False)
             batch_classes = [seed_class] + [int(c) for c in chosen]
             unvisited[batch_classes] = False
             if not unvisited.any():

@@ -27,7 +27,8 @@ def paper_points(shift=(0.0, 0.0), dtype=torch.float64):
 # |x1-y1|^2 = 4, |x1-y2|^2 = 9, |x2-y1|^2 = 5, |x2-y2|^2 = 4  (negatives sum to 22)
 @pytest.mark.parametrize("w, expected", [(1.0, 1 + 13 - 22), (0.5, 1 + 13 - 11), (0.0, 14.0)])
 def test_eq11_value_k2_by_hand(w, expected):
-    assert gradml_loss(paper_points(), LABELS, k=2, w=w).item() == pytest.approx(expected, abs=1e-12)
+    got = gradml_loss(paper_points(), LABELS, k=2, w=w).item()
+    assert got == pytest.approx(expected, abs=1e-12)
 
 
 def test_eq11_value_k1_by_hand():
@@ -48,7 +49,9 @@ def test_value_translation_invariant():
 
 
 # dL/dx1 = 2(x1-x2) - 2(x1-y1) - 2(x1-y2) etc., done by hand for w = 1 (k = 2):
-HAND_GRAD_W1 = torch.tensor([[4.0, 4.0], [4.0, 4.0], [-4.0, -4.0], [-4.0, -4.0]], dtype=torch.float64)
+HAND_GRAD_W1 = torch.tensor(
+    [[4.0, 4.0], [4.0, 4.0], [-4.0, -4.0], [-4.0, -4.0]], dtype=torch.float64
+)
 
 
 def test_closed_form_gradient_by_hand():
@@ -76,7 +79,12 @@ def test_autograd_equals_closed_form(k, w):
 def table1_gradml_row(x1, x2, y1, y2, w):
     """The GradML row of Table 1 of the paper, verbatim."""
     return torch.stack(
-        [2 * w * (y1 + y2 - x2), 2 * w * (y1 + y2 - x1), 2 * w * (x1 + x2 - y2), 2 * w * (x1 + x2 - y1)]
+        [
+            2 * w * (y1 + y2 - x2),
+            2 * w * (y1 + y2 - x1),
+            2 * w * (x1 + x2 - y2),
+            2 * w * (x1 + x2 - y1),
+        ]
     )
 
 
@@ -116,7 +124,9 @@ def test_gradgradcheck_k2():
 
 @pytest.mark.parametrize("k", [0.3, 1.0, 2.0])
 def test_coincident_points_finite_gradient(k):
-    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor(
+        [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=torch.float64, requires_grad=True
+    )
     loss = gradml_loss(x, LABELS, k=k, w=1.0)
     (g,) = torch.autograd.grad(loss, x)
     assert torch.isfinite(loss) and torch.isfinite(g).all()

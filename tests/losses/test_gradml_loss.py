@@ -17,7 +17,7 @@ from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from pml_grouploss import functional, losses
+from pml_grouploss import losses
 from pml_grouploss.functional.gradml import gradml_gradient, gradml_loss
 
 # the paper's two-classes-two-samples example: x1, x2 (class A), y1, y2 (class B)
@@ -140,7 +140,8 @@ def test_gradcheck_with_ref_emb():
 def test_ref_emb_uses_every_cross_pair():
     x, r = torch.randn(4, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     labels, ref_labels = torch.tensor([0, 1, 1, 2]), torch.tensor([1, 0, 2, 2, 3])
-    loss = losses.GradMLLoss(w=0.5, reducer=reducers.SumReducer())(x, labels, ref_emb=r, ref_labels=ref_labels)
+    loss_fn = losses.GradMLLoss(w=0.5, reducer=reducers.SumReducer())
+    loss = loss_fn(x, labels, ref_emb=r, ref_labels=ref_labels)
     d2 = torch.cdist(F.normalize(x, dim=1), F.normalize(r, dim=1)) ** 2
     same = labels[:, None] == ref_labels[None, :]
     assert loss.item() == pytest.approx((d2[same].sum() - 0.5 * d2[~same].sum()).item())
@@ -154,7 +155,9 @@ def test_pair_miner_pairs_are_used_as_given():
     assert len(pairs[0]) > 0 and len(pairs[2]) > 0
     a1, p, a2, n = pairs
     u = F.normalize(x, dim=1)
-    expected = ((u[a1] - u[p]).norm(dim=1) ** 2).mean() - 0.3 * ((u[a2] - u[n]).norm(dim=1) ** 2).mean()
+    pos = ((u[a1] - u[p]).norm(dim=1) ** 2).mean()
+    neg = ((u[a2] - u[n]).norm(dim=1) ** 2).mean()
+    expected = pos - 0.3 * neg
     got = losses.GradMLLoss(w=0.3)(x, labels, pairs)
     assert got.item() == pytest.approx(expected.item())
 
@@ -179,7 +182,8 @@ def test_collect_stats_are_python_numbers():
     assert (loss_fn.num_pos_pairs, loss_fn.num_neg_pairs) == (2, 4)
     u = F.normalize(PTS[1:], dim=1)  # x1 = 0 normalizes to 0
     assert isinstance(loss_fn.mean_pos_distance, float)
-    assert loss_fn.mean_pos_distance == pytest.approx(((u[0]).norm() + (u[1] - u[2]).norm()).item() / 2)
+    expected = ((u[0]).norm() + (u[1] - u[2]).norm()).item() / 2
+    assert loss_fn.mean_pos_distance == pytest.approx(expected)
 
 
 def test_embedding_regularizer_and_do_nothing_reducer():
@@ -231,7 +235,13 @@ def test_empty_mined_pairs_give_zero():
 # ---------------------------------------------------------------- arguments
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"k": 0}, "k"), ({"k": -2}, "k"), ({"k": None}, "k"), ({"w": -1}, "w"), ({"pos_weight": -0.5}, "pos_weight")],
+    [
+        ({"k": 0}, "k"),
+        ({"k": -2}, "k"),
+        ({"k": None}, "k"),
+        ({"w": -1}, "w"),
+        ({"pos_weight": -0.5}, "pos_weight"),
+    ],
 )
 def test_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises((ValueError, TypeError), match=rf"^{name} "):
@@ -258,7 +268,8 @@ def test_threshold_reducers_on_negatives_rejected(reducer):
 
 
 def test_threshold_reducer_on_positives_allowed():
-    loss_fn = losses.GradMLLoss(reducer=reducers.MultipleReducers({"pos_loss": reducers.AvgNonZeroReducer()}))
+    reducer = reducers.MultipleReducers({"pos_loss": reducers.AvgNonZeroReducer()})
+    loss_fn = losses.GradMLLoss(reducer=reducer)
     assert torch.isfinite(loss_fn(PTS, LABELS))
 
 
@@ -366,7 +377,10 @@ def test_distributed_loss_wrapper_two_gloo_processes():
     queue = ctx.Queue()
     world_size = 2
     port = _free_port()
-    procs = [ctx.Process(target=_dist_worker, args=(r, world_size, port, queue)) for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_dist_worker, args=(r, world_size, port, queue))
+        for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     results = dict(queue.get(timeout=120) for _ in procs)
@@ -393,7 +407,8 @@ def test_distributed_loss_wrapper_two_gloo_processes():
         ur = F.normalize(xr, dim=1)
         c = torch.where(labels[:, None] == labels[None, :], 1.0, -1.0).double()
         d2 = torch.cdist(ur, ur) ** 2 * c
-        expected_loss = world_size * sum(d2[i, j] for i in rows for j in range(len(DIST_X)) if j != i)
+        others = range(len(DIST_X))
+        expected_loss = world_size * sum(d2[i, j] for i in rows for j in others if j != i)
         (g_eff,) = torch.autograd.grad(expected_loss, xr)
         loss_val, grad = results[rank][True]
         assert loss_val == pytest.approx(expected_loss.item(), rel=1e-10)

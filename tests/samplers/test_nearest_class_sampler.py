@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from pytorch_metric_learning import trainers
 
 from pml_grouploss.functional.class_centroids import class_centroids, mean_pairwise_distance
@@ -112,7 +111,9 @@ def test_chosen_classes_are_the_nearest():
     s.update_centroids(pos[labels][:, None])
     _, lab = batches(s, labels)
     # by hand from the positions above (distances to the seed)
-    expected = {0: {2, 4}, 1: {6, 3}, 2: {4, 0}, 3: {4, 2}, 4: {3, 2}, 5: {6, 1}, 6: {1, 3}, 7: {5, 6}}
+    expected = {
+        0: {2, 4}, 1: {6, 3}, 2: {4, 0}, 3: {4, 2}, 4: {3, 2}, 5: {6, 1}, 6: {1, 3}, 7: {5, 6}
+    }
     for row in lab:
         seed, others = row[0], set(row[::2][1:].tolist())
         assert others == expected[seed], (row, seed)
@@ -140,7 +141,9 @@ def test_nearest_batches_are_closer_than_uniform_ones_on_clustered_data():
 
 def test_num_candidates_draws_from_the_nearest_pool():
     emb, labels, group = clustered(num_groups=3, per_group=8)
-    s = NearestClassSampler(labels, m=2, batch_size=8, length_before_new_iter=800, seed=0, num_candidates=7)
+    s = NearestClassSampler(
+        labels, m=2, batch_size=8, length_before_new_iter=800, seed=0, num_candidates=7
+    )
     s.update_centroids(emb)
     _, lab = batches(s, labels)
     assert all(len(set(group[np.unique(r)])) == 1 for r in lab)  # pool = own group
@@ -179,7 +182,8 @@ def test_update_centroids_values_and_subset_labels():
     sub = np.arange(0, len(LABELS), 2)
     sub = np.union1d(sub, [np.flatnonzero(LABELS == c)[0] for c in range(10)])
     s2.update_centroids(emb[sub], labels=LABELS[sub] * 10 + 5)
-    np.testing.assert_allclose(s2.centroids[3].numpy(), emb[sub][LABELS[sub] == 3].mean(0), rtol=1e-5)
+    expected = emb[sub][LABELS[sub] == 3].mean(0)
+    np.testing.assert_allclose(s2.centroids[3].numpy(), expected, rtol=1e-5)
 
 
 def test_embedding_fn_refresh():
@@ -260,7 +264,9 @@ def _trainer(data, sampler, hook, seen):
 
 def test_runs_inside_metric_loss_only_with_the_hook():
     data = _Blobs()
-    sampler = NearestClassSampler(data.labels, m=4, batch_size=16, length_before_new_iter=len(data), seed=0)
+    sampler = NearestClassSampler(
+        data.labels, m=4, batch_size=16, length_before_new_iter=len(data), seed=0
+    )
     seen = []
     trainer = _trainer(data, sampler, sampler.end_of_epoch_hook, seen)
     trainer.train(num_epochs=4)
