@@ -1,5 +1,14 @@
 """Pure tensor functions behind pml_grouploss: no PML imports, typed, shapes documented."""
 from .anchors import select_anchors
+from .class_centroids import class_centroids, mean_pairwise_distance, nearest_classes
+from .gradml import (
+    check_gradml_params,
+    gradml_gradient,
+    gradml_loss,
+    gradml_pair_terms,
+    pair_indices,
+    safe_pow,
+)
 from .group_loss import LOG_EPSILON, group_loss, initial_assignment, refined_label_loss
 from .pearson import (
     pearson_correlation,
@@ -11,6 +20,15 @@ from .replicator import consistency, replicator_dynamics, replicator_history, re
 
 __all__ = [
     "LOG_EPSILON",
+    "check_gradml_params",
+    "class_centroids",
+    "gradml_gradient",
+    "gradml_loss",
+    "gradml_pair_terms",
+    "mean_pairwise_distance",
+    "nearest_classes",
+    "pair_indices",
+    "safe_pow",
     "consistency",
     "group_loss",
     "initial_assignment",
