@@ -65,10 +65,12 @@ def _eval_loss(loss_fn, trunk, embedder, dataset):
         return loss_fn(embedder(trunk(dataset.x)), dataset.labels).item()
 
 
-def test_metric_loss_only_trains_loss_and_classifier():
+@pytest.mark.parametrize("variant", [dict(), dict(negatives="shift"), dict(zero_diagonal=True)],
+                         ids=["clamp", "shift", "zero_diagonal"])
+def test_metric_loss_only_trains_loss_and_classifier(variant):
     dataset = ClusterDataset(0)
     trunk, embedder = _models()
-    loss_fn = losses.GroupLoss(NUM_CLASSES, DIM_EMB, temperature=2.0, num_anchors=1)
+    loss_fn = losses.GroupLoss(NUM_CLASSES, DIM_EMB, temperature=2.0, num_anchors=1, **variant)
     W0 = loss_fn.W.detach().clone()
     before = _eval_loss(loss_fn, trunk, embedder, dataset)
     _trainer(dataset, trunk, embedder, loss_fn, iterations=15).train(num_epochs=3)
