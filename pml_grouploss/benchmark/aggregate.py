@@ -54,10 +54,20 @@ def summarize(per_seed: pd.DataFrame, group: str = "method",
     return pd.DataFrame(rows)
 
 
-def format_table(summary: pd.DataFrame, group: str = "method", percent: bool = True) -> pd.DataFrame:
+VAL_METRICS = (
+    ("val_precision_at_1", "val R@1"),
+    ("val_mean_average_precision_at_r", "val MAP@R"),
+    ("val_NMI", "val NMI"),
+    ("train_precision_at_1", "train R@1"),
+    ("seconds_per_epoch", "s/epoch"),
+)
+
+
+def format_table(summary: pd.DataFrame, group: str = "method", percent: bool = True,
+                 metrics=TABLE_METRICS) -> pd.DataFrame:
     """Display table: ``"87.8 ± 1.2"`` cells (accuracies in %, seconds as is)."""
     out = {group: summary[group].tolist()}
-    for m, title in TABLE_METRICS:
+    for m, title in metrics:
         if f"{m}_mean" not in summary.columns or summary[f"{m}_mean"].isna().all():
             continue
         scale = 100.0 if percent and m != "seconds_per_epoch" else 1.0

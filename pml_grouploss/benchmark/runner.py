@@ -81,6 +81,12 @@ def _optimizer(name: str, params, lr: float, weight_decay: float):
     raise ValueError(f"--optimizer must be adam, adamw, radam or sgd, got {name!r}")
 
 
+def read_history(path: str) -> pd.DataFrame:
+    """The per-epoch rows of a run (``split`` = time / val / train), last write wins."""
+    hist = pd.read_json(path, lines=True)
+    return hist.drop_duplicates(["epoch", "split"], keep="last").reset_index(drop=True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -153,7 +159,7 @@ def run_one(
         tester, eval_sets, model_folder, test_interval=cfg.eval_every, patience=None,
         splits_to_eval=[("val", ["val"]), ("train", ["train"])],
     )
-    history_path = os.path.join(run_dir, "history.csv")
+    history_path = os.path.join(run_dir, "history.jsonl")
     clock = {"last": time.time()}
 
     def end_of_epoch(trainer):
@@ -165,8 +171,9 @@ def run_one(
         if trainer.epoch % cfg.eval_every == 0:
             for split, acc in tester.all_accuracies.items():
                 rows.append({"epoch": trainer.epoch, "split": split, **_clean(acc)})
-        pd.DataFrame(rows).to_csv(history_path, mode="a", index=False,
-                                  header=not os.path.exists(history_path))
+        with open(history_path, "a") as f:  # JSON lines: rows with different columns
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
         return result
 
     trainer = trainers.MetricLossOnly(
@@ -185,8 +192,10 @@ def run_one(
     )
     start_epoch = hooks.load_latest_saved_models(trainer, model_folder, device)
     if start_epoch > 1 and os.path.exists(history_path):  # keep only history up to the checkpoint
-        hist = pd.read_csv(history_path)
-        hist[hist.epoch < start_epoch].to_csv(history_path, index=False)
+        hist = read_history(history_path)
+        with open(history_path, "w") as f:
+            for r in hist[hist.epoch < start_epoch].to_dict("records"):
+                f.write(json.dumps({k: v for k, v in r.items() if pd.notna(v)}) + "\n")
     PHASE = "train"
     try:
         if start_epoch <= cfg.epochs:
@@ -194,7 +203,7 @@ def run_one(
     finally:
         PHASE = "idle"
 
-    hist = pd.read_csv(history_path).drop_duplicates(["epoch", "split"], keep="last")
+    hist = read_history(history_path)
     times = hist[hist.split == "time"]
     val = hist[hist.split == "val"].sort_values("epoch")
     # the checkpoint HookContainer saved as best: first epoch with the highest validation metric

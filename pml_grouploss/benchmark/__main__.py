@@ -1,0 +1,4 @@
+"""``python -m pml_grouploss.benchmark`` == ``pml-grouploss-bench``."""
+from .cli import main
+
+raise SystemExit(main())
