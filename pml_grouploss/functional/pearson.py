@@ -19,13 +19,15 @@ def standardize_rows(x: torch.Tensor) -> torch.Tensor:
         ``(n, d)``. Rows with (numerically) zero variance become all-zero rows instead of
         0/0, and their gradient is zero, not NaN.
     """
+    # Correlation is invariant to the scale of each row: divide by the row's largest magnitude
+    # (a constant, so the gradient is unchanged) to keep squares away from overflow/underflow.
+    scale = x.detach().abs().amax(dim=1, keepdim=True)
+    x = x / torch.where(scale > 0, scale, torch.ones_like(scale))
     centred = x - x.mean(dim=1, keepdim=True)
     norm = torch.linalg.vector_norm(centred, dim=1, keepdim=True)
-    # A row is "constant" when its centred norm is at rounding level of its magnitude;
+    # A row is "constant" when its centred norm is at rounding level (rows now have max |x| = 1):
     # dividing such residue by its own norm would turn rounding noise into a unit vector.
-    scale = x.detach().abs().amax(dim=1, keepdim=True)
-    eps = torch.finfo(x.dtype).eps
-    floor = 8 * eps * scale * (x.shape[1] ** 0.5) + torch.finfo(x.dtype).tiny
+    floor = 8 * torch.finfo(x.dtype).eps * (x.shape[1] ** 0.5)
     varies = norm > floor
     safe_norm = torch.where(varies, norm, torch.ones_like(norm))
     return torch.where(varies, centred / safe_norm, torch.zeros_like(centred))

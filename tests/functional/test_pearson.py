@@ -59,3 +59,11 @@ def test_bad_arguments():
         pearson_similarity(torch.randn(3, 4), negatives="relu")
     with pytest.raises(ValueError, match="2-D"):
         pearson_similarity(torch.randn(3))
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_extreme_magnitudes_in_float32(scale):
+    # squares of 1e±30 over/underflow float32; correlation is scale-free and must not care
+    x = torch.randn(6, 5)
+    np.testing.assert_allclose(pearson_similarity(x * scale).numpy(),
+                               pearson_similarity(x).numpy(), atol=1e-6)
