@@ -353,7 +353,7 @@ def _require_faiss():
 def _pair_sqdist(x64: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Exact float64 squared Euclidean distance of the pairs ``(rows[t], cols[t])``. ``(T,)``."""
     out = np.empty(rows.shape[0], dtype=np.float64)
-    block = max(1024, (1 << 22) // max(1, x64.shape[1]))
+    block = max(1024, (1 << 20) // max(1, x64.shape[1]))
     for s in range(0, rows.shape[0], block):
         e = min(s + block, rows.shape[0])
         diff = x64[rows[s:e]] - x64[cols[s:e]]
@@ -416,7 +416,7 @@ def _exact_sorted_candidates(
     return np.take_along_axis(safe, order, 1), np.take_along_axis(d, order, 1)
 
 
-def _reciprocal_mask(top: np.ndarray, k: int, block_elems: int = 1 << 24) -> np.ndarray:
+def _reciprocal_mask(top: np.ndarray, k: int, block_elems: int = 1 << 22) -> np.ndarray:
     """``mask[i, m]``: ``top[i, m]`` is a k-reciprocal neighbour of ``i`` (convention 4).
 
     Args:
@@ -436,7 +436,7 @@ def _reciprocal_mask(top: np.ndarray, k: int, block_elems: int = 1 << 24) -> np.
     return out
 
 
-def _expanded_sets(top: np.ndarray, k1: int, block_elems: int = 1 << 24) -> sp.csr_matrix:
+def _expanded_sets(top: np.ndarray, k1: int, block_elems: int = 1 << 22) -> sp.csr_matrix:
     """Conventions 4-5 for every item: the expanded k-reciprocal sets as a boolean CSR."""
     n = top.shape[0]
     h = _around_half(k1)
