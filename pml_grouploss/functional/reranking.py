@@ -489,7 +489,7 @@ def _rows_kth(rows: np.ndarray, vals: np.ndarray, nrows: int, kth: int) -> np.nd
 
 def _rank_rows(
     rows_loc, s, mm, kk, n, off, ref_includes_query, lam, one_minus, lam32,
-    x64, x32, row_max, gallery, ov_rows, ov_cols, jac, out_d, out_i,
+    x64, x32, row_max, gallery, ov_rows, ov_cols, jac, out_d, out_i, reuse=None,
 ) -> np.ndarray:
     """Exact top-``kk`` for the block queries ``s + rows_loc`` (step 5 of the sparse path).
 
@@ -518,7 +518,10 @@ def _rank_rows(
         reliable = width
         covers_all = True
     else:
-        _, cand = _faiss_search(gallery, x32[qids], mm)
+        if reuse is not None:
+            cand = reuse[qids, :mm]
+        else:
+            _, cand = _faiss_search(gallery, x32[qids], mm)
         cand = np.where(cand >= 0, cand + off, -1)
         ids, d = _exact_sorted_candidates(x64, qids, cand, row_max)
         bound = d[:, reliable].astype(np.float64) if not covers_all else np.full(nb, np.inf)
@@ -657,9 +660,10 @@ def sparse_re_ranking_knn(
     index_all = faiss.IndexFlatL2(dim)
     index_all.add(x32)
     need = min(n, max(k1 + 1, k2))
-    m = min(n, need + _CANDIDATE_MARGIN)
-    _, cand = _faiss_search(index_all, x32, m)
-    top, _ = _exact_sorted_candidates(x64, np.arange(n), cand, row_max)
+    first_mm = min(n - off, kk + 1 + 2 * _CANDIDATE_MARGIN)
+    m = min(n, max(need + _CANDIDATE_MARGIN, first_mm if ref_includes_query else 0))
+    _, cand_all = _faiss_search(index_all, x32, m)
+    top, _ = _exact_sorted_candidates(x64, np.arange(n), cand_all, row_max)
     top = top[:, :need]
 
     # 2. expanded k-reciprocal sets; 3. V and query expansion (float64)
@@ -724,11 +728,13 @@ def sparse_re_ranking_knn(
         s32 = ov_s.astype(np.float32)
         jac = np.float32(1) - s32 / (np.float32(2) - s32)
         pending = np.arange(e - s)
-        mm = min(n - off, kk + 1 + 2 * _CANDIDATE_MARGIN)
+        mm = first_mm
         while pending.shape[0]:
+            # the first round re-uses the faiss candidates of step 1 when they cover it
+            reuse = cand_all if (ref_includes_query and mm <= cand_all.shape[1]) else None
             done = _rank_rows(
                 pending, s, mm, kk, n, off, ref_includes_query, lam, one_minus, lam32,
-                x64, x32, row_max, gallery, ov_rows, ov_cols, jac, out_d, out_i,
+                x64, x32, row_max, gallery, ov_rows, ov_cols, jac, out_d, out_i, reuse,
             )
             pending = pending[~done]
             mm = min(n - off, 4 * mm)
