@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from pml_grouploss.functional.pooling import mixed_pool2d
+
+
+def test_endpoints_are_avg_and_max_pooling():
+    x = torch.randn(2, 3, 4, 5)
+    assert torch.equal(mixed_pool2d(x, 0.0), torch.nn.AdaptiveAvgPool2d(1)(x))
+    assert torch.equal(mixed_pool2d(x, 1.0), torch.nn.AdaptiveMaxPool2d(1)(x))
+
+
+def test_hand_value_eq13():
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]]]], dtype=torch.float64)  # max 6, mean 3
+    assert mixed_pool2d(x, 0.25).item() == pytest.approx(0.25 * 6 + 0.75 * 3)
+
+
+def test_gradcheck():
+    x = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: mixed_pool2d(t, 0.4), (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_dtype(dtype):
+    assert mixed_pool2d(torch.randn(1, 2, 3, 3, dtype=dtype), 0.5).dtype == dtype
+
+
+@pytest.mark.parametrize("alpha", [-0.01, 1.01, float("nan")])
+def test_bad_alpha(alpha):
+    with pytest.raises(ValueError, match="alpha"):
+        mixed_pool2d(torch.randn(1, 1, 2, 2), alpha)
+
+
+def test_bad_shape():
+    with pytest.raises(ValueError, match="features"):
+        mixed_pool2d(torch.randn(3, 4), 0.5)
