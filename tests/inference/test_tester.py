@@ -1,0 +1,112 @@
+"""GroupLossPlusPlusTester inside GlobalEmbeddingSpaceTester + HookContainer + record-keeper."""
+import glob
+import os
+import re
+import sqlite3
+
+import pytest
+import torch
+from pytorch_metric_learning import losses, trainers
+from pytorch_metric_learning.testers import GlobalEmbeddingSpaceTester
+from pytorch_metric_learning.utils import logging_presets
+
+from pml_grouploss.evaluation import RecallAtKAccuracyCalculator
+from pml_grouploss.inference import GroupLossPlusPlusTester, KReciprocalReRanker
+
+CPU = torch.device("cpu")
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, n=96, classes=8, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        protos = torch.randn(classes, 3, 8, 8, generator=g)
+        self.labels = torch.arange(n) % classes
+        self.x = protos[self.labels] + 0.5 * torch.randn(n, 3, 8, 8, generator=g)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.x[i], self.labels[i]
+
+
+def _trunk():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+
+
+def _tester(**kw):
+    return GroupLossPlusPlusTester(
+        dataloader_num_workers=0, data_device=CPU, batch_size=32,
+        accuracy_calculator=RecallAtKAccuracyCalculator(
+            include=("precision_at_1", "recall_at_1", "recall_at_2", "mean_average_precision_at_r"),
+            k="max_bin_count", device=CPU, knn_func=KReciprocalReRanker(k1=6, k2=3),
+        ),
+        **kw,
+    )
+
+
+def test_flip_and_beta_inside_tester():
+    ds = _Images()
+    trunk = _trunk()
+    t = _tester(flip=True, beta=0.05)
+    emb, _ = t.get_all_embeddings(ds, trunk)
+    raw = trunk(ds.x)
+    flipped = trunk(torch.flip(ds.x, dims=(-1,)))
+    avg = (raw + flipped) / 2
+    expected = torch.nn.functional.normalize(avg) + 0.05 * avg
+    torch.testing.assert_close(emb, expected, rtol=1e-5, atol=1e-6)
+    # flip=False, beta=None is PML's tester
+    plain = GlobalEmbeddingSpaceTester(dataloader_num_workers=0, data_device=CPU)
+    e1, _ = _tester(flip=False).get_all_embeddings(ds, trunk)
+    e2, _ = plain.get_all_embeddings(ds, trunk)
+    torch.testing.assert_close(e1, e2)
+
+
+def test_description_is_record_keeper_safe():
+    t = _tester(flip=True, beta=0.0005)
+    name = t.description_suffixes("accuracies")
+    assert re.fullmatch(r"[A-Za-z0-9_]+", name), name
+    assert "flip" in name and "beta0p0005" in name
+
+
+def test_bad_beta_raises():
+    with pytest.raises(ValueError, match="beta"):
+        GroupLossPlusPlusTester(beta=-1.0)
+
+
+def test_runs_with_hook_container_and_record_keeper(tmp_path):
+    ds = _Images()
+    trunk = _trunk()
+    rk, _, _ = logging_presets.get_record_keeper(
+        str(tmp_path / "csv"), str(tmp_path / "tb"), global_db_path=str(tmp_path / "db.db"),
+        experiment_name="exp",
+    )
+    hooks = logging_presets.get_hook_container(rk, primary_metric="recall_at_1", validation_split_name="val")
+    tester = _tester(flip=True, beta=0.004, end_of_testing_hook=hooks.end_of_testing_hook)
+    end_of_epoch = hooks.end_of_epoch_hook(tester, {"val": ds}, str(tmp_path / "models"), test_interval=1)
+    trainer = trainers.MetricLossOnly(
+        models={"trunk": trunk},
+        optimizers={"trunk_optimizer": torch.optim.SGD(trunk.parameters(), lr=0.01)},
+        batch_size=32,
+        loss_funcs={"metric_loss": losses.TripletMarginLoss()},
+        dataset=ds,
+        data_device=CPU,
+        dataloader_num_workers=0,
+        end_of_iteration_hook=hooks.end_of_iteration_hook,
+        end_of_epoch_hook=end_of_epoch,
+    )
+    trainer.train(num_epochs=2)
+    acc = tester.all_accuracies["val"]
+    assert acc["recall_at_1_level0"] == acc["precision_at_1_level0"]
+    assert acc["recall_at_2_level0"] >= acc["recall_at_1_level0"]
+    history = hooks.get_accuracy_history(tester, "val", return_all_metrics=True)
+    assert list(history["epoch"]) == [1, 2]
+    assert len(history["recall_at_1_level0"]) == 2
+    csvs = glob.glob(os.path.join(str(tmp_path / "csv"), "*flip_beta0p004*"))
+    assert csvs, os.listdir(str(tmp_path / "csv"))
+    with sqlite3.connect(str(tmp_path / "db.db")) as con:
+        tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
+    assert any("flip_beta0p004" in t for t in tables), tables
