@@ -1,0 +1,80 @@
+"""FlipInference, EmbeddingEnsemble, BetaNormalization, MixedPooling modules."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pml_grouploss.inference import BetaNormalization, EmbeddingEnsemble, FlipInference, MixedPooling
+
+
+def _trunk():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(5)
+    ).eval()
+
+
+def test_flip_of_symmetric_input_equals_no_flip():
+    trunk = _trunk()
+    half = torch.randn(2, 3, 9, 5)
+    sym = torch.cat([half, torch.flip(half[..., :4], dims=(-1,))], dim=-1)  # width 9, mirror-symmetric
+    assert torch.equal(sym, torch.flip(sym, dims=(-1,)))
+    with torch.no_grad():
+        for batched in (True, False):
+            torch.testing.assert_close(FlipInference(trunk, batched=batched)(sym), trunk(sym))
+
+
+def test_flip_averages_image_and_mirror():
+    trunk = _trunk()
+    emb = torch.nn.Linear(5, 4)
+    x = torch.randn(3, 3, 9, 9)
+    with torch.no_grad():
+        expected = (emb(trunk(x)) + emb(trunk(torch.flip(x, dims=(-1,))))) / 2
+        got = FlipInference(trunk, emb)(x)
+        assert (emb(trunk(x)) - expected).abs().max() > 1e-4  # flipping matters here
+        torch.testing.assert_close(got, expected)
+        # invariant to flipping the input
+        torch.testing.assert_close(FlipInference(trunk, emb)(torch.flip(x, dims=(-1,))), got)
+
+
+def test_flip_bad_input():
+    with pytest.raises(TypeError, match="trunk"):
+        FlipInference("resnet")
+
+
+def test_ensemble_of_one_is_the_model():
+    m = torch.nn.Linear(4, 3)
+    x = torch.randn(5, 4)
+    assert torch.equal(EmbeddingEnsemble([m])(x), m(x))
+
+
+def test_ensemble_concatenates():
+    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 2)
+    x = torch.randn(5, 4)
+    out = EmbeddingEnsemble([a, b])(x)
+    assert out.shape == (5, 5)
+    assert torch.equal(out, torch.cat([a(x), b(x)], dim=1))
+    norm = EmbeddingEnsemble([a, b], normalize_each=True)(x)
+    torch.testing.assert_close(norm, torch.cat([F.normalize(a(x)), F.normalize(b(x))], dim=1))
+    assert len(list(EmbeddingEnsemble([a, b]).parameters())) == 4
+
+
+def test_ensemble_bad_input():
+    with pytest.raises(ValueError, match="at least one"):
+        EmbeddingEnsemble([])
+    with pytest.raises(TypeError, match="models\\[1\\]"):
+        EmbeddingEnsemble([torch.nn.Linear(2, 2), "x"])
+
+
+def test_beta_module():
+    x = torch.randn(4, 6) * 20
+    assert torch.equal(BetaNormalization(0.0)(x), F.normalize(x))
+    torch.testing.assert_close(BetaNormalization(0.01)(x), F.normalize(x) + 0.01 * x)
+    with pytest.raises(ValueError, match="beta"):
+        BetaNormalization(-1)
+
+
+def test_mixed_pooling_module_no_state():
+    m = MixedPooling(0.6)
+    assert len(m.state_dict()) == 0
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(m(x), 0.6 * x.amax((2, 3), keepdim=True) + 0.4 * x.mean((2, 3), keepdim=True))
