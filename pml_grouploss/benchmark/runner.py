@@ -20,7 +20,6 @@ import pandas as pd
 import torch
 from pytorch_metric_learning import samplers, testers, trainers
 from pytorch_metric_learning.utils import logging_presets
-from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
 from .config import BenchmarkConfig
 from .data import Splits, check_batch
@@ -34,16 +33,15 @@ BASE_METRICS = ("precision_at_1", "mean_average_precision_at_r", "r_precision", 
 
 
 def make_accuracy_calculator(recall_ks=(1, 2, 4, 8)):
-    """PML's ``AccuracyCalculator`` (P@1, MAP@R, R-precision, NMI, AMI), plus Recall@K from
-    ``pml_grouploss.evaluation`` when that module provides it (R@1 == P@1 otherwise)."""
-    try:
-        from ..evaluation import RecallAtKCalculator  # type: ignore[attr-defined]
-    except ImportError:
-        RecallAtKCalculator = None
-    if RecallAtKCalculator is not None:
-        return RecallAtKCalculator(recall_ks=tuple(recall_ks), include=BASE_METRICS + tuple(
-            f"recall_at_{k}" for k in recall_ks), k="max_bin_count")
-    return AccuracyCalculator(include=BASE_METRICS, k="max_bin_count")
+    """``pml_grouploss.evaluation.RecallAtKAccuracyCalculator``: PML's P@1, MAP@R, R-precision,
+    NMI, AMI plus Recall@K for every K of ``recall_ks`` (R@1 == P@1 exactly)."""
+    from ..evaluation import RecallAtKAccuracyCalculator
+
+    ks = tuple(int(k) for k in recall_ks)
+    return RecallAtKAccuracyCalculator(
+        recall_at=ks, include=BASE_METRICS + tuple(f"recall_at_{k}" for k in ks),
+        k="max_bin_count",
+    )
 
 
 class EmbeddingKeepingTester(testers.GlobalEmbeddingSpaceTester):

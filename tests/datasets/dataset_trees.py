@@ -70,6 +70,7 @@ def write_cars_tree(root: str, n_classes: int = 196, per_class: int = 2, seed: i
     """Kaggle layout: names.csv, anno_{train,test}.csv (file,x1,y1,x2,y2,class) and
     car_data/car_data/{train,test}/<class name with / replaced by ->/<file>.jpg."""
     rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
     names = [f"Make{c} Model/{c} 2012" for c in range(1, n_classes + 1)]
     with open(os.path.join(root, "names.csv"), "w") as f:
         f.write("\n".join(names) + "\n")
