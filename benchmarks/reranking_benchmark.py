@@ -15,6 +15,7 @@ The dense path is ``dense_re_ranking_knn`` (float64 cdist + the reference-conven
 Targets (issue 3): N=10k sparse >= 5x faster and <= 1/10 of the dense peak memory; N=100k
 sparse in <= 10 min and <= 4 GB on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,7 +73,9 @@ def _run(method: str, n: int, dim: int, tmp: str) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--both", type=int, nargs="*", default=[2000, 5000, 10000])
     p.add_argument("--sparse", type=int, nargs="*", default=[50000, 100000])
     p.add_argument("--dim", type=int, default=128)
@@ -81,17 +84,26 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     os.makedirs(a.tmp, exist_ok=True)
     if a.child:
-        _child(a.child[0], int(a.child[1]), a.dim, os.path.join(a.tmp, f"{a.child[0]}_{a.child[1]}"))
+        _child(
+            a.child[0], int(a.child[1]), a.dim, os.path.join(a.tmp, f"{a.child[0]}_{a.child[1]}")
+        )
         return
     import numpy as np
 
     rows = []
-    print("| N | dense time (s) | dense peak (MiB) | sparse time (s) | sparse peak (MiB) | speed-up | memory ratio | same top-10 |")
+    print(
+        "| N | dense time (s) | dense peak (MiB) | sparse time (s) | sparse peak (MiB) | speed-up | memory ratio | same top-10 |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for n in a.both:
         s = _run("sparse", n, a.dim, a.tmp)
         d = _run("dense", n, a.dim, a.tmp)
-        same = float(np.mean(np.load(os.path.join(a.tmp, f"dense_{n}.npy")) == np.load(os.path.join(a.tmp, f"sparse_{n}.npy"))))
+        same = float(
+            np.mean(
+                np.load(os.path.join(a.tmp, f"dense_{n}.npy"))
+                == np.load(os.path.join(a.tmp, f"sparse_{n}.npy"))
+            )
+        )
         print(
             f"| {n} | {d['seconds']:.1f} | {d['peak_mib']:.0f} | {s['seconds']:.1f} | {s['peak_mib']:.0f} | "
             f"{d['seconds'] / s['seconds']:.1f}x | 1/{d['peak_mib'] / max(s['peak_mib'], 1):.0f} | {100 * same:.2f}% |",

@@ -1,4 +1,5 @@
 """Recall@K next to PML's metrics (Group Loss++ §5.3)."""
+
 from __future__ import annotations
 
 import functools
@@ -28,8 +29,12 @@ def _check_ks(ks: Sequence[int], name: str) -> tuple:
     return tuple(sorted(set(ks)))
 
 
-def hits_at_k(knn_labels: torch.Tensor, query_labels: torch.Tensor, K: int, label_comparison_fn) -> torch.Tensor:
-    """1.0 for each query with a same-label item among its first ``K`` neighbours. ``(nq,)`` float64.
+def hits_at_k(
+    knn_labels: torch.Tensor, query_labels: torch.Tensor, K: int, label_comparison_fn
+) -> torch.Tensor:
+    """1.0 for each query with a same-label item among its first ``K`` neighbours.
+
+    Returns ``(nq,)`` float64.
 
     Args:
         knn_labels: ``(nq, k)`` labels of the neighbours, best first.
@@ -72,7 +77,9 @@ class RecallAtKAccuracyCalculator(AccuracyCalculator):
         return super().requires_knn() + list(self._per_k_metrics().keys())
 
     def _recall_at(self, K, knn_labels, query_labels, not_lone_query_mask, label_counts, **kwargs):
-        knn_labels, query_labels = try_getting_not_lone_labels(knn_labels, query_labels, not_lone_query_mask)
+        knn_labels, query_labels = try_getting_not_lone_labels(
+            knn_labels, query_labels, not_lone_query_mask
+        )
         if knn_labels is None:
             return nan_accuracy(label_counts[0], self.return_per_class)
         hits = hits_at_k(knn_labels, query_labels[:, None], K, self.label_comparison_fn)

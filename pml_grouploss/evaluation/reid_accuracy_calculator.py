@@ -1,4 +1,5 @@
 """Re-identification metrics: CMC rank-k and mAP over separate query/gallery sets (GL++ §5.3)."""
+
 from __future__ import annotations
 
 import functools
@@ -50,16 +51,26 @@ class ReIDAccuracyCalculator(RecallAtKAccuracyCalculator):
         return super().requires_knn() + ["reid_mAP"]
 
     def _cmc(self, k, knn_labels, query_labels, not_lone_query_mask, label_counts, **kwargs):
-        knn_labels, query_labels = try_getting_not_lone_labels(knn_labels, query_labels, not_lone_query_mask)
+        knn_labels, query_labels = try_getting_not_lone_labels(
+            knn_labels, query_labels, not_lone_query_mask
+        )
         if knn_labels is None:
             return nan_accuracy(label_counts[0], self.return_per_class)
         hits = hits_at_k(knn_labels, query_labels[:, None], k, self.label_comparison_fn)
         return maybe_get_avg_of_avgs(hits, query_labels, self.avg_of_avgs, self.return_per_class)
 
     def calculate_reid_mAP(
-        self, knn_labels, query_labels, not_lone_query_mask, ref_includes_query, label_counts, **kwargs
+        self,
+        knn_labels,
+        query_labels,
+        not_lone_query_mask,
+        ref_includes_query,
+        label_counts,
+        **kwargs,
     ):
-        knn_labels, query_labels = try_getting_not_lone_labels(knn_labels, query_labels, not_lone_query_mask)
+        knn_labels, query_labels = try_getting_not_lone_labels(
+            knn_labels, query_labels, not_lone_query_mask
+        )
         if knn_labels is None:
             return nan_accuracy(label_counts[0], self.return_per_class)
         return mean_average_precision(

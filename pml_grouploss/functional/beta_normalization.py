@@ -1,4 +1,5 @@
 """beta-normalization of embeddings (Group Loss++ §4.1, eq. 12)."""
+
 from __future__ import annotations
 
 import math

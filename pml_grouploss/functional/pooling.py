@@ -1,4 +1,5 @@
 """Mixed global pooling (Group Loss++ §4.2, eq. 13)."""
+
 from __future__ import annotations
 
 import math

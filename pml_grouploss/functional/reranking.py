@@ -33,6 +33,7 @@ summation order of the Jaccard sums, see :func:`sparse_re_ranking_knn`):
 Degenerate input: a row whose maximum distance is 0 (all items identical) is left unscaled
 instead of dividing 0 by 0 (the reference would produce NaN there).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple, Union
@@ -56,7 +57,9 @@ def check_re_ranking_args(k1: Any, k2: Any, lambda_value: Any) -> None:
             raise TypeError(f"{name} must be an int >= 1, got {value!r} ({type(value).__name__})")
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}; use e.g. k1=20, k2=6")
-    if isinstance(lambda_value, bool) or not isinstance(lambda_value, (int, float, np.floating, np.integer)):
+    if isinstance(lambda_value, bool) or not isinstance(
+        lambda_value, (int, float, np.floating, np.integer)
+    ):
         raise TypeError(f"lambda_value must be a float in [0, 1], got {lambda_value!r}")
     if not (0.0 <= float(lambda_value) <= 1.0):
         raise ValueError(
@@ -216,7 +219,9 @@ def re_ranking(
         [np.concatenate([qq, qg], axis=1), np.concatenate([qg.T, gg], axis=1)], axis=0
     )
     sq32 = np.power(original, 2).astype(np.float32)
-    final, inter = _dense_core(sq32, nq, int(k1), int(k2), float(lambda_value), return_intermediates)
+    final, inter = _dense_core(
+        sq32, nq, int(k1), int(k2), float(lambda_value), return_intermediates
+    )
     final = final[:, nq:]
     if as_torch:
         final = torch.from_numpy(np.ascontiguousarray(final)).to(device)
@@ -287,7 +292,8 @@ def _check_embeddings(query: np.ndarray, reference: np.ndarray, k: Optional[int]
         )
     if query.shape[1] != reference.shape[1]:
         raise ValueError(
-            f"query and reference must have the same dim, got {query.shape[1]} and {reference.shape[1]}"
+            "query and reference must have the same dim, got "
+            f"{query.shape[1]} and {reference.shape[1]}"
         )
     if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
         raise ValueError(f"k must be an int >= 1 or None (full ranking), got {k!r}")
@@ -488,8 +494,26 @@ def _rows_kth(rows: np.ndarray, vals: np.ndarray, nrows: int, kth: int) -> np.nd
 
 
 def _rank_rows(
-    rows_loc, s, mm, kk, n, off, ref_includes_query, lam, one_minus, lam32,
-    x64, x32, row_max, gallery, ov_rows, ov_cols, jac, out_d, out_i, reuse=None,
+    rows_loc,
+    s,
+    mm,
+    kk,
+    n,
+    off,
+    ref_includes_query,
+    lam,
+    one_minus,
+    lam32,
+    x64,
+    x32,
+    row_max,
+    gallery,
+    ov_rows,
+    ov_cols,
+    jac,
+    out_d,
+    out_i,
+    reuse=None,
 ) -> np.ndarray:
     """Exact top-``kk`` for the block queries ``s + rows_loc`` (step 5 of the sparse path).
 
@@ -733,8 +757,26 @@ def sparse_re_ranking_knn(
             # the first round re-uses the faiss candidates of step 1 when they cover it
             reuse = cand_all if (ref_includes_query and mm <= cand_all.shape[1]) else None
             done = _rank_rows(
-                pending, s, mm, kk, n, off, ref_includes_query, lam, one_minus, lam32,
-                x64, x32, row_max, gallery, ov_rows, ov_cols, jac, out_d, out_i, reuse,
+                pending,
+                s,
+                mm,
+                kk,
+                n,
+                off,
+                ref_includes_query,
+                lam,
+                one_minus,
+                lam32,
+                x64,
+                x32,
+                row_max,
+                gallery,
+                ov_rows,
+                ov_cols,
+                jac,
+                out_d,
+                out_i,
+                reuse,
             )
             pending = pending[~done]
             mm = min(n - off, 4 * mm)

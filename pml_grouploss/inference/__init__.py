@@ -7,11 +7,13 @@ Each strategy works alone or combined, for any trained PML model:
 - :class:`MixedPooling` and :func:`install_mixed_pooling` (eq. 13);
 - :func:`install_leaky_relu` (§4.3);
 - :class:`EmbeddingEnsemble` (ECCV'20 Table 2);
-- :func:`re_ranking` (dense reference) and :class:`KReciprocalReRanker` (sparse ``knn_func``) (§4.4);
+- :func:`re_ranking` (dense reference) and :class:`KReciprocalReRanker` (sparse ``knn_func``)
+  (§4.4);
 - :class:`GroupLossPlusPlusTester` (flip + beta inside ``GlobalEmbeddingSpaceTester``).
 
 :data:`TABLE7_PRESETS` holds the per-dataset hyper-parameters of GL++ Table 7.
 """
+
 from .backbone_surgery import DEFAULT_NEGATIVE_SLOPE, install_leaky_relu, install_mixed_pooling
 from .beta_normalization import BetaNormalization
 from .ensemble import EmbeddingEnsemble

@@ -15,6 +15,7 @@ Traced models are returned as ``torch.fx.GraphModule``s built from the model in 
 ``state_dict`` keys and values are unchanged and checkpoints load both ways). Inputs are never
 modified in place.
 """
+
 from __future__ import annotations
 
 import copy
@@ -83,14 +84,18 @@ def _find_global_pool(root: torch.nn.Module, graph: fx.Graph) -> fx.Node:
                 isinstance(mod, torch.nn.AdaptiveAvgPool2d) and _is_global_size(mod.output_size)
             ):
                 found.append(node)
-        elif node.op == "call_function" and node.target in (F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d):
+        elif node.op == "call_function" and node.target in (
+            F.adaptive_avg_pool2d,
+            torch._C._nn.adaptive_avg_pool2d,
+        ):
             size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
             if _is_global_size(size):
                 found.append(node)
     if not found:
         raise ValueError(
             "unsupported backbone: no global pooling (AdaptiveAvgPool2d((1, 1)), "
-            f"F.adaptive_avg_pool2d(x, 1) or MixedPooling) found in its graph. Supported: {_SUPPORTED}"
+            "F.adaptive_avg_pool2d(x, 1) or MixedPooling) found in its graph. "
+            f"Supported: {_SUPPORTED}"
         )
     return found[-1]
 
@@ -156,7 +161,9 @@ def _graph_module(root: torch.nn.Module, graph: fx.Graph, model: torch.nn.Module
     for name, mod in root.named_modules():
         if not name or name in have:
             continue
-        if any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
+        if any(True for _ in mod.parameters(recurse=False)) or any(
+            True for _ in mod.buffers(recurse=False)
+        ):
             _copy_path(root, gm, name)
     want, got = list(model.state_dict().keys()), list(gm.state_dict().keys())
     if set(want) != set(got):
@@ -213,7 +220,8 @@ def check_negative_slope(negative_slope: float) -> float:
     negative_slope = float(negative_slope)
     if not math.isfinite(negative_slope) or negative_slope < 0:
         raise ValueError(
-            f"negative_slope must be a finite float >= 0 (0 = ReLU, 1 = identity), got {negative_slope}"
+            "negative_slope must be a finite float >= 0 (0 = ReLU, 1 = identity), "
+            f"got {negative_slope}"
         )
     return negative_slope
 
@@ -221,7 +229,7 @@ def check_negative_slope(negative_slope: float) -> float:
 def install_leaky_relu(
     model: torch.nn.Module, negative_slope: float = DEFAULT_NEGATIVE_SLOPE
 ) -> fx.GraphModule:
-    """Replace only the final ReLU before the global pooling by ``LeakyReLU(negative_slope)`` (GL++ §4.3).
+    """Replace only the final ReLU before the global pooling by ``LeakyReLU`` (GL++ §4.3).
 
     Works on the fx graph: the ReLU node(s) feeding the global pooling (through concatenations
     for GoogLeNet/Inception's last block) are redirected to one new ``LeakyReLU`` submodule

@@ -1,4 +1,5 @@
 """beta-normalization as an ``nn.Module`` (Group Loss++ §4.1, eq. 12)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Ensembles by concatenation (Group Loss ECCV'20 Table 2; GL++ appendix, Table 9)."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -36,7 +37,9 @@ class EmbeddingEnsemble(torch.nn.Module):
         for m in self.models:
             e = m(x)
             if e.dim() != 2:
-                raise ValueError(f"every member must return (B, d) embeddings, got shape {tuple(e.shape)}")
+                raise ValueError(
+                    f"every member must return (B, d) embeddings, got shape {tuple(e.shape)}"
+                )
             outs.append(F.normalize(e, dim=1) if self.normalize_each else e)
         if len(outs) == 1:
             return outs[0]

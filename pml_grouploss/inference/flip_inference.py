@@ -1,4 +1,5 @@
 """Flip inference (Group Loss++ §4.5)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -39,7 +40,10 @@ class FlipInference(torch.nn.Module):
     """
 
     def __init__(
-        self, trunk: torch.nn.Module, embedder: Optional[torch.nn.Module] = None, batched: bool = True
+        self,
+        trunk: torch.nn.Module,
+        embedder: Optional[torch.nn.Module] = None,
+        batched: bool = True,
     ):
         super().__init__()
         if not isinstance(trunk, torch.nn.Module):

@@ -1,4 +1,5 @@
 """Mixed global pooling as an ``nn.Module`` (Group Loss++ §4.2, eq. 13)."""
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@
 - :class:`KReciprocalReRanker`: a ``knn_func`` for ``AccuracyCalculator`` and ``InferenceModel``
   built on the sparse exact path (no ``N x N`` matrix).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -51,7 +52,9 @@ class KReciprocalReRanker:
     and ``knn_func(query, k)`` searches it; ``save``/``load`` persist it with ``torch.save``.
     """
 
-    def __init__(self, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, query_block: int = 512):
+    def __init__(
+        self, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, query_block: int = 512
+    ):
         check_re_ranking_args(k1, k2, lambda_value)
         if isinstance(query_block, bool) or not isinstance(query_block, int) or query_block < 1:
             raise ValueError(f"query_block must be an int >= 1, got {query_block!r}")
@@ -69,11 +72,16 @@ class KReciprocalReRanker:
         if reference is None:
             if self.reference is None:
                 raise ValueError(
-                    "no reference set: pass reference=..., or call train(embeddings) / add(...) first"
+                    "no reference set: pass reference=..., "
+                    "or call train(embeddings) / add(...) first"
                 )
             reference = self.reference
         device = query.device if isinstance(query, torch.Tensor) else torch.device("cpu")
-        q = query.detach().float().cpu().numpy() if isinstance(query, torch.Tensor) else np.asarray(query)
+        q = (
+            query.detach().float().cpu().numpy()
+            if isinstance(query, torch.Tensor)
+            else np.asarray(query)
+        )
         r = (
             reference.detach().float().cpu().numpy()
             if isinstance(reference, torch.Tensor)

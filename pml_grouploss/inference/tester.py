@@ -1,4 +1,5 @@
 """A PML tester with Group Loss++ flip inference and beta-normalization."""
+
 from __future__ import annotations
 
 import re
@@ -20,7 +21,9 @@ def _token(value: float) -> str:
 
 
 class GroupLossPlusPlusTester(GlobalEmbeddingSpaceTester):
-    """``GlobalEmbeddingSpaceTester`` with flip inference (GL++ §4.5) and beta-normalization (eq. 12).
+    """``GlobalEmbeddingSpaceTester`` with flip inference (GL++ §4.5) and beta-normalization.
+
+    beta-normalization is GL++ eq. 12.
 
     - ``flip=True``: ``get_embeddings_for_eval`` averages the embeddings of each batch and of
       its horizontal mirror image.
@@ -53,7 +56,9 @@ class GroupLossPlusPlusTester(GlobalEmbeddingSpaceTester):
             return super().get_embeddings_for_eval(trunk_model, embedder_model, input_imgs)
         input_imgs = c_f.to_device(input_imgs, device=self.data_device, dtype=self.dtype)
         parent = super().get_embeddings_for_eval
-        return flip_average(lambda x: parent(trunk_model, embedder_model, x), input_imgs, batched=False)
+        return flip_average(
+            lambda x: parent(trunk_model, embedder_model, x), input_imgs, batched=False
+        )
 
     def maybe_normalize(self, embeddings: torch.Tensor) -> torch.Tensor:
         if self.beta is None:

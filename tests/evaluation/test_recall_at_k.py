@@ -19,7 +19,9 @@ def test_hand_computed():
     # 1-d points; labels chosen so neighbours are known by hand
     x = torch.tensor([[0.0], [1.0], [2.2], [3.6], [10.0], [10.5]])
     y = torch.tensor([0, 1, 0, 1, 2, 2])
-    calc = RecallAtKAccuracyCalculator(recall_at=(1, 2, 3), include=("recall_at_1", "recall_at_2", "recall_at_3"), k=3, device=CPU)
+    calc = RecallAtKAccuracyCalculator(
+        recall_at=(1, 2, 3), include=("recall_at_1", "recall_at_2", "recall_at_3"), k=3, device=CPU
+    )
     r = calc.get_accuracy(x, y)
     # neighbours (self excluded): 0:[1,2,3] 1:[0,2,3] 2:[1,3,0] 3:[2,1,0] 4:[5,..] 5:[4,..]
     # R@1: only 4 and 5 hit -> 2/6; R@2: 0 (via 2), 3 (via 1), 4, 5 -> 4/6;
@@ -33,21 +35,30 @@ def test_hand_computed():
 @pytest.mark.parametrize("noise", [0.5, 1.5])
 def test_recall_at_1_equals_precision_at_1_and_monotone(avg_of_avgs, noise):
     x, y = _data(noise=noise)
-    calc = RecallAtKAccuracyCalculator(recall_at=(1, 2, 4, 8, 16), k="max_bin_count", device=CPU, avg_of_avgs=avg_of_avgs,
-                                       exclude=("NMI", "AMI"))
+    calc = RecallAtKAccuracyCalculator(
+        recall_at=(1, 2, 4, 8, 16),
+        k="max_bin_count",
+        device=CPU,
+        avg_of_avgs=avg_of_avgs,
+        exclude=("NMI", "AMI"),
+    )
     r = calc.get_accuracy(x, y)
     assert r["recall_at_1"] == r["precision_at_1"]
     vals = [r[f"recall_at_{k}"] for k in (1, 2, 4, 8, 16)]
     assert all(a <= b for a, b in zip(vals, vals[1:]))
     assert vals[0] < vals[-1]
-    pml = AccuracyCalculator(include=("precision_at_1",), k="max_bin_count", device=CPU, avg_of_avgs=avg_of_avgs)
+    pml = AccuracyCalculator(
+        include=("precision_at_1",), k="max_bin_count", device=CPU, avg_of_avgs=avg_of_avgs
+    )
     assert pml.get_accuracy(x, y)["precision_at_1"] == r["recall_at_1"]
 
 
 def test_matches_brute_force_with_separate_reference():
     x, y = _data(n=200)
     q, qy, ref, ry = x[:50], y[:50], x[50:], y[50:]
-    calc = RecallAtKAccuracyCalculator(recall_at=(1, 5), include=("recall_at_1", "recall_at_5"), k=2, device=CPU)
+    calc = RecallAtKAccuracyCalculator(
+        recall_at=(1, 5), include=("recall_at_1", "recall_at_5"), k=2, device=CPU
+    )
     r = calc.get_accuracy(q, qy, ref, ry, ref_includes_query=False)
     d = torch.cdist(q, ref)
     order = torch.argsort(d, dim=1)
@@ -59,12 +70,18 @@ def test_matches_brute_force_with_separate_reference():
 
 def test_sop_ks_and_k_covers_largest():
     x, y = _data(n=400)
-    calc = RecallAtKAccuracyCalculator(recall_at=(1, 10, 100), include=("recall_at_1", "recall_at_10", "recall_at_100"), k=5, device=CPU)
+    calc = RecallAtKAccuracyCalculator(
+        recall_at=(1, 10, 100),
+        include=("recall_at_1", "recall_at_10", "recall_at_100"),
+        k=5,
+        device=CPU,
+    )
     seen = {}
 
     def knn(query, k, reference, ref_includes_query):
         seen["k"] = k
         from pytorch_metric_learning.utils.inference import FaissKNN
+
         return FaissKNN()(query, k, reference, ref_includes_query)
 
     calc.knn_func = knn

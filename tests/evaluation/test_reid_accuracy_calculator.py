@@ -19,10 +19,12 @@ def test_cmc_and_map_match_brute_force():
     gy = torch.randint(0, 18, (120,), generator=g)  # ids 15..17 never queried; some queries lone
     q = c[qy] + torch.randn(15, 8, generator=g)
     gal = torch.cat([c, torch.randn(3, 8, generator=g)])[gy] + torch.randn(120, 8, generator=g)
-    calc = ReIDAccuracyCalculator(cmc_ranks=(1, 5), include=("cmc_rank_1", "cmc_rank_5", "reid_mAP"), device=CPU)
+    calc = ReIDAccuracyCalculator(
+        cmc_ranks=(1, 5), include=("cmc_rank_1", "cmc_rank_5", "reid_mAP"), device=CPU
+    )
     r = calc.get_accuracy(q, qy, gal, gy, ref_includes_query=False)
     order = torch.argsort(torch.cdist(q, gal), dim=1).numpy()
-    match = (gy.numpy()[order] == qy.numpy()[:, None])
+    match = gy.numpy()[order] == qy.numpy()[:, None]
     valid = match.any(1)
     for k in (1, 5):
         assert r[f"cmc_rank_{k}"] == pytest.approx(match[valid, :k].any(1).mean())

@@ -13,7 +13,9 @@ def test_beta_zero_is_l2_normalization():
 def test_hand_value():
     x = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
     # x/5 + 0.1 x = [0.6 + 0.3, 0.8 + 0.4]
-    torch.testing.assert_close(beta_normalize(x, 0.1), torch.tensor([[0.9, 1.2]], dtype=torch.float64))
+    torch.testing.assert_close(
+        beta_normalize(x, 0.1), torch.tensor([[0.9, 1.2]], dtype=torch.float64)
+    )
 
 
 def test_large_beta_keeps_length_information():

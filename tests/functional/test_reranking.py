@@ -1,4 +1,5 @@
 """k-reciprocal re-ranking: fixture parity of the dense path, sparse == dense rankings."""
+
 import os
 import tracemalloc
 
@@ -23,7 +24,10 @@ def _run(z, as_torch=False):
     if as_torch:
         args = [torch.from_numpy(a) for a in args]
     return re_ranking(
-        *args, k1=int(z["k1"]), k2=int(z["k2"]), lambda_value=float(z["lambda_value"]),
+        *args,
+        k1=int(z["k1"]),
+        k2=int(z["k2"]),
+        lambda_value=float(z["lambda_value"]),
         return_intermediates=True,
     )
 
@@ -183,7 +187,9 @@ def test_bad_arguments(kw, err):
     with pytest.raises(err, match=list(kw)[0]):
         re_ranking(z["q_g_dist"], z["q_q_dist"], z["g_g_dist"], **kw)
     with pytest.raises(err, match=list(kw)[0]):
-        sparse_re_ranking_knn(z["q_feat"], 3, z["g_feat"], False, **{**dict(k1=20, k2=6, lambda_value=0.3), **kw})
+        sparse_re_ranking_knn(
+            z["q_feat"], 3, z["g_feat"], False, **{**dict(k1=20, k2=6, lambda_value=0.3), **kw}
+        )
 
 
 def test_bad_shapes():

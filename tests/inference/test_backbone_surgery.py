@@ -10,6 +10,7 @@ follows the global pooling. Then:
 - mixed(x)    == head(alpha * max(relu z) + (1 - alpha) * mean(relu z))
 - state_dict keys and values unchanged; the input model is untouched.
 """
+
 import warnings
 
 import pytest
@@ -65,8 +66,14 @@ def _pre_activation(name, model, x):
         mods = [b.branch1.bn, b.branch2[1].bn, b.branch3[1].bn, b.branch4[1].bn]
     else:  # inception v3: Mixed_7c concatenates 6 BasicConv2d outputs
         c = model.Mixed_7c
-        mods = [c.branch1x1.bn, c.branch3x3_2a.bn, c.branch3x3_2b.bn, c.branch3x3dbl_3a.bn,
-                c.branch3x3dbl_3b.bn, c.branch_pool.bn]
+        mods = [
+            c.branch1x1.bn,
+            c.branch3x3_2a.bn,
+            c.branch3x3_2b.bn,
+            c.branch3x3dbl_3a.bn,
+            c.branch3x3dbl_3b.bn,
+            c.branch_pool.bn,
+        ]
     store, handles = _hook_outputs(mods)
     model(x)
     for h in handles:
@@ -83,7 +90,10 @@ BACKBONES = {
     "resnet18": (lambda: torchvision.models.resnet18(weights=None, num_classes=10), 64),
     "resnet50": (lambda: torchvision.models.resnet50(weights=None, num_classes=10), 64),
     "densenet": (lambda: torchvision.models.densenet121(weights=None, num_classes=10), 64),
-    "googlenet": (lambda: torchvision.models.googlenet(weights=None, num_classes=10, init_weights=False), 64),
+    "googlenet": (
+        lambda: torchvision.models.googlenet(weights=None, num_classes=10, init_weights=False),
+        64,
+    ),
     "inception": (
         lambda: torchvision.models.inception_v3(weights=None, num_classes=10, init_weights=False),
         139,
@@ -98,7 +108,9 @@ def backbone(request):
         ctor, size = BACKBONES[request.param]
         torch.manual_seed(0)
         model = _init(ctor())
-    x = torch.randn(2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(
+        2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
     with torch.no_grad():
         z = _pre_activation(request.param, model, x)
         out = model(x)
@@ -151,7 +163,11 @@ def test_mixed_pooling(backbone):
     a = F.relu(z)
     with torch.no_grad():
         got = new(x)
-        expected = _head(name, model, 0.3 * a.amax(dim=(2, 3), keepdim=True) + 0.7 * a.mean(dim=(2, 3), keepdim=True))
+        expected = _head(
+            name,
+            model,
+            0.3 * a.amax(dim=(2, 3), keepdim=True) + 0.7 * a.mean(dim=(2, 3), keepdim=True),
+        )
         assert torch.equal(install_mixed_pooling(model, 0.0)(x), out)
     _close(got, expected)
     assert (got - out).abs().max() > 1e-6 * out.abs().max()
@@ -167,18 +183,26 @@ def test_mixed_then_leaky_composes(backbone):
     other = install_mixed_pooling(install_leaky_relu(model, 0.1), 0.5)
     a = F.leaky_relu(z, 0.1)
     with torch.no_grad():
-        expected = _head(name, model, 0.5 * a.amax(dim=(2, 3), keepdim=True) + 0.5 * a.mean(dim=(2, 3), keepdim=True))
+        expected = _head(
+            name,
+            model,
+            0.5 * a.amax(dim=(2, 3), keepdim=True) + 0.5 * a.mean(dim=(2, 3), keepdim=True),
+        )
         _close(both(x), expected)
         _close(other(x), expected)
 
 
 def test_unsupported_backbones_raise():
-    no_pool = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    no_pool = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
     with pytest.raises(ValueError, match="no global pooling"):
         install_mixed_pooling(no_pool)
     with pytest.raises(ValueError, match="no global pooling"):
         install_leaky_relu(no_pool)
-    not_relu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1))
+    not_relu = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1)
+    )
     with pytest.raises(ValueError, match="not from a ReLU"):
         install_leaky_relu(not_relu)
     with pytest.raises(TypeError, match="nn.Module"):
@@ -195,7 +219,9 @@ def test_unsupported_backbones_raise():
 
 
 def test_bad_arguments_raise():
-    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1)
+    )
     with pytest.raises(ValueError, match="negative_slope"):
         install_leaky_relu(m, -0.1)
     with pytest.raises(ValueError, match="alpha"):

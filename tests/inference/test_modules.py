@@ -1,9 +1,15 @@
 """FlipInference, EmbeddingEnsemble, BetaNormalization, MixedPooling modules."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pml_grouploss.inference import BetaNormalization, EmbeddingEnsemble, FlipInference, MixedPooling
+from pml_grouploss.inference import (
+    BetaNormalization,
+    EmbeddingEnsemble,
+    FlipInference,
+    MixedPooling,
+)
 
 
 def _trunk():
@@ -16,7 +22,9 @@ def _trunk():
 def test_flip_of_symmetric_input_equals_no_flip():
     trunk = _trunk()
     half = torch.randn(2, 3, 9, 5)
-    sym = torch.cat([half, torch.flip(half[..., :4], dims=(-1,))], dim=-1)  # width 9, mirror-symmetric
+    sym = torch.cat(
+        [half, torch.flip(half[..., :4], dims=(-1,))], dim=-1
+    )  # width 9, mirror-symmetric
     assert torch.equal(sym, torch.flip(sym, dims=(-1,)))
     with torch.no_grad():
         for batched in (True, False):
@@ -77,4 +85,6 @@ def test_mixed_pooling_module_no_state():
     m = MixedPooling(0.6)
     assert len(m.state_dict()) == 0
     x = torch.randn(2, 3, 4, 4)
-    torch.testing.assert_close(m(x), 0.6 * x.amax((2, 3), keepdim=True) + 0.4 * x.mean((2, 3), keepdim=True))
+    torch.testing.assert_close(
+        m(x), 0.6 * x.amax((2, 3), keepdim=True) + 0.4 * x.mean((2, 3), keepdim=True)
+    )

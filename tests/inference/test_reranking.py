@@ -1,4 +1,5 @@
 """KReciprocalReRanker as PML knn_func (AccuracyCalculator, InferenceModel)."""
+
 import numpy as np
 import pytest
 import torch
@@ -42,11 +43,15 @@ def test_inside_accuracy_calculator_matches_dense_knn():
     x, y = _data()
 
     def dense_knn(query, k, reference, ref_includes_query):
-        d, i = dense_re_ranking_knn(query.numpy(), k, reference.numpy(), ref_includes_query, 20, 6, 0.3)
+        d, i = dense_re_ranking_knn(
+            query.numpy(), k, reference.numpy(), ref_includes_query, 20, 6, 0.3
+        )
         return torch.from_numpy(d), torch.from_numpy(i)
 
     inc = ("precision_at_1", "mean_average_precision_at_r")
-    a = AccuracyCalculator(include=inc, k="max_bin_count", device=CPU, knn_func=KReciprocalReRanker())
+    a = AccuracyCalculator(
+        include=inc, k="max_bin_count", device=CPU, knn_func=KReciprocalReRanker()
+    )
     b = AccuracyCalculator(include=inc, k="max_bin_count", device=CPU, knn_func=dense_knn)
     plain = AccuracyCalculator(include=inc, k="max_bin_count", device=CPU)
     ra, rb, rp = a.get_accuracy(x, y), b.get_accuracy(x, y), plain.get_accuracy(x, y)
@@ -58,7 +63,9 @@ def test_inside_accuracy_calculator_matches_dense_knn():
 def test_inference_model_train_then_query(tmp_path):
     x, _ = _data()
     knn = KReciprocalReRanker()
-    im = InferenceModel(torch.nn.Identity(), knn_func=knn, normalize_embeddings=False, data_device=CPU)
+    im = InferenceModel(
+        torch.nn.Identity(), knn_func=knn, normalize_embeddings=False, data_device=CPU
+    )
     im.train_knn(x[40:])
     d, i = im.get_nearest_neighbors(x[:40], k=5)
     dd, di = dense_re_ranking_knn(x[:40].numpy(), 5, x[40:].numpy(), False, 20, 6, 0.3)
@@ -76,8 +83,13 @@ def test_no_reference_raises():
 
 @pytest.mark.parametrize(
     "kw,match",
-    [(dict(k1=0), "k1"), (dict(k2=0), "k2"), (dict(lambda_value=1.2), "lambda_value"),
-     (dict(lambda_value=-0.01), "lambda_value"), (dict(query_block=0), "query_block")],
+    [
+        (dict(k1=0), "k1"),
+        (dict(k2=0), "k2"),
+        (dict(lambda_value=1.2), "lambda_value"),
+        (dict(lambda_value=-0.01), "lambda_value"),
+        (dict(query_block=0), "query_block"),
+    ],
 )
 def test_bad_arguments(kw, match):
     with pytest.raises((ValueError, TypeError), match=match):

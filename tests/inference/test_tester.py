@@ -1,4 +1,5 @@
 """GroupLossPlusPlusTester inside GlobalEmbeddingSpaceTester + HookContainer + record-keeper."""
+
 import glob
 import os
 import re
@@ -33,16 +34,23 @@ class _Images(torch.utils.data.Dataset):
 def _trunk():
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
     )
 
 
 def _tester(**kw):
     return GroupLossPlusPlusTester(
-        dataloader_num_workers=0, data_device=CPU, batch_size=32,
+        dataloader_num_workers=0,
+        data_device=CPU,
+        batch_size=32,
         accuracy_calculator=RecallAtKAccuracyCalculator(
             include=("precision_at_1", "recall_at_1", "recall_at_2", "mean_average_precision_at_r"),
-            k="max_bin_count", device=CPU, knn_func=KReciprocalReRanker(k1=6, k2=3),
+            k="max_bin_count",
+            device=CPU,
+            knn_func=KReciprocalReRanker(k1=6, k2=3),
         ),
         **kw,
     )
@@ -81,12 +89,18 @@ def test_runs_with_hook_container_and_record_keeper(tmp_path):
     ds = _Images()
     trunk = _trunk()
     rk, _, _ = logging_presets.get_record_keeper(
-        str(tmp_path / "csv"), str(tmp_path / "tb"), global_db_path=str(tmp_path / "db.db"),
+        str(tmp_path / "csv"),
+        str(tmp_path / "tb"),
+        global_db_path=str(tmp_path / "db.db"),
         experiment_name="exp",
     )
-    hooks = logging_presets.get_hook_container(rk, primary_metric="recall_at_1", validation_split_name="val")
+    hooks = logging_presets.get_hook_container(
+        rk, primary_metric="recall_at_1", validation_split_name="val"
+    )
     tester = _tester(flip=True, beta=0.004, end_of_testing_hook=hooks.end_of_testing_hook)
-    end_of_epoch = hooks.end_of_epoch_hook(tester, {"val": ds}, str(tmp_path / "models"), test_interval=1)
+    end_of_epoch = hooks.end_of_epoch_hook(
+        tester, {"val": ds}, str(tmp_path / "models"), test_interval=1
+    )
     trainer = trainers.MetricLossOnly(
         models={"trunk": trunk},
         optimizers={"trunk_optimizer": torch.optim.SGD(trunk.parameters(), lr=0.01)},
