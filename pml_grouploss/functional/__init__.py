@@ -1,5 +1,6 @@
 """Pure tensor functions behind pml_grouploss: no PML imports, typed, shapes documented."""
 from .anchors import select_anchors
+from .beta_normalization import beta_normalize
 from .class_centroids import class_centroids, mean_pairwise_distance, nearest_classes
 from .gradml import (
     check_gradml_params,
@@ -10,16 +11,29 @@ from .gradml import (
     safe_pow,
 )
 from .group_loss import LOG_EPSILON, group_loss, initial_assignment, refined_label_loss
+from .reranking import (
+    dense_re_ranking_knn,
+    re_ranking,
+    re_ranking_one_set,
+    sparse_re_ranking_knn,
+)
 from .pearson import (
     pearson_correlation,
     pearson_similarity,
     similarity_from_correlation,
     standardize_rows,
 )
+from .pooling import mixed_pool2d
 from .replicator import consistency, replicator_dynamics, replicator_history, replicator_step
 
 __all__ = [
     "LOG_EPSILON",
+    "beta_normalize",
+    "dense_re_ranking_knn",
+    "mixed_pool2d",
+    "re_ranking",
+    "re_ranking_one_set",
+    "sparse_re_ranking_knn",
     "check_gradml_params",
     "class_centroids",
     "gradml_gradient",
