@@ -76,7 +76,10 @@ ABLATIONS: Dict[str, Ablation] = {
 
 
 def run_ablation(name: str, cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
-                 final_test: bool = False, figures: bool = True, log=print) -> pd.DataFrame:
+                 final_test: bool = False, figures: bool = True, log=None) -> pd.DataFrame:
+    from .suite import say
+
+    log = log or say
     from .suite import prepare_output
 
     ablation = ABLATIONS[name]

@@ -6,6 +6,7 @@ Subcommands (``run`` is the default when none is given)::
     pml-grouploss-bench run --losses grouploss,triplet,MultiSimilarityLoss --seeds 5
     pml-grouploss-bench ablate steps         # GroupLoss refinement steps T = 0..5
     pml-grouploss-bench tune --budget 6      # equal-budget random search on validation folds
+    pml-grouploss-bench inference results/main  # GL++ inference ablation on its GroupLoss models
     pml-grouploss-bench figures results/main # redraw the figures of a finished run
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .data import DATASET_NAMES
 from .methods import DEFAULT_METHODS, METHODS, get_method, parse_overrides
 from .trunks import TRUNK_NAMES
 
-SUBCOMMANDS = ("run", "ablate", "tune", "figures")
+SUBCOMMANDS = ("run", "ablate", "tune", "inference", "figures")
 
 
 def _int_list(text: str) -> List[int]:
@@ -99,7 +100,7 @@ def _add_protocol_options(p: argparse.ArgumentParser) -> None:
                         f"default: {len(d.seeds)}")
     g.add_argument("--output-dir", default=None,
                    help="results directory; rerunning the same command resumes in it "
-                        "(default: results/<subcommand>)")
+                        "(default: results/main, results/tune, results/ablate_<sweep>)")
     g.add_argument("--fresh", action="store_true",
                    help="delete --output-dir first instead of resuming")
     g.add_argument("--device", default=None, help="torch device (default: cpu)")
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    sub = parser.add_subparsers(dest="command", metavar="{run,ablate,tune,figures}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,ablate,tune,inference,figures}")
     p = sub.add_parser("run", help="the main benchmark (default)")
     _add_protocol_options(p)
     _add_method_options(p)
@@ -154,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, default=6,
                    help="configurations per method, the same for every method (default: 6; the "
                         "first is always the method's default)")
+    p = sub.add_parser("inference", help="GroupLoss++ inference ablation on a finished run's "
+                                         "GroupLoss models (GL++ Tables 3-4)")
+    p.add_argument("output_dir", nargs="?", default=os.path.join("results", "main"),
+                   help="a results directory written by `run` (default: results/main)")
+    p.add_argument("--method", default="grouploss",
+                   help="which method's checkpoints to evaluate (default: grouploss)")
+    p.add_argument("--verbose", action="store_true", help="PML's INFO logging")
     p = sub.add_parser("figures", help="redraw the figures of a results directory")
     p.add_argument("output_dir", help="a results directory written by `run`")
     return parser
@@ -251,9 +259,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"figures written to {os.path.join(args.output_dir, 'figures')}")
         return 0
     quiet_pml(args.verbose)
+    if args.command == "inference":
+        from .inference_ablation import run_inference_ablation
+
+        if not os.path.isfile(os.path.join(args.output_dir, "config.json")):
+            raise FileNotFoundError(f"{args.output_dir!r} is not a results directory of `run` "
+                                    "(no config.json); run the benchmark first")
+        run_inference_ablation(args.output_dir, method=args.method)
+        return 0
     cfg = config_from_args(args)
-    out = args.output_dir or os.path.join("results", args.command if args.command != "ablate"
-                                          else f"ablate_{args.sweep}")
+    default_out = {"run": "main", "tune": "tune"}.get(args.command) or f"ablate_{args.sweep}"
+    out = args.output_dir or os.path.join("results", default_out)
     if args.command == "run":
         from .suite import run_benchmark
 

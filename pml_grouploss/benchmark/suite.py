@@ -14,6 +14,11 @@ from .data import build_splits, check_batch
 from .methods import MethodSpec, get_method
 from .runner import run_one
 
+def say(*args) -> None:
+    """Progress line on stdout, flushed (the run may be logged to a file)."""
+    print(*args, flush=True)
+
+
 #: (label, method name, parameter overrides) -- one column of a comparison
 Variant = Tuple[str, str, Dict[str, Any]]
 
@@ -48,9 +53,10 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
 
 
 def run_variants(cfg: BenchmarkConfig, variants: Sequence[Variant], output_dir: str,
-                 final_test: bool = True, log=print) -> pd.DataFrame:
+                 final_test: bool = True, log=None) -> pd.DataFrame:
     """Train every variant for every seed (seed-major, so finished seeds are complete
     comparisons) and return the per-seed rows. Finished runs are reused."""
+    log = log or say
     rows = []
     splits_by_fold: Dict[int, Any] = {}
     total = len(variants) * len(cfg.seeds)
@@ -92,8 +98,9 @@ def write_tables(per_seed: pd.DataFrame, output_dir: str, title: str = "") -> st
 
 
 def run_benchmark(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
-                  figures: bool = True, log=print) -> pd.DataFrame:
+                  figures: bool = True, log=None) -> pd.DataFrame:
     """The main job: every method x seed, then tables and figures in ``output_dir``."""
+    log = log or say
     from .data import load_base
 
     variants = variants_from_config(cfg)

@@ -46,7 +46,10 @@ def sample_configurations(space: Dict[str, tuple], budget: int, seed: int = SEAR
 
 
 def run_tuning(cfg: BenchmarkConfig, output_dir: str, budget: int = 6, fresh: bool = False,
-               log=print) -> Dict[str, Dict[str, Any]]:
+               log=None) -> Dict[str, Dict[str, Any]]:
+    from .suite import say
+
+    log = log or say
     from .suite import prepare_output
 
     prepare_output(cfg, output_dir, fresh)

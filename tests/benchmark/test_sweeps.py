@@ -1,0 +1,82 @@
+"""Tiny end-to-end runs of the ablation sweeps, the equal-budget tuning and the GL++ inference
+ablation (few classes, one or two epochs)."""
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from pml_grouploss.benchmark import cli
+from pml_grouploss.benchmark.ablations import ABLATIONS, run_ablation
+from pml_grouploss.benchmark.config import BenchmarkConfig
+from pml_grouploss.benchmark.suite import run_benchmark
+from pml_grouploss.benchmark.tuning import run_tuning, sample_configurations
+
+TINY = dict(epochs=1, eval_every=1, max_classes=10, classes_per_batch=4, samples_per_class=4,
+            num_folds=5, save_embeddings=False)
+quiet = dict(log=lambda *_: None)
+
+
+def test_ablation_variants_match_the_papers():
+    cfg = BenchmarkConfig()
+    steps = ABLATIONS["steps"].variants(cfg)
+    assert [v[1] for v in steps[:6]] == [{"num_iterations": t} for t in range(6)]
+    assert steps[6][1] == {"nll_weight": 0.0}
+    anchors = ABLATIONS["anchors"].variants(cfg)
+    assert len(anchors) == 30 and {v[3] for v in anchors} == {
+        (a, m) for a in range(5) for m in range(5, 11)}
+    assert [v[2]["classes_per_batch"] for v in ABLATIONS["classes"].variants(cfg)] == [
+        3, 5, 8, 10, 15, 20]
+    assert [v[1] for v in ABLATIONS["negatives"].variants(cfg)] == [
+        {"negatives": "clamp"}, {"negatives": "shift"}]
+    assert [v[1] for v in ABLATIONS["diagonal"].variants(cfg)] == [
+        {"zero_diagonal": False}, {"zero_diagonal": True}]
+
+
+def test_ablation_run_writes_table_and_figure(tmp_path):
+    cfg = BenchmarkConfig(seeds=(0,), **TINY)
+    per_seed = run_ablation("negatives", cfg, str(tmp_path), **quiet)
+    assert per_seed.method.tolist() == ["clamp", "shift"]
+    assert "precision_at_1" not in per_seed.columns  # validation only by default
+    md = (tmp_path / "results.md").read_text()
+    assert "| clamp |" in md and "val R@1" in md
+    assert (tmp_path / "figures" / "ablation_negatives.png").is_file()
+    params = [json.loads(p) for p in per_seed.params]
+    assert [p["negatives"] for p in params] == ["clamp", "shift"]
+
+
+def test_equal_budget_sampling():
+    space = {"a": (1, 2, 3), "b": ("x", "y")}
+    confs = sample_configurations(space, 4)
+    assert confs[0] == {} and len(confs) == 4
+    assert len({json.dumps(c, sort_keys=True) for c in confs}) == 4
+    assert sample_configurations(space, 4) == confs  # reproducible
+    assert len(sample_configurations(space, 50)) == 7  # 6 distinct draws + defaults
+    with pytest.raises(ValueError, match="budget"):
+        sample_configurations(space, 0)
+
+
+def test_tuning_gives_every_method_the_same_budget(tmp_path):
+    cfg = BenchmarkConfig(seeds=(0,), methods=("grouploss", "triplet"), **TINY)
+    best = run_tuning(cfg, str(tmp_path), budget=2, **quiet)
+    per_seed = pd.read_csv(tmp_path / "per_seed.csv")
+    assert per_seed.groupby("method_name").size().to_dict() == {"grouploss": 2, "triplet": 2}
+    assert set(best) == {"grouploss", "triplet"}
+    assert json.loads((tmp_path / "best_params.json").read_text()) == best
+    assert "precision_at_1" not in per_seed.columns  # the test classes are never evaluated
+
+
+def test_inference_ablation_on_finished_run(tmp_path, capsys):
+    cfg = BenchmarkConfig(seeds=(0,), methods=("grouploss",), **TINY)
+    run_benchmark(cfg, str(tmp_path), figures=False, **quiet)
+    assert cli.main(["inference", str(tmp_path)]) == 0
+    out = tmp_path / "inference_ablation_grouploss"
+    df = pd.read_csv(out / "per_seed.csv")
+    assert df.configuration.iloc[0] == "baseline"
+    assert "+ flip alone" in df.configuration.tolist()
+    assert "+ beta alone" in df.configuration.tolist()
+    assert any(c.startswith("cumulative: flip + beta") for c in df.configuration)
+    # the baseline row reproduces the run's own test numbers (same checkpoint, same tester)
+    final = json.loads((tmp_path / "runs/grouploss/seed0/final.json").read_text())
+    assert df.precision_at_1.iloc[0] == pytest.approx(final["precision_at_1"])
+    assert "Chosen parameters" in (out / "results.md").read_text()
