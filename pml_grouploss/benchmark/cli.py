@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Side-by-side metric-learning benchmark in PML's trainers and testers: "
                     "GroupLoss vs PML's TripletMarginLoss and ProxyAnchorLoss (and any PML loss), "
                     "class-disjoint validation folds for model selection, test classes touched "
-                    "once, mean ± 95%% CI over seeds. Without a subcommand, `run` is assumed.",
+                    "once, mean ± 95% CI over seeds. Without a subcommand, `run` is assumed.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
