@@ -80,3 +80,18 @@ def test_inference_ablation_on_finished_run(tmp_path, capsys):
     final = json.loads((tmp_path / "runs/grouploss/seed0/final.json").read_text())
     assert df.precision_at_1.iloc[0] == pytest.approx(final["precision_at_1"])
     assert "Chosen parameters" in (out / "results.md").read_text()
+
+
+def test_gradml_and_pml_losses_by_name(tmp_path):
+    cfg = BenchmarkConfig(seeds=(0,), methods=("gradml", "MultiSimilarityLoss",
+                                               "NormalizedSoftmaxLoss"), **TINY)
+    per_seed = run_benchmark(cfg, str(tmp_path), figures=False, **quiet)
+    assert per_seed.method.tolist() == ["gradml", "MultiSimilarityLoss", "NormalizedSoftmaxLoss"]
+    params = [json.loads(p) for p in per_seed.params]
+    assert params[0] == {"k": 2.0, "w": 1.0}
+    # a PML loss with weights gets num_classes and its own optimizer at lr 1e-2
+    assert params[2] == {"loss_lr": 0.01}
+    logs = os.listdir(tmp_path / "runs/NormalizedSoftmaxLoss/seed0/logs")
+    assert "metric_loss_optimizer_Adam.csv" in logs
+    assert not any("metric_loss_optimizer" in f
+                   for f in os.listdir(tmp_path / "runs/MultiSimilarityLoss/seed0/logs"))
