@@ -77,11 +77,10 @@ ABLATIONS: Dict[str, Ablation] = {
 
 def run_ablation(name: str, cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
                  final_test: bool = False, figures: bool = True, log=None) -> pd.DataFrame:
-    from .suite import say
+    from .suite import check_dependencies, prepare_output, say
 
     log = log or say
-    from .suite import prepare_output
-
+    check_dependencies()
     ablation = ABLATIONS[name]
     variants = ablation.variants(cfg)
     prepare_output(cfg, output_dir, fresh)

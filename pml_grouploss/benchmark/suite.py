@@ -23,6 +23,20 @@ def say(*args) -> None:
 Variant = Tuple[str, str, Dict[str, Any]]
 
 
+def check_dependencies() -> None:
+    """The benchmark logs through record-keeper/tensorboard and searches neighbours with faiss
+    (PML's ``with-hooks-cpu`` extra); say so at once instead of failing after training."""
+    import importlib.util
+
+    missing = [m for m in ("record_keeper", "tensorboard", "faiss")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(
+            f"the benchmark needs {', '.join(missing)}: pip install 'pml_grouploss[with-hooks-cpu]' "
+            "(or [with-hooks] with faiss-gpu)"
+        )
+
+
 def variants_from_config(cfg: BenchmarkConfig) -> List[Variant]:
     out = []
     for name in cfg.methods:
@@ -103,6 +117,7 @@ def run_benchmark(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
     log = log or say
     from .data import load_base
 
+    check_dependencies()
     variants = variants_from_config(cfg)
     train_base, _, _ = load_base(cfg.dataset, cfg.data_root, cfg.download)
     n_train = len(set(train_base.labels))

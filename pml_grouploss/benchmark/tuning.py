@@ -47,11 +47,10 @@ def sample_configurations(space: Dict[str, tuple], budget: int, seed: int = SEAR
 
 def run_tuning(cfg: BenchmarkConfig, output_dir: str, budget: int = 6, fresh: bool = False,
                log=None) -> Dict[str, Dict[str, Any]]:
-    from .suite import say
+    from .suite import check_dependencies, prepare_output, say
 
     log = log or say
-    from .suite import prepare_output
-
+    check_dependencies()
     prepare_output(cfg, output_dir, fresh)
     rows = []
     splits_cache: Dict[int, Any] = {}

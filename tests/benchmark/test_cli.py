@@ -84,3 +84,14 @@ def test_config_from_args_parses_everything(tmp_path):
     cfg = cli.config_from_args(args)
     assert cfg.seeds == (3, 7) and cfg.dataset == "cub" and cfg.classes_per_batch == 6
     assert cfg.samples_per_class == 9 and cfg.overrides["grouploss"]["num_anchors"] == 2
+
+
+def test_missing_logging_dependencies_fail_at_once(capsys, monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "record_keeper" else real(name, *a))
+    err = _err(capsys, ["--output-dir", str(tmp_path / "out")])
+    assert "needs record_keeper" in err and "with-hooks-cpu" in err
+    assert not (tmp_path / "out").exists()

@@ -42,6 +42,7 @@ def test_embedded_splits_are_class_disjoint(fold):
         assert_disjoint(s)
 
 
+@pytest.mark.slow
 def test_no_test_sample_reaches_training_or_selection(tmp_path, monkeypatch):
     log = []
     original = ClassSubset.__getitem__
@@ -85,6 +86,7 @@ def test_no_test_sample_reaches_training_or_selection(tmp_path, monkeypatch):
     assert any(f.startswith("metric_loss_GroupLoss") for f in logs)
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_keeps_finished_seeds(tmp_path, monkeypatch):
     from pytorch_metric_learning import trainers
 

@@ -56,6 +56,7 @@ def test_equal_budget_sampling():
         sample_configurations(space, 0)
 
 
+@pytest.mark.slow
 def test_tuning_gives_every_method_the_same_budget(tmp_path):
     cfg = BenchmarkConfig(seeds=(0,), methods=("grouploss", "triplet"), **TINY)
     best = run_tuning(cfg, str(tmp_path), budget=2, **quiet)
@@ -66,6 +67,7 @@ def test_tuning_gives_every_method_the_same_budget(tmp_path):
     assert "precision_at_1" not in per_seed.columns  # the test classes are never evaluated
 
 
+@pytest.mark.slow
 def test_inference_ablation_on_finished_run(tmp_path, capsys):
     cfg = BenchmarkConfig(seeds=(0,), methods=("grouploss",), **TINY)
     run_benchmark(cfg, str(tmp_path), figures=False, **quiet)
@@ -82,6 +84,7 @@ def test_inference_ablation_on_finished_run(tmp_path, capsys):
     assert "Chosen parameters" in (out / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_gradml_and_pml_losses_by_name(tmp_path):
     cfg = BenchmarkConfig(seeds=(0,), methods=("gradml", "MultiSimilarityLoss",
                                                "NormalizedSoftmaxLoss"), **TINY)
