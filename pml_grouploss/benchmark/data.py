@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 DATASET_NAMES = ("omniglot-small", "omniglot", "cub", "cars196", "sop")

@@ -4,7 +4,6 @@ import os
 from collections import Counter
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from pml_grouploss.benchmark import runner
