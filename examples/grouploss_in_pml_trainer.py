@@ -8,6 +8,7 @@ The only GroupLoss-specific lines are marked "<-": the loss owns a classifier, s
 `num_classes`, and its parameters get their own optimizer (`metric_loss_optimizer`) with a
 learning rate much higher than the trunk's (as for PML's proxy losses).
 """
+
 import torch
 from pytorch_metric_learning import samplers, testers, trainers
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -23,26 +24,36 @@ train, test = Omniglot(split="train", transform=tf), Omniglot(split="test", tran
 
 trunk = SmallCNN(in_channels=1, width=64)
 embedder = torch.nn.Linear(64, 64)
-loss = losses.GroupLoss(num_classes=train.num_classes, embedding_size=64,   # <-
-                        temperature=24.0, num_iterations=1)
-miner = miners.AnchorMiner(num_anchors_per_class=2)                         # <- optional
+loss = losses.GroupLoss(
+    num_classes=train.num_classes, embedding_size=64, temperature=24.0, num_iterations=1  # <-
+)
+miner = miners.AnchorMiner(num_anchors_per_class=2)  # <- optional
 optimizers = {
     "trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=1e-3),
     "embedder_optimizer": torch.optim.Adam(embedder.parameters(), lr=1e-3),
     "metric_loss_optimizer": torch.optim.Adam(loss.parameters(), lr=1e-1),  # <-
 }
-sampler = samplers.MPerClassSampler(train.labels, m=8, batch_size=120,
-                                    length_before_new_iter=len(train))
+sampler = samplers.MPerClassSampler(
+    train.labels, m=8, batch_size=120, length_before_new_iter=len(train)
+)
 trainer = trainers.MetricLossOnly(
-    models={"trunk": trunk, "embedder": embedder}, optimizers=optimizers, batch_size=120,
-    loss_funcs={"metric_loss": loss}, mining_funcs={"tuple_miner": miner},
-    dataset=train, sampler=sampler, dataloader_num_workers=0,
+    models={"trunk": trunk, "embedder": embedder},
+    optimizers=optimizers,
+    batch_size=120,
+    loss_funcs={"metric_loss": loss},
+    mining_funcs={"tuple_miner": miner},
+    dataset=train,
+    sampler=sampler,
+    dataloader_num_workers=0,
 )
 trainer.train(num_epochs=5)
 
 tester = testers.GlobalEmbeddingSpaceTester(
-    accuracy_calculator=AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"),
-                                           k="max_bin_count"),
-    dataloader_num_workers=0, batch_size=256)
+    accuracy_calculator=AccuracyCalculator(
+        include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count"
+    ),
+    dataloader_num_workers=0,
+    batch_size=256,
+)
 acc = tester.test({"test": test}, 5, trunk, embedder)["test"]
 print({k: round(v, 3) for k, v in acc.items() if k != "epoch"})

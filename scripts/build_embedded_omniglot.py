@@ -15,6 +15,7 @@ byte-identical images. The preprocessing is exactly ``pml_grouploss.datasets.omn
 which the ``Omniglot`` class also applies when it reads a full torchvision-layout directory, so the
 embedded subset and a user's own copy give identical arrays.
 """
+
 from __future__ import annotations
 
 import argparse

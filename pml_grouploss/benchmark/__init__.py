@@ -2,6 +2,7 @@
 trainers and testers, class-disjoint validation folds, test classes touched once, tables, figures,
 ablations. See ``docs/benchmark.md``.
 """
+
 import os as _os
 
 # OpenMP threads that busy-wait make every torch op ~10-20x slower when another process shares

@@ -3,6 +3,7 @@
 Every variant is trained with the run's protocol (same trunk, batches, epochs, seeds) and, by
 default, judged on the validation fold only (no test feedback); ``--test`` adds the test numbers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,11 @@ def _steps(cfg):
 
 
 def _anchors(cfg):
-    return [(f"a={a},m={m}", {"num_anchors": a}, {"samples_per_class": m}, (a, m))
-            for m in range(5, 11) for a in range(0, 5)]
+    return [
+        (f"a={a},m={m}", {"num_anchors": a}, {"samples_per_class": m}, (a, m))
+        for m in range(5, 11)
+        for a in range(0, 5)
+    ]
 
 
 def _classes(cfg):
@@ -46,37 +50,70 @@ def _classes(cfg):
 
 
 def _negatives(cfg):
-    return [("clamp", {"negatives": "clamp"}, {}, "clamp"), ("shift", {"negatives": "shift"}, {}, "shift")]
+    return [
+        ("clamp", {"negatives": "clamp"}, {}, "clamp"),
+        ("shift", {"negatives": "shift"}, {}, "shift"),
+    ]
 
 
 def _diagonal(cfg):
-    return [("diagonal kept", {"zero_diagonal": False}, {}, "kept"),
-            ("diagonal zeroed", {"zero_diagonal": True}, {}, "zeroed")]
+    return [
+        ("diagonal kept", {"zero_diagonal": False}, {}, "kept"),
+        ("diagonal zeroed", {"zero_diagonal": True}, {}, "zeroed"),
+    ]
 
 
 def _nll(cfg):
-    return [("GroupLoss", {}, {}, "GL"), ("nll_weight=0 (plain CE)", {"nll_weight": 0.0}, {}, "CE"),
-            ("ce_weight=0 (NLL only)", {"ce_weight": 0.0}, {}, "NLL")]
+    return [
+        ("GroupLoss", {}, {}, "GL"),
+        ("nll_weight=0 (plain CE)", {"nll_weight": 0.0}, {}, "CE"),
+        ("ce_weight=0 (NLL only)", {"ce_weight": 0.0}, {}, "NLL"),
+    ]
 
 
 ABLATIONS: Dict[str, Ablation] = {
-    "steps": Ablation("refinement steps T = 0..5 (GL++ Fig. 3; T=0 = no refinement) and plain CE",
-                      _steps, "line", "refinement steps T"),
-    "anchors": Ablation("anchors 0..4 x samples per class 5..10 (GL++ Fig. 4), a heatmap",
-                        _anchors, "heatmap", "anchors"),
-    "classes": Ablation("classes per batch 3..20 at fixed samples per class (GL++ Fig. 5)",
-                        _classes, "line", "classes per batch"),
-    "negatives": Ablation("negative similarities clamped vs shifted (GL++ §3.4.1)", _negatives,
-                          "bar", "negatives"),
-    "diagonal": Ablation("similarity diagonal kept (reference code) vs zeroed (paper)", _diagonal,
-                         "bar", "diagonal"),
-    "nll": Ablation("loss terms: refined-label NLL + CE, CE only (nll_weight=0), NLL only",
-                    _nll, "bar", "loss terms"),
+    "steps": Ablation(
+        "refinement steps T = 0..5 (GL++ Fig. 3; T=0 = no refinement) and plain CE",
+        _steps,
+        "line",
+        "refinement steps T",
+    ),
+    "anchors": Ablation(
+        "anchors 0..4 x samples per class 5..10 (GL++ Fig. 4), a heatmap",
+        _anchors,
+        "heatmap",
+        "anchors",
+    ),
+    "classes": Ablation(
+        "classes per batch 3..20 at fixed samples per class (GL++ Fig. 5)",
+        _classes,
+        "line",
+        "classes per batch",
+    ),
+    "negatives": Ablation(
+        "negative similarities clamped vs shifted (GL++ §3.4.1)", _negatives, "bar", "negatives"
+    ),
+    "diagonal": Ablation(
+        "similarity diagonal kept (reference code) vs zeroed (paper)", _diagonal, "bar", "diagonal"
+    ),
+    "nll": Ablation(
+        "loss terms: refined-label NLL + CE, CE only (nll_weight=0), NLL only",
+        _nll,
+        "bar",
+        "loss terms",
+    ),
 }
 
 
-def run_ablation(name: str, cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
-                 final_test: bool = False, figures: bool = True, log=None) -> pd.DataFrame:
+def run_ablation(
+    name: str,
+    cfg: BenchmarkConfig,
+    output_dir: str,
+    fresh: bool = False,
+    final_test: bool = False,
+    figures: bool = True,
+    log=None,
+) -> pd.DataFrame:
     from .suite import check_dependencies, prepare_output, say
 
     log = log or say
@@ -94,22 +131,46 @@ def run_ablation(name: str, cfg: BenchmarkConfig, output_dir: str, fresh: bool =
             vcfg = dataclasses.replace(cfg, **changes)
             key = (seed % cfg.num_folds,)
             if key not in splits_cache:
-                splits_cache[key] = build_splits(cfg.dataset, cfg.data_root, key[0], cfg.num_folds,
-                                                 cfg.trunk, cfg.image_size, cfg.augment,
-                                                 cfg.max_classes, cfg.download)
+                splits_cache[key] = build_splits(
+                    cfg.dataset,
+                    cfg.data_root,
+                    key[0],
+                    cfg.num_folds,
+                    cfg.trunk,
+                    cfg.image_size,
+                    cfg.augment,
+                    cfg.max_classes,
+                    cfg.download,
+                )
             splits = splits_cache[key]
-            check_batch(vcfg.classes_per_batch, vcfg.samples_per_class, None,
-                        splits.train.num_classes)
-            safe = label.replace(" ", "_").replace("=", "").replace(",", "_").replace("(", "").replace(")", "")
+            check_batch(
+                vcfg.classes_per_batch, vcfg.samples_per_class, None, splits.train.num_classes
+            )
+            safe = (
+                label.replace(" ", "_")
+                .replace("=", "")
+                .replace(",", "_")
+                .replace("(", "")
+                .replace(")", "")
+            )
             run_dir = os.path.join(output_dir, "runs", safe, f"seed{seed}")
-            row = run_one(dataclasses.replace(vcfg, batch_size=None), spec, seed, splits, run_dir,
-                          label=label, overrides={**base_overrides, **overrides},
-                          final_test=final_test)
+            row = run_one(
+                dataclasses.replace(vcfg, batch_size=None),
+                spec,
+                seed,
+                splits,
+                run_dir,
+                label=label,
+                overrides={**base_overrides, **overrides},
+                final_test=final_test,
+            )
             row["x"] = str(x)
             rows.append(row)
             done += 1
-            log(f"[{done}/{total}] {label} seed {seed}: val P@1 "
-                f"{100 * row['val_precision_at_1']:.1f}")
+            log(
+                f"[{done}/{total}] {label} seed {seed}: val P@1 "
+                f"{100 * row['val_precision_at_1']:.1f}"
+            )
     per_seed = pd.DataFrame(rows)
     per_seed.to_csv(os.path.join(output_dir, "per_seed.csv"), index=False)
     metrics = VAL_METRICS + (TABLE_METRICS[:7] if final_test else ())
@@ -117,8 +178,10 @@ def run_ablation(name: str, cfg: BenchmarkConfig, output_dir: str, fresh: bool =
     summary.to_csv(os.path.join(output_dir, "summary.csv"), index=False)
     md = to_markdown(format_table(summary, metrics=metrics))
     with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(f"# Ablation `{name}`: {ablation.description}\n\nValidation fold"
-                f"{' and test classes' if final_test else ' only'}, mean ± 95% CI over seeds.\n\n")
+        f.write(
+            f"# Ablation `{name}`: {ablation.description}\n\nValidation fold"
+            f"{' and test classes' if final_test else ' only'}, mean ± 95% CI over seeds.\n\n"
+        )
         f.write(md)
     log("\n" + md)
     if figures:

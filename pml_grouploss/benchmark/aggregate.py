@@ -1,4 +1,5 @@
 """Aggregation of per-seed results: mean and 95% confidence interval, tables."""
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,12 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Tuple[float, f
     return float(x.mean()), float(half)
 
 
-def summarize(per_seed: pd.DataFrame, group: str = "method",
-              metrics: Iterable[str] = None, confidence: float = 0.95) -> pd.DataFrame:
+def summarize(
+    per_seed: pd.DataFrame,
+    group: str = "method",
+    metrics: Iterable[str] = None,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
     """One row per ``group`` with ``<metric>_mean``, ``<metric>_ci`` and ``n_seeds`` columns.
 
     ``per_seed`` has one row per (method, seed). Row order follows first appearance.
@@ -63,8 +68,9 @@ VAL_METRICS = (
 )
 
 
-def format_table(summary: pd.DataFrame, group: str = "method", percent: bool = True,
-                 metrics=TABLE_METRICS) -> pd.DataFrame:
+def format_table(
+    summary: pd.DataFrame, group: str = "method", percent: bool = True, metrics=TABLE_METRICS
+) -> pd.DataFrame:
     """Display table: ``"87.8 ± 1.2"`` cells (accuracies in %, seconds as is)."""
     out = {group: summary[group].tolist()}
     for m, title in metrics:

@@ -1,4 +1,5 @@
 """Benchmark configuration: everything that is the same for every method of a run."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,6 +32,7 @@ class BenchmarkConfig:
     weight_decay: float = 1e-4
     lr_decay_epoch: Optional[int] = None
     eval_every: int = 2
+    patience: Optional[int] = None
     num_folds: int = 5
     max_classes: Optional[int] = None
     primary_metric: str = "precision_at_1"
@@ -56,8 +58,15 @@ class BenchmarkConfig:
     def protocol_key(self) -> Dict[str, Any]:
         """The fields that must match for a resumed run to reuse finished seeds."""
         d = dataclasses.asdict(self)
-        for k in ("seeds", "methods", "threads", "log_freq", "eval_batch_size", "save_embeddings",
-                  "download"):
+        for k in (
+            "seeds",
+            "methods",
+            "threads",
+            "log_freq",
+            "eval_batch_size",
+            "save_embeddings",
+            "download",
+        ):
             d.pop(k)
         return d
 
@@ -71,27 +80,81 @@ class BenchmarkConfig:
 #: a user with a GPU starts from ``pml-grouploss-bench --config cub-paper --data-root /data/cub``.
 PAPER_CONFIGS: Dict[str, Dict[str, Any]] = {
     "cub-paper": dict(
-        dataset="cub", trunk="googlenet", pretrained=True, embedder="identity", embedding_size=1024,
-        image_size=227, augment="affine", classes_per_batch=6, samples_per_class=9,
-        optimizer="radam", lr=1.563663718906821e-4, weight_decay=6.059722614369727e-6,
-        epochs=60, lr_decay_epoch=30, eval_every=5, recall_ks=(1, 2, 4, 8),
-        overrides={"grouploss": {"temperature": 24.0, "num_iterations": 1, "num_anchors": 2,
-                                 "loss_lr": 1.563663718906821e-4}},
+        dataset="cub",
+        trunk="googlenet",
+        pretrained=True,
+        embedder="identity",
+        embedding_size=1024,
+        image_size=227,
+        augment="affine",
+        classes_per_batch=6,
+        samples_per_class=9,
+        optimizer="radam",
+        lr=1.563663718906821e-4,
+        weight_decay=6.059722614369727e-6,
+        epochs=60,
+        lr_decay_epoch=30,
+        eval_every=5,
+        recall_ks=(1, 2, 4, 8),
+        overrides={
+            "grouploss": {
+                "temperature": 24.0,
+                "num_iterations": 1,
+                "num_anchors": 2,
+                "loss_lr": 1.563663718906821e-4,
+            }
+        },
     ),
     "cars-paper": dict(
-        dataset="cars196", trunk="googlenet", pretrained=True, embedder="identity",
-        embedding_size=1024, image_size=227, augment="affine", classes_per_batch=5,
-        samples_per_class=7, optimizer="radam", lr=2e-4, weight_decay=4.863656728256105e-7,
-        epochs=60, lr_decay_epoch=30, eval_every=5, recall_ks=(1, 2, 4, 8),
-        overrides={"grouploss": {"temperature": 79.0, "num_iterations": 1, "num_anchors": 3,
-                                 "loss_lr": 2e-4}},
+        dataset="cars196",
+        trunk="googlenet",
+        pretrained=True,
+        embedder="identity",
+        embedding_size=1024,
+        image_size=227,
+        augment="affine",
+        classes_per_batch=5,
+        samples_per_class=7,
+        optimizer="radam",
+        lr=2e-4,
+        weight_decay=4.863656728256105e-7,
+        epochs=60,
+        lr_decay_epoch=30,
+        eval_every=5,
+        recall_ks=(1, 2, 4, 8),
+        overrides={
+            "grouploss": {
+                "temperature": 79.0,
+                "num_iterations": 1,
+                "num_anchors": 3,
+                "loss_lr": 2e-4,
+            }
+        },
     ),
     "sop-paper": dict(
-        dataset="sop", trunk="googlenet", pretrained=True, embedder="identity", embedding_size=1024,
-        image_size=227, augment="affine", classes_per_batch=10, samples_per_class=6,
-        optimizer="radam", lr=6.077651100709081e-4, weight_decay=5.2724883734490575e-12,
-        epochs=60, lr_decay_epoch=30, eval_every=5, recall_ks=(1, 10, 100, 1000),
-        overrides={"grouploss": {"temperature": 54.0, "num_iterations": 1, "num_anchors": 2,
-                                 "loss_lr": 6.077651100709081e-4}},
+        dataset="sop",
+        trunk="googlenet",
+        pretrained=True,
+        embedder="identity",
+        embedding_size=1024,
+        image_size=227,
+        augment="affine",
+        classes_per_batch=10,
+        samples_per_class=6,
+        optimizer="radam",
+        lr=6.077651100709081e-4,
+        weight_decay=5.2724883734490575e-12,
+        epochs=60,
+        lr_decay_epoch=30,
+        eval_every=5,
+        recall_ks=(1, 10, 100, 1000),
+        overrides={
+            "grouploss": {
+                "temperature": 54.0,
+                "num_iterations": 1,
+                "num_anchors": 2,
+                "loss_lr": 6.077651100709081e-4,
+            }
+        },
     ),
 }

@@ -1,5 +1,6 @@
 """Matplotlib figures of a results directory (the papers' convergence, overfitting and
 qualitative figures, plus one figure per ablation)."""
+
 from __future__ import annotations
 
 import glob
@@ -40,8 +41,9 @@ def _curves(ax, hist: pd.DataFrame, split: str, metric: str, methods: List[str],
         e, mu, ci = (np.array(x, dtype=float) for x in zip(*stats))
         ax.plot(e, 100 * mu, style, color=colors[i % len(colors)], label=f"{m} ({split})")
         ci = np.nan_to_num(ci)
-        ax.fill_between(e, 100 * (mu - ci), 100 * (mu + ci), color=colors[i % len(colors)],
-                        alpha=0.2)
+        ax.fill_between(
+            e, 100 * (mu - ci), 100 * (mu + ci), color=colors[i % len(colors)], alpha=0.2
+        )
 
 
 def convergence_figure(output_dir: str, methods: List[str], metric="precision_at_1") -> str:
@@ -73,10 +75,18 @@ def train_vs_test_figure(output_dir: str, methods: List[str]) -> str:
     a.legend(fontsize=7)
     s = summarize(per_seed, metrics=["train_precision_at_1", "precision_at_1"])
     x = np.arange(len(s))
-    for off, col, name in ((-0.2, "train_precision_at_1", "train classes"),
-                           (0.2, "precision_at_1", "test classes")):
-        b.bar(x + off, 100 * s[f"{col}_mean"], 0.4, yerr=100 * np.nan_to_num(s[f"{col}_ci"]),
-              capsize=3, label=name)
+    for off, col, name in (
+        (-0.2, "train_precision_at_1", "train classes"),
+        (0.2, "precision_at_1", "test classes"),
+    ):
+        b.bar(
+            x + off,
+            100 * s[f"{col}_mean"],
+            0.4,
+            yerr=100 * np.nan_to_num(s[f"{col}_ci"]),
+            capsize=3,
+            label=name,
+        )
     b.set_xticks(x)
     b.set_xticklabels(s.method, rotation=20, fontsize=8)
     b.set_ylabel("R@1 (%) at the selected checkpoint")
@@ -90,8 +100,14 @@ def train_vs_test_figure(output_dir: str, methods: List[str]) -> str:
     return path
 
 
-def retrieval_grid_figure(output_dir: str, cfg: BenchmarkConfig, methods: List[str],
-                          seed: Optional[int] = None, n_queries: int = 6, top_k: int = 4) -> str:
+def retrieval_grid_figure(
+    output_dir: str,
+    cfg: BenchmarkConfig,
+    methods: List[str],
+    seed: Optional[int] = None,
+    n_queries: int = 6,
+    top_k: int = 4,
+) -> str:
     """Queries (left) and their top-``top_k`` test neighbours per method; green = same class."""
     from . import runner
     from .data import build_splits
@@ -105,8 +121,16 @@ def retrieval_grid_figure(output_dir: str, cfg: BenchmarkConfig, methods: List[s
                 results[m] = (f["embeddings"], f["labels"])
     if not results:
         raise FileNotFoundError(f"no test_embeddings.npz under {output_dir}/runs/*/seed{seed}")
-    splits = build_splits(cfg.dataset, cfg.data_root, seed % cfg.num_folds, cfg.num_folds,
-                          "cnn", cfg.image_size, "none", cfg.max_classes)
+    splits = build_splits(
+        cfg.dataset,
+        cfg.data_root,
+        seed % cfg.num_folds,
+        cfg.num_folds,
+        "cnn",
+        cfg.image_size,
+        "none",
+        cfg.max_classes,
+    )
     test = splits.test
     rng = np.random.default_rng(0)
     queries = np.sort(rng.choice(len(test), size=min(n_queries, len(test)), replace=False))
@@ -122,8 +146,9 @@ def retrieval_grid_figure(output_dir: str, cfg: BenchmarkConfig, methods: List[s
             return cache[i]
 
         cols = len(results) * (top_k + 1)
-        fig, axes = plt.subplots(len(queries), cols, figsize=(cols * 0.9, len(queries) * 1.0 + 0.6),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            len(queries), cols, figsize=(cols * 0.9, len(queries) * 1.0 + 0.6), squeeze=False
+        )
         for j, (m, (emb, lab)) in enumerate(results.items()):
             sims = emb[queries] @ emb.T
             sims[np.arange(len(queries)), queries] = -np.inf
@@ -143,8 +168,10 @@ def retrieval_grid_figure(output_dir: str, cfg: BenchmarkConfig, methods: List[s
                         ax.set_title(m, fontsize=8, loc="left")
     finally:
         runner.PHASE = "idle"
-    fig.suptitle(f"test queries and their top-{top_k} (green = same class, red = other), seed {seed}",
-                 fontsize=9)
+    fig.suptitle(
+        f"test queries and their top-{top_k} (green = same class, red = other), seed {seed}",
+        fontsize=9,
+    )
     path = os.path.join(output_dir, "figures", "retrieval_grid.png")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -169,8 +196,15 @@ def ablation_figure(per_seed: pd.DataFrame, ablation, fig_dir: str, name: str) -
         for i in range(len(anchors)):
             for j in range(len(ms)):
                 if not np.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7,
-                            color="white")
+                    ax.text(
+                        j,
+                        i,
+                        f"{grid[i, j]:.1f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white",
+                    )
         ax.set_xticks(range(len(ms)))
         ax.set_xticklabels(ms)
         ax.set_yticks(range(len(anchors)))
@@ -182,8 +216,11 @@ def ablation_figure(per_seed: pd.DataFrame, ablation, fig_dir: str, name: str) -
         s = summarize(per_seed, metrics=[metric])
         mu, ci = 100 * s[f"{metric}_mean"], 100 * np.nan_to_num(s[f"{metric}_ci"])
         if ablation.kind == "line":
-            numeric = [lab for lab in s.method if per_seed[per_seed.method == lab].x.iloc[0]
-                       .lstrip("-").isdigit()]
+            numeric = [
+                lab
+                for lab in s.method
+                if per_seed[per_seed.method == lab].x.iloc[0].lstrip("-").isdigit()
+            ]
             sel = s.method.isin(numeric)
             x = [int(per_seed[per_seed.method == lab].x.iloc[0]) for lab in s.method[sel]]
             ax.errorbar(x, mu[sel], yerr=ci[sel], marker="o", capsize=3, label="GroupLoss")
@@ -208,8 +245,7 @@ def ablation_figure(per_seed: pd.DataFrame, ablation, fig_dir: str, name: str) -
 
 def make_all(output_dir: str, cfg: BenchmarkConfig) -> List[str]:
     os.makedirs(os.path.join(output_dir, "figures"), exist_ok=True)
-    methods = [m for m in cfg.methods
-               if os.path.isdir(os.path.join(output_dir, "runs", m))]
+    methods = [m for m in cfg.methods if os.path.isdir(os.path.join(output_dir, "runs", m))]
     paths = [convergence_figure(output_dir, methods), train_vs_test_figure(output_dir, methods)]
     if cfg.save_embeddings:
         paths.append(retrieval_grid_figure(output_dir, cfg, methods))

@@ -7,6 +7,7 @@ strategy's parameter is chosen on the run's validation fold (strategy alone on t
 baseline); the test classes only report the rows of the table. Strategies that cannot be applied
 to the trunk (e.g. mixed pooling when the trunk's feature map is already 1x1) are reported as such.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,12 +65,20 @@ def _evaluate(cfg, trunk, embedder, dataset, settings: Dict[str, Any], device) -
         kwargs["knn_func"] = KReciprocalReRanker(k1=k1, k2=k2, lambda_value=lam)
     ks = tuple(cfg.recall_ks)
     calc = RecallAtKAccuracyCalculator(
-        recall_at=ks, include=("precision_at_1", "mean_average_precision_at_r", "NMI")
-        + tuple(f"recall_at_{k}" for k in ks), k="max_bin_count", **kwargs)
+        recall_at=ks,
+        include=("precision_at_1", "mean_average_precision_at_r", "NMI")
+        + tuple(f"recall_at_{k}" for k in ks),
+        k="max_bin_count",
+        **kwargs,
+    )
     tester = GroupLossPlusPlusTester(
-        flip=bool(settings.get("flip", False)), beta=settings.get("beta"),
-        accuracy_calculator=calc, batch_size=cfg.eval_batch_size, dataloader_num_workers=0,
-        data_device=device)
+        flip=bool(settings.get("flip", False)),
+        beta=settings.get("beta"),
+        accuracy_calculator=calc,
+        batch_size=cfg.eval_batch_size,
+        dataloader_num_workers=0,
+        data_device=device,
+    )
     acc = tester.test({"split": dataset}, 0, trunk, embedder, splits_to_eval=[("split", ["split"])])
     return runner._clean(acc["split"])
 
@@ -90,8 +99,16 @@ def run_inference_ablation(results_dir: str, method: str = "grouploss", log=None
         if not os.path.isfile(os.path.join(run_dir, "final.json")):
             log(f"skip seed {seed}: {run_dir} is not finished")
             continue
-        splits = build_splits(cfg.dataset, cfg.data_root, seed % cfg.num_folds, cfg.num_folds,
-                              cfg.trunk, cfg.image_size, "none", cfg.max_classes)
+        splits = build_splits(
+            cfg.dataset,
+            cfg.data_root,
+            seed % cfg.num_folds,
+            cfg.num_folds,
+            cfg.trunk,
+            cfg.image_size,
+            "none",
+            cfg.max_classes,
+        )
 
         def ev(settings, split):
             trunk, embedder = _load_best(cfg, run_dir, splits.in_channels, device)
@@ -121,8 +138,12 @@ def run_inference_ablation(results_dir: str, method: str = "grouploss", log=None
         table: List[Tuple[str, Dict[str, Any]]] = [("baseline", {})]
         for name in ORDER:
             if name in chosen:
-                table.append((f"+ {name} alone ({chosen[name]})" if name != "flip"
-                              else "+ flip alone", {name: chosen[name]}))
+                table.append(
+                    (
+                        f"+ {name} alone ({chosen[name]})" if name != "flip" else "+ flip alone",
+                        {name: chosen[name]},
+                    )
+                )
         cumulative: Dict[str, Any] = {}
         for name in ORDER:
             if name in chosen:
@@ -132,8 +153,14 @@ def run_inference_ablation(results_dir: str, method: str = "grouploss", log=None
         for label, settings in table:
             label = label.replace(" alone (", " alone (chosen on val: ") if "(" in label else label
             acc = ev(settings, "test")
-            rows.append({"configuration": label.split(" (chosen")[0], "seed": seed, **acc,
-                         "settings": json.dumps(settings, default=str)})
+            rows.append(
+                {
+                    "configuration": label.split(" (chosen")[0],
+                    "seed": seed,
+                    **acc,
+                    "settings": json.dumps(settings, default=str),
+                }
+            )
             log(f"seed {seed} {label}: test R@1 {100 * acc['precision_at_1']:.1f}")
     per_seed = pd.DataFrame(rows)
     per_seed.to_csv(os.path.join(out_dir, "per_seed.csv"), index=False)
@@ -141,9 +168,14 @@ def run_inference_ablation(results_dir: str, method: str = "grouploss", log=None
     summary.to_csv(os.path.join(out_dir, "summary.csv"), index=False)
     md = to_markdown(format_table(summary, group="configuration"))
     with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(f"# GroupLoss++ inference ablation ({method} models of {results_dir})\n\n"
-                "Parameters chosen on the validation fold of each seed; test classes, mean ± 95% "
-                "CI over seeds.\n\n" + md + "\nChosen parameters per seed:\n\n```json\n"
-                + json.dumps(chosen_all, indent=2, default=str) + "\n```\n")
+        f.write(
+            f"# GroupLoss++ inference ablation ({method} models of {results_dir})\n\n"
+            "Parameters chosen on the validation fold of each seed; test classes, mean ± 95% "
+            "CI over seeds.\n\n"
+            + md
+            + "\nChosen parameters per seed:\n\n```json\n"
+            + json.dumps(chosen_all, indent=2, default=str)
+            + "\n```\n"
+        )
     log("\n" + md)
     return per_seed

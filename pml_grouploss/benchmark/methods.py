@@ -6,6 +6,7 @@ classifier, ProxyAnchor's proxies, any PML loss with a ``W``) -- the learning ra
 ``metric_loss_optimizer`` (../DESIGN §4 and PML's docs: proxy/classifier weights need a much
 larger learning rate than the trunk).
 """
+
 from __future__ import annotations
 
 import ast
@@ -53,16 +54,24 @@ def _triplet(num_classes: int, embedding_size: int, **params):
 
 def _triplet_miner(params: Mapping[str, Any]):
     return pml_miners.TripletMarginMiner(
-        margin=params.get("margin", 0.05), type_of_triplets=params.get("type_of_triplets", "semihard")
+        margin=params.get("margin", 0.05),
+        type_of_triplets=params.get("type_of_triplets", "semihard"),
     )
 
 
 def _proxy_anchor(num_classes: int, embedding_size: int, **params):
-    return pml_losses.ProxyAnchorLoss(num_classes=num_classes, embedding_size=embedding_size, **params)
+    return pml_losses.ProxyAnchorLoss(
+        num_classes=num_classes, embedding_size=embedding_size, **params
+    )
 
 
-GL_SPACE = {"temperature": (1.0, 5.0, 10.0, 24.0, 50.0), "num_iterations": (1, 2, 3),
-            "num_anchors": (1, 2, 3), "loss_lr": (0.03, 0.1, 0.3), "lr": (5e-4, 1e-3, 2.5e-3)}
+GL_SPACE = {
+    "temperature": (1.0, 5.0, 10.0, 24.0, 50.0),
+    "num_iterations": (1, 2, 3),
+    "num_anchors": (1, 2, 3),
+    "loss_lr": (0.03, 0.1, 0.3),
+    "lr": (5e-4, 1e-3, 2.5e-3),
+}
 
 #: Built-in methods. Group Loss defaults: T=24 (temperature of the reference code's CUB config),
 #: 1 refinement step and 2 anchors per class (GL++ Figs. 3-4 and the reference), classifier lr 1e-1
@@ -70,30 +79,51 @@ GL_SPACE = {"temperature": (1.0, 5.0, 10.0, 24.0, 50.0), "num_iterations": (1, 2
 #: margin 0.1, alpha 32, proxies at lr 1e-2.
 METHODS: Dict[str, MethodSpec] = {
     "grouploss": MethodSpec(
-        "grouploss", "Group Loss (ECCV'20 / GL++): refined-label NLL + auxiliary CE",
-        _group_loss, {"temperature": 24.0, "num_iterations": 1, "num_anchors": 2},
-        loss_lr=0.1, search_space=GL_SPACE,
+        "grouploss",
+        "Group Loss (ECCV'20 / GL++): refined-label NLL + auxiliary CE",
+        _group_loss,
+        {"temperature": 24.0, "num_iterations": 1, "num_anchors": 2},
+        loss_lr=0.1,
+        search_space=GL_SPACE,
     ),
     "grouploss_ce": MethodSpec(
-        "grouploss_ce", "ablation: GroupLoss with refined-label NLL weight 0 = plain CE on its classifier",
-        _group_loss, {"temperature": 24.0, "num_iterations": 1, "num_anchors": 2, "nll_weight": 0.0},
-        loss_lr=0.1, search_space={"loss_lr": (0.03, 0.1, 0.3), "lr": (5e-4, 1e-3, 2.5e-3)},
+        "grouploss_ce",
+        "ablation: GroupLoss with refined-label NLL weight 0 = plain CE on its classifier",
+        _group_loss,
+        {"temperature": 24.0, "num_iterations": 1, "num_anchors": 2, "nll_weight": 0.0},
+        loss_lr=0.1,
+        search_space={"loss_lr": (0.03, 0.1, 0.3), "lr": (5e-4, 1e-3, 2.5e-3)},
     ),
     "triplet": MethodSpec(
-        "triplet", "PML TripletMarginLoss + TripletMarginMiner(semihard)",
-        _triplet, {"margin": 0.05, "type_of_triplets": "semihard"}, build_miner=_triplet_miner,
-        search_space={"margin": (0.02, 0.05, 0.1, 0.2), "type_of_triplets": ("semihard", "all", "hard"),
-                      "lr": (5e-4, 1e-3, 2.5e-3)},
+        "triplet",
+        "PML TripletMarginLoss + TripletMarginMiner(semihard)",
+        _triplet,
+        {"margin": 0.05, "type_of_triplets": "semihard"},
+        build_miner=_triplet_miner,
+        search_space={
+            "margin": (0.02, 0.05, 0.1, 0.2),
+            "type_of_triplets": ("semihard", "all", "hard"),
+            "lr": (5e-4, 1e-3, 2.5e-3),
+        },
     ),
     "proxyanchor": MethodSpec(
-        "proxyanchor", "PML ProxyAnchorLoss (margin 0.1, alpha 32)",
-        _proxy_anchor, {"margin": 0.1, "alpha": 32.0}, loss_lr=1e-2,
-        search_space={"margin": (0.05, 0.1, 0.2), "alpha": (16.0, 32.0, 64.0),
-                      "loss_lr": (3e-3, 1e-2, 3e-2), "lr": (5e-4, 1e-3, 2.5e-3)},
+        "proxyanchor",
+        "PML ProxyAnchorLoss (margin 0.1, alpha 32)",
+        _proxy_anchor,
+        {"margin": 0.1, "alpha": 32.0},
+        loss_lr=1e-2,
+        search_space={
+            "margin": (0.05, 0.1, 0.2),
+            "alpha": (16.0, 32.0, 64.0),
+            "loss_lr": (3e-3, 1e-2, 3e-2),
+            "lr": (5e-4, 1e-3, 2.5e-3),
+        },
     ),
     "gradml": MethodSpec(
-        "gradml", "GradML (GL++ eq. 10-11), pml_grouploss.losses.GradMLLoss",
-        _gradml, {"k": 2.0, "w": 1.0},
+        "gradml",
+        "GradML (GL++ eq. 10-11), pml_grouploss.losses.GradMLLoss",
+        _gradml,
+        {"k": 2.0, "w": 1.0},
         search_space={"k": (1.0, 2.0, 4.0), "w": (0.5, 1.0, 2.0), "lr": (5e-4, 1e-3, 2.5e-3)},
     ),
 }
@@ -119,9 +149,13 @@ def _pml_loss_method(name: str) -> MethodSpec:
         return cls(**params)
 
     needs_params = "num_classes" in sig
-    return MethodSpec(name, f"PML {name} (PML defaults)", build,
-                      loss_lr=1e-2 if needs_params else None,
-                      search_space={"lr": (5e-4, 1e-3, 2.5e-3)})
+    return MethodSpec(
+        name,
+        f"PML {name} (PML defaults)",
+        build,
+        loss_lr=1e-2 if needs_params else None,
+        search_space={"lr": (5e-4, 1e-3, 2.5e-3)},
+    )
 
 
 def get_method(name: str) -> MethodSpec:
@@ -178,5 +212,11 @@ def build_method(
         raise ValueError(f"--set {spec.name}.*: {err}") from err
     miner = spec.build_miner(params) if spec.build_miner is not None else None
     has_params = any(p.requires_grad for p in loss.parameters())
-    return BuiltMethod(label or spec.name, loss, miner, loss_lr if has_params else None, lr,
-                       {**params, **({"loss_lr": loss_lr} if has_params else {})})
+    return BuiltMethod(
+        label or spec.name,
+        loss,
+        miner,
+        loss_lr if has_params else None,
+        lr,
+        {**params, **({"loss_lr": loss_lr} if has_params else {})},
+    )

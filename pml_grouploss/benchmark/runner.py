@@ -6,6 +6,7 @@ classes (train R@1); keep the checkpoint with the best validation ``primary_metr
 load it and evaluate the unseen test classes exactly once. A run whose ``final.json`` exists is
 never redone; an interrupted run resumes from its last saved checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,8 @@ def make_accuracy_calculator(recall_ks=(1, 2, 4, 8)):
 
     ks = tuple(int(k) for k in recall_ks)
     return RecallAtKAccuracyCalculator(
-        recall_at=ks, include=BASE_METRICS + tuple(f"recall_at_{k}" for k in ks),
+        recall_at=ks,
+        include=BASE_METRICS + tuple(f"recall_at_{k}" for k in ks),
         k="max_bin_count",
     )
 
@@ -48,11 +50,13 @@ class EmbeddingKeepingTester(testers.GlobalEmbeddingSpaceTester):
     """PML's tester deletes the embeddings after ``test``; keep the last ones (the retrieval grid
     and the saved test embeddings need them without reading the test images a second time)."""
 
-    def do_knn_and_accuracies(self, accuracies, embeddings_and_labels, query_split_name,
-                              reference_split_names):
+    def do_knn_and_accuracies(
+        self, accuracies, embeddings_and_labels, query_split_name, reference_split_names
+    ):
         self.kept_embeddings = dict(embeddings_and_labels)
-        return super().do_knn_and_accuracies(accuracies, embeddings_and_labels, query_split_name,
-                                             reference_split_names)
+        return super().do_knn_and_accuracies(
+            accuracies, embeddings_and_labels, query_split_name, reference_split_names
+        )
 
 
 def _clean(accuracies: Dict[str, Any]) -> Dict[str, float]:
@@ -113,48 +117,64 @@ def run_one(
     seed_everything(seed)
 
     train_ds = splits.train
-    batch_size = check_batch(cfg.classes_per_batch, cfg.samples_per_class, cfg.batch_size,
-                             train_ds.num_classes)
+    batch_size = check_batch(
+        cfg.classes_per_batch, cfg.samples_per_class, cfg.batch_size, train_ds.num_classes
+    )
     method = build_method(spec, train_ds.num_classes, cfg.embedding_size, overrides, label)
     trunk, feat = build_trunk(cfg.trunk, splits.in_channels, cfg.pretrained)
     embedder = build_embedder(feat, cfg.embedding_size, cfg.embedder)
     trunk, embedder, loss = trunk.to(device), embedder.to(device), method.loss.to(device)
     lr = method.lr if method.lr is not None else cfg.lr
-    optimizers = {"trunk_optimizer": _optimizer(cfg.optimizer, trunk.parameters(), lr,
-                                                cfg.weight_decay)}
+    optimizers = {
+        "trunk_optimizer": _optimizer(cfg.optimizer, trunk.parameters(), lr, cfg.weight_decay)
+    }
     if any(p.requires_grad for p in embedder.parameters()):
-        optimizers["embedder_optimizer"] = _optimizer(cfg.optimizer, embedder.parameters(), lr,
-                                                      cfg.weight_decay)
+        optimizers["embedder_optimizer"] = _optimizer(
+            cfg.optimizer, embedder.parameters(), lr, cfg.weight_decay
+        )
     if method.loss_lr is not None:  # the loss owns parameters: its own optimizer and lr
-        optimizers["metric_loss_optimizer"] = _optimizer(cfg.optimizer, loss.parameters(),
-                                                         method.loss_lr, cfg.weight_decay)
+        optimizers["metric_loss_optimizer"] = _optimizer(
+            cfg.optimizer, loss.parameters(), method.loss_lr, cfg.weight_decay
+        )
     lr_schedulers = None
     if getattr(cfg, "lr_decay_epoch", None):
         lr_schedulers = {
             k.replace("_optimizer", "_scheduler_by_epoch"): torch.optim.lr_scheduler.StepLR(
-                opt, step_size=cfg.lr_decay_epoch, gamma=0.1)
+                opt, step_size=cfg.lr_decay_epoch, gamma=0.1
+            )
             for k, opt in optimizers.items()
         }
 
     sampler = samplers.MPerClassSampler(
-        train_ds.labels, m=cfg.samples_per_class, batch_size=batch_size,
+        train_ds.labels,
+        m=cfg.samples_per_class,
+        batch_size=batch_size,
         length_before_new_iter=len(train_ds),
     )
     record_keeper, _, _ = logging_presets.get_record_keeper(
         os.path.join(run_dir, "logs"), os.path.join(run_dir, "tensorboard")
     )
     hooks = logging_presets.get_hook_container(
-        record_keeper, primary_metric=cfg.primary_metric, log_freq=cfg.log_freq,
+        record_keeper,
+        primary_metric=cfg.primary_metric,
+        log_freq=cfg.log_freq,
     )
     calc = make_accuracy_calculator(cfg.recall_ks)
     tester = EmbeddingKeepingTester(
-        end_of_testing_hook=hooks.end_of_testing_hook, accuracy_calculator=calc,
-        batch_size=cfg.eval_batch_size, dataloader_num_workers=0, data_device=device,
+        end_of_testing_hook=hooks.end_of_testing_hook,
+        accuracy_calculator=calc,
+        batch_size=cfg.eval_batch_size,
+        dataloader_num_workers=0,
+        data_device=device,
     )
     model_folder = os.path.join(run_dir, "models")
     eval_sets = {"val": splits.val, "train": splits.train_eval}
     hook = hooks.end_of_epoch_hook(
-        tester, eval_sets, model_folder, test_interval=cfg.eval_every, patience=None,
+        tester,
+        eval_sets,
+        model_folder,
+        test_interval=cfg.eval_every,
+        patience=cfg.patience,
         splits_to_eval=[("val", ["val"]), ("train", ["train"])],
     )
     history_path = os.path.join(run_dir, "history.jsonl")
@@ -207,9 +227,13 @@ def run_one(
     # the checkpoint HookContainer saved as best: first epoch with the highest validation metric
     best_epoch = int(val.loc[val[cfg.primary_metric].idxmax(), "epoch"])
     row: Dict[str, Any] = {
-        "method": label, "seed": seed, "fold": int(seed % cfg.num_folds), "best_epoch": best_epoch,
+        "method": label,
+        "seed": seed,
+        "fold": int(seed % cfg.num_folds),
+        "best_epoch": best_epoch,
         "seconds_per_epoch": float(times.train_seconds.mean()),
-        "num_train_classes": train_ds.num_classes, "num_val_classes": splits.val.num_classes,
+        "num_train_classes": train_ds.num_classes,
+        "num_val_classes": splits.val.num_classes,
         "num_test_classes": splits.test.num_classes,
         "params": json.dumps(method.params, sort_keys=True, default=str),
     }
@@ -222,17 +246,24 @@ def run_one(
         hooks.load_latest_saved_models(trainer, model_folder, device, best=True)
         PHASE = "final_test"
         try:
-            tester.test({"test": splits.test}, best_epoch, trunk, embedder,
-                        splits_to_eval=[("test", ["test"])])
+            tester.test(
+                {"test": splits.test},
+                best_epoch,
+                trunk,
+                embedder,
+                splits_to_eval=[("test", ["test"])],
+            )
         finally:
             PHASE = "idle"
         record_keeper.save_records()
         row.update(_clean(tester.all_accuracies["test"]))
         if cfg.save_embeddings:
             emb, lab = tester.kept_embeddings["test"]
-            np.savez_compressed(os.path.join(run_dir, "test_embeddings.npz"),
-                                embeddings=emb.cpu().numpy().astype(np.float32),
-                                labels=lab.cpu().numpy().ravel())
+            np.savez_compressed(
+                os.path.join(run_dir, "test_embeddings.npz"),
+                embeddings=emb.cpu().numpy().astype(np.float32),
+                labels=lab.cpu().numpy().ravel(),
+            )
     with open(final_path, "w") as f:
         json.dump(row, f, indent=2)
     return row

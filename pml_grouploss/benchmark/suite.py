@@ -1,4 +1,5 @@
 """Run every (method, seed) of a benchmark, aggregate, write tables and figures."""
+
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ from .data import build_splits, check_batch
 from .methods import MethodSpec, get_method
 from .runner import run_one
 
+
 def say(*args) -> None:
     """Progress line on stdout, flushed (the run may be logged to a file)."""
     print(*args, flush=True)
@@ -28,11 +30,13 @@ def check_dependencies() -> None:
     (PML's ``with-hooks-cpu`` extra); say so at once instead of failing after training."""
     import importlib.util
 
-    missing = [m for m in ("record_keeper", "tensorboard", "faiss")
-               if importlib.util.find_spec(m) is None]
+    missing = [
+        m for m in ("record_keeper", "tensorboard", "faiss") if importlib.util.find_spec(m) is None
+    ]
     if missing:
         raise RuntimeError(
-            f"the benchmark needs {', '.join(missing)}: pip install 'pml_grouploss[with-hooks-cpu]' "
+            f"the benchmark needs {', '.join(missing)}: "
+            "pip install 'pml_grouploss[with-hooks-cpu]' "
             "(or [with-hooks] with faiss-gpu)"
         )
 
@@ -57,17 +61,25 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
         with open(path) as f:
             old = BenchmarkConfig.from_dict(json.load(f))
         if old.protocol_key() != cfg.protocol_key():
-            diff = sorted(k for k, v in cfg.protocol_key().items() if old.protocol_key().get(k) != v)
+            diff = sorted(
+                k for k, v in cfg.protocol_key().items() if old.protocol_key().get(k) != v
+            )
             raise ValueError(
-                f"--output-dir {output_dir!r} holds a run with different settings ({', '.join(diff)}); "
+                f"--output-dir {output_dir!r} holds a run with different settings "
+                f"({', '.join(diff)}); "
                 "use another --output-dir, or --fresh to delete it and start over"
             )
     with open(path, "w") as f:
         f.write(cfg.to_json())
 
 
-def run_variants(cfg: BenchmarkConfig, variants: Sequence[Variant], output_dir: str,
-                 final_test: bool = True, log=None) -> pd.DataFrame:
+def run_variants(
+    cfg: BenchmarkConfig,
+    variants: Sequence[Variant],
+    output_dir: str,
+    final_test: bool = True,
+    log=None,
+) -> pd.DataFrame:
     """Train every variant for every seed (seed-major, so finished seeds are complete
     comparisons) and return the per-seed rows. Finished runs are reused."""
     log = log or say
@@ -79,16 +91,32 @@ def run_variants(cfg: BenchmarkConfig, variants: Sequence[Variant], output_dir: 
         fold = seed % cfg.num_folds
         if fold not in splits_by_fold:
             splits_by_fold[fold] = build_splits(
-                cfg.dataset, cfg.data_root, fold, cfg.num_folds, cfg.trunk, cfg.image_size,
-                cfg.augment, cfg.max_classes, cfg.download)
+                cfg.dataset,
+                cfg.data_root,
+                fold,
+                cfg.num_folds,
+                cfg.trunk,
+                cfg.image_size,
+                cfg.augment,
+                cfg.max_classes,
+                cfg.download,
+            )
         splits = splits_by_fold[fold]
         for label, name, overrides in variants:
             spec: MethodSpec = get_method(name)
             run_dir = os.path.join(output_dir, "runs", label, f"seed{seed}")
             finished = os.path.isfile(os.path.join(run_dir, "final.json"))
             t0 = time.time()
-            row = run_one(cfg, spec, seed, splits, run_dir, label=label, overrides=overrides,
-                          final_test=final_test)
+            row = run_one(
+                cfg,
+                spec,
+                seed,
+                splits,
+                run_dir,
+                label=label,
+                overrides=overrides,
+                final_test=final_test,
+            )
             done += 1
             status = "reused" if finished else f"{time.time() - t0:.0f}s"
             metric = row.get("precision_at_1", row.get("val_precision_at_1"))
@@ -111,8 +139,9 @@ def write_tables(per_seed: pd.DataFrame, output_dir: str, title: str = "") -> st
     return md
 
 
-def run_benchmark(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
-                  figures: bool = True, log=None) -> pd.DataFrame:
+def run_benchmark(
+    cfg: BenchmarkConfig, output_dir: str, fresh: bool = False, figures: bool = True, log=None
+) -> pd.DataFrame:
     """The main job: every method x seed, then tables and figures in ``output_dir``."""
     log = log or say
     from .data import load_base
@@ -126,12 +155,16 @@ def run_benchmark(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
     n_fit = n_train - -(-n_train // cfg.num_folds)  # training classes left after the largest fold
     check_batch(cfg.classes_per_batch, cfg.samples_per_class, cfg.batch_size, n_fit)
     if cfg.epochs % cfg.eval_every != 0:
-        raise ValueError(f"--epochs {cfg.epochs} must be a multiple of --eval-every "
-                         f"{cfg.eval_every} so that the last epoch is evaluated")
+        raise ValueError(
+            f"--epochs {cfg.epochs} must be a multiple of --eval-every "
+            f"{cfg.eval_every} so that the last epoch is evaluated"
+        )
     prepare_output(cfg, output_dir, fresh)
     t0 = time.time()
     per_seed = run_variants(cfg, variants, output_dir, log=log)
-    md = write_tables(per_seed, output_dir, title="Test classes (touched once), mean ± 95% CI over seeds")
+    md = write_tables(
+        per_seed, output_dir, title="Test classes (touched once), mean ± 95% CI over seeds"
+    )
     log("\n" + md)
     if figures:
         from . import figures as figs

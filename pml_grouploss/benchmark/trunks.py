@@ -1,4 +1,5 @@
 """Trunks and embedders shared by every method of the benchmark."""
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -51,8 +52,10 @@ def build_trunk(name: str, in_channels: int, pretrained: bool) -> Tuple[nn.Modul
     """
     if name == "cnn":
         if pretrained:
-            raise ValueError("--pretrained: the small CNN has no pretrained weights; use --trunk "
-                             "resnet50, googlenet or densenet121, or drop --pretrained")
+            raise ValueError(
+                "--pretrained: the small CNN has no pretrained weights; use --trunk "
+                "resnet50, googlenet or densenet121, or drop --pretrained"
+            )
         trunk = SmallCNN(in_channels=in_channels)
         return trunk, trunk.output_size
     if name not in TORCHVISION_TRUNKS:

@@ -7,6 +7,7 @@ with the same random generator seed. Each configuration is trained with every se
 validation ``primary_metric`` wins. The winners go to ``best_params.json`` for
 ``pml-grouploss-bench run --params-file``.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,9 @@ from .runner import run_one
 SEARCH_SEED = 2026
 
 
-def sample_configurations(space: Dict[str, tuple], budget: int, seed: int = SEARCH_SEED
-                          ) -> List[Dict[str, Any]]:
+def sample_configurations(
+    space: Dict[str, tuple], budget: int, seed: int = SEARCH_SEED
+) -> List[Dict[str, Any]]:
     """``budget`` configurations: ``{}`` (the defaults) then distinct random draws."""
     if budget < 1:
         raise ValueError(f"--budget must be >= 1, got {budget}")
@@ -45,8 +47,9 @@ def sample_configurations(space: Dict[str, tuple], budget: int, seed: int = SEAR
     return out
 
 
-def run_tuning(cfg: BenchmarkConfig, output_dir: str, budget: int = 6, fresh: bool = False,
-               log=None) -> Dict[str, Dict[str, Any]]:
+def run_tuning(
+    cfg: BenchmarkConfig, output_dir: str, budget: int = 6, fresh: bool = False, log=None
+) -> Dict[str, Dict[str, Any]]:
     from .suite import check_dependencies, prepare_output, say
 
     log = log or say
@@ -64,12 +67,27 @@ def run_tuning(cfg: BenchmarkConfig, output_dir: str, budget: int = 6, fresh: bo
             for seed in cfg.seeds:
                 fold = seed % cfg.num_folds
                 if fold not in splits_cache:
-                    splits_cache[fold] = build_splits(cfg.dataset, cfg.data_root, fold,
-                                                      cfg.num_folds, cfg.trunk, cfg.image_size,
-                                                      cfg.augment, cfg.max_classes, cfg.download)
-                row = run_one(cfg, spec, seed, splits_cache[fold],
-                              os.path.join(output_dir, "runs", name, f"conf{i}", f"seed{seed}"),
-                              label=label, overrides=overrides, final_test=False)
+                    splits_cache[fold] = build_splits(
+                        cfg.dataset,
+                        cfg.data_root,
+                        fold,
+                        cfg.num_folds,
+                        cfg.trunk,
+                        cfg.image_size,
+                        cfg.augment,
+                        cfg.max_classes,
+                        cfg.download,
+                    )
+                row = run_one(
+                    cfg,
+                    spec,
+                    seed,
+                    splits_cache[fold],
+                    os.path.join(output_dir, "runs", name, f"conf{i}", f"seed{seed}"),
+                    label=label,
+                    overrides=overrides,
+                    final_test=False,
+                )
                 row.update(method_name=name, conf=json.dumps(conf, sort_keys=True))
                 rows.append(row)
                 log(f"{label} seed {seed} {conf}: val P@1 {100 * row['val_precision_at_1']:.1f}")
@@ -91,8 +109,12 @@ def run_tuning(cfg: BenchmarkConfig, output_dir: str, budget: int = 6, fresh: bo
     md = to_markdown(table)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(f"# Equal-budget tuning ({budget} configurations per method, validation folds)\n\n")
-        f.write(md + "\nWinners (best_params.json):\n\n```json\n"
-                + json.dumps(best, indent=2, sort_keys=True) + "\n```\n")
+        f.write(
+            md
+            + "\nWinners (best_params.json):\n\n```json\n"
+            + json.dumps(best, indent=2, sort_keys=True)
+            + "\n```\n"
+        )
     log("\n" + md)
     log(f"best configurations in {os.path.join(output_dir, 'best_params.json')}")
     return best

@@ -5,6 +5,7 @@
 - :class:`CUB`, :class:`Cars196`, :class:`StanfordOnlineProducts` — PML's dataset classes with
   labels ``0..C-1`` per split, RGB images and clear errors for missing files.
 """
+
 from .cars196 import Cars196
 from .cub import CUB
 from .omniglot import (

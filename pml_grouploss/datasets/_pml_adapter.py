@@ -1,4 +1,5 @@
 """Shared shape of the adapters over PML's image-folder datasets (CUB, Cars196, SOP)."""
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,9 @@ class PMLDatasetAdapter(Dataset):
         if split not in ("train", "test", "train+test"):
             raise ValueError(f"split must be 'train', 'test' or 'train+test', got {split!r}")
         if root is None:
-            raise ValueError(f"root: give the directory of {type(self).__name__}. {self.download_hint}")
+            raise ValueError(
+                f"root: give the directory of {type(self).__name__}. {self.download_hint}"
+            )
         self.root = os.fspath(root)
         if download:
             try:
@@ -49,7 +52,9 @@ class PMLDatasetAdapter(Dataset):
                     + self.download_hint
                 ) from err
         else:
-            missing = [f for f in self.required_files if not os.path.exists(os.path.join(self.root, f))]
+            missing = [
+                f for f in self.required_files if not os.path.exists(os.path.join(self.root, f))
+            ]
             if missing:
                 raise FileNotFoundError(
                     f"{type(self).__name__}: {', '.join(missing)} not found under root="

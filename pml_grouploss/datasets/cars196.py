@@ -1,4 +1,5 @@
 """Stanford Cars196 through PML's ``datasets.Cars196``."""
+
 from pytorch_metric_learning import datasets as pml_datasets
 
 from ._pml_adapter import PMLDatasetAdapter

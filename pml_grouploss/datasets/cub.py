@@ -1,4 +1,5 @@
 """CUB-200-2011 through PML's ``datasets.CUB``."""
+
 from pytorch_metric_learning import datasets as pml_datasets
 
 from ._pml_adapter import PMLDatasetAdapter

@@ -1,9 +1,10 @@
 """Omniglot handwritten characters as a class-disjoint metric-learning benchmark.
 
 The package embeds a real subset (8 alphabets, 242 characters x 20 drawers, MIT license, see
-``data/LICENSE`` and ``data/README.md``) so that the benchmark runs offline; the same class reads the
-*full* Omniglot from a directory in ``torchvision.datasets.Omniglot``'s layout.
+``data/LICENSE`` and ``data/README.md``) so that the benchmark runs offline; the same class reads
+the *full* Omniglot from a directory in ``torchvision.datasets.Omniglot``'s layout.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,7 @@ EMBEDDED_TRAIN_ALPHABETS: Tuple[str, ...] = (
 )
 EMBEDDED_TEST_ALPHABETS: Tuple[str, ...] = ("Greek", "Korean", "Latin", "Tagalog")
 
-#: Where the full dataset comes from (the authors' repository; torchvision downloads the same files).
+#: Where the full dataset comes from (the authors' repository; torchvision downloads the same).
 DOWNLOAD_URLS: Tuple[str, ...] = (
     "https://github.com/brendenlake/omniglot/raw/master/python/images_background.zip",
     "https://github.com/brendenlake/omniglot/raw/master/python/images_evaluation.zip",

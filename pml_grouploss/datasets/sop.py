@@ -1,4 +1,5 @@
 """Stanford Online Products through PML's ``datasets.StanfordOnlineProducts``."""
+
 from pytorch_metric_learning import datasets as pml_datasets
 
 from ._pml_adapter import PMLDatasetAdapter

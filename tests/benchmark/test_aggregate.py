@@ -31,12 +31,14 @@ def test_mean_ci_degenerate():
 
 
 def test_summarize_and_table():
-    df = pd.DataFrame({
-        "method": ["b", "b", "b", "a", "a", "a"],
-        "seed": [0, 1, 2, 0, 1, 2],
-        "precision_at_1": [0.80, 0.84, 0.88, 0.5, 0.5, 0.5],
-        "NMI": [0.1, 0.2, 0.3, 0.4, 0.4, 0.4],
-    })
+    df = pd.DataFrame(
+        {
+            "method": ["b", "b", "b", "a", "a", "a"],
+            "seed": [0, 1, 2, 0, 1, 2],
+            "precision_at_1": [0.80, 0.84, 0.88, 0.5, 0.5, 0.5],
+            "NMI": [0.1, 0.2, 0.3, 0.4, 0.4, 0.4],
+        }
+    )
     s = summarize(df)
     assert s.method.tolist() == ["b", "a"] and s.n_seeds.tolist() == [3, 3]
     assert s.precision_at_1_mean[0] == pytest.approx(0.84)

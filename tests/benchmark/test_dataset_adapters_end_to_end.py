@@ -1,4 +1,5 @@
 """A tiny benchmark run through every dataset adapter on its fixture tree."""
+
 import math
 
 import pytest
@@ -24,9 +25,19 @@ def _tree(name, root):
 def test_tiny_run_on_fixture_tree(tmp_path, dataset):
     root = str(tmp_path / "data")
     _tree(dataset, root)
-    cfg = BenchmarkConfig(dataset=dataset, data_root=root, epochs=1, eval_every=1, max_classes=8,
-                          seeds=(0,), methods=("grouploss", "triplet"), classes_per_batch=2,
-                          samples_per_class=2, num_folds=4, image_size=28)
+    cfg = BenchmarkConfig(
+        dataset=dataset,
+        data_root=root,
+        epochs=1,
+        eval_every=1,
+        max_classes=8,
+        seeds=(0,),
+        methods=("grouploss", "triplet"),
+        classes_per_batch=2,
+        samples_per_class=2,
+        num_folds=4,
+        image_size=28,
+    )
     per_seed = run_benchmark(cfg, str(tmp_path / "out"), figures=False, log=lambda *_: None)
     assert len(per_seed) == 2
     for _, row in per_seed.iterrows():

@@ -1,4 +1,5 @@
 """The protocol: no test-class sample reaches training or model selection; test touched once."""
+
 import json
 import os
 from collections import Counter
@@ -17,7 +18,7 @@ def test_class_folds_partition_training_classes():
     folds = class_folds(135, 5)
     assert [len(f) for f in folds] == [27] * 5
     assert sorted(np.concatenate(folds).tolist()) == list(range(135))
-    assert all(not set(a) & set(b) for i, a in enumerate(folds) for b in folds[i + 1:])
+    assert all(not set(a) & set(b) for i, a in enumerate(folds) for b in folds[i + 1 :])
     assert [f.tolist() for f in class_folds(135, 5)] == [f.tolist() for f in folds]  # fixed seed
     with pytest.raises(ValueError, match="num-folds"):
         class_folds(10, 1)
@@ -51,9 +52,16 @@ def test_no_test_sample_reaches_training_or_selection(tmp_path, monkeypatch):
         return original(self, i)
 
     monkeypatch.setattr(ClassSubset, "__getitem__", spy)
-    cfg = BenchmarkConfig(epochs=2, eval_every=1, max_classes=12, seeds=(0, 1),
-                          methods=("grouploss", "triplet"), classes_per_batch=4,
-                          samples_per_class=4, num_folds=3)
+    cfg = BenchmarkConfig(
+        epochs=2,
+        eval_every=1,
+        max_classes=12,
+        seeds=(0, 1),
+        methods=("grouploss", "triplet"),
+        classes_per_batch=4,
+        samples_per_class=4,
+        num_folds=3,
+    )
     per_seed = run_benchmark(cfg, str(tmp_path), figures=True, log=lambda *_: None)
     test_classes = set(Omniglot(split="test").classes)
     train_phase = [e for e in log if e[1] == "train"]
@@ -71,14 +79,21 @@ def test_no_test_sample_reaches_training_or_selection(tmp_path, monkeypatch):
         assert not set(s.val.identities) & set(s.train.identities)
     # model selection = best validation epoch, recorded per run
     for _, row in per_seed.iterrows():
-        hist = runner.read_history(os.path.join(tmp_path, "runs", row.method,
-                                                f"seed{row.seed}", "history.jsonl"))
+        hist = runner.read_history(
+            os.path.join(tmp_path, "runs", row.method, f"seed{row.seed}", "history.jsonl")
+        )
         val = hist[hist.split == "val"].sort_values("epoch")
         assert row.best_epoch == int(val.loc[val.precision_at_1.idxmax(), "epoch"])
         assert row.num_test_classes == 12 and row.num_train_classes == 8
     assert set(per_seed.method) == {"grouploss", "triplet"}
-    for name in ("per_seed.csv", "summary.csv", "results.md", "figures/convergence.png",
-                 "figures/train_vs_test.png", "figures/retrieval_grid.png"):
+    for name in (
+        "per_seed.csv",
+        "summary.csv",
+        "results.md",
+        "figures/convergence.png",
+        "figures/train_vs_test.png",
+        "figures/retrieval_grid.png",
+    ):
         assert os.path.isfile(tmp_path / name), name
     logs = os.listdir(tmp_path / "runs/grouploss/seed0/logs")
     assert "logs.db" in logs and any("TEST" in f for f in logs) and any("VAL" in f for f in logs)
@@ -89,9 +104,17 @@ def test_no_test_sample_reaches_training_or_selection(tmp_path, monkeypatch):
 def test_resume_after_interrupt_keeps_finished_seeds(tmp_path, monkeypatch):
     from pytorch_metric_learning import trainers
 
-    cfg = BenchmarkConfig(epochs=3, eval_every=1, max_classes=10, seeds=(0,),
-                          methods=("grouploss", "proxyanchor"), classes_per_batch=4,
-                          samples_per_class=4, num_folds=5, save_embeddings=False)
+    cfg = BenchmarkConfig(
+        epochs=3,
+        eval_every=1,
+        max_classes=10,
+        seeds=(0,),
+        methods=("grouploss", "proxyanchor"),
+        classes_per_batch=4,
+        samples_per_class=4,
+        num_folds=5,
+        save_embeddings=False,
+    )
     starts = []
     real_train = trainers.MetricLossOnly.train
 
@@ -119,10 +142,16 @@ def test_resume_after_interrupt_keeps_finished_seeds(tmp_path, monkeypatch):
     # grouploss was not retrained; proxyanchor resumed at epoch 3 from its epoch-2 checkpoint
     assert starts == [("GroupLoss", 1), ("ProxyAnchorLoss", 1), ("ProxyAnchorLoss", 3)]
     assert os.path.getmtime(done) == mtime
-    assert per_seed[per_seed.method == "grouploss"].iloc[0].precision_at_1 == first["precision_at_1"]
+    assert (
+        per_seed[per_seed.method == "grouploss"].iloc[0].precision_at_1 == first["precision_at_1"]
+    )
     hist = runner.read_history(tmp_path / "runs/proxyanchor/seed0/history.jsonl")
     assert sorted(hist[hist.split == "val"].epoch.tolist()) == [1, 2, 3]
     # a different protocol in the same directory is refused
     with pytest.raises(ValueError, match="different settings.*epochs"):
-        run_benchmark(BenchmarkConfig(**{**cfg.__dict__, "epochs": 4}), str(tmp_path),
-                      figures=False, log=lambda *_: None)
+        run_benchmark(
+            BenchmarkConfig(**{**cfg.__dict__, "epochs": 4}),
+            str(tmp_path),
+            figures=False,
+            log=lambda *_: None,
+        )

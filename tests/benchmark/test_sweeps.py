@@ -1,5 +1,6 @@
 """Tiny end-to-end runs of the ablation sweeps, the equal-budget tuning and the GL++ inference
 ablation (few classes, one or two epochs)."""
+
 import json
 import os
 
@@ -12,8 +13,15 @@ from pml_grouploss.benchmark.config import BenchmarkConfig
 from pml_grouploss.benchmark.suite import run_benchmark
 from pml_grouploss.benchmark.tuning import run_tuning, sample_configurations
 
-TINY = dict(epochs=1, eval_every=1, max_classes=10, classes_per_batch=4, samples_per_class=4,
-            num_folds=5, save_embeddings=False)
+TINY = dict(
+    epochs=1,
+    eval_every=1,
+    max_classes=10,
+    classes_per_batch=4,
+    samples_per_class=4,
+    num_folds=5,
+    save_embeddings=False,
+)
 quiet = dict(log=lambda *_: None)
 
 
@@ -24,13 +32,24 @@ def test_ablation_variants_match_the_papers():
     assert steps[6][1] == {"nll_weight": 0.0}
     anchors = ABLATIONS["anchors"].variants(cfg)
     assert len(anchors) == 30 and {v[3] for v in anchors} == {
-        (a, m) for a in range(5) for m in range(5, 11)}
+        (a, m) for a in range(5) for m in range(5, 11)
+    }
     assert [v[2]["classes_per_batch"] for v in ABLATIONS["classes"].variants(cfg)] == [
-        3, 5, 8, 10, 15, 20]
+        3,
+        5,
+        8,
+        10,
+        15,
+        20,
+    ]
     assert [v[1] for v in ABLATIONS["negatives"].variants(cfg)] == [
-        {"negatives": "clamp"}, {"negatives": "shift"}]
+        {"negatives": "clamp"},
+        {"negatives": "shift"},
+    ]
     assert [v[1] for v in ABLATIONS["diagonal"].variants(cfg)] == [
-        {"zero_diagonal": False}, {"zero_diagonal": True}]
+        {"zero_diagonal": False},
+        {"zero_diagonal": True},
+    ]
 
 
 def test_ablation_run_writes_table_and_figure(tmp_path):
@@ -86,8 +105,9 @@ def test_inference_ablation_on_finished_run(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_gradml_and_pml_losses_by_name(tmp_path):
-    cfg = BenchmarkConfig(seeds=(0,), methods=("gradml", "MultiSimilarityLoss",
-                                               "NormalizedSoftmaxLoss"), **TINY)
+    cfg = BenchmarkConfig(
+        seeds=(0,), methods=("gradml", "MultiSimilarityLoss", "NormalizedSoftmaxLoss"), **TINY
+    )
     per_seed = run_benchmark(cfg, str(tmp_path), figures=False, **quiet)
     assert per_seed.method.tolist() == ["gradml", "MultiSimilarityLoss", "NormalizedSoftmaxLoss"]
     params = [json.loads(p) for p in per_seed.params]
@@ -96,5 +116,7 @@ def test_gradml_and_pml_losses_by_name(tmp_path):
     assert params[2] == {"loss_lr": 0.01}
     logs = os.listdir(tmp_path / "runs/NormalizedSoftmaxLoss/seed0/logs")
     assert "metric_loss_optimizer_Adam.csv" in logs
-    assert not any("metric_loss_optimizer" in f
-                   for f in os.listdir(tmp_path / "runs/MultiSimilarityLoss/seed0/logs"))
+    assert not any(
+        "metric_loss_optimizer" in f
+        for f in os.listdir(tmp_path / "runs/MultiSimilarityLoss/seed0/logs")
+    )

@@ -3,6 +3,7 @@
 Each writer returns the root it populated. Images are small random pictures; what matters is the
 directory layout and the annotation files, which follow the real datasets byte-for-byte in format.
 """
+
 from __future__ import annotations
 
 import os
@@ -99,8 +100,10 @@ def write_sop_tree(
     rng = np.random.default_rng(seed)
     base = os.path.join(root, "Stanford_Online_Products")
     img_id = 1
-    ids = {"train": list(range(1, n_train + 1)),
-           "test": list(range(n_train + 1, n_train + n_test + 1))}
+    ids = {
+        "train": list(range(1, n_train + 1)),
+        "test": list(range(n_train + 1, n_train + n_test + 1)),
+    }
     for split in ("train", "test"):
         lines = ["image_id class_id super_class_id path"]
         for c in ids[split]:

@@ -13,8 +13,16 @@ from pml_grouploss.datasets.omniglot import EMBEDDED_FILE, preprocess
 from dataset_trees import write_omniglot_tree
 
 # characters per alphabet in the two "small" archives (Greek and Latin counted once)
-CHARS = {"Balinese": 24, "Early_Aramaic": 22, "Japanese_(katakana)": 47, "Sanskrit": 42,
-         "Greek": 24, "Korean": 40, "Latin": 26, "Tagalog": 17}
+CHARS = {
+    "Balinese": 24,
+    "Early_Aramaic": 22,
+    "Japanese_(katakana)": 47,
+    "Sanskrit": 42,
+    "Greek": 24,
+    "Korean": 40,
+    "Latin": 26,
+    "Tagalog": 17,
+}
 
 
 def test_embedded_file_is_the_committed_one():
@@ -25,13 +33,18 @@ def test_embedded_file_is_the_committed_one():
         assert digest == "e8f3aff0bddd376f2f34ec5353aae14e41682ef4a089d9236c4495857a4bae23"
         assert int(images.astype(np.int64).sum()) == 77946040
     license_path = os.path.join(os.path.dirname(EMBEDDED_FILE), "LICENSE")
-    assert "MIT License" in open(license_path).read() and "Brenden Lake" in open(license_path).read()
+    assert (
+        "MIT License" in open(license_path).read() and "Brenden Lake" in open(license_path).read()
+    )
 
 
 @pytest.mark.parametrize(
     "split,n_chars,alphabets",
-    [("train", 135, EMBEDDED_TRAIN_ALPHABETS), ("test", 107, EMBEDDED_TEST_ALPHABETS),
-     ("train+test", 242, EMBEDDED_TRAIN_ALPHABETS + EMBEDDED_TEST_ALPHABETS)],
+    [
+        ("train", 135, EMBEDDED_TRAIN_ALPHABETS),
+        ("test", 107, EMBEDDED_TEST_ALPHABETS),
+        ("train+test", 242, EMBEDDED_TRAIN_ALPHABETS + EMBEDDED_TEST_ALPHABETS),
+    ],
 )
 def test_embedded_splits(split, n_chars, alphabets):
     ds = Omniglot(split=split)
@@ -61,8 +74,11 @@ def test_embedded_split_is_alphabet_and_class_disjoint():
 
 
 def test_getitem_pil_and_transforms():
-    ds = Omniglot(split="test", transform=lambda im: torch.tensor(np.asarray(im)) / 255.0,
-                  target_transform=lambda y: y + 1000)
+    ds = Omniglot(
+        split="test",
+        transform=lambda im: torch.tensor(np.asarray(im)) / 255.0,
+        target_transform=lambda y: y + 1000,
+    )
     x, y = ds[21]
     assert x.shape == (28, 28) and y == 1001
     assert torch.allclose(x, ds.data[21].float() / 255.0)
@@ -87,8 +103,9 @@ def test_preprocess_area_average_and_inversion():
 
 
 def test_full_directory_layout(tmp_path):
-    write_omniglot_tree(str(tmp_path), background={"Alpha": 3, "Beta": 2},
-                        evaluation={"Gamma": 3}, drawers=4)
+    write_omniglot_tree(
+        str(tmp_path), background={"Alpha": 3, "Beta": 2}, evaluation={"Gamma": 3}, drawers=4
+    )
     train = Omniglot(root=str(tmp_path), split="train")
     test = Omniglot(root=str(tmp_path), split="test")
     assert train.num_classes == 5 and len(train) == 20
@@ -102,21 +119,28 @@ def test_full_directory_layout(tmp_path):
     assert np.array_equal(test.data[0].numpy(), preprocess(Image.open(path / first)))
     big = Omniglot(root=str(tmp_path), split="test", image_size=35)
     assert big.data.shape == (12, 35, 35)
-    custom = Omniglot(root=str(tmp_path), split="train", train_alphabets=["Beta"],
-                      test_alphabets=["Alpha", "Gamma"])
+    custom = Omniglot(
+        root=str(tmp_path),
+        split="train",
+        train_alphabets=["Beta"],
+        test_alphabets=["Alpha", "Gamma"],
+    )
     assert custom.num_classes == 2 and set(custom.alphabets) == {"Beta"}
 
 
 def test_small_archives_layout_gets_documented_split(tmp_path, monkeypatch):
     # unzipped images_background_small1/2 with the 8 alphabets -> the embedded split
-    for i, alphabets in enumerate((("Balinese", "Greek", "Korean", "Latin", "Early_Aramaic"),
-                                   ("Greek", "Latin", "Japanese_(katakana)", "Sanskrit",
-                                    "Tagalog"))):
+    for i, alphabets in enumerate(
+        (
+            ("Balinese", "Greek", "Korean", "Latin", "Early_Aramaic"),
+            ("Greek", "Latin", "Japanese_(katakana)", "Sanskrit", "Tagalog"),
+        )
+    ):
         d = tmp_path / "tmp"
-        write_omniglot_tree(str(d), background={a: 1 for a in alphabets}, evaluation={},
-                            drawers=2, seed=i)
-        os.rename(d / "omniglot-py/images_background",
-                  tmp_path / f"images_background_small{i + 1}")
+        write_omniglot_tree(
+            str(d), background={a: 1 for a in alphabets}, evaluation={}, drawers=2, seed=i
+        )
+        os.rename(d / "omniglot-py/images_background", tmp_path / f"images_background_small{i + 1}")
     train = Omniglot(root=str(tmp_path), split="train")
     test = Omniglot(root=str(tmp_path), split="test")
     assert sorted(set(train.alphabets)) == sorted(EMBEDDED_TRAIN_ALPHABETS)

@@ -44,8 +44,10 @@ def test_sop_adapter(tmp_path):
     assert test[4][0].mode == "RGB"
 
 
-@pytest.mark.parametrize("cls,needle", [(CUB, "CUB_200_2011.tgz"), (Cars196, "names.csv"),
-                                        (StanfordOnlineProducts, "Ebay_train.txt")])
+@pytest.mark.parametrize(
+    "cls,needle",
+    [(CUB, "CUB_200_2011.tgz"), (Cars196, "names.csv"), (StanfordOnlineProducts, "Ebay_train.txt")],
+)
 def test_missing_files_say_what_to_download(tmp_path, cls, needle):
     with pytest.raises(FileNotFoundError, match=needle):
         cls(str(tmp_path))
