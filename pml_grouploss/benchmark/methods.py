@@ -3,8 +3,8 @@
 Every method gets the same trunk, embedder, sampler, batch, trunk optimizer, epochs and seeds;
 what differs is only the loss, its miner and -- for losses that own parameters (GroupLoss's
 classifier, ProxyAnchor's proxies, any PML loss with a ``W``) -- the learning rate of the loss's own
-``metric_loss_optimizer`` (../DESIGN §4 and PML's docs: proxy/classifier weights need a much
-larger learning rate than the trunk).
+``metric_loss_optimizer`` (the exploration in issue 5 and PML's docs: proxy/classifier weights
+need a much larger learning rate than the trunk).
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ GL_SPACE = {
 
 #: Built-in methods. Group Loss defaults: T=24 (temperature of the reference code's CUB config),
 #: 1 refinement step and 2 anchors per class (GL++ Figs. 3-4 and the reference), classifier lr 1e-1
-#: (DESIGN §4). Triplet: PML defaults (margin 0.05) with semi-hard mining. ProxyAnchor: the paper's
-#: margin 0.1, alpha 32, proxies at lr 1e-2.
+#: (issue 5 exploration). Triplet: PML defaults (margin 0.05) with semi-hard mining.
+#: ProxyAnchor: the paper's margin 0.1, alpha 32, proxies at lr 1e-2.
 METHODS: Dict[str, MethodSpec] = {
     "grouploss": MethodSpec(
         "grouploss",
