@@ -12,9 +12,13 @@ def replicator_step(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     ``Pi = W X`` (eq. 4-5), ``x_il <- x_il pi_il / sum_m x_im pi_im`` (eq. 6), i.e.
     ``X <- Q^-1 (X ⊙ Pi)`` with ``Q = diag((X ⊙ Pi) 1)`` (eq. 7-8).
 
-    A row whose total support ``(X ⊙ Pi) 1`` is zero (possible only with a zeroed diagonal
-    and no positive similarity) has no information to update on: it is left unchanged
-    instead of becoming 0/0.
+    The step is invariant to the scale of ``W``, so ``W`` is first divided by its largest
+    magnitude (a detached constant: values and gradients are unchanged in exact arithmetic).
+    A row whose support ``(X ⊙ Pi) 1`` is then below the dtype's rounding level (zero when a
+    zeroed diagonal isolates a sample; ~1e-164 when a saturated prior disagrees with all its
+    neighbours) carries no information to update on: it is left unchanged. Normalising such a
+    row would be 0/0, or would overflow the quotient rule's ``num / support**2`` in backward
+    and turn ``inf * 0`` into NaN gradients.
 
     Args:
         W: ``(n, n)`` similarities, non-negative for the simplex guarantees.
@@ -23,9 +27,11 @@ def replicator_step(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(n, m)`` updated assignment matrix.
     """
+    scale = W.detach().abs().amax()
+    W = W / torch.where(scale > 0, scale, torch.ones_like(scale))
     numerator = X * (W @ X)
     support = numerator.sum(dim=1, keepdim=True)
-    has_support = support > 0
+    has_support = support > torch.finfo(support.dtype).eps
     safe_support = torch.where(has_support, support, torch.ones_like(support))
     return torch.where(has_support, numerator / safe_support, X)
 

@@ -96,6 +96,34 @@ def test_zero_support_row_is_left_unchanged():
     assert torch.isfinite(W.grad).all() and torch.isfinite(X.grad).all()
 
 
+def test_support_below_rounding_level_gives_finite_gradients():
+    # The CI fuzz case: zeroed diagonal, a saturated prior (temperature 0.05). Row 0 is one-hot
+    # on class 0 and its only neighbours give class 0 a support of ~1e-164: the quotient rule's
+    # num / support**2 underflowed to inf in backward and inf * 0 made every gradient NaN.
+    W = torch.tensor([[0.0, 0.4777, 0.8302], [0.4777, 0.0, 0.8863], [0.8302, 0.8863, 0.0]],
+                     dtype=torch.float64, requires_grad=True)
+    logits = torch.tensor([[0.0, -2000.0, -2000.0], [-2000.0, -2000.0, 0.0],
+                           [-375.0, -2000.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    X0 = torch.softmax(logits, dim=1)
+    assert 0 < X0[2, 0] < 1e-160
+    XT = replicator_dynamics(W, X0, 3)
+    assert torch.equal(XT[0], X0[0])  # no information above rounding level: unchanged
+    torch.testing.assert_close(XT.sum(1), torch.ones(3, dtype=torch.float64))
+    loss = -torch.log(XT + 1e-12).gather(1, torch.tensor([[2], [2], [1]])).mean()
+    loss.backward()
+    assert torch.isfinite(W.grad).all() and torch.isfinite(logits.grad).all()
+
+
+def test_step_is_invariant_to_the_scale_of_W():
+    g = torch.Generator().manual_seed(0)
+    W = torch.rand(6, 6, generator=g, dtype=torch.float64)
+    W = (W + W.T) / 2
+    X = torch.softmax(torch.randn(6, 4, generator=g, dtype=torch.float64), 1)
+    for c in (1e-200, 1e-3, 7.0, 1e200):
+        torch.testing.assert_close(replicator_step(c * W, X), replicator_step(W, X),
+                                   rtol=1e-14, atol=0)
+
+
 def test_zero_iterations_returns_input():
     W = torch.eye(3)
     X = torch.full((3, 2), 0.5)
