@@ -3,9 +3,10 @@ qualitative figures, plus one figure per ablation)."""
 
 from __future__ import annotations
 
+import ast
 import glob
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import matplotlib
 
@@ -179,19 +180,30 @@ def retrieval_grid_figure(
     return path
 
 
+def heatmap_grid(per_seed: pd.DataFrame, metric: str) -> Tuple[List[int], List[int], np.ndarray]:
+    """Mean ``metric`` (in %) over seeds per (anchors, samples per class) cell of the anchors sweep.
+
+    ``per_seed.x`` holds ``"(a, m)"`` as written by ``ablations.py``. Returns the sorted anchor
+    counts (rows), the sorted samples per class (columns) and the ``(rows, columns)`` grid, NaN
+    where a cell was not run.
+    """
+    s = summarize(per_seed, metrics=[metric])
+    xs = {lab: x for lab, x in zip(per_seed.method, per_seed.x)}
+    pairs = [tuple(ast.literal_eval(xs[lab])) for lab in s.method]
+    anchors = sorted({p[0] for p in pairs})
+    ms = sorted({p[1] for p in pairs})
+    grid = np.full((len(anchors), len(ms)), np.nan)
+    for (a, m), v in zip(pairs, s[f"{metric}_mean"]):
+        grid[anchors.index(a), ms.index(m)] = 100 * v
+    return anchors, ms, grid
+
+
 def ablation_figure(per_seed: pd.DataFrame, ablation, fig_dir: str, name: str) -> str:
     os.makedirs(fig_dir, exist_ok=True)
     metric = "val_precision_at_1"
     fig, ax = plt.subplots(figsize=(6, 4))
     if ablation.kind == "heatmap":
-        s = summarize(per_seed, metrics=[metric])
-        xs = {lab: x for lab, x in zip(per_seed.method, per_seed.x)}
-        pairs = [eval(xs[lab]) for lab in s.method]  # "(a, m)" written by ablations.py
-        anchors = sorted({p[0] for p in pairs})
-        ms = sorted({p[1] for p in pairs})
-        grid = np.full((len(anchors), len(ms)), np.nan)
-        for (a, m), v in zip(pairs, s[f"{metric}_mean"]):
-            grid[anchors.index(a), ms.index(m)] = 100 * v
+        anchors, ms, grid = heatmap_grid(per_seed, metric)
         im = ax.imshow(grid, cmap="viridis", origin="lower")
         for i in range(len(anchors)):
             for j in range(len(ms)):

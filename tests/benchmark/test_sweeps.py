@@ -4,10 +4,11 @@ ablation (few classes, one or two epochs)."""
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from pml_grouploss.benchmark import cli
+from pml_grouploss.benchmark import cli, figures
 from pml_grouploss.benchmark.ablations import ABLATIONS, run_ablation
 from pml_grouploss.benchmark.config import BenchmarkConfig
 from pml_grouploss.benchmark.suite import run_benchmark
@@ -120,3 +121,19 @@ def test_gradml_and_pml_losses_by_name(tmp_path):
         "metric_loss_optimizer" in f
         for f in os.listdir(tmp_path / "runs/MultiSimilarityLoss/seed0/logs")
     )
+
+
+def test_anchors_heatmap_grid_and_figure(tmp_path):
+    # Two seeds per cell; cell (1, 6) deliberately not run.
+    rows = []
+    for (a, m), values in {(0, 5): (0.50, 0.60), (1, 5): (0.70, 0.80), (0, 6): (0.20, 0.40)}.items():
+        for seed, v in enumerate(values):
+            rows.append(dict(method=f"a={a},m={m}", seed=seed, x=str((a, m)),
+                             val_precision_at_1=v))
+    per_seed = pd.DataFrame(rows)
+    anchors, ms, grid = figures.heatmap_grid(per_seed, "val_precision_at_1")
+    assert anchors == [0, 1] and ms == [5, 6]
+    assert grid[0, 0] == pytest.approx(55.0) and grid[1, 0] == pytest.approx(75.0)
+    assert grid[0, 1] == pytest.approx(30.0) and np.isnan(grid[1, 1])
+    path = figures.ablation_figure(per_seed, ABLATIONS["anchors"], str(tmp_path), "anchors")
+    assert path.endswith("ablation_anchors.png") and os.path.getsize(path) > 1000
