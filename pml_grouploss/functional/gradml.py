@@ -32,6 +32,7 @@ PML adapter.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Tuple
 
 import torch
@@ -49,7 +50,7 @@ __all__ = [
 def _is_real_number(x: object) -> bool:
     if isinstance(x, bool):
         return False
-    if isinstance(x, (int, float)):
+    if isinstance(x, numbers.Real):  # int, float and NumPy scalars (e.g. from np.linspace)
         return True
     if torch.is_tensor(x) and x.numel() == 1:
         return not x.dtype.is_complex and x.dtype != torch.bool

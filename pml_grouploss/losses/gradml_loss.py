@@ -176,6 +176,13 @@ class GradMLLoss(GenericPairLoss):
             # Eq. (10) counts each unordered pair {i, j} once (PML's get_all_pairs_indices
             # lists (i, j) and (j, i), through an (#pairs, 2) nonzero): see pair_indices.
             self_pairs = ref_emb is embeddings and ref_labels is labels
+            if not self_pairs and ref_labels is None:
+                # PML would pair labels with themselves and index ref_emb with them: silently
+                # wrong pairs (or an IndexError) when ref_emb is not the batch.
+                raise ValueError(
+                    "ref_labels is required when ref_emb is given without indices_tuple: pass "
+                    "ref_labels=... (the labels of ref_emb) or an indices_tuple of pairs"
+                )
             indices_tuple = pair_indices(labels, None if self_pairs else ref_labels)
         else:
             indices_tuple = lmu.convert_to_pairs(indices_tuple, labels, ref_labels)

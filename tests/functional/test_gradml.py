@@ -1,6 +1,7 @@
 """GradML math (eq. 10-11 of the GradML paper): values, hand gradients, Table 1, gradcheck."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -200,6 +201,21 @@ def test_bad_params_name_the_argument(kwargs, name):
         check_gradml_params(**params)
     with pytest.raises((ValueError, TypeError), match=rf"^{name} "):
         gradml_loss(paper_points(), LABELS, **params)
+
+
+@pytest.mark.parametrize(
+    "value", [np.float32(2.0), np.int64(2), np.float64(2.0), torch.tensor(2.0)]
+)
+def test_numpy_and_tensor_scalars_accepted(value):
+    # hyperparameter sweeps hand out NumPy scalars (np.linspace, np.arange)
+    check_gradml_params(k=value, w=value / 4, pos_weight=value / 2)
+    got = gradml_loss(paper_points(), LABELS, k=value, w=value / 4).item()
+    assert got == pytest.approx(1 + 13 - 0.5 * 22, abs=1e-6)
+
+
+def test_numpy_bool_rejected():
+    with pytest.raises(TypeError, match="^k "):
+        check_gradml_params(k=np.bool_(True), w=1.0)
 
 
 def test_bad_shapes():

@@ -1,5 +1,7 @@
 """Two gloo processes on CPU: the wrapped GroupLoss gives the model and the loss's classifier
-exactly the single-process gradients, and the classifier replicas stay identical."""
+exactly the single-process gradients (also for a penalty added outside the wrapper, after a
+deepcopy, and inside PML's MetricLossOnly), and the classifier replicas stay identical."""
+import copy
 import os
 import socket
 
@@ -7,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from pytorch_metric_learning import trainers
 
 from pml_grouploss.losses import GroupLoss, ParametricDistributedLossWrapper
 
 WORLD_SIZE, PER_RANK, DIM_IN, DIM_EMB, NUM_CLASSES = 2, 12, 10, 6, 8
+PENALTY = 0.3  # weight of a penalty on the classifier computed outside the wrapper
 
 
 def _data():
@@ -30,25 +34,70 @@ def _models():
     return model, loss
 
 
+def _penalty(loss):
+    return PENALTY * (loss.W**2).sum()
+
+
+def _param_grads(model, loss):
+    return [p.grad.numpy().copy() for p in [*model.parameters(), *loss.parameters()]]
+
+
 def _worker(rank, port, queue, steps):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
     try:
         x, labels = _data()
+        sl = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+        out = {}
+        # plain training loop
         model, loss = _models()
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         loss_func = ParametricDistributedLossWrapper(loss)
         opt = torch.optim.SGD([*ddp.parameters(), *loss_func.parameters()], lr=0.5)
-        sl = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
-        grads = None
         for step in range(steps):
             opt.zero_grad()
-            loss_func(ddp(x[sl]), labels[sl]).backward()
+            value = loss_func(ddp(x[sl]), labels[sl])
+            value.backward()
             if step == 0:
-                grads = [p.grad.numpy().copy() for p in [*model.parameters(), *loss.parameters()]]
+                out["value"] = value.item()
+                out["grads"] = _param_grads(model, loss)
             opt.step()
-        state = [p.detach().numpy().copy() for p in [*model.parameters(), *loss.parameters()]]
-        queue.put((rank, grads, state))
+        out["state"] = [p.detach().numpy().copy() for p in [*model.parameters(),
+                                                            *loss.parameters()]]
+        # a penalty on the loss's parameter computed outside the wrapper, on every process
+        model, loss = _models()
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        loss_func = ParametricDistributedLossWrapper(loss)
+        (loss_func(ddp(x[sl]), labels[sl]) + _penalty(loss)).backward()
+        out["penalty_grads"] = _param_grads(model, loss)
+        # a deep copy of the wrapper (new parameters, which PML/torch copy without hooks)
+        model, loss = _models()
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        copied = copy.deepcopy(ParametricDistributedLossWrapper(loss))
+        copied(ddp(x[sl]), labels[sl]).backward()
+        out["copy_grads"] = _param_grads(model, copied.loss)
+        # inside PML's MetricLossOnly trainer: one batch (this process's shard) per epoch
+        model, loss = _models()
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        loss_func = ParametricDistributedLossWrapper(loss)
+        shard = torch.utils.data.TensorDataset(x[sl], labels[sl])
+        trainer = trainers.MetricLossOnly(
+            models={"trunk": ddp},
+            optimizers={
+                "trunk_optimizer": torch.optim.SGD(ddp.parameters(), lr=0.5),
+                "metric_loss_optimizer": torch.optim.SGD(loss_func.parameters(), lr=0.5),
+            },
+            batch_size=PER_RANK,
+            loss_funcs={"metric_loss": loss_func},
+            dataset=shard,
+            sampler=torch.utils.data.SequentialSampler(shard),
+            dataloader_num_workers=0,
+            data_device=torch.device("cpu"),
+        )
+        trainer.train(num_epochs=steps)
+        out["trainer_state"] = [p.detach().numpy().copy() for p in [*model.parameters(),
+                                                                    *loss.parameters()]]
+        queue.put((rank, out))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -70,7 +119,7 @@ def test_two_processes_match_single_process():
     procs = [ctx.Process(target=_worker, args=(r, port, queue, steps)) for r in range(WORLD_SIZE)]
     for p in procs:
         p.start()
-    results = dict((r, (g, s)) for r, g, s in (queue.get(timeout=120) for _ in procs))
+    results = dict(queue.get(timeout=180) for _ in procs)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
@@ -79,25 +128,37 @@ def test_two_processes_match_single_process():
     x, labels = _data()
     model, loss = _models()
     opt = torch.optim.SGD([*model.parameters(), *loss.parameters()], lr=0.5)
-    single_grads = None
+    single_value = single_grads = None
     for step in range(steps):
         opt.zero_grad()
-        loss(model(x), labels).backward()
+        value = loss(model(x), labels)
+        value.backward()
         if step == 0:
-            single_grads = [p.grad.numpy().copy() for p in [*model.parameters(),
-                                                            *loss.parameters()]]
+            single_value, single_grads = value.item(), _param_grads(model, loss)
         opt.step()
     single_state = [p.detach().numpy() for p in [*model.parameters(), *loss.parameters()]]
+    model, loss = _models()
+    (loss(model(x), labels) + _penalty(loss)).backward()
+    single_penalty_grads = _param_grads(model, loss)
+
+    def assert_close(got, expected, rtol=1e-10, atol=1e-13):
+        assert len(got) == len(expected) == 4
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
 
     for rank in range(WORLD_SIZE):
-        grads, state = results[rank]
-        for g, expected in zip(grads, single_grads):
-            np.testing.assert_allclose(g, expected, rtol=1e-10, atol=1e-13)
-        for s, expected in zip(state, single_state):
-            np.testing.assert_allclose(s, expected, rtol=1e-9, atol=1e-12)
+        out = results[rank]
+        # the value is the single-process loss of the whole batch (PML's wrapper: 2x)
+        assert out["value"] == pytest.approx(single_value, rel=1e-12)
+        assert_close(out["grads"], single_grads)
+        assert_close(out["state"], single_state, rtol=1e-9, atol=1e-12)
+        assert_close(out["penalty_grads"], single_penalty_grads)
+        assert_close(out["copy_grads"], single_grads)
+        assert_close(out["trainer_state"], single_state, rtol=1e-9, atol=1e-12)
     # replicas of the loss's classifier are bit-identical across processes
-    for a, b in zip(results[0][1], results[1][1]):
-        assert np.array_equal(a, b)
+    for key in ("state", "trainer_state"):
+        for a, b in zip(results[0][key], results[1][key]):
+            assert np.array_equal(a, b)
 
 
 def test_outside_distributed_returns_loss():

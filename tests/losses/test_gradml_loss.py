@@ -20,6 +20,8 @@ from torch.utils._pytree import tree_leaves
 from pml_grouploss import losses
 from pml_grouploss.functional.gradml import gradml_gradient, gradml_loss
 
+from ..conftest import cuda_or_skip
+
 # the paper's two-classes-two-samples example: x1, x2 (class A), y1, y2 (class B)
 PTS = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], dtype=torch.float64)
 LABELS = torch.tensor([0, 0, 1, 1])
@@ -147,6 +149,19 @@ def test_ref_emb_uses_every_cross_pair():
     assert loss.item() == pytest.approx((d2[same].sum() - 0.5 * d2[~same].sum()).item())
 
 
+def test_ref_emb_without_ref_labels_raises():
+    x, r = torch.randn(4, 3), torch.randn(6, 3)
+    labels = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="^ref_labels is required"):
+        losses.GradMLLoss()(x, labels, ref_emb=r)
+    # with explicit pairs into ref_emb no ref_labels are needed
+    pairs = (torch.tensor([0]), torch.tensor([5]), torch.tensor([1]), torch.tensor([2]))
+    u, ur = F.normalize(x, dim=1), F.normalize(r, dim=1)
+    expected = (u[0] - ur[5]).norm() ** 2 - (u[1] - ur[2]).norm() ** 2
+    got = losses.GradMLLoss()(x, labels, pairs, ref_emb=r)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
 def test_pair_miner_pairs_are_used_as_given():
     x = torch.randn(16, 4, dtype=torch.float64)
     labels = torch.arange(16) % 4
@@ -248,6 +263,13 @@ def test_bad_arguments_name_the_argument(kwargs, name):
         losses.GradMLLoss(**kwargs)
 
 
+def test_numpy_scalar_hyperparameters_accepted():
+    w = np.linspace(0.5, 1, 2)[0]
+    loss_fn = losses.GradMLLoss(k=np.float32(2), w=w, pos_weight=np.int64(1))
+    assert (loss_fn.k, loss_fn.w, loss_fn.pos_weight) == (2.0, 0.5, 1.0)
+    assert isinstance(loss_fn.k, float)
+
+
 def test_similarity_rejected():
     with pytest.raises(ValueError, match="distance"):
         losses.GradMLLoss(distance=pml_distances.CosineSimilarity())
@@ -295,15 +317,29 @@ def test_dtype_follows_embeddings(dtype):
     assert loss.dtype == dtype
 
 
-def test_cpu_autocast_bfloat16():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_autocast(dtype):
     x = torch.randn(16, 8, requires_grad=True)
     lin = torch.nn.Linear(8, 8)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         loss = losses.GradMLLoss()(lin(x), torch.arange(16) % 4)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
     ref = losses.GradMLLoss()(lin(x).float(), torch.arange(16) % 4)
     assert loss.float().item() == pytest.approx(ref.item(), abs=0.05)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_cuda(autocast):
+    device = cuda_or_skip()
+    x = torch.randn(16, 8, device=device, requires_grad=True)
+    labels = (torch.arange(16) % 4).to(device)
+    with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+        loss = losses.GradMLLoss()(x @ torch.eye(8, device=device), labels)
+    loss.backward()
+    assert loss.device.type == "cuda" and torch.isfinite(loss) and torch.isfinite(x.grad).all()
+    ref = losses.GradMLLoss()(x.detach().cpu(), labels.cpu())
+    assert loss.float().item() == pytest.approx(ref.item(), abs=0.02 if autocast else 1e-5)
 
 
 # ---------------------------------------------------------------- memory / complexity
