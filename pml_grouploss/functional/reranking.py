@@ -10,8 +10,8 @@ Two implementations of the same algorithm:
   embeddings without any ``N x N`` matrix: faiss candidate k-NN, sparse k-reciprocal sets,
   sparse Jaccard through an inverted index, and a faiss pass for the row maxima.
 
-Reference conventions (all reproduced by the dense path; the sparse path follows them up to the
-summation order of the Jaccard sums, see :func:`sparse_re_ranking_knn`):
+Reference conventions (all reproduced by both paths; the sparse path also repeats the float32
+operation order, see :func:`sparse_re_ranking_knn`):
 
 1. inputs are plain Euclidean distances; they are *squared* in the input dtype, then cast to
    float32;
@@ -45,6 +45,7 @@ import torch
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 _CANDIDATE_MARGIN = 8  # extra exact-checked neighbours beyond what a ranking needs
+_JACCARD_ACC_ELEMS = 1 << 25  # float32 Jaccard accumulator of a query block: <= 128 MiB
 
 
 # ----------------------------------------------------------------------------------------
@@ -640,13 +641,19 @@ def sparse_re_ranking_knn(
        distance is monotone in the original one: only the ``k`` nearest such items (one more
        faiss search) can enter the top-``k``; all other candidates are ranked exactly.
 
-    Memory is ``O(N (k1 h + nnz(V)))`` plus ``O(query_block x overlap)``, time
+    Memory is ``O(N (k1 h + nnz(V)))`` plus a float32 Jaccard accumulator of
+    ``query_block x N`` (capped at ``2**25`` elements, 128 MiB, by shrinking the block), time
     ``O(N^2 dim)`` for the two faiss passes plus ``O(N nnz(V_row) nnz(V_col))``.
 
-    The float32 final distances follow the reference formulas; the Jaccard sums are accumulated
-    in float64 (the reference sums in float32), so distances agree with the dense path to about
-    1e-6 and rankings are identical except between items whose final distances differ by less
-    than that. Ties are broken by the smaller index, as in :func:`dense_re_ranking_knn`.
+    Same numbers as the dense path, not only the same formulas: ``V`` (float32 ``exp``, numpy's
+    ``np.sum`` per row), the query expansion (float32 rows added in rank order, then divided by
+    ``k2``) and the Jaccard sums (float32, accumulated one by one in ascending ``V``-column order,
+    as the reference's ``temp_min``) repeat the reference's operations in the reference's order,
+    so the float32 final distances equal those of :func:`dense_re_ranking_knn` bit for bit and
+    the rankings are identical (the only approximation left is the float64 rounding of the
+    squared Euclidean distances, einsum here vs scipy ``cdist`` there, which changes a float32
+    value with probability ~1e-9). Ties are broken by the smaller index, as in
+    :func:`dense_re_ranking_knn`.
 
     Args:
         query: ``(nq, dim)`` embeddings.
@@ -655,7 +662,8 @@ def sparse_re_ranking_knn(
         reference: ``(nr, dim)``; ``None`` means ``query`` (and ``ref_includes_query=True``).
         ref_includes_query: see above.
         k1, k2, lambda_value: re-ranking parameters (see :func:`re_ranking`).
-        query_block: queries per Jaccard block (memory/speed trade-off).
+        query_block: queries per Jaccard block (memory/speed trade-off; lowered to
+            ``2**25 // N`` when larger, to bound the float32 accumulator).
 
     Returns:
         ``(distances, indices)`` numpy arrays ``(nq, k')`` with ``k' = min(k, available)``:
@@ -690,23 +698,32 @@ def sparse_re_ranking_knn(
     top, _ = _exact_sorted_candidates(x64, np.arange(n), cand_all, row_max)
     top = top[:, :need]
 
-    # 2. expanded k-reciprocal sets; 3. V and query expansion (float64)
-    S = _expanded_sets(top, k1).tocoo()
-    d_s = _pair_sqdist(x64, S.row.astype(np.int64), S.col.astype(np.int64)).astype(np.float32)
-    d_s = d_s / row_max[S.row]
-    w = np.exp(-d_s.astype(np.float64))
-    V = sp.csr_matrix((w, (S.row, S.col)), shape=(n, n))
-    row_sum = np.asarray(V.sum(axis=1)).ravel()
-    V = sp.csr_matrix(sp.diags(1.0 / np.where(row_sum > 0, row_sum, 1.0)) @ V)
-    del S, d_s, w
+    # 2. expanded k-reciprocal sets; 3. V and query expansion, in float32 with the reference's
+    # operation order so that V, the Jaccard sums and the final distances are bit-identical
+    # to the dense path (hence the same ranking, not only up to ~1e-7).
+    S = _expanded_sets(top, k1)  # canonical CSR: every row's support sorted ascending
+    S_row = np.repeat(np.arange(n, dtype=np.int64), np.diff(S.indptr))
+    d_s = _pair_sqdist(x64, S_row, S.indices.astype(np.int64)).astype(np.float32)
+    d_s = d_s / row_max[S_row]
+    w = np.exp(-d_s)  # float32, as the reference's np.exp(-original_dist[i, support])
+    # np.sum of each row's contiguous float32 weights: numpy's own (pairwise) summation order
+    row_sum = np.array(
+        [np.sum(w[a:b]) for a, b in zip(S.indptr[:-1], S.indptr[1:])], dtype=np.float32
+    )
+    w = w / np.repeat(row_sum, np.diff(S.indptr))
+    V = sp.csr_matrix((w, S.indices, S.indptr), shape=(n, n))
+    del S, S_row, d_s, w
     if k2 != 1:
-        kq = top.shape[1] if k2 > top.shape[1] else k2
-        P = sp.csr_matrix(
-            (np.full(n * kq, 1.0 / kq), top[:, :kq].reshape(-1), np.arange(0, n * kq + 1, kq)),
-            shape=(n, n),
-        )
-        V = sp.csr_matrix(P @ V)
-        del P
+        # np.mean(V[initial_rank[i, :k2]], axis=0): rows added one by one in rank order, in
+        # float32, then divided by the count (sparse + sparse adds in the data dtype)
+        kq = min(k2, top.shape[1])
+        acc = V[top[:, 0]]
+        for t in range(1, kq):
+            acc = acc + V[top[:, t]]
+        acc.sort_indices()
+        acc.data = (acc.data.astype(np.float64) / kq).astype(np.float32)
+        V = acc
+        del acc
     V.sort_indices()
     Vc = V.tocsc()
     Vc.sort_indices()
@@ -722,34 +739,44 @@ def sparse_re_ranking_knn(
         gallery = faiss.IndexFlatL2(dim)
         gallery.add(x32[off:])
 
-    for s in range(0, nq, query_block):
-        e = min(s + query_block, nq)
-        # 4. Jaccard sums of the block via the inverted index
+    # float32 Jaccard accumulator of one block of queries (block x N, never N x N)
+    qb = max(1, min(query_block, _JACCARD_ACC_ELEMS // n))
+    acc_s = np.zeros(qb * n, dtype=np.float32)
+    acc_hit = np.zeros(qb * n, dtype=bool)
+
+    for s in range(0, nq, qb):
+        e = min(s + qb, nq)
+        # 4. Jaccard sums of the block via the inverted index. Entries are generated in the
+        # reference's order (query row, then V column ascending, then item) and accumulated
+        # one by one in float32 (np.add.at is sequential), as the reference's temp_min.
         sub = V[s:e]
-        a_rows = np.repeat(np.arange(e - s), np.diff(sub.indptr))
+        a_rows = np.repeat(np.arange(e - s, dtype=np.int64), np.diff(sub.indptr))
         a_cols = sub.indices
         a_vals = sub.data
         lens = np.diff(Vc.indptr)[a_cols]
         starts = Vc.indptr[a_cols]
         tot = int(lens.sum())
         pos = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(tot)
-        pr = np.repeat(a_rows, lens)
-        pc = Vc.indices[pos]
+        keys = np.repeat(a_rows * n, lens) + Vc.indices[pos]
         pv = np.minimum(np.repeat(a_vals, lens), Vc.data[pos])
-        sums = sp.csr_matrix((pv, (pr, pc)), shape=(e - s, n))
-        sums.sum_duplicates()
-        del pos, pr, pc, pv
+        del pos
+        np.add.at(acc_s, keys, pv)
+        acc_hit[keys] = True
+        del keys, pv
+        ukeys = np.flatnonzero(acc_hit[: (e - s) * n])
+        s32 = acc_s[ukeys]
+        acc_s[ukeys] = 0
+        acc_hit[ukeys] = False
+        ov_rows = ukeys // n
+        ov_cols = ukeys - ov_rows * n
+        del ukeys
         # restrict to output columns, drop self
-        ov_rows = np.repeat(np.arange(e - s), np.diff(sums.indptr))
-        ov_cols = sums.indices.astype(np.int64)
-        ov_s = sums.data
         keep = ov_cols >= off
         if ref_includes_query:
             keep &= ov_cols != (ov_rows + s)
-        ov_rows, ov_cols, ov_s = ov_rows[keep], ov_cols[keep], ov_s[keep]
-        del sums, keep
+        ov_rows, ov_cols, s32 = ov_rows[keep], ov_cols[keep], s32[keep]
+        del keep
 
-        s32 = ov_s.astype(np.float32)
         jac = np.float32(1) - s32 / (np.float32(2) - s32)
         pending = np.arange(e - s)
         mm = first_mm

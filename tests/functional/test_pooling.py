@@ -34,3 +34,14 @@ def test_bad_alpha(alpha):
 def test_bad_shape():
     with pytest.raises(ValueError, match="features"):
         mixed_pool2d(torch.randn(3, 4), 0.5)
+
+
+def test_autocast_cpu_follows_the_autocast_dtype():
+    conv = torch.nn.Conv2d(3, 4, 3)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        f = conv(x)
+        y = mixed_pool2d(f, 0.3)
+    assert f.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
+    ref = 0.3 * f.float().amax((2, 3), keepdim=True) + 0.7 * f.float().mean((2, 3), keepdim=True)
+    torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)

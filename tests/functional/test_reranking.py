@@ -73,16 +73,10 @@ def _clustered(n, dim, rng, spread=0.6):
 
 
 def _assert_same_ranking(dd, di, sd, si):
+    """Sparse == dense: same indices and bit-identical float32 distances (no tie tolerance)."""
     assert di.shape == si.shape and si.dtype == np.int64 and sd.dtype == np.float32
-    np.testing.assert_allclose(sd, dd, rtol=0, atol=2e-6)
-    # rankings equal, except possibly inside groups of (numerically) tied final distances
-    diff = di != si
-    if diff.any():
-        gaps = np.abs(np.diff(dd, axis=1))
-        rows, cols = np.nonzero(diff)
-        for r, c in zip(rows, cols):
-            near = (c > 0 and gaps[r, c - 1] < 2e-6) or (c < gaps.shape[1] and gaps[r, c] < 2e-6)
-            assert near, f"row {r} rank {c}: dense {di[r, c]} vs sparse {si[r, c]}"
+    np.testing.assert_array_equal(si, di)
+    np.testing.assert_array_equal(sd, dd)
 
 
 @pytest.mark.parametrize(
@@ -113,8 +107,9 @@ def test_sparse_rankings_equal_dense(n, nq, riq, lam, k, k1, k2):
         assert si.max() < ref.shape[0]
 
 
-def test_dense_knn_matches_fixture_ranking():
-    z = np.load(RR[2])
+@pytest.mark.parametrize("path", RR, ids=os.path.basename)
+def test_dense_knn_matches_fixture_ranking(path):
+    z = np.load(path)
     dd, di = dense_re_ranking_knn(
         z["q_feat"], 10, z["g_feat"], False, int(z["k1"]), int(z["k2"]), float(z["lambda_value"])
     )
@@ -123,6 +118,7 @@ def test_dense_knn_matches_fixture_ranking():
         z["q_feat"], 10, z["g_feat"], False, int(z["k1"]), int(z["k2"]), float(z["lambda_value"])
     )
     np.testing.assert_array_equal(si, di)
+    np.testing.assert_array_equal(sd, dd)
     np.testing.assert_allclose(sd, np.sort(z["final_dist"], axis=1)[:, :10], rtol=0, atol=2e-6)
 
 
@@ -159,7 +155,8 @@ def test_degenerate_identical_points_are_finite():
     assert np.all(np.isfinite(sd))
     dd, di = dense_re_ranking_knn(x, 5, x, True)
     assert np.all(np.isfinite(dd))
-    np.testing.assert_allclose(sd, dd, atol=2e-6)
+    np.testing.assert_array_equal(sd, dd)
+    np.testing.assert_array_equal(si, di)
     fin = re_ranking(np.zeros((3, 5)), np.zeros((3, 3)), np.zeros((5, 5)))
     assert np.all(np.isfinite(fin))
 

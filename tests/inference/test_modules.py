@@ -88,3 +88,44 @@ def test_mixed_pooling_module_no_state():
     torch.testing.assert_close(
         m(x), 0.6 * x.amax((2, 3), keepdim=True) + 0.4 * x.mean((2, 3), keepdim=True)
     )
+
+
+def test_wrappers_inside_pml_inference_model():
+    """FlipInference + EmbeddingEnsemble + BetaNormalization as PML InferenceModel's trunk."""
+    from pytorch_metric_learning.utils.inference import FaissKNN, InferenceModel
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten())
+    b = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Tanh(), torch.nn.Flatten())
+    model = torch.nn.Sequential(FlipInference(EmbeddingEnsemble([a, b])), BetaNormalization(0.05))
+    model.eval()
+    gallery, query = torch.randn(40, 3, 6, 7), torch.randn(5, 3, 6, 7)
+
+    def by_hand(x):
+        with torch.no_grad():
+            xf = torch.flip(x, dims=(-1,))
+            e = (torch.cat([a(x), b(x)], 1) + torch.cat([a(xf), b(xf)], 1)) / 2
+            return F.normalize(e) + 0.05 * e
+
+    im = InferenceModel(
+        model,
+        normalize_embeddings=False,
+        knn_func=FaissKNN(reset_before=False, reset_after=False),
+        data_device=torch.device("cpu"),
+    )
+    torch.testing.assert_close(im.get_embeddings(query), by_hand(query))
+    im.train_knn(gallery)
+    d, i = im.get_nearest_neighbors(query, k=4)
+    expected = torch.cdist(by_hand(query), by_hand(gallery))
+    torch.testing.assert_close(i, torch.argsort(expected, dim=1)[:, :4])
+    # the embeddings are really beta-normalised (not PML's L2 normalisation)
+    assert (by_hand(query).norm(dim=1) - 1).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_wrappers_follow_input_dtype(dtype):
+    trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten()).to(dtype)
+    x = torch.randn(2, 3, 5, 5, dtype=dtype)
+    model = torch.nn.Sequential(FlipInference(EmbeddingEnsemble([trunk])), BetaNormalization(0.01))
+    assert model(x).dtype == dtype
+    assert MixedPooling(0.5)(x).dtype == dtype

@@ -5,6 +5,7 @@ import os
 import re
 import sqlite3
 
+import numpy as np
 import pytest
 import torch
 from pytorch_metric_learning import losses, trainers
@@ -124,3 +125,65 @@ def test_runs_with_hook_container_and_record_keeper(tmp_path):
     with sqlite3.connect(str(tmp_path / "db.db")) as con:
         tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
     assert any("flip_beta0p004" in t for t in tables), tables
+
+
+def test_reid_query_gallery_inside_tester_with_record_keeper(tmp_path):
+    """ReIDAccuracyCalculator + re-ranking on separate query/gallery splits, via HookContainer."""
+    from pml_grouploss.evaluation import ReIDAccuracyCalculator
+    from pml_grouploss.functional.reranking import dense_re_ranking_knn
+
+    query, gallery = _Images(n=24, seed=1), _Images(n=96, seed=2)
+    trunk = _trunk()
+    rk, _, _ = logging_presets.get_record_keeper(
+        str(tmp_path / "csv"),
+        str(tmp_path / "tb"),
+        global_db_path=str(tmp_path / "db.db"),
+        experiment_name="exp",
+    )
+    hooks = logging_presets.get_hook_container(
+        rk, primary_metric="cmc_rank_1", validation_split_name="query"
+    )
+    knn = KReciprocalReRanker(k1=6, k2=3, lambda_value=0.5)
+    tester = GroupLossPlusPlusTester(
+        flip=True,
+        beta=0.01,
+        dataloader_num_workers=0,
+        data_device=CPU,
+        accuracy_calculator=ReIDAccuracyCalculator(
+            cmc_ranks=(1, 5),
+            include=("cmc_rank_1", "cmc_rank_5", "reid_mAP"),
+            knn_func=knn,
+            device=CPU,
+        ),
+        end_of_testing_hook=hooks.end_of_testing_hook,
+    )
+    datasets = {"query": query, "gallery": gallery}
+    # (PML's already-evaluated check does not accept (query, [references]) tuples: skip it)
+    hooks.run_tester_separately(
+        tester,
+        datasets,
+        1,
+        trunk,
+        None,
+        splits_to_eval=[("query", ["gallery"])],
+        skip_eval_if_already_done=False,
+    )
+    acc = tester.all_accuracies["query"]
+    # by hand: flip + beta embeddings, dense re-ranking with query+gallery in the graph
+    q = tester.get_all_embeddings(query, trunk)[0].numpy()
+    g = tester.get_all_embeddings(gallery, trunk)[0].numpy()
+    _, idx = dense_re_ranking_knn(q, None, g, False, 6, 3, 0.5)
+    match = gallery.labels.numpy()[idx] == query.labels.numpy()[:, None]
+    assert acc["cmc_rank_1_level0"] == pytest.approx(match[:, 0].mean())
+    assert acc["cmc_rank_5_level0"] == pytest.approx(match[:, :5].any(1).mean())
+    ap = [np.mean([(j + 1) / (h + 1) for j, h in enumerate(np.flatnonzero(m))]) for m in match]
+    assert acc["reid_mAP_level0"] == pytest.approx(np.mean(ap))
+    assert 0 < acc["reid_mAP_level0"] < 1 and acc["cmc_rank_1_level0"] < 1
+    rk.save_records()
+    with sqlite3.connect(str(tmp_path / "db.db")) as con:
+        tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
+    name = hooks.record_group_name(tester, "query")
+    assert re.fullmatch(r"[A-Za-z0-9_]+", name), name
+    full = rk.hash_map.get(name, name)  # record-keeper shortens long names by hashing
+    assert "flip_beta0p01" in full and full.endswith("QUERY_vs_GALLERY"), full
+    assert any(t.endswith("GALLERY") for t in tables), tables
