@@ -86,18 +86,23 @@ def test_bad_beta_raises():
         GroupLossPlusPlusTester(beta=-1.0)
 
 
-def test_runs_with_hook_container_and_record_keeper(tmp_path):
-    ds = _Images()
-    trunk = _trunk()
+def _hook_container(tmp_path, primary_metric, validation_split_name):
+    """record-keeper (CSV under csv/, tensorboard, sqlite db.db) and PML's HookContainer."""
     rk, _, _ = logging_presets.get_record_keeper(
         str(tmp_path / "csv"),
         str(tmp_path / "tb"),
         global_db_path=str(tmp_path / "db.db"),
         experiment_name="exp",
     )
-    hooks = logging_presets.get_hook_container(
-        rk, primary_metric="recall_at_1", validation_split_name="val"
+    return logging_presets.get_hook_container(
+        rk, primary_metric=primary_metric, validation_split_name=validation_split_name
     )
+
+
+def test_runs_with_hook_container_and_record_keeper(tmp_path):
+    ds = _Images()
+    trunk = _trunk()
+    hooks = _hook_container(tmp_path, "recall_at_1", "val")
     tester = _tester(flip=True, beta=0.004, end_of_testing_hook=hooks.end_of_testing_hook)
     end_of_epoch = hooks.end_of_epoch_hook(
         tester, {"val": ds}, str(tmp_path / "models"), test_interval=1
@@ -134,15 +139,7 @@ def test_reid_query_gallery_inside_tester_with_record_keeper(tmp_path):
 
     query, gallery = _Images(n=24, seed=1), _Images(n=96, seed=2)
     trunk = _trunk()
-    rk, _, _ = logging_presets.get_record_keeper(
-        str(tmp_path / "csv"),
-        str(tmp_path / "tb"),
-        global_db_path=str(tmp_path / "db.db"),
-        experiment_name="exp",
-    )
-    hooks = logging_presets.get_hook_container(
-        rk, primary_metric="cmc_rank_1", validation_split_name="query"
-    )
+    hooks = _hook_container(tmp_path, "cmc_rank_1", "query")
     knn = KReciprocalReRanker(k1=6, k2=3, lambda_value=0.5)
     tester = GroupLossPlusPlusTester(
         flip=True,
@@ -179,6 +176,7 @@ def test_reid_query_gallery_inside_tester_with_record_keeper(tmp_path):
     ap = [np.mean([(j + 1) / (h + 1) for j, h in enumerate(np.flatnonzero(m))]) for m in match]
     assert acc["reid_mAP_level0"] == pytest.approx(np.mean(ap))
     assert 0 < acc["reid_mAP_level0"] < 1 and acc["cmc_rank_1_level0"] < 1
+    rk = hooks.record_keeper
     rk.save_records()
     with sqlite3.connect(str(tmp_path / "db.db")) as con:
         tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
