@@ -15,7 +15,7 @@ import pandas as pd
 
 from .aggregate import TABLE_METRICS, VAL_METRICS, format_table, summarize, to_markdown
 from .config import BenchmarkConfig
-from .data import build_splits, check_batch
+from .data import check_batch, splits_for_fold
 from .methods import get_method
 from .runner import run_one
 
@@ -131,17 +131,7 @@ def run_ablation(
             vcfg = dataclasses.replace(cfg, **changes)
             key = (seed % cfg.num_folds,)
             if key not in splits_cache:
-                splits_cache[key] = build_splits(
-                    cfg.dataset,
-                    cfg.data_root,
-                    key[0],
-                    cfg.num_folds,
-                    cfg.trunk,
-                    cfg.image_size,
-                    cfg.augment,
-                    cfg.max_classes,
-                    cfg.download,
-                )
+                splits_cache[key] = splits_for_fold(cfg, key[0])
             splits = splits_cache[key]
             check_batch(
                 vcfg.classes_per_batch, vcfg.samples_per_class, None, splits.train.num_classes

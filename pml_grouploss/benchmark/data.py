@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from .config import BenchmarkConfig
 
 DATASET_NAMES = ("omniglot-small", "omniglot", "cub", "cars196", "sop")
 #: permutation seed of the class folds: fixed, so every method and seed sees the same folds
@@ -183,6 +186,21 @@ def build_splits(
     )
     assert_disjoint(splits)
     return splits
+
+
+def splits_for_fold(cfg: "BenchmarkConfig", fold: int) -> Splits:
+    """:func:`build_splits` with the data settings of ``cfg`` (validation fold ``fold``)."""
+    return build_splits(
+        cfg.dataset,
+        cfg.data_root,
+        fold,
+        cfg.num_folds,
+        cfg.trunk,
+        cfg.image_size,
+        cfg.augment,
+        cfg.max_classes,
+        cfg.download,
+    )
 
 
 def assert_disjoint(splits: Splits) -> None:

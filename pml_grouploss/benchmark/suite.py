@@ -11,7 +11,7 @@ import pandas as pd
 
 from .aggregate import format_table, summarize, to_markdown
 from .config import BenchmarkConfig
-from .data import build_splits, check_batch
+from .data import check_batch, splits_for_fold
 from .methods import MethodSpec, get_method
 from .runner import run_one
 
@@ -90,17 +90,7 @@ def run_variants(
     for seed in cfg.seeds:
         fold = seed % cfg.num_folds
         if fold not in splits_by_fold:
-            splits_by_fold[fold] = build_splits(
-                cfg.dataset,
-                cfg.data_root,
-                fold,
-                cfg.num_folds,
-                cfg.trunk,
-                cfg.image_size,
-                cfg.augment,
-                cfg.max_classes,
-                cfg.download,
-            )
+            splits_by_fold[fold] = splits_for_fold(cfg, fold)
         splits = splits_by_fold[fold]
         for label, name, overrides in variants:
             spec: MethodSpec = get_method(name)

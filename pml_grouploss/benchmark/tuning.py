@@ -19,7 +19,7 @@ import pandas as pd
 
 from .aggregate import VAL_METRICS, format_table, summarize, to_markdown
 from .config import BenchmarkConfig
-from .data import build_splits
+from .data import splits_for_fold
 from .methods import get_method
 from .runner import run_one
 
@@ -67,17 +67,7 @@ def run_tuning(
             for seed in cfg.seeds:
                 fold = seed % cfg.num_folds
                 if fold not in splits_cache:
-                    splits_cache[fold] = build_splits(
-                        cfg.dataset,
-                        cfg.data_root,
-                        fold,
-                        cfg.num_folds,
-                        cfg.trunk,
-                        cfg.image_size,
-                        cfg.augment,
-                        cfg.max_classes,
-                        cfg.download,
-                    )
+                    splits_cache[fold] = splits_for_fold(cfg, fold)
                 row = run_one(
                     cfg,
                     spec,

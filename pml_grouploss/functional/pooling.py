@@ -23,7 +23,7 @@ def check_alpha(alpha: float) -> float:
 
 
 def mixed_pool2d(features: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
-    """``f_flat = alpha * maxpool(f) + (1 - alpha) * avgpool(f)`` over the spatial dims (GL++ eq. 13).
+    """``alpha * maxpool(f) + (1 - alpha) * avgpool(f)`` over the spatial dims (GL++ eq. 13).
 
     Args:
         features: ``(N, C, H, W)`` feature maps.

@@ -126,7 +126,8 @@ def test_gradml_and_pml_losses_by_name(tmp_path):
 def test_anchors_heatmap_grid_and_figure(tmp_path):
     # Two seeds per cell; cell (1, 6) deliberately not run.
     rows = []
-    for (a, m), values in {(0, 5): (0.50, 0.60), (1, 5): (0.70, 0.80), (0, 6): (0.20, 0.40)}.items():
+    cells = {(0, 5): (0.50, 0.60), (1, 5): (0.70, 0.80), (0, 6): (0.20, 0.40)}
+    for (a, m), values in cells.items():
         for seed, v in enumerate(values):
             rows.append(dict(method=f"a={a},m={m}", seed=seed, x=str((a, m)),
                              val_precision_at_1=v))

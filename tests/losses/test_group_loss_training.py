@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import torch
 from pytorch_metric_learning import samplers, testers, trainers
-from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import logging_presets
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
