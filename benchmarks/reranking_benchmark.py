@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/reranking_benchmark.py                      # 2k/5k/10k both, 50k/100k sparse
-    python benchmarks/reranking_benchmark.py --both 2000 --sparse-only
+    python benchmarks/reranking_benchmark.py --both 2000 --sparse   # N=2k only, both paths
 
 Each measurement runs in a fresh subprocess. "peak memory" is the growth of the process's
 peak resident set size (``ru_maxrss``) over its resident size just before the call (after
