@@ -12,13 +12,14 @@ def replicator_step(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     ``Pi = W X`` (eq. 4-5), ``x_il <- x_il pi_il / sum_m x_im pi_im`` (eq. 6), i.e.
     ``X <- Q^-1 (X ⊙ Pi)`` with ``Q = diag((X ⊙ Pi) 1)`` (eq. 7-8).
 
-    The step is invariant to the scale of ``W``, so ``W`` is first divided by its largest
-    magnitude (a detached constant: values and gradients are unchanged in exact arithmetic).
-    A row whose support ``(X ⊙ Pi) 1`` is then below the dtype's rounding level (zero when a
-    zeroed diagonal isolates a sample; ~1e-164 when a saturated prior disagrees with all its
-    neighbours) carries no information to update on: it is left unchanged. Normalising such a
-    row would be 0/0, or would overflow the quotient rule's ``num / support**2`` in backward
-    and turn ``inf * 0`` into NaN gradients.
+    The step is invariant to the scale of ``W``, so ``W`` is first divided by the power of two
+    ``2**e`` nearest above its largest magnitude: dividing by a power of two is exact, so values
+    and gradients are bit-identical to the unscaled step whenever that one neither overflows nor
+    underflows. A row whose support ``(X ⊙ Pi) 1`` is then below the dtype's rounding level
+    (zero when a zeroed diagonal isolates a sample; ~1e-164 when a saturated prior disagrees
+    with all its neighbours) carries no information to update on: it is left unchanged.
+    Normalising such a row would be 0/0, or would overflow the quotient rule's
+    ``num / support**2`` in backward and turn ``inf * 0`` into NaN gradients.
 
     Args:
         W: ``(n, n)`` similarities, non-negative for the simplex guarantees.
@@ -27,8 +28,8 @@ def replicator_step(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(n, m)`` updated assignment matrix.
     """
-    scale = W.detach().abs().amax()
-    W = W / torch.where(scale > 0, scale, torch.ones_like(scale))
+    _, exponent = torch.frexp(W.detach().abs().amax())  # max|W| = mantissa * 2**e, 0 -> e = 0
+    W = W / torch.ldexp(torch.ones((), dtype=W.dtype, device=W.device), exponent)
     numerator = X * (W @ X)
     support = numerator.sum(dim=1, keepdim=True)
     has_support = support > torch.finfo(support.dtype).eps

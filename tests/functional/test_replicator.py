@@ -124,6 +124,16 @@ def test_step_is_invariant_to_the_scale_of_W():
                                    rtol=1e-14, atol=0)
 
 
+def test_step_is_bit_identical_to_the_unscaled_formula():
+    # Scaling W by a power of two is exact: the overflow guard changes no bit of eq. 6.
+    g = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.float64):
+        W = torch.rand(9, 9, generator=g, dtype=dtype) * 3.7
+        X = torch.softmax(torch.randn(9, 5, generator=g, dtype=dtype), 1)
+        numerator = X * (W @ X)
+        assert torch.equal(replicator_step(W, X), numerator / numerator.sum(1, keepdim=True))
+
+
 def test_zero_iterations_returns_input():
     W = torch.eye(3)
     X = torch.full((3, 2), 0.5)
