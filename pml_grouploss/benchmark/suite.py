@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -71,6 +71,69 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
             )
     with open(path, "w") as f:
         f.write(cfg.to_json())
+    with open(os.path.join(output_dir, "environment.json"), "w") as f:
+        json.dump(environment(), f, indent=2)
+
+
+#: packages whose versions decide the numbers (kernels, samplers, k-NN, logging)
+ENVIRONMENT_PACKAGES = (
+    "torch",
+    "torchvision",
+    "pytorch-metric-learning",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "faiss-cpu",
+    "faiss-gpu",
+    "record-keeper",
+    "pml_grouploss",
+)
+
+
+def environment() -> Dict[str, Any]:
+    """Versions, threads and machine of this process: training on CPU is deterministic for a
+    fixed environment, but another torch build or thread count gives other roundings, hence
+    other (equally valid) training trajectories. Written next to ``config.json``."""
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    versions = {}
+    for name in ENVIRONMENT_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "packages": versions,
+    }
+
+
+def _git_commit() -> Optional[str]:
+    """The checkout's commit (with ``+dirty`` for uncommitted changes), None outside git."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def run_variants(

@@ -1,0 +1,19 @@
+"""Results directories: config and environment are recorded next to the numbers."""
+import json
+
+import torch
+
+from pml_grouploss.benchmark.config import BenchmarkConfig
+from pml_grouploss.benchmark.suite import prepare_output
+
+
+def test_prepare_output_records_config_and_environment(tmp_path):
+    cfg = BenchmarkConfig(seeds=(0,), epochs=1)
+    prepare_output(cfg, str(tmp_path))
+    assert BenchmarkConfig.from_dict(json.loads((tmp_path / "config.json").read_text())) == cfg
+    env = json.loads((tmp_path / "environment.json").read_text())
+    assert env["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert env["packages"]["pytorch-metric-learning"].startswith("2.")
+    assert env["torch_threads"] == torch.get_num_threads()
+    commit = env["git_commit"]
+    assert commit is None or len(commit.split("+")[0]) == 40
