@@ -104,7 +104,7 @@ def environment() -> Dict[str, Any]:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            pass
+            continue  # not installed (e.g. faiss-gpu beside faiss-cpu): nothing to record
     return {
         "git_commit": _git_commit(),
         "python": platform.python_version(),
