@@ -1,0 +1,99 @@
+"""Argument and tensor checks shared by every public entry point.
+
+Each check raises a ``TypeError``/``ValueError`` whose message names the argument and the fix.
+Checks on tensor *values* (finiteness, ranges) read the device: call them once per forward,
+never inside a loop.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence
+
+import torch
+
+
+def is_real_number(value: object) -> bool:
+    """A Python/NumPy real scalar or a one-element real tensor; ``bool`` is not a number."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    if torch.is_tensor(value) and value.numel() == 1:
+        return not value.dtype.is_complex and value.dtype != torch.bool
+    return False
+
+
+def check_int(name: str, value: object, minimum: Optional[int] = None) -> int:
+    """``value`` as an ``int`` (NumPy integers accepted, ``bool`` rejected), ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_number(
+    name: str,
+    value: object,
+    *,
+    minimum: Optional[float] = None,
+    maximum: Optional[float] = None,
+    strict_minimum: bool = False,
+    hint: str = "",
+) -> float:
+    """``value`` as a finite ``float`` within ``[minimum, maximum]`` (``(minimum, ...`` if
+    ``strict_minimum``); ``hint`` is appended to the message."""
+    if not is_real_number(value):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    number = float(value)
+    low_ok = minimum is None or (number > minimum if strict_minimum else number >= minimum)
+    high_ok = maximum is None or number <= maximum
+    if not math.isfinite(number) or not low_ok or not high_ok:
+        bounds = [
+            f"{'>' if strict_minimum else '>='} {minimum:g}" if minimum is not None else "",
+            f"<= {maximum:g}" if maximum is not None else "",
+        ]
+        wanted = " and ".join(b for b in bounds if b)
+        raise ValueError(
+            f"{name} must be a finite number{' ' + wanted if wanted else ''}, got {value!r}"
+            + (f"; {hint}" if hint else "")
+        )
+    return number
+
+
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    """``value`` is one of ``choices``."""
+    if value not in tuple(choices):
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_floating(name: str, tensor: torch.Tensor) -> None:
+    """``tensor`` is a real floating-point tensor (integer values would be truncated)."""
+    if not torch.is_tensor(tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.dtype.is_floating_point:
+        raise TypeError(
+            f"{name} must be a floating-point tensor, got dtype {tensor.dtype}; "
+            f"convert with {name}.float()"
+        )
+
+
+def check_finite(name: str, tensor: torch.Tensor, hint: str = "") -> None:
+    """Every entry of ``tensor`` is finite (one device read)."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(
+            f"{name} contain NaN or inf" + (f"; {hint}" if hint else "")
+        )
+
+
+def check_class_ids(name: str, labels: torch.Tensor) -> torch.Tensor:
+    """``labels`` as an int64 tensor of class ids; any integer dtype is accepted."""
+    if not torch.is_tensor(labels):
+        raise TypeError(f"{name} must be a torch.Tensor of class ids, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+        raise TypeError(
+            f"{name} must be an integer tensor of class ids, got dtype {labels.dtype}; "
+            f"convert with {name}.long()"
+        )
+    return labels.long()
