@@ -31,11 +31,11 @@ PML adapter.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Optional, Tuple
 
 import torch
+
+from .._validation import check_finite, check_floating, check_number, is_real_number
 
 __all__ = [
     "check_gradml_params",
@@ -44,57 +44,103 @@ __all__ = [
     "gradml_loss",
     "gradml_gradient",
     "pair_indices",
+    "MAX_K",
+    "MAX_WEIGHT",
+    "compute_dtype",
+    "check_loss_finite",
+    "derivative_cap",
 ]
 
-
-def _is_real_number(x: object) -> bool:
-    if isinstance(x, bool):
-        return False
-    if isinstance(x, numbers.Real):  # int, float and NumPy scalars (e.g. from np.linspace)
-        return True
-    if torch.is_tensor(x) and x.numel() == 1:
-        return not x.dtype.is_complex and x.dtype != torch.bool
-    return False
+#: Largest accepted ``k``. On normalized embeddings ``d <= 2``, so ``d^k <= 2^10 = 1024``: the
+#: terms and their gradients stay far inside float16's range per pair; ``k = 200`` already
+#: gives ``2^200``, beyond float32. The paper's appendix finds ``k`` between 2 and 3 best.
+MAX_K = 10.0
+#: Largest accepted ``w`` and ``pos_weight``: ``100 * 2^10`` per pair stays finite in float32
+#: for any batch (``w = 1e300`` would overflow to ``-inf``). Scale the loss itself (or the
+#: learning rate) instead of the weights beyond this.
+MAX_WEIGHT = 100.0
 
 
 def check_gradml_params(k: float, w: float, pos_weight: float = 1.0) -> None:
     """Raise a ``ValueError``/``TypeError`` naming the argument when a GradML parameter is invalid.
 
     Args:
-        k: exponent of the distance, must be a finite number ``> 0`` (eq. 7).
-        w: weight of the negative pairs, finite and ``>= 0`` (eq. 11; ``w < 0`` would *pull*
-            negatives together).
-        pos_weight: weight ``a_pos`` of the positive pairs, finite and ``>= 0`` (eq. 10).
+        k: exponent of the distance, a finite number in ``(0, MAX_K]`` (eq. 7; ``MAX_K = 10``).
+        w: weight of the negative pairs, in ``[0, MAX_WEIGHT]`` (eq. 11; ``w < 0`` would *pull*
+            negatives together; ``MAX_WEIGHT = 100``).
+        pos_weight: weight ``a_pos`` of the positive pairs, in ``[0, MAX_WEIGHT]`` (eq. 10).
     """
-    for name, value in (("k", k), ("w", w), ("pos_weight", pos_weight)):
-        if not _is_real_number(value):
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-        if not math.isfinite(float(value)):
-            raise ValueError(f"{name} must be finite, got {float(value)}")
-    if float(k) <= 0:
-        raise ValueError(
-            f"k must be > 0 (eq. 7 of the GradML paper), got {float(k)}; the paper uses k=2"
-        )
-    if float(w) < 0:
-        raise ValueError(
-            f"w must be >= 0 (weight of the negative pairs, eq. 11), got {float(w)}; "
-            "a negative w would pull different classes together. The paper uses w=1 (Table 3) "
-            "or w=0.5 (appendix)"
-        )
-    if float(pos_weight) < 0:
-        raise ValueError(
-            f"pos_weight must be >= 0 (weight a_pos of the positive pairs, eq. 10), got "
-            f"{float(pos_weight)}; the paper uses 1"
-        )
+    check_number(
+        "k",
+        k,
+        minimum=0.0,
+        strict_minimum=True,
+        maximum=MAX_K,
+        hint="(eq. 7 of the GradML paper) the paper uses k=2; larger k overflows d^k",
+    )
+    check_number(
+        "w",
+        w,
+        minimum=0.0,
+        maximum=MAX_WEIGHT,
+        hint="weight of the negative pairs (eq. 11): a negative w would pull different classes "
+        "together, a huge one overflows; the paper uses w=1 (Table 3) or w=0.5 (appendix)",
+    )
+    check_number(
+        "pos_weight",
+        pos_weight,
+        minimum=0.0,
+        maximum=MAX_WEIGHT,
+        hint="weight a_pos of the positive pairs (eq. 10); the paper uses 1",
+    )
+
+
+class _CappedPow(torch.autograd.Function):
+    """``t ** e`` (``0 < e < 1``, ``t >= 0``) whose derivative is capped at ``cap``.
+
+    The value is exact. The derivative ``e * t^(e-1)`` is infinite at ``t = 0`` and overflows
+    for subnormal ``t``; it becomes ``min(e * t^(e-1), cap)`` for ``t > 0`` and 0 at ``t = 0``.
+    The backward is written in differentiable ops (double backward works where uncapped).
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, exponent: float, cap: float) -> torch.Tensor:
+        ctx.save_for_backward(t)
+        ctx.exponent, ctx.cap = exponent, cap
+        positive = t > 0
+        safe = torch.where(positive, t, torch.ones_like(t))
+        return torch.where(positive, safe**exponent, torch.zeros_like(t))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (t,) = ctx.saved_tensors
+        e, cap = ctx.exponent, ctx.cap
+        # e * t_min^(e-1) == cap: below t_min the derivative is the cap
+        t_min = (cap / e) ** (1.0 / (e - 1.0))
+        clamped = torch.clamp(t, min=t_min)
+        deriv = torch.where(t > 0, e * clamped ** (e - 1.0), torch.zeros_like(t))
+        return grad * deriv, None, None
+
+
+def derivative_cap(dtype: torch.dtype) -> float:
+    """Cap of the derivative of ``d^e`` for ``e < 1``: ``finfo(dtype).max ** (1/3)``.
+
+    float32: ~7e12, float64: ~6e102. Through the distance's backward (normalization factor
+    ``<= 1e12``), the weights (``<= 100``) and sums over pairs the gradient stays finite.
+    """
+    return float(torch.finfo(dtype).max) ** (1.0 / 3.0)
 
 
 def safe_pow(dist: torch.Tensor, exponent: float) -> torch.Tensor:
-    """``dist ** exponent`` for non-negative distances, with a zero gradient where ``dist == 0``.
+    """``dist ** exponent`` for non-negative distances, finite in value and gradient.
 
     ``d ** e`` has derivative ``e * d ** (e - 1)``, which is infinite at ``d = 0`` for ``e < 1``
     and turns into ``inf * 0 = nan`` through the distance's own zero gradient. Coincident
     points (duplicated images, collapsed classes) are common, so zero distances get the
-    subgradient 0 instead (the double ``where`` keeps ``nan`` out of the backward pass).
+    subgradient 0 instead (the double ``where`` keeps ``nan`` out of the backward pass). For
+    ``e < 1`` the derivative at tiny ``d > 0`` (near-duplicates, subnormal squared distances)
+    is capped at :func:`derivative_cap` of the dtype instead of overflowing to ``inf``; the
+    value itself is exact.
 
     Args:
         dist: any shape, values ``>= 0``.
@@ -105,6 +151,8 @@ def safe_pow(dist: torch.Tensor, exponent: float) -> torch.Tensor:
     """
     if exponent == 1:
         return dist
+    if 0 < exponent < 1 and dist.dtype.is_floating_point:
+        return _CappedPow.apply(dist, float(exponent), derivative_cap(dist.dtype))
     positive = dist > 0
     safe = torch.where(positive, dist, torch.ones_like(dist))
     return torch.where(positive, safe**exponent, torch.zeros_like(dist))
@@ -134,7 +182,7 @@ def gradml_pair_terms(
         ``(P,)`` positive terms ``>= 0`` and ``(Q,)`` negative terms ``<= 0``.
     """
     check_gradml_params(k, w, pos_weight)
-    if not _is_real_number(dist_power) or float(dist_power) <= 0:
+    if not is_real_number(dist_power) or float(dist_power) <= 0:
         raise ValueError(f"dist_power must be a number > 0, got {dist_power!r}")
     exponent = float(k) / float(dist_power)
     pos_terms = float(pos_weight) * safe_pow(pos_dist, exponent)
@@ -178,6 +226,7 @@ def pair_indices(
 
 
 def _check_batch(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    check_floating("embeddings", embeddings)
     if embeddings.ndim != 2:
         raise ValueError(
             f"embeddings must have shape (n, d), got {tuple(embeddings.shape)}"
@@ -188,7 +237,25 @@ def _check_batch(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
             f"labels must have one entry per embedding: got {labels.shape[0]} labels for "
             f"{embeddings.shape[0]} embeddings"
         )
+    check_finite("embeddings", embeddings, hint="GradML needs finite embeddings")
     return labels
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype GradML computes in: ``promote_types(dtype, float32)`` (half precision
+    overflows ``d^k`` and has no ``cdist``)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def check_loss_finite(loss: torch.Tensor, dtype: torch.dtype) -> None:
+    """Raise a ``ValueError`` when the loss overflowed (the embeddings were finite)."""
+    if not bool(torch.isfinite(loss)):
+        raise ValueError(
+            f"the GradML loss is not finite in {dtype} (got {float(loss)}): d^k overflows for "
+            "these embeddings; normalize the embeddings (GradMLLoss's default "
+            "LpDistance(normalize_embeddings=True)), use float32/float64 embeddings, or a "
+            "smaller k, w or pos_weight"
+        )
 
 
 def gradml_loss(
@@ -202,15 +269,20 @@ def gradml_loss(
 
     This is the paper's exact form (no means, no normalization of the embeddings): on the
     example ``x1, x2`` (class A), ``y1, y2`` (class B) it is eq. (11) term by term. Memory is
-    ``O(n^2)`` (one distance matrix), work ``O(n^2 d)``.
+    ``O(n^2)`` (one distance matrix), work ``O(n^2 d)``. Computed in float32 or wider
+    (:func:`compute_dtype`, autocast disabled) and returned in the embeddings' dtype.
 
     Args:
-        embeddings: ``(n, d)`` floating point.
+        embeddings: ``(n, d)`` floating point, finite.
         labels: ``(n,)`` integer class labels.
         k, w, pos_weight: see :func:`check_gradml_params`.
 
     Returns:
         scalar tensor (0 for ``n < 2``), differentiable w.r.t. ``embeddings``.
+
+    Raises:
+        TypeError: non-floating embeddings. ValueError: bad shapes, NaN/inf embeddings, or a
+        loss that overflows (float32 for half-precision input, else the input dtype).
     """
     check_gradml_params(k, w, pos_weight)
     labels = _check_batch(embeddings, labels)
@@ -218,12 +290,16 @@ def gradml_loss(
     if n < 2:
         return embeddings.sum() * 0
     i, j = torch.triu_indices(n, n, offset=1, device=embeddings.device)
-    # pairwise differences of the pairs only (P x d): avoids cdist's backward, which is not
-    # twice differentiable, so that gradcheck/gradgradcheck can run on this reference.
-    dist = (embeddings[i] - embeddings[j]).norm(dim=1)
-    same = labels[i] == labels[j]
-    pos_terms, neg_terms = gradml_pair_terms(dist[same], dist[~same], k, w, pos_weight)
-    return pos_terms.sum() + neg_terms.sum()
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        x = embeddings.to(compute_dtype(embeddings.dtype))
+        # pairwise differences of the pairs only (P x d): avoids cdist's backward, which is not
+        # twice differentiable, so that gradcheck/gradgradcheck can run on this reference.
+        dist = (x[i] - x[j]).norm(dim=1)
+        same = labels[i] == labels[j]
+        pos_terms, neg_terms = gradml_pair_terms(dist[same], dist[~same], k, w, pos_weight)
+        loss = (pos_terms.sum() + neg_terms.sum()).to(embeddings.dtype)
+    check_loss_finite(loss, embeddings.dtype)
+    return loss
 
 
 def gradml_gradient(
@@ -245,12 +321,13 @@ def gradml_gradient(
         embeddings: ``(n, d)``; labels: ``(n,)``; k, w, pos_weight as in :func:`gradml_loss`.
 
     Returns:
-        ``(n, d)`` tensor (no autograd graph).
+        ``(n, d)`` tensor (no autograd graph), computed in float32 or wider and returned in the
+        embeddings' dtype.
     """
     check_gradml_params(k, w, pos_weight)
     labels = _check_batch(embeddings, labels)
-    with torch.no_grad():
-        x = embeddings
+    with torch.no_grad(), torch.autocast(device_type=embeddings.device.type, enabled=False):
+        x = embeddings.to(compute_dtype(embeddings.dtype))
         diff_norm = torch.cdist(x, x)  # (n, n)
         coeff = torch.where(
             labels.view(-1, 1) == labels.view(1, -1),
@@ -261,4 +338,4 @@ def gradml_gradient(
         scale = torch.where(diff_norm > 0, scale, torch.zeros_like(scale))
         scale.fill_diagonal_(0)
         # sum_j s_ij (x_i - x_j) = x_i * sum_j s_ij - (S x)_i
-        return x * scale.sum(dim=1, keepdim=True) - scale @ x
+        return (x * scale.sum(dim=1, keepdim=True) - scale @ x).to(embeddings.dtype)

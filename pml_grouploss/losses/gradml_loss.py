@@ -19,7 +19,14 @@ from pytorch_metric_learning.reducers import (
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from ..functional.gradml import check_gradml_params, gradml_pair_terms, pair_indices
+from .._validation import check_floating
+from ..functional.gradml import (
+    check_gradml_params,
+    check_loss_finite,
+    compute_dtype,
+    gradml_pair_terms,
+    pair_indices,
+)
 
 
 class GradMLLoss(GenericPairLoss):
@@ -73,11 +80,22 @@ class GradMLLoss(GenericPairLoss):
 
     Degenerate batches are finite: one class only (no negatives) gives the positive term alone,
     one sample per class (no positives) gives the negative term alone, a single sample gives 0.
+    With a normalizing distance an exactly-zero embedding gets the zero gradient (``F.normalize``
+    would give it the meaningless ``1/eps = 1e12``). For ``k < power`` the derivative of
+    ``t^(k/power)`` at tiny ``t > 0`` is capped (see :func:`~pml_grouploss.functional.safe_pow`).
+
+    **Precision.** The distances and terms are computed in ``promote_types(dtype, float32)`` with
+    autocast disabled (``cdist`` has no bfloat16 kernel; ``d^k`` overflows float16); the loss is
+    returned in the embeddings' dtype, like PML's losses. Integer embeddings raise a
+    ``TypeError``; NaN/inf embeddings (or ``ref_emb``) and a loss that overflows its dtype (e.g.
+    unnormalized embeddings, or ``|loss| > 65504`` in float16) raise a ``ValueError``; both are
+    found by one device read per call. A float16 gradient whose exact value exceeds 65504
+    rounds to ``inf`` as every float16 op does (what ``GradScaler`` expects).
 
     Args:
-        k: exponent of the distance, ``> 0`` (eq. 7-10). Default 2 (Table 3).
-        w: weight of every negative pair, ``>= 0`` (eq. 11). Default 1 (Table 3).
-        pos_weight: weight ``a_pos`` of every positive pair, ``>= 0`` (eq. 10). Default 1.
+        k: exponent of the distance, in ``(0, 10]`` (eq. 7-10). Default 2 (Table 3).
+        w: weight of every negative pair, in ``[0, 100]`` (eq. 11). Default 1 (Table 3).
+        pos_weight: weight ``a_pos`` of every positive pair, in ``[0, 100]`` (eq. 10). Default 1.
         **kwargs: PML's ``distance``, ``reducer``, ``embedding_regularizer``, ... .
 
     Example::
@@ -163,6 +181,35 @@ class GradMLLoss(GenericPairLoss):
             )
 
     # ------------------------------------------------------------------ loss
+    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
+        """PML's forward, then one check (one device read) that inputs and loss are finite."""
+        self._inputs_finite = None
+        loss = super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        finite = self._inputs_finite
+        if torch.is_tensor(loss) and loss.numel() == 1:
+            finite = torch.isfinite(loss) if finite is None else finite & torch.isfinite(loss)
+        if finite is not None and not bool(finite):
+            if self._inputs_finite is not None and not bool(self._inputs_finite):
+                raise ValueError(
+                    "embeddings (or ref_emb) contain NaN or inf; GradMLLoss needs finite "
+                    "embeddings: check the model's outputs (a diverged layer, a 0/0)"
+                )
+            check_loss_finite(loss, embeddings.dtype)
+        return loss
+
+    def _to_compute(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in float32 or wider; exact zero rows detached when the distance normalizes.
+
+        ``F.normalize`` maps a zero row to 0 with a derivative ``1 / eps = 1e12``: a meaningless
+        direction, and ``inf`` once cast back to float16. A zero row gets the zero gradient
+        (the same subgradient convention as coincident points).
+        """
+        x = x.to(compute_dtype(x.dtype))
+        if getattr(self.distance, "normalize_embeddings", False) and x.requires_grad:
+            zero = (x == 0).all(dim=1, keepdim=True)
+            x = torch.where(zero, x.detach(), x)
+        return x
+
     def compute_loss(
         self,
         embeddings: torch.Tensor,
@@ -172,10 +219,13 @@ class GradMLLoss(GenericPairLoss):
         ref_labels: Optional[torch.Tensor],
     ) -> Dict[str, Dict]:
         c_f.labels_or_indices_tuple_required(labels, indices_tuple)
+        check_floating("embeddings", embeddings)
+        check_floating("ref_emb", ref_emb)
+        self_ref = ref_emb is embeddings
         if indices_tuple is None:
             # Eq. (10) counts each unordered pair {i, j} once (PML's get_all_pairs_indices
             # lists (i, j) and (j, i), through an (#pairs, 2) nonzero): see pair_indices.
-            self_pairs = ref_emb is embeddings and ref_labels is labels
+            self_pairs = self_ref and ref_labels is labels
             if not self_pairs and ref_labels is None:
                 # PML would pair labels with themselves and index ref_emb with them: silently
                 # wrong pairs (or an IndexError) when ref_emb is not the batch.
@@ -186,10 +236,17 @@ class GradMLLoss(GenericPairLoss):
             indices_tuple = pair_indices(labels, None if self_pairs else ref_labels)
         else:
             indices_tuple = lmu.convert_to_pairs(indices_tuple, labels, ref_labels)
-        if all(len(x) == 0 for x in indices_tuple):
-            return self.zero_losses()
-        mat = self.distance(embeddings, ref_emb)
-        return self.loss_method(mat, indices_tuple)
+        # Computed in float32 or wider, outside autocast (cdist has no bfloat16 kernel, d^k
+        # overflows float16); the reducer returns the loss in the embeddings' dtype.
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            x = self._to_compute(embeddings)
+            ref = x if self_ref else self._to_compute(ref_emb)
+            finite = torch.isfinite(x).all()
+            self._inputs_finite = finite if self_ref else finite & torch.isfinite(ref).all()
+            if all(len(t) == 0 for t in indices_tuple):
+                return self.zero_losses()
+            mat = self.distance(x, ref)
+            return self.loss_method(mat, indices_tuple)
 
     def _compute_loss(
         self,
@@ -201,7 +258,7 @@ class GradMLLoss(GenericPairLoss):
         if not torch.is_tensor(pos_pair_dist):  # GenericPairLoss passes [] for no pairs
             pos_pair_dist = a1.new_empty(0, dtype=torch.float)
         if not torch.is_tensor(neg_pair_dist):
-            neg_pair_dist = a1.new_empty(0, dtype=torch.float)
+            neg_pair_dist = a1.new_empty(0, dtype=pos_pair_dist.dtype)
         pos_terms, neg_terms = gradml_pair_terms(
             pos_pair_dist,
             neg_pair_dist,

@@ -240,3 +240,43 @@ def test_pair_indices_match_pml_pairs():
     assert ours == [{(i, j) for i, j in s if i < j} for s in pml]
     assert len(ours[0]) == 4 and len(ours[1]) == 11  # C(6,2) = 15
     assert as_sets(pair_indices(labels, ref)) == as_sets(lmu.get_all_pairs_indices(labels, ref))
+
+
+# ---------------------------------------------------------------- hostile input (issue 8)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("func", [gradml_loss, gradml_gradient])
+def test_non_finite_embeddings_rejected(func, bad):
+    x = paper_points()
+    x[2, 0] = bad
+    with pytest.raises(ValueError, match="^embeddings contain NaN or inf"):
+        func(x, LABELS)
+
+
+@pytest.mark.parametrize("func", [gradml_loss, gradml_gradient])
+def test_integer_embeddings_rejected(func):
+    with pytest.raises(TypeError, match="^embeddings must be a floating-point tensor"):
+        func(paper_points().long(), LABELS)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_computed_in_float32(dtype):
+    # the paper's points are exact in half precision: eq. (11) by hand, 1 + 13 - 22 = -8
+    x = paper_points(dtype=dtype).requires_grad_(True)
+    loss = gradml_loss(x, LABELS, k=2, w=1.0)
+    assert loss.dtype == dtype and loss.item() == -8.0
+    (g,) = torch.autograd.grad(loss, x)
+    assert torch.equal(g, gradml_gradient(paper_points(), LABELS).to(dtype))
+    assert gradml_gradient(x.detach(), LABELS).dtype == dtype
+
+
+def test_overflow_raises_instead_of_inf():
+    with pytest.raises(ValueError, match="not finite in torch.float32"):
+        gradml_loss(paper_points(dtype=torch.float32) * 1e20, LABELS)
+    with pytest.raises(ValueError, match="not finite in torch.float16"):
+        gradml_loss(paper_points(dtype=torch.float16) * 100, LABELS)  # 100^2 * 22 > 65504
+
+
+@pytest.mark.parametrize("kwargs, name", [({"k": 10.01}, "k"), ({"w": 1e300}, "w")])
+def test_params_beyond_range_rejected(kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name} must be a finite number"):
+        gradml_loss(paper_points(), LABELS, **{"k": 2.0, "w": 1.0, **kwargs})
