@@ -10,7 +10,14 @@ from .gradml import (
     pair_indices,
     safe_pow,
 )
-from .group_loss import LOG_EPSILON, group_loss, initial_assignment, refined_label_loss
+from .group_loss import (
+    LOG_EPSILON,
+    group_loss,
+    initial_assignment,
+    log_initial_assignment,
+    refined_label_loss,
+)
+from .rms_normalize import rms_normalize
 from .reranking import (
     dense_re_ranking_knn,
     re_ranking,
@@ -24,7 +31,14 @@ from .pearson import (
     standardize_rows,
 )
 from .pooling import mixed_pool2d
-from .replicator import consistency, replicator_dynamics, replicator_history, replicator_step
+from .replicator import (
+    consistency,
+    log_replicator_dynamics,
+    log_replicator_step,
+    replicator_dynamics,
+    replicator_history,
+    replicator_step,
+)
 
 __all__ = [
     "LOG_EPSILON",
@@ -46,12 +60,16 @@ __all__ = [
     "consistency",
     "group_loss",
     "initial_assignment",
+    "log_initial_assignment",
+    "log_replicator_dynamics",
+    "log_replicator_step",
     "pearson_correlation",
     "pearson_similarity",
     "refined_label_loss",
     "replicator_dynamics",
     "replicator_history",
     "replicator_step",
+    "rms_normalize",
     "select_anchors",
     "similarity_from_correlation",
     "standardize_rows",

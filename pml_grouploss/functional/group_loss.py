@@ -1,16 +1,40 @@
 """The Group Loss (ECCV'20 Algorithm 1; Group Loss++ §3) as a pure tensor function."""
 from __future__ import annotations
 
+import math
 from typing import Dict
 
 import torch
 import torch.nn.functional as F
 
 from .pearson import Negatives, pearson_similarity
-from .replicator import replicator_dynamics
+from .replicator import log_replicator_dynamics
 
 #: Added to the refined probabilities before the log, as the authors' training loop does.
 LOG_EPSILON = 1e-12
+
+
+def log_initial_assignment(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    anchors: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """``log X(0)``: the log of :func:`initial_assignment` (anchors' rows ``0`` / ``-inf``).
+
+    Args: as :func:`initial_assignment`.
+
+    Returns:
+        ``(n, m)``.
+    """
+    log_prior = torch.log_softmax(logits / temperature, dim=1)
+    if anchors.numel() == 0:
+        return log_prior
+    labels = labels.long().view(-1, 1)
+    is_anchor = torch.zeros(logits.shape[0], 1, dtype=torch.bool, device=logits.device)
+    is_anchor[anchors] = True
+    log_one_hot = torch.full_like(log_prior, -math.inf).scatter(1, labels, 0.0)
+    return torch.where(is_anchor, log_one_hot, log_prior)
 
 
 def initial_assignment(
@@ -26,20 +50,14 @@ def initial_assignment(
 
     Args:
         logits: ``(n, m)`` classifier outputs.
-        labels: ``(n,)`` int64 labels in ``[0, m)``.
+        labels: ``(n,)`` integer labels in ``[0, m)``.
         anchors: ``(a,)`` int64 indices of the anchors.
         temperature: softmax temperature ``> 0``.
 
     Returns:
         ``(n, m)`` row-stochastic matrix.
     """
-    prior = torch.softmax(logits / temperature, dim=1)
-    if anchors.numel() == 0:
-        return prior
-    is_anchor = torch.zeros(logits.shape[0], 1, dtype=torch.bool, device=logits.device)
-    is_anchor[anchors] = True
-    one_hot = F.one_hot(labels, logits.shape[1]).to(prior.dtype)
-    return torch.where(is_anchor, one_hot, prior)
+    return torch.exp(log_initial_assignment(logits, labels, anchors, temperature))
 
 
 def refined_label_loss(
@@ -55,6 +73,10 @@ def refined_label_loss(
 ) -> Dict[str, torch.Tensor]:
     """Group Loss of a batch given its similarity matrix (steps 2-4 of :func:`group_loss`).
 
+    The dynamics run on ``log X`` (:func:`~pml_grouploss.functional.log_replicator_dynamics`)
+    so that values and gradients stay finite for any number of steps; ``-log(X(T) + 1e-12)``
+    is ``-logaddexp(log X(T), log 1e-12)``. Equal to the X-space formulas to rounding.
+
     Args:
         W: ``(n, n)`` similarity matrix (e.g. :func:`pearson_similarity`).
         logits: ``(n, m)``; labels ``(n,)``; anchors ``(a,)``: see :func:`group_loss`.
@@ -62,9 +84,11 @@ def refined_label_loss(
     Returns:
         the dict described in :func:`group_loss` (``similarity`` is ``W``).
     """
-    X0 = initial_assignment(logits, labels, anchors, temperature)
-    XT = replicator_dynamics(W, X0, num_iterations)
-    nll = -torch.log(XT + LOG_EPSILON).gather(1, labels.view(-1, 1)).squeeze(1)
+    labels = labels.long()
+    log_X0 = log_initial_assignment(logits, labels, anchors, temperature)
+    log_XT = log_replicator_dynamics(W, log_X0, num_iterations)
+    log_true = log_XT.gather(1, labels.view(-1, 1)).squeeze(1)
+    nll = -torch.logaddexp(log_true, torch.full_like(log_true, math.log(LOG_EPSILON)))
     ce = F.cross_entropy(logits, labels, reduction="none")
     group = nll.mean()
     ce_mean = ce.mean()
@@ -74,8 +98,8 @@ def refined_label_loss(
         "ce_loss": ce_mean,
         "group_loss_per_sample": nll,
         "ce_loss_per_sample": ce,
-        "probabilities": XT,
-        "prior": X0,
+        "probabilities": torch.exp(log_XT),
+        "prior": torch.exp(log_X0),
         "similarity": W,
     }
 
@@ -109,11 +133,11 @@ def group_loss(
     Args:
         embeddings: ``(n, d)``.
         logits: ``(n, m)``.
-        labels: ``(n,)`` int64 in ``[0, m)``.
+        labels: ``(n,)`` integer class ids in ``[0, m)`` (any integer dtype).
         anchors: ``(a,)`` int64 indices into the batch.
         temperature: softmax temperature ``> 0``.
         num_iterations: replicator steps ``T >= 0`` (``T = 0``: no refinement).
-        negatives: ``"clamp"`` | ``"shift"`` | ``"none"``, see :func:`pearson_similarity`.
+        negatives: ``"clamp"`` | ``"shift"``, see :func:`pearson_similarity`.
         zero_diagonal: ``W_ii = 0`` (papers) instead of 1 (authors' code).
         ce_weight: weight of the auxiliary cross-entropy (0 allowed).
         nll_weight: weight of the refined-label NLL (0 gives plain cross-entropy).

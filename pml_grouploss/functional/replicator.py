@@ -1,6 +1,7 @@
 """Replicator dynamics over a similarity matrix (Group Loss++ eq. 4-11)."""
 from __future__ import annotations
 
+import math
 from typing import List
 
 import torch
@@ -28,13 +29,60 @@ def replicator_step(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(n, m)`` updated assignment matrix.
     """
-    _, exponent = torch.frexp(W.detach().abs().amax())  # max|W| = mantissa * 2**e, 0 -> e = 0
-    W = W / torch.ldexp(torch.ones((), dtype=W.dtype, device=W.device), exponent)
+    W = _scale_by_power_of_two(W)
     numerator = X * (W @ X)
     support = numerator.sum(dim=1, keepdim=True)
     has_support = support > torch.finfo(support.dtype).eps
     safe_support = torch.where(has_support, support, torch.ones_like(support))
     return torch.where(has_support, numerator / safe_support, X)
+
+
+def log_replicator_step(W: torch.Tensor, log_X: torch.Tensor) -> torch.Tensor:
+    """:func:`replicator_step` on ``log X``: ``log x_il + log pi_il - log sum_m x_im pi_im``.
+
+    The same map (values agree to rounding), computed where it cannot underflow: as ``X(t)``
+    concentrates over many steps its losing entries shrink geometrically (below float32's
+    1e-38 after ~15 steps), and the quotient rule's gradient with respect to them grows by
+    the inverse factor until it overflows to inf and NaN. In log space the losing entries are
+    large negative numbers, and every local derivative is a ratio in ``[0, 1]``. ``pi = W X``
+    is floored at the dtype's smallest normal number before its log (a zero payoff, e.g. an
+    isolated class, sends no gradient). Rows without support are left unchanged, as in
+    :func:`replicator_step`.
+
+    Args:
+        W: ``(n, n)`` non-negative similarities.
+        log_X: ``(n, m)`` log of a row-stochastic matrix (``-inf`` allowed: one-hot rows).
+
+    Returns:
+        ``(n, m)`` ``log X(t+1)``.
+    """
+    W = _scale_by_power_of_two(W)
+    log_payoff = torch.log(torch.clamp(W @ torch.exp(log_X), min=torch.finfo(W.dtype).tiny))
+    log_numerator = log_X + log_payoff
+    log_support = torch.logsumexp(log_numerator, dim=1, keepdim=True)
+    has_support = log_support > math.log(torch.finfo(W.dtype).eps)
+    safe_log_support = torch.where(has_support, log_support, torch.zeros_like(log_support))
+    return torch.where(has_support, log_numerator - safe_log_support, log_X)
+
+
+def log_replicator_dynamics(
+    W: torch.Tensor, log_X: torch.Tensor, num_iterations: int
+) -> torch.Tensor:
+    """``log X(T)`` after ``num_iterations`` :func:`log_replicator_step` steps from ``log X(0)``.
+
+    What :class:`~pml_grouploss.losses.GroupLoss` uses: finite values and gradients for any
+    ``T`` in float32 (``exp`` of the result equals :func:`replicator_dynamics` to rounding).
+
+    Args:
+        W: ``(n, n)``; log_X: ``(n, m)`` ``log X(0)``; num_iterations: ``T >= 0``.
+
+    Returns:
+        ``(n, m)``.
+    """
+    _check_dynamics_args(W, log_X, num_iterations)
+    for _ in range(num_iterations):
+        log_X = log_replicator_step(W, log_X)
+    return log_X
 
 
 def replicator_dynamics(
@@ -62,6 +110,21 @@ def replicator_history(
     W: torch.Tensor, X: torch.Tensor, num_iterations: int
 ) -> List[torch.Tensor]:
     """``[X(0), X(1), ..., X(T)]`` of :func:`replicator_dynamics` (each ``(n, m)``)."""
+    _check_dynamics_args(W, X, num_iterations)
+    history = [X]
+    for _ in range(num_iterations):
+        X = replicator_step(W, X)
+        history.append(X)
+    return history
+
+
+def _scale_by_power_of_two(W: torch.Tensor) -> torch.Tensor:
+    """``W / 2**e`` with ``2**e`` the power of two nearest above ``max|W|`` (exact; 0 -> 1)."""
+    _, exponent = torch.frexp(W.detach().abs().amax())  # max|W| = mantissa * 2**e, 0 -> e = 0
+    return W / torch.ldexp(torch.ones((), dtype=W.dtype, device=W.device), exponent)
+
+
+def _check_dynamics_args(W: torch.Tensor, X: torch.Tensor, num_iterations: int) -> None:
     if isinstance(num_iterations, bool) or not isinstance(num_iterations, int):
         raise TypeError(
             f"num_iterations must be an int, got {type(num_iterations).__name__}"
@@ -75,11 +138,6 @@ def replicator_history(
             f"W must be (n, n) and X (n, m) with the same n; got W {tuple(W.shape)} "
             f"and X {tuple(X.shape)}"
         )
-    history = [X]
-    for _ in range(num_iterations):
-        X = replicator_step(W, X)
-        history.append(X)
-    return history
 
 
 def consistency(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,31 @@
+"""Scale-free classifier input: each embedding rescaled to unit root-mean-square."""
+from __future__ import annotations
+
+import torch
+
+
+def rms_normalize(x: torch.Tensor) -> torch.Tensor:
+    """``sqrt(d) * x_i / ||x_i||`` for each row (L2 normalisation to norm ``sqrt(d)``).
+
+    Every feature then has unit mean square, the scale of the unit-variance input that
+    ``nn.Linear``'s initialisation assumes, so the logits of a freshly initialised classifier
+    are O(1) whatever the trunk's output scale. The gradient is orthogonal to ``x_i``: a loss
+    on these logits cannot push the trunk's output norm up (what makes cross-entropy on raw
+    embeddings blow up the trunk at PML's example learning rates).
+
+    Rows are first divided by the power of two nearest above their largest magnitude (exact),
+    so norms neither overflow at ~1e38 nor underflow; an all-zero row stays zero with a finite
+    gradient.
+
+    Args:
+        x: ``(n, d)`` embeddings, floating point.
+
+    Returns:
+        ``(n, d)``, same dtype and device.
+    """
+    _, exponent = torch.frexp(x.detach().abs().amax(dim=1, keepdim=True))
+    x = x / torch.ldexp(torch.ones_like(exponent, dtype=x.dtype), exponent)
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    nonzero = norm > 0
+    safe_norm = torch.where(nonzero, norm, torch.ones_like(norm))
+    return torch.where(nonzero, x * (x.shape[1] ** 0.5) / safe_norm, torch.zeros_like(x))
