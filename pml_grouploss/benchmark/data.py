@@ -45,8 +45,9 @@ class ClassSubset(Dataset):
         self.transform = transform
         names = getattr(base, "classes", None)
         tag = f"{type(base).__name__}:{getattr(base, 'split', '')}"
+        offset = getattr(base, "label_offset", 0)  # the class of label c is names[c - offset]
         self.identities: List[str] = [
-            names[c] if names is not None else f"{tag}:{c}" for c in classes
+            names[c - offset] if names is not None else f"{tag}:{c}" for c in classes
         ]
         ids = getattr(base, "original_labels", None)
         if names is None and ids is not None:  # PML adapters: ids are global across splits
@@ -87,7 +88,8 @@ def class_folds(num_classes: int, num_folds: int, seed: int = FOLD_SEED) -> List
 
 
 def load_base(dataset: str, data_root: Optional[str], download: bool = False):
-    """Return ``(train_base, test_base, in_channels)`` with images as PIL, labels 0..C-1."""
+    """Return ``(train_base, test_base, in_channels)``: images as PIL, class ids unique across
+    the two (train ``0..C_train-1``, test ``C_train..C_train+C_test-1``)."""
     from .. import datasets as ds
 
     if dataset == "omniglot-small":
@@ -170,7 +172,8 @@ def build_splits(
     classes. ``max_classes`` keeps only the first training/test classes (for quick runs)."""
     train_base, test_base, in_channels = load_base(dataset, data_root, download)
     n_train = len(set(train_base.labels))
-    n_test = len(set(test_base.labels))
+    test_classes = sorted(set(test_base.labels))  # ids unique across splits: after the train ids
+    n_test = len(test_classes)
     if max_classes is not None:
         n_train, n_test = min(n_train, max_classes), min(n_test, max_classes)
     folds = class_folds(n_train, num_folds)
@@ -181,7 +184,7 @@ def build_splits(
         train=ClassSubset(train_base, train_classes, tr_tf, "train"),
         train_eval=ClassSubset(train_base, train_classes, ev_tf, "train"),
         val=ClassSubset(train_base, val_classes, ev_tf, "val"),
-        test=ClassSubset(test_base, np.arange(n_test), ev_tf, "test"),
+        test=ClassSubset(test_base, test_classes[:n_test], ev_tf, "test"),
         in_channels=in_channels,
     )
     assert_disjoint(splits)

@@ -11,7 +11,8 @@ class Cars196(PMLDatasetAdapter):
     ``root`` must be in the layout of the Kaggle archive PML downloads
     (``jutrera/stanford-car-dataset-by-classes-folder``): ``names.csv``, ``anno_train.csv``,
     ``anno_test.csv`` and ``car_data/car_data/{train,test}/<class name>/<file>.jpg``. Both
-    annotation files are pooled before the class split, as PML does.
+    annotation files are pooled before the class split, as PML does. Labels are ``0..97`` for
+    train and ``98..195`` for test (``0..97`` with ``unique_labels=False``).
     """
 
     pml_class = pml_datasets.Cars196

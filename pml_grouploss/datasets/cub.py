@@ -10,7 +10,8 @@ class CUB(PMLDatasetAdapter):
 
     ``root`` must contain ``CUB_200_2011/images.txt``, ``CUB_200_2011/image_class_labels.txt`` and
     ``CUB_200_2011/images/<class folder>/<file>.jpg`` (the unpacked ``CUB_200_2011.tgz``). Labels
-    are ``0..99`` within each split; ``original_labels`` keeps PML's 1-based class ids.
+    are ``0..99`` for train and ``100..199`` for test (``0..99`` with ``unique_labels=False``);
+    ``original_labels`` keeps PML's 1-based class ids.
     """
 
     pml_class = pml_datasets.CUB

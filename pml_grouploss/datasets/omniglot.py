@@ -68,12 +68,21 @@ class Omniglot(Dataset):
         image_size: side of the stored images (28 for the embedded file; any size for a directory).
         train_alphabets, test_alphabets: override the alphabet split (names as in the folders).
         download: with a ``root``, download the two full archives through torchvision first.
+        unique_labels: ``True`` (default): class ids are unique across splits, as in PML's
+            datasets. Train labels are ``0..C_train-1`` (what a loss with ``num_classes``
+            expects), test labels continue after them (``C_train..C_train+C_test-1``) and
+            ``"train+test"`` gives each character the label it has in its own split, so test
+            queries evaluated against training references cannot match an unrelated character
+            by sharing its number. ``False``: every split is numbered ``0..C-1``.
 
     Attributes:
         data: ``uint8 (N, image_size, image_size)`` tensor. targets: ``int64 (N,)`` labels
-        ``0..C-1`` (contiguous within the split, in the order of ``classes``). labels: the same as a
-        list (the attribute PML's datasets expose). classes: ``"alphabet/characterNN"`` per label.
-        alphabets: alphabet name per sample. drawers: drawer number (1..20) per sample.
+        ``label_offset..label_offset+C-1`` (contiguous, in the order of ``classes``). labels: the
+        same as a list (the attribute PML's datasets expose). classes: ``"alphabet/characterNN"``
+        per class, sorted, the training characters first for ``"train+test"``; the class of label
+        ``y`` is ``classes[y - label_offset]``. label_offset: the first label of the split
+        (``C_train`` for ``"test"`` with ``unique_labels``, else 0). alphabets: alphabet name per
+        sample. drawers: drawer number (1..20) per sample.
     """
 
     def __init__(
@@ -86,6 +95,7 @@ class Omniglot(Dataset):
         train_alphabets: Optional[Sequence[str]] = None,
         test_alphabets: Optional[Sequence[str]] = None,
         download: bool = False,
+        unique_labels: bool = True,
     ) -> None:
         if split not in ("train", "test", "train+test"):
             raise ValueError(f"split must be 'train', 'test' or 'train+test', got {split!r}")
@@ -127,8 +137,15 @@ class Omniglot(Dataset):
         wanted = {"train": train_set, "test": test_set, "train+test": train_set | test_set}[split]
         keep = np.array([a in wanted for a in alphabet_of], dtype=bool)
         kept_chars = [c for c, k in zip(char_names, keep) if k]
-        self.classes: List[str] = sorted(set(kept_chars))
-        index = {c: i for i, c in enumerate(self.classes)}
+        train_chars = sorted({c for c, a in zip(char_names, alphabet_of) if a in train_set})
+        test_chars = sorted({c for c, a in zip(char_names, alphabet_of) if a in test_set})
+        self.classes: List[str] = {
+            "train": train_chars,
+            "test": test_chars,
+            "train+test": train_chars + test_chars,
+        }[split]
+        self.label_offset: int = len(train_chars) if split == "test" and unique_labels else 0
+        index = {c: self.label_offset + i for i, c in enumerate(self.classes)}
         self.data = torch.from_numpy(np.ascontiguousarray(images[keep]))
         self.targets = torch.tensor([index[c] for c in kept_chars], dtype=torch.int64)
         self.labels: List[int] = self.targets.tolist()
@@ -251,7 +268,8 @@ class Omniglot(Dataset):
     # ------------------------------------------------------------------ Dataset API
     @property
     def num_classes(self) -> int:
-        """Number of characters (classes) in this split."""
+        """Number of characters (classes) in this split (labels
+        ``label_offset..label_offset+num_classes-1``)."""
         return len(self.classes)
 
     def __len__(self) -> int:

@@ -10,7 +10,8 @@ class StanfordOnlineProducts(PMLDatasetAdapter):
 
     ``root`` must contain ``Stanford_Online_Products/Ebay_train.txt``, ``Ebay_test.txt`` (header
     ``image_id class_id super_class_id path``) and the image folders they list. Labels are
-    remapped to ``0..C-1`` within each split (``original_labels`` keeps the ``class_id``).
+    ``0..C_train-1`` for train and continue after them for test (``0..C_test-1`` with
+    ``unique_labels=False``); ``original_labels`` keeps the ``class_id``.
     """
 
     pml_class = pml_datasets.StanfordOnlineProducts

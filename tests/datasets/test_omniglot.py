@@ -39,21 +39,22 @@ def test_embedded_file_is_the_committed_one():
 
 
 @pytest.mark.parametrize(
-    "split,n_chars,alphabets",
+    "split,n_chars,alphabets,offset",
     [
-        ("train", 135, EMBEDDED_TRAIN_ALPHABETS),
-        ("test", 107, EMBEDDED_TEST_ALPHABETS),
-        ("train+test", 242, EMBEDDED_TRAIN_ALPHABETS + EMBEDDED_TEST_ALPHABETS),
+        ("train", 135, EMBEDDED_TRAIN_ALPHABETS, 0),
+        ("test", 107, EMBEDDED_TEST_ALPHABETS, 135),  # test ids follow the 135 training ids
+        ("train+test", 242, EMBEDDED_TRAIN_ALPHABETS + EMBEDDED_TEST_ALPHABETS, 0),
     ],
 )
-def test_embedded_splits(split, n_chars, alphabets):
+def test_embedded_splits(split, n_chars, alphabets, offset):
     ds = Omniglot(split=split)
     assert ds.num_classes == n_chars and len(ds) == 20 * n_chars
     assert sorted(set(ds.alphabets)) == sorted(alphabets)
-    # labels contiguous 0..C-1, 20 drawers per character, each drawer once
-    counts = torch.bincount(ds.targets, minlength=n_chars)
+    # labels contiguous offset..offset+C-1, 20 drawers per character, each drawer once
+    assert ds.label_offset == offset and int(ds.targets.min()) == offset
+    counts = torch.bincount(ds.targets - offset, minlength=n_chars)
     assert counts.tolist() == [20] * n_chars
-    for c in (0, n_chars - 1):
+    for c in (offset, offset + n_chars - 1):
         assert sorted(np.array(ds.drawers)[ds.targets.numpy() == c]) == list(range(1, 21))
     for a in set(ds.alphabets):  # Greek and Latin deduplicated: 20 images per character
         assert ds.alphabets.count(a) == 20 * CHARS[a]
@@ -65,12 +66,12 @@ def test_embedded_split_is_alphabet_and_class_disjoint():
     assert not set(train.classes) & set(test.classes)
     assert not set(train.alphabets) & set(test.alphabets)
     both = Omniglot(split="train+test")
-    assert sorted(train.classes + test.classes) == both.classes
-    # the same character has the same pixels in both views
+    assert train.classes + test.classes == both.classes
+    # the same character has the same label and the same pixels in both views
     name = test.classes[5]
-    a = test.data[test.targets == 5]
-    b = both.data[both.targets == both.classes.index(name)]
-    assert torch.equal(a, b)
+    a = test.data[test.targets == 135 + 5]
+    assert both.classes.index(name) == 135 + 5 and a.shape == (20, 28, 28)
+    assert torch.equal(a, both.data[both.targets == 135 + 5])
 
 
 def test_getitem_pil_and_transforms():
@@ -79,12 +80,12 @@ def test_getitem_pil_and_transforms():
         transform=lambda im: torch.tensor(np.asarray(im)) / 255.0,
         target_transform=lambda y: y + 1000,
     )
-    x, y = ds[21]
-    assert x.shape == (28, 28) and y == 1001
+    x, y = ds[21]  # drawer 2 of the second test character: label 135 + 1
+    assert x.shape == (28, 28) and y == 1136
     assert torch.allclose(x, ds.data[21].float() / 255.0)
     img, label = Omniglot(split="test")[0]
     assert isinstance(img, Image.Image) and img.mode == "L" and img.size == (28, 28)
-    assert label == 0
+    assert label == 135
     # ink is bright, background dark: the border of a character is background
     assert ds.data[:, 0, :].float().mean() < 5 and ds.data.float().mean() > 10
 
@@ -110,6 +111,7 @@ def test_full_directory_layout(tmp_path):
     test = Omniglot(root=str(tmp_path), split="test")
     assert train.num_classes == 5 and len(train) == 20
     assert test.num_classes == 3 and len(test) == 12
+    assert train.labels[::4] == [0, 1, 2, 3, 4] and test.labels[::4] == [5, 6, 7]
     assert train.classes[0] == "Alpha/character01" and set(test.alphabets) == {"Gamma"}
     # root may also be the omniglot-py folder; images go through the same preprocess
     again = Omniglot(root=str(tmp_path / "omniglot-py"), split="test")
@@ -126,6 +128,10 @@ def test_full_directory_layout(tmp_path):
         test_alphabets=["Alpha", "Gamma"],
     )
     assert custom.num_classes == 2 and set(custom.alphabets) == {"Beta"}
+    custom_test = Omniglot(
+        root=str(tmp_path), split="test", train_alphabets=["Beta"], test_alphabets=["Gamma"]
+    )
+    assert custom_test.label_offset == 2 and sorted(set(custom_test.labels)) == [2, 3, 4]
 
 
 def test_small_archives_layout_gets_documented_split(tmp_path, monkeypatch):

@@ -14,12 +14,15 @@ def test_cub_adapter(tmp_path):
     test = CUB(str(tmp_path), split="test", transform=lambda im: torch.tensor(np.asarray(im)))
     assert len(train) == 200 and train.num_classes == 100
     assert train.original_labels[:4] == [1, 1, 2, 2] and train.labels[:4] == [0, 0, 1, 1]
-    assert set(test.original_labels) == set(range(101, 201)) and max(test.labels) == 99
+    assert set(test.original_labels) == set(range(101, 201))
+    assert sorted(set(test.labels)) == list(range(100, 200)) and test.num_classes == 100
+    assert test.label_offset == 100 and test.labels[:4] == [100, 100, 101, 101]
     img, label = train[0]  # stored grayscale, returned RGB
     assert isinstance(img, Image.Image) and img.mode == "RGB" and label == 0
     x, y = test[3]
-    assert x.shape == (24, 24, 3) and y == 1
-    assert len(CUB(str(tmp_path), split="train+test")) == 400
+    assert x.shape == (24, 24, 3) and y == 101
+    both = CUB(str(tmp_path), split="train+test")
+    assert len(both) == 400 and both.labels[::2] == list(range(200))
 
 
 def test_cars_adapter(tmp_path):
@@ -29,7 +32,7 @@ def test_cars_adapter(tmp_path):
     assert train.num_classes == 98 and len(train) == 196  # both annotation files pooled
     assert set(train.original_labels) == set(range(1, 99))
     assert set(test.original_labels) == set(range(99, 197)) and test.num_classes == 98
-    assert sorted(set(test.labels)) == list(range(98))
+    assert sorted(set(test.labels)) == list(range(98, 196)) and test.class_ids[0] == 99
     img, _ = test[0]
     assert img.mode == "RGB" and img.size == (24, 24)
 
@@ -40,7 +43,8 @@ def test_sop_adapter(tmp_path):
     test = StanfordOnlineProducts(str(tmp_path), split="test")
     assert len(train) == 18 and train.num_classes == 6
     assert sorted(set(train.original_labels)) == train_ids
-    assert sorted(set(test.original_labels)) == test_ids and test.labels[:4] == [0, 0, 0, 1]
+    assert sorted(set(test.original_labels)) == test_ids and test.labels[:4] == [6, 6, 6, 7]
+    assert test.num_classes == 5 and test.label_offset == 6
     assert test[4][0].mode == "RGB"
 
 
