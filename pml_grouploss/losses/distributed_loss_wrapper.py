@@ -1,55 +1,118 @@
 """Multi-process training for losses that own parameters (GroupLoss's classifier, proxies)."""
+
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import contextvars
+import math
+import sys
+import warnings
+import weakref
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+from pytorch_metric_learning.losses import CrossBatchMemory
+from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import distributed as pml_dist
+
+WRAPPER_NAME = "pml_grouploss.losses.ParametricDistributedLossWrapper"
+
+# True while a ParametricDistributedLossWrapper computes its loss (read by check_distributed_use)
+_INSIDE_WRAPPER: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "pml_grouploss_inside_parametric_wrapper", default=False
+)
+_MAX_INDEX_TENSORS = 4  # pairs (a1, p, a2, n) are the longest PML indices_tuple
+# Fields of the per-process description exchanged at every call (one small all_gather).
+_N, _ROW, _LABELS, _N_REF, _MASK, _RESYNC, _NUM_STATE, _STATE_NUMEL, _K, _BAD, _LENS = range(11)
+_META_SIZE = _LENS + _MAX_INDEX_TENSORS
+_WARNED_LOCAL: set = set()
 
 
 class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
     """PML's ``DistributedLossWrapper`` made correct for losses with parameters.
 
-    PML's wrapper gathers the embeddings of all processes, computes the loss on the whole
-    gathered batch on every process and multiplies it by ``world_size`` so that DDP's gradient
-    *averaging* gives the model exactly the single-process gradient. A parameter owned by the
-    loss (``GroupLoss.W``/``bias``, ``ProxyAnchorLoss.proxies``) is not in the model's DDP:
-    every process gives it ``world_size`` times the full-batch gradient, and the replicas drift
-    apart (each process concatenates the batch in its own order, so roundings differ).
+    PML's wrapper gathers the embeddings of all processes, each process putting *its own*
+    embeddings first, and returns ``world_size`` times the loss of that batch. A loss with
+    parameters (``GroupLoss.W``/``bias``, ``ProxyAnchorLoss.proxies``) is not in the model's
+    DDP: each process starts from its own random initialisation, gives it ``world_size`` times
+    its gradient, and — since every process sees the batch in a different order (GroupLoss
+    picks the first samples of each class as anchors) — computes a different loss. This
+    wrapper instead, on every call with ``world_size > 1``:
 
-    This wrapper instead
+    * **makes the loss's parameters and buffers identical**: broadcast from rank 0 at
+      construction when the process group is initialised, else at the first call, and again
+      whenever a parameter or buffer was replaced, deep-copied, or moved to another device or
+      dtype (tracked by identity, storage, device, dtype and shape; every process takes part
+      in the decision, so it never deadlocks);
+    * **gathers the batch in rank order**, so every process computes the loss on the same
+      concatenated batch — the batch a single process would see — and returns the same,
+      unscaled value (the single-process loss). ``indices_tuple`` (e.g. the anchors of
+      :class:`~pml_grouploss.miners.AnchorMiner`) must index *this process's* batch; the
+      wrapper offsets it into the gathered batch. Batches may differ in size between ranks;
+    * multiplies only the gradient flowing back into this process's embeddings by
+      ``world_size``, so DDP's gradient averaging gives the model the single-process gradient;
+    * all-reduces the gradient of every loss parameter and divides by ``world_size`` (DDP's
+      rule), so a penalty on the loss's parameters computed outside the wrapper is averaged
+      too and the replicas stay identical step after step.
 
-    * returns the loss of the whole gathered batch *unscaled* (the single-process value) and
-      multiplies only the gradient flowing back into this process's embeddings by
-      ``world_size``, so DDP's averaging still gives the model the single-process gradient;
-    * registers a gradient hook on every parameter of the loss that all-reduces its gradient
-      and divides by ``world_size`` (DDP's own rule for model parameters). Every replica then
-      receives the same single-process gradient, bit for bit, and the replicas stay
-      identical step after step. Gradients a parameter receives from outside the wrapper
-      (e.g. an explicit penalty ``loss_func.loss.W.pow(2).sum()`` computed on every process)
-      are averaged the same way, hence also correct.
-
-    The hooks are (re)checked at every call, so a ``copy.deepcopy`` of the wrapper or a
-    parameter replaced after construction is covered too. Like DDP, every process must run
-    the backward pass through the loss's parameters the same number of times (the hooks are
-    collective operations). Use it like PML's wrapper (``efficient=False`` only: a
-    classification loss needs the full batch)::
+    Like DDP, every process must call the wrapper and run the backward pass through the loss's
+    parameters the same number of times (these are collective operations). Use::
 
         loss_func = ParametricDistributedLossWrapper(GroupLoss(num_classes, 512))
         # model in DDP as usual; loss_func.parameters() in the metric-loss optimizer
 
-    Outside ``torch.distributed`` it returns the wrapped loss unchanged (with PML's warning).
+    ``efficient=True`` is not supported (a classification loss needs the whole batch as
+    embeddings, not as ``ref_emb``). Outside ``torch.distributed`` (or with one process) it
+    returns the wrapped loss unchanged (with PML's warning when not distributed). A parameter
+    that a loss creates inside its first call is synchronised at the second call.
     """
 
-    def __init__(self, loss: torch.nn.Module):
+    def __init__(self, loss: torch.nn.Module, efficient: bool = False):
+        if efficient:
+            raise ValueError(
+                "ParametricDistributedLossWrapper supports only efficient=False: a loss with "
+                "parameters (a classifier, proxies) must see the whole gathered batch"
+            )
         super().__init__(loss, efficient=False)
+        self._sync_signature: Optional[list] = None
         self._ensure_hooks()
+        if pml_dist.is_distributed() and torch.distributed.get_world_size() > 1:
+            self._broadcast_state(self._state_tensors())
+
+    # -- state synchronisation -------------------------------------------------------------
+    def _state_tensors(self) -> List[torch.Tensor]:
+        return [*self.loss.parameters(), *self.loss.buffers()]
+
+    def _state_is_synced(self, tensors: Sequence[torch.Tensor]) -> bool:
+        signature = self._sync_signature
+        return (
+            signature is not None
+            and len(signature) == len(tensors)
+            and all(
+                ref() is t and key == _storage_key(t) for (ref, key), t in zip(signature, tensors)
+            )
+        )
+
+    def _broadcast_state(self, tensors: Sequence[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for t in tensors:
+                buf = t.detach().to(_comm_device(t.device)).contiguous()
+                torch.distributed.broadcast(buf, src=0)
+                if buf.data_ptr() != t.data_ptr():
+                    t.copy_(buf)
+        self._sync_signature = [(weakref.ref(t), _storage_key(t)) for t in tensors]
 
     def _ensure_hooks(self) -> None:
         for param in self.loss.parameters():
             if param.requires_grad and not _has_average_hook(param):
                 param.register_hook(_average_over_processes)
 
+    def __getstate__(self) -> dict:
+        # weak references do not pickle; a copy re-synchronises at its first call
+        state = self.__dict__.copy()
+        state["_sync_signature"] = None
+        return state
+
+    # -- forward ---------------------------------------------------------------------------
     def forward(
         self,
         embeddings: torch.Tensor,
@@ -59,33 +122,104 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
         ref_labels: Optional[torch.Tensor] = None,
         enqueue_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        self._ensure_hooks()
-        out = super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels,
-                              enqueue_mask)
-        self._ensure_hooks()  # parameters a loss creates lazily in its first forward
+        """The loss of the batches of all processes concatenated in rank order."""
+        if not pml_dist.is_distributed() or torch.distributed.get_world_size() <= 1:
+            return super().forward(
+                embeddings, labels, indices_tuple, ref_emb, ref_labels, enqueue_mask
+            )
+        token = _INSIDE_WRAPPER.set(True)
+        try:
+            out = self._gathered_loss(
+                embeddings, labels, indices_tuple, ref_emb, ref_labels, enqueue_mask
+            )
+        finally:
+            _INSIDE_WRAPPER.reset(token)
+        self._ensure_hooks()  # parameters a loss creates lazily in its first call
         return out
 
-    def forward_regular_loss(self, emb, labels, indices_tuple, ref_emb, ref_labels, world_size):
-        if world_size <= 1:
-            return self.loss(emb, labels, indices_tuple, ref_emb, ref_labels)
-        emb = _ScaleGrad.apply(emb, float(world_size))
-        if ref_emb is not None:
-            ref_emb = _ScaleGrad.apply(ref_emb, float(world_size))
-        all_emb, all_labels, all_ref_emb, all_ref_labels, _ = pml_dist.gather_emb_and_ref(
-            emb, labels, ref_emb, ref_labels
-        )
-        return self.loss(all_emb, all_labels, indices_tuple, all_ref_emb, all_ref_labels)
-
-    def forward_cross_batch(self, emb, labels, indices_tuple, ref_emb, ref_labels, world_size,
-                            enqueue_mask):
-        if ref_emb is not None or ref_labels is not None:
+    def _gathered_loss(self, emb, labels, indices_tuple, ref_emb, ref_labels, enqueue_mask):
+        cross_batch = isinstance(self.loss, CrossBatchMemory)
+        if cross_batch and (ref_emb is not None or ref_labels is not None):
             raise ValueError("CrossBatchMemory is not compatible with ref_emb and ref_labels")
-        if world_size <= 1:
-            return self.loss(emb, labels, indices_tuple, enqueue_mask)
-        emb = _ScaleGrad.apply(emb, float(world_size))
-        all_emb, all_labels, _, _, _ = pml_dist.gather_emb_and_ref(emb, labels)
-        enqueue_mask = pml_dist.gather_enqueue_mask(enqueue_mask, emb.device)
-        return self.loss(all_emb, all_labels, indices_tuple, enqueue_mask)
+        self._ensure_hooks()
+        state = self._state_tensors()
+        meta = _local_meta(emb, labels, indices_tuple, ref_emb, enqueue_mask, state)
+        meta[_RESYNC] = int(not self._state_is_synced(state))
+        metas = torch.cat(_all_gather_parts(meta.view(1, -1), [1] * len(_world()))).cpu()
+        _check_metas(metas)
+        if bool(metas[:, _RESYNC].any()):
+            self._broadcast_state(state)
+        world_size = metas.shape[0]
+        sizes = metas[:, _N].tolist()
+        labels = None if labels is None else c_f.to_device(labels, device=emb.device)
+        all_emb = torch.cat(_all_gather_parts(_ScaleGrad.apply(emb, float(world_size)), sizes))
+        all_labels = None if labels is None else torch.cat(_all_gather_parts(labels, sizes))
+        indices = _gather_indices(indices_tuple, metas)
+        if cross_batch:
+            mask = enqueue_mask
+            if mask is not None:
+                mask = c_f.to_device(mask, device=emb.device).to(torch.uint8)
+                mask = torch.cat(_all_gather_parts(mask, sizes)).bool()
+            return self.loss(all_emb, all_labels, indices, mask)
+        all_ref_emb = all_ref_labels = None
+        if ref_emb is not None:
+            ref_sizes = metas[:, _N_REF].tolist()
+            ref_emb = _ScaleGrad.apply(ref_emb, float(world_size))
+            all_ref_emb = torch.cat(_all_gather_parts(ref_emb, ref_sizes))
+            if ref_labels is not None:
+                ref_labels = c_f.to_device(ref_labels, device=emb.device)
+                all_ref_labels = torch.cat(_all_gather_parts(ref_labels, ref_sizes))
+        return self.loss(all_emb, all_labels, indices, all_ref_emb, all_ref_labels)
+
+
+def check_distributed_use(loss: torch.nn.Module) -> None:
+    """Called by a loss with parameters at the start of its ``compute_loss``.
+
+    With ``torch.distributed`` initialised and ``world_size > 1``, a call that does not come
+    through :class:`ParametricDistributedLossWrapper`
+
+    * from PML's ``DistributedLossWrapper`` **raises** a ``ValueError`` naming
+      ``pml_grouploss.losses.ParametricDistributedLossWrapper``. This is always a mistake:
+      ``efficient=True`` passes the gathered batch as ``ref_emb``, which a classification loss
+      cannot use, and ``efficient=False`` silently gives the loss's parameters ``world_size``
+      times their gradient while every process keeps its own initialisation and batch order;
+    * from anywhere else (the loss of this process's batch only) **warns once**. That can be
+      intended — the loss inside the DDP-wrapped module (DDP then averages its gradient), a
+      validation loss on one rank, parameters averaged by hand — so it is not an error; but
+      without such care the replicas of the loss's parameters drift apart. Nothing is said
+      under ``torch.no_grad()`` or when no parameter requires a gradient.
+
+    A single process (``torch.distributed`` not initialised, or ``world_size == 1``) is never
+    affected; the check costs one function call there.
+    """
+    if _INSIDE_WRAPPER.get() or not pml_dist.is_distributed():
+        return
+    world_size = torch.distributed.get_world_size()
+    if world_size <= 1:
+        return
+    name = type(loss).__name__
+    if _called_by_pml_wrapper():
+        raise ValueError(
+            f"{name} has its own parameters and cannot be wrapped in pytorch_metric_learning's "
+            "DistributedLossWrapper (efficient=True passes the gathered batch as ref_emb, which "
+            f"{name} does not support; efficient=False gives its parameters world_size times "
+            "their gradient and lets the replicas drift apart). Use "
+            f"{WRAPPER_NAME}(loss) instead: the same call, correct gradients and identical "
+            "parameters on every process"
+        )
+    if name in _WARNED_LOCAL or not torch.is_grad_enabled():
+        return
+    if any(p.requires_grad for p in loss.parameters()):
+        _WARNED_LOCAL.add(name)
+        warnings.warn(
+            f"{name} is computed on this process's batch only (torch.distributed world_size="
+            f"{world_size}, no {WRAPPER_NAME}): its parameters get this process's gradient and "
+            "their replicas drift apart unless the loss is inside the DDP module or you "
+            f"average them yourself. Wrap it in {WRAPPER_NAME}(loss) to train on the gathered "
+            "batch with identical parameters on every process. (Shown once.)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -101,6 +235,119 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+def _world() -> range:
+    return range(torch.distributed.get_world_size())
+
+
+def _comm_device(device: torch.device) -> torch.device:
+    """Where a tensor on ``device`` is communicated: its GPU for NCCL, else the CPU (gloo)."""
+    backend = str(torch.distributed.get_backend())
+    if "nccl" in backend and device.type == "cuda":
+        return device
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    return t.data_ptr(), t.device, t.dtype, tuple(t.shape)
+
+
+def _all_gather_parts(x: torch.Tensor, sizes: Sequence[int]) -> List[torch.Tensor]:
+    """``x`` of every process (``sizes[r]`` rows on rank ``r``), in rank order.
+
+    This process's entry is ``x`` itself (gradients flow into it); the others are copies.
+    Rows are padded to the largest size for the collective and trimmed afterwards.
+    """
+    comm = _comm_device(x.device)
+    n_max = max(sizes)
+    send = x.detach().to(comm)
+    if send.shape[0] < n_max:
+        pad = send.new_zeros((n_max - send.shape[0], *send.shape[1:]))
+        send = torch.cat([send, pad])
+    recv = [torch.empty_like(send) for _ in sizes]
+    torch.distributed.all_gather(recv, send.contiguous())
+    parts = [r[:n].to(x.device) for r, n in zip(recv, sizes)]
+    parts[torch.distributed.get_rank()] = x
+    return parts
+
+
+def _local_meta(emb, labels, indices_tuple, ref_emb, enqueue_mask, state) -> torch.Tensor:
+    """This process's batch description (sizes, which inputs are given, index validity)."""
+    meta = [0] * _META_SIZE
+    meta[_N] = emb.shape[0]
+    meta[_ROW] = math.prod(emb.shape[1:])
+    meta[_LABELS] = int(labels is not None)
+    meta[_N_REF] = -1 if ref_emb is None else ref_emb.shape[0]
+    meta[_MASK] = int(enqueue_mask is not None)
+    meta[_NUM_STATE] = len(state)
+    meta[_STATE_NUMEL] = sum(t.numel() for t in state)
+    meta[_K] = -1 if indices_tuple is None else len(indices_tuple)
+    for i, idx in enumerate(indices_tuple or ()):
+        if i < _MAX_INDEX_TENSORS:
+            idx = torch.as_tensor(idx).reshape(-1)
+            meta[_LENS + i] = idx.numel()
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= emb.shape[0]):
+                meta[_BAD] = 1
+    return torch.tensor(meta, dtype=torch.long, device=emb.device)
+
+
+def _check_metas(metas: torch.Tensor) -> None:
+    """The same error on every process when the processes' inputs do not fit together."""
+    agree = {
+        _ROW: "embedding sizes",
+        _LABELS: "labels given or not",
+        _N_REF: "ref_emb given or not",
+        _MASK: "enqueue_mask given or not",
+        _NUM_STATE: "number of loss parameters and buffers",
+        _STATE_NUMEL: "sizes of the loss parameters and buffers",
+        _K: "indices_tuple length (None or not)",
+    }
+    for field, what in agree.items():
+        column = metas[:, field]
+        if field == _N_REF:
+            column = column >= 0
+        if not bool((column == column[0]).all()):
+            raise ValueError(f"the processes disagree on {what}: {column.tolist()} per rank")
+    if int(metas[0, _K]) > _MAX_INDEX_TENSORS:
+        raise ValueError(
+            f"indices_tuple has {int(metas[0, _K])} tensors; at most {_MAX_INDEX_TENSORS}"
+        )
+    if bool(metas[:, _BAD].any()):
+        raise ValueError(
+            "indices_tuple must index this process's batch (the wrapper offsets it into the "
+            f"gathered batch); rank(s) {metas[:, _BAD].nonzero().flatten().tolist()} passed "
+            "indices outside [0, batch_size). Use a miner on the local batch, not PML's "
+            "DistributedMinerWrapper (its indices refer to its own gathered order)"
+        )
+
+
+def _gather_indices(indices_tuple, metas: torch.Tensor):
+    """Every process's ``indices_tuple``, offset into the rank-ordered gathered batch."""
+    if indices_tuple is None or len(indices_tuple) == 0:
+        return indices_tuple
+    offsets = [0, *torch.cumsum(metas[:, _N], 0).tolist()[:-1]]
+    gathered = []
+    for i, idx in enumerate(indices_tuple):
+        device = idx.device if torch.is_tensor(idx) else metas.device
+        idx = torch.as_tensor(idx, device=device).reshape(-1).long()
+        parts = _all_gather_parts(idx, metas[:, _LENS + i].tolist())
+        gathered.append(torch.cat([p + off for p, off in zip(parts, offsets)]))
+    return tuple(gathered)
+
+
+def _called_by_pml_wrapper(max_depth: int = 24) -> bool:
+    """Whether a PML ``DistributedLossWrapper`` method is on the call stack."""
+    frame = sys._getframe(2)
+    for _ in range(max_depth):
+        if frame is None:
+            return False
+        if isinstance(frame.f_locals.get("self"), pml_dist.DistributedLossWrapper):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _has_average_hook(param: torch.Tensor) -> bool:
     hooks = getattr(param, "_backward_hooks", None)
     return bool(hooks) and any(h is _average_over_processes for h in hooks.values())
@@ -112,6 +359,7 @@ def _average_over_processes(grad: torch.Tensor) -> torch.Tensor:
     world_size = torch.distributed.get_world_size()
     if world_size <= 1:
         return grad
-    grad = grad.clone()
-    torch.distributed.all_reduce(grad, op=torch.distributed.ReduceOp.SUM)
-    return grad / world_size
+    comm = _comm_device(grad.device)
+    summed = grad.detach().to(comm, copy=True).contiguous()
+    torch.distributed.all_reduce(summed, op=torch.distributed.ReduceOp.SUM)
+    return (summed / world_size).to(grad.device)
