@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._validation import check_floating
+
 #: GL++ Table 7: beta per dataset (CUB 0.004, Cars196 0.004, In-Shop 0.002, SOP 0.0005).
 DEFAULT_BETA = 0.004
 
@@ -28,11 +30,14 @@ def beta_normalize(
 
     ``beta = 0`` is exactly ``torch.nn.functional.normalize`` (L2 normalization); a large
     ``beta`` keeps the length information of the raw embedding. A zero embedding stays zero
-    (the L2 part uses ``max(||phi||, eps)`` like ``F.normalize``), so outputs and gradients
-    stay finite.
+    (the L2 part uses ``max(||phi||, eps)`` like ``F.normalize``) and its gradient is
+    ``beta`` times the incoming one (the L2 part contributes 0 there, not ``F.normalize``'s
+    ``1 / eps``), so outputs and gradients stay finite in every floating dtype: the result is
+    computed in ``promote_types(dtype, float32)`` (``eps = 1e-12`` is 0 in float16, which made
+    a zero row ``0 / 0``) and cast back.
 
     Args:
-        embeddings: ``(n, d)`` (any shape; normalised along ``dim``).
+        embeddings: ``(n, d)`` floating point (any shape; normalised along ``dim``).
         beta: weight of the raw embedding, >= 0. Default 0.004 (GL++ Table 7, CUB/Cars196).
         dim: feature dimension.
         eps: lower bound of the norm.
@@ -41,7 +46,14 @@ def beta_normalize(
         Tensor of the same shape, dtype and device as ``embeddings``.
     """
     beta = check_beta(beta)
-    normalized = F.normalize(embeddings, p=2.0, dim=dim, eps=eps)
-    if beta == 0.0:
-        return normalized
-    return normalized + beta * embeddings
+    check_floating("embeddings", embeddings)
+    x = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
+    if x.requires_grad and x.numel():
+        zero = (x == 0).all(dim=dim, keepdim=True)
+        x_l2 = torch.where(zero, x.detach(), x)
+    else:
+        x_l2 = x
+    out = F.normalize(x_l2, p=2.0, dim=dim, eps=eps)
+    if beta != 0.0:
+        out = out + beta * x
+    return out.to(embeddings.dtype)

@@ -50,3 +50,35 @@ def test_autocast_cpu():
 def test_bad_beta(beta):
     with pytest.raises(ValueError, match="beta"):
         beta_normalize(torch.randn(2, 2), beta)
+
+
+# ---------------------------------------------------------------- hostile input (issue 8)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_zero_row_stays_zero_in_every_dtype(dtype):
+    from pml_grouploss.inference import BetaNormalization
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4).to(dtype)
+    x[1] = 0
+    for y in (beta_normalize(x, 0.004), BetaNormalization(0.004)(x)):
+        assert y.dtype == dtype
+        assert torch.equal(y[1], torch.zeros(4, dtype=dtype))
+        # the other rows: the float32 (or wider) result rounded once to the dtype
+        wide = x.to(torch.promote_types(dtype, torch.float32))
+        assert torch.equal(y, (F.normalize(wide) + 0.004 * wide).to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_zero_row_gradient_is_beta(dtype):
+    x = torch.randn(3, 4).to(dtype)
+    x[0] = 0
+    x.requires_grad_(True)
+    beta_normalize(x, 0.25).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # the L2 part contributes 0 at a zero row (F.normalize's derivative there is 1/eps = 1e12)
+    assert torch.equal(x.grad[0], torch.full((4,), 0.25, dtype=dtype))
+
+
+def test_integer_embeddings_rejected():
+    with pytest.raises(TypeError, match="^embeddings must be a floating-point tensor"):
+        beta_normalize(torch.ones(2, 3, dtype=torch.long))
