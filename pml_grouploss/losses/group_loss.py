@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import torch
@@ -9,10 +10,12 @@ from pytorch_metric_learning.losses import BaseMetricLossFunction
 from pytorch_metric_learning.losses.mixins import WeightRegularizerMixin
 from pytorch_metric_learning.utils import common_functions as c_f
 
+from .. import _validation as v
 from ..distances import PearsonCorrelation
 from ..functional.anchors import ANCHOR_SELECTIONS, AnchorSelection, select_anchors
 from ..functional.group_loss import refined_label_loss
 from ..functional.pearson import NEGATIVE_MODES, Negatives, similarity_from_correlation
+from ..functional.rms_normalize import rms_normalize
 
 
 class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
@@ -24,21 +27,28 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
        :class:`~pml_grouploss.distances.PearsonCorrelation`, GL++ eq. 3), negative entries
        clamped (ReLU) or shifted (GL++ §3.4.1), diagonal kept at 1 (authors' code) or zeroed
        (paper);
-    2. a prior ``X(0) = softmax((x W_c^T + b) / temperature)`` from the loss's own affine
+    2. a prior ``X(0) = softmax((x' W_c^T + b) / temperature)`` from the loss's own affine
        classifier (``self.W``, ``self.bias``: the authors' ``nn.Linear`` on the embedding),
        with the rows of the *anchors* replaced by the one-hot vectors of their labels;
+       ``x' = sqrt(d) x / ||x||`` (:func:`~pml_grouploss.functional.rms_normalize`, default)
+       or ``x' = x`` (``normalize_embeddings=False``, the authors' code);
     3. ``num_iterations`` replicator-dynamics steps ``X <- Q^-1 (X ⊙ W X)`` (GL++ eq. 4-8);
     4. loss = ``nll_weight * mean_i -log(X(T)_{i,y_i} + 1e-12)`` (sub-loss ``group_loss``)
        ``+ ce_weight * mean_i CE(logits_i, y_i)`` (sub-loss ``ce_loss``, the authors'
        auxiliary cross-entropy on the raw logits).
 
-    With the defaults this reproduces the authors' code (dvl-tum/group_loss) to float64
-    rounding; see ``tests/fixtures/README.md``.
+    With ``normalize_embeddings=False`` this reproduces the authors' code (dvl-tum/group_loss)
+    to float64 rounding; see ``tests/fixtures/README.md``. The default normalises the
+    classifier's input because cross-entropy on raw embeddings pushes the trunk's output norm
+    up: at PML's example learning rates (Adam 1e-2 on the trunk) the authors' form collapses
+    the trunk in one step (all embeddings equal, P@1 at chance), the normalised one trains
+    (``docs/losses.md``, measured). The similarity is scale-free either way.
 
     **The classifier is a parameter of the loss.** Give it to an optimizer — with PML
-    trainers, as ``optimizers["metric_loss_optimizer"]`` — ideally with its own, larger
-    learning rate (on the embedded Omniglot benchmark about 1e-1 for the classifier vs 1e-3
-    for the trunk; see ``docs/benchmark.md``), as PML's docs advise for proxy losses.
+    trainers, as ``optimizers["metric_loss_optimizer"]`` (learning rates measured in PML's
+    example settings: ``docs/losses.md``). If the classifier receives gradients but does not
+    change over several steps, a warning names ``metric_loss_optimizer``; if every embedding
+    of a batch is identical (a collapsed trunk), a warning says what to change.
 
     **Batches** must hold several samples of each of a few classes: use PML's
     ``samplers.MPerClassSampler(labels, m=samples_per_class, batch_size=classes_per_batch *
@@ -64,17 +74,25 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         num_anchors: anchors per class when ``indices_tuple`` is None. Default 2 (authors'
             CUB and SOP setting; Cars196 uses 3).
         anchor_selection: ``"first"`` (default, authors' code) or ``"random"`` (paper).
-        negatives: ``"clamp"`` (default, GL++ §3.4.1), ``"shift"`` or ``"none"``.
+        negatives: ``"clamp"`` (default, GL++ §3.4.1) or ``"shift"``. (Raw negative
+            similarities are not offered: the dynamics then leave the simplex.)
         zero_diagonal: ``False`` (default) keeps ``W_ii = 1`` as the authors' code does;
             ``True`` sets ``W_ii = 0`` as ECCV'20 eq. 1 states.
         nll_weight: weight of the refined-label NLL (authors' ``scaling_loss``, 1.0).
+        normalize_embeddings: classifier input ``sqrt(d) x/||x||`` (default ``True``) or the
+            raw embedding (``False``: the authors' code and the fixtures).
         ce_weight: weight of the auxiliary cross-entropy (authors: 1.0; 0 allowed).
         seed: seed for ``anchor_selection="random"``.
         **kwargs: PML's ``reducer``, ``distance`` (any similarity, ``is_inverted=True``),
             ``weight_regularizer``, ``weight_reg_weight``, ``weight_init_func``,
             ``embedding_regularizer``, ``collect_stats``.
 
-    Stats (recorded by record-keeper when ``collect_stats=True``): ``num_anchors``,
+    Labels may have any integer dtype. Embeddings must be floating point and finite; a row
+    whose largest magnitude is below the dtype's smallest normal number is rejected (the loss
+    is scale-invariant but its gradient grows as 1/scale and overflows); with
+    ``normalize_embeddings=False`` logits that overflow are rejected too.
+
+    Stats (recorded by record-keeper when ``collect_stats=True``): ``num_anchors_used``,
     ``avg_true_class_prior`` and ``avg_true_class_probability`` (mean prior / refined
     probability of the true class over non-anchor samples), ``refined_accuracy`` (fraction
     of non-anchors whose refined label is right), ``fraction_negative_similarities``
@@ -93,33 +111,31 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         zero_diagonal: bool = False,
         nll_weight: float = 1.0,
         ce_weight: float = 1.0,
+        normalize_embeddings: bool = True,
         seed: Optional[int] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("embedding_size", embedding_size)
-        if not isinstance(temperature, (int, float)) or not temperature > 0:
+        num_classes = v.check_int("num_classes", num_classes, minimum=1)
+        embedding_size = v.check_int("embedding_size", embedding_size, minimum=1)
+        temperature = v.check_number(
+            "temperature", temperature, minimum=0, strict_minimum=True,
+            hint="the papers use 24-79",
+        )
+        num_iterations = v.check_int("num_iterations", num_iterations, minimum=0)
+        num_anchors = v.check_int("num_anchors", num_anchors, minimum=0)
+        v.check_choice("anchor_selection", anchor_selection, ANCHOR_SELECTIONS)
+        if negatives == "none":
             raise ValueError(
-                f"temperature must be a number > 0 (the papers use 24-79), got {temperature!r}"
+                "negatives='none' was removed: with negative similarities the replicator "
+                "dynamics leave the probability simplex and the loss becomes NaN; use "
+                "'clamp' (default) or 'shift'"
             )
-        if isinstance(num_iterations, bool) or not isinstance(num_iterations, int):
-            raise TypeError(f"num_iterations must be an int, got {num_iterations!r}")
-        if num_iterations < 0:
-            raise ValueError(
-                f"num_iterations must be >= 0 (0 = no refinement), got {num_iterations}"
-            )
-        if isinstance(num_anchors, bool) or not isinstance(num_anchors, int) or num_anchors < 0:
-            raise ValueError(f"num_anchors must be an int >= 0, got {num_anchors!r}")
-        if anchor_selection not in ANCHOR_SELECTIONS:
-            raise ValueError(
-                f"anchor_selection must be one of {ANCHOR_SELECTIONS}, got {anchor_selection!r}"
-            )
-        if negatives not in NEGATIVE_MODES:
-            raise ValueError(f"negatives must be one of {NEGATIVE_MODES}, got {negatives!r}")
-        for name, value in (("nll_weight", nll_weight), ("ce_weight", ce_weight)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        v.check_choice("negatives", negatives, NEGATIVE_MODES)
+        nll_weight = v.check_number("nll_weight", nll_weight, minimum=0)
+        ce_weight = v.check_number("ce_weight", ce_weight, minimum=0)
+        if not isinstance(normalize_embeddings, bool) or not isinstance(zero_diagonal, bool):
+            raise TypeError("normalize_embeddings and zero_diagonal must be bools")
         if not self.distance.is_inverted:
             raise ValueError(
                 f"GroupLoss needs a similarity (is_inverted=True) as distance, got "
@@ -136,6 +152,10 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         self.zero_diagonal = zero_diagonal
         self.nll_weight = float(nll_weight)
         self.ce_weight = float(ce_weight)
+        self.normalize_embeddings = normalize_embeddings
+        self._unchanged_steps = 0
+        self._last_version: Optional[int] = None
+        self._warned = set()
         self.generator = None
         if seed is not None:
             self.generator = torch.Generator()
@@ -188,14 +208,16 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Classifier outputs ``(n, num_classes)`` for embeddings ``(n, embedding_size)``."""
         self.cast_types(embeddings.device)
+        if self.normalize_embeddings:
+            embeddings = rms_normalize(embeddings)
         return torch.nn.functional.linear(
             embeddings, self.W.to(embeddings.dtype), self.bias.to(embeddings.dtype)
         )
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         c_f.labels_required(labels)
-        c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
-        self._check_inputs(embeddings, labels)
+        self._reject_ref_emb(embeddings, labels, ref_emb, ref_labels)
+        labels = self._check_inputs(embeddings, labels)
         if embeddings.shape[0] == 0:
             return self.zero_losses()
         anchors = self._anchors(labels, indices_tuple)
@@ -205,6 +227,7 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             x = embeddings.to(dtype)
             logits = self.get_logits(x)
+            self._check_values(x, logits)
             corr = self.distance(x)
             W = similarity_from_correlation(corr, self.negatives, self.zero_diagonal)
             out = refined_label_loss(
@@ -215,6 +238,7 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
                 temperature=self.temperature,
                 num_iterations=self.num_iterations,
             )
+        self._warn_if_classifier_frozen()
         if self.collect_stats:
             self._set_stats(corr, out, labels, anchors)
         indices = c_f.torch_arange_from_size(embeddings)
@@ -233,29 +257,91 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         self.add_weight_regularization_to_loss_dict(loss_dict, self.W)
         return loss_dict
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+    # -- checks ----------------------------------------------------------------------------
+    def _reject_ref_emb(self, embeddings, labels, ref_emb, ref_labels) -> None:
+        if ref_emb is not embeddings or ref_labels is not labels:
+            raise ValueError(
+                "GroupLoss refines the labels of one batch over its own similarities and does "
+                "not take ref_emb/ref_labels (PML's DistributedLossWrapper(efficient=True), "
+                "CrossBatchMemory and TwoStreamMetricLoss pass them): for several processes "
+                "use pml_grouploss.losses.ParametricDistributedLossWrapper; otherwise call "
+                "loss(embeddings, labels) on one batch (see docs/losses.md, 'PML features')"
+            )
+
+    def _check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        v.check_floating("embeddings", embeddings)
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
             raise ValueError(
                 f"embeddings must have shape (batch_size, {self.embedding_size}) "
                 f"(embedding_size given to GroupLoss), got {tuple(embeddings.shape)}"
             )
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
-            raise TypeError(
-                f"labels must be an integer tensor of class ids, got dtype {labels.dtype}; "
-                "convert with labels.long()"
-            )
+        labels = v.check_class_ids("labels", labels)
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(
                 f"labels must lie in [0, num_classes={self.num_classes}), got values in "
                 f"[{int(labels.min())}, {int(labels.max())}]; remap the training labels to "
                 "0..num_classes-1 or raise num_classes"
             )
-        if not torch.isfinite(embeddings).all():
+        return labels
+
+    def _check_values(self, x: torch.Tensor, logits: torch.Tensor) -> None:
+        """One device read: finite input, no subnormal-scale row, finite logits, collapse."""
+        row_max = x.abs().amax(dim=1)
+        tiny = torch.finfo(x.dtype).tiny
+        flags = torch.stack(
+            [
+                ~torch.isfinite(x).all(),
+                ((row_max > 0) & (row_max < tiny)).any(),
+                ~torch.isfinite(logits).all(),
+                (x.shape[0] > 1) & ((x - x[:1]).abs().amax() <= 1e-6 * row_max.amax()),
+            ]
+        ).tolist()
+        if flags[0]:
             raise ValueError(
                 "embeddings contain NaN or inf; check the model's output (learning rate, "
                 "input normalisation) before the loss"
             )
+        if flags[1]:
+            raise ValueError(
+                f"embeddings have rows of magnitude below {tiny:.1e} (the smallest normal "
+                f"{x.dtype}): GroupLoss is scale-invariant but its gradient grows as 1/scale "
+                "and overflows; check the model's output or compute in float64"
+            )
+        if flags[2]:
+            raise ValueError(
+                "the classifier's logits overflow (embeddings too large for "
+                "normalize_embeddings=False); use normalize_embeddings=True"
+            )
+        if flags[3]:
+            self._warn_once(
+                "collapse",
+                "GroupLoss: every embedding in the batch is identical (the trunk has "
+                "collapsed); lower the trunk's learning rate (see docs/losses.md) and keep "
+                "normalize_embeddings=True",
+            )
+
+    def _warn_if_classifier_frozen(self) -> None:
+        """Warn once when ``W`` has a gradient but no optimizer changed it for 3 forwards."""
+        if not (self.W.requires_grad and torch.is_grad_enabled()) or _is_compiling():
+            return
+        version = self.W._version
+        if self.W.grad is not None and version == self._last_version:
+            self._unchanged_steps += 1
+        else:
+            self._unchanged_steps = 0
+        self._last_version = version
+        if self._unchanged_steps >= 3:
+            self._warn_once(
+                "frozen",
+                "GroupLoss: its classifier (loss.W, loss.bias) receives gradients but has not "
+                "changed for 3 steps: give loss.parameters() to an optimizer (PML trainers: "
+                'optimizers["metric_loss_optimizer"])',
+            )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=4)
 
     def _anchors(self, labels: torch.Tensor, indices_tuple) -> torch.Tensor:
         if indices_tuple is None:
@@ -272,14 +358,7 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
                 "anchors: pass indices_tuple=None (anchors chosen from num_anchors) or the "
                 "1-tuple of pml_grouploss.miners.AnchorMiner instead of a pair/triplet miner"
             )
-        anchors = c_f.to_device(indices_tuple[0], labels).long().reshape(-1)
-        if anchors.numel() and (anchors.min() < 0 or anchors.max() >= labels.shape[0]):
-            raise ValueError(
-                "indices_tuple[0] (anchor indices) must index into the batch "
-                f"[0, {labels.shape[0]}), got values in [{int(anchors.min())}, "
-                f"{int(anchors.max())}]"
-            )
-        return anchors
+        return _anchor_indices(c_f.to_device(indices_tuple[0], labels), labels.shape[0])
 
     def _set_stats(self, corr, out, labels, anchors) -> None:
         with torch.no_grad():
@@ -298,6 +377,31 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
                 self.fraction_negative_similarities = float((corr[off_diagonal] < 0).float().mean())
 
 
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def _anchor_indices(anchors: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Anchor indices ``(a,)`` from integer indices or a boolean mask ``(batch_size,)``."""
+    if not torch.is_tensor(anchors):
+        anchors = torch.as_tensor(anchors)
+    if anchors.dtype == torch.bool:
+        if anchors.reshape(-1).shape[0] != batch_size:
+            raise ValueError(
+                f"indices_tuple[0] is a boolean mask of {anchors.numel()} entries; a mask "
+                f"of anchors needs one entry per sample ({batch_size})"
+            )
+        return torch.nonzero(anchors.reshape(-1)).reshape(-1)
+    if anchors.dtype.is_floating_point or anchors.is_complex():
+        raise TypeError(
+            f"indices_tuple[0] (anchor indices) must be integer indices or a boolean mask, "
+            f"got dtype {anchors.dtype}; convert with .long()"
+        )
+    anchors = anchors.long().reshape(-1)
+    if anchors.numel() and (anchors.min() < 0 or anchors.max() >= batch_size):
+        raise ValueError(
+            "indices_tuple[0] (anchor indices) must index into the batch "
+            f"[0, {batch_size}), got values in [{int(anchors.min())}, {int(anchors.max())}]"
+        )
+    return anchors
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())

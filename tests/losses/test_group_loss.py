@@ -42,12 +42,16 @@ def test_pml_forward_reproduces_reference(path, monkeypatch):
     np.testing.assert_allclose(grad_logits.numpy(), z["grad_logits"], **tol)
 
 
-def test_classifier_is_affine_and_matches_functional():
+@pytest.mark.parametrize("normalize", [False, True])
+def test_classifier_is_affine_and_matches_functional(normalize):
+    """normalize_embeddings=False: the authors' nn.Linear on x; True: on sqrt(d) x / ||x||."""
     torch.manual_seed(0)
-    loss_fn = losses.GroupLoss(6, 10, temperature=3.0, num_iterations=2, num_anchors=1)
-    e = torch.randn(12, 10)
+    loss_fn = losses.GroupLoss(6, 10, temperature=3.0, num_iterations=2, num_anchors=1,
+                               normalize_embeddings=normalize)
+    e = 7.0 * torch.randn(12, 10)
     labels = torch.arange(6).repeat(2)
-    logits = e @ loss_fn.W.t() + loss_fn.bias
+    x = e / e.norm(dim=1, keepdim=True) * np.sqrt(10) if normalize else e
+    logits = x @ loss_fn.W.t() + loss_fn.bias
     expected = functional.group_loss(e, logits, labels, functional.select_anchors(labels, 1),
                                      temperature=3.0, num_iterations=2)["loss"]
     assert loss_fn(e, labels).item() == pytest.approx(expected.item(), rel=1e-6)
@@ -57,14 +61,15 @@ def test_classifier_is_affine_and_matches_functional():
 
 def test_gradients_reach_classifier_and_weights():
     # one anchor per class: the other sample of each class sends gradient to the prior
-    loss_fn = losses.GroupLoss(4, 5, num_anchors=1, nll_weight=0.5, ce_weight=0.0)
+    loss_fn = losses.GroupLoss(4, 5, num_anchors=1, nll_weight=0.5, ce_weight=0.0,
+                               normalize_embeddings=False)
     e = torch.randn(8, 5, requires_grad=True)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     loss = loss_fn(e, labels)
     loss.backward()
     assert loss_fn.W.grad is not None and loss_fn.W.grad.abs().sum() > 0
     assert loss_fn.bias.grad.abs().sum() > 0
-    ce_only = losses.GroupLoss(4, 5, nll_weight=0.0)
+    ce_only = losses.GroupLoss(4, 5, nll_weight=0.0, normalize_embeddings=False)
     ce_only.load_state_dict(loss_fn.state_dict())
     logits = e @ loss_fn.W.t() + loss_fn.bias
     expected = torch.nn.functional.cross_entropy(logits, labels)
@@ -238,7 +243,7 @@ def test_cosine_similarity_as_distance():
     e = torch.randn(6, 4, dtype=torch.float64)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     loss_fn = losses.GroupLoss(3, 4, distance=pml_distances.CosineSimilarity()).double()
-    logits = e @ loss_fn.W.t() + loss_fn.bias
+    logits = functional.rms_normalize(e) @ loss_fn.W.t() + loss_fn.bias
     W = functional.similarity_from_correlation(torch.nn.functional.normalize(e) @
                                                torch.nn.functional.normalize(e).t())
     expected = functional.refined_label_loss(W, logits, labels,
