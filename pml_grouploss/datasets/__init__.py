@@ -3,7 +3,7 @@
 - :class:`Omniglot` — the embedded Omniglot subset (default, offline) or full Omniglot from a
   torchvision-layout directory, alphabet-disjoint split.
 - :class:`CUB`, :class:`Cars196`, :class:`StanfordOnlineProducts` — PML's dataset classes with
-  contiguous labels, RGB images and clear errors for missing files.
+  contiguous labels, RGB images and errors that name the missing, damaged or malformed file.
 
 Class ids are unique across splits by default, as in PML: train ``0..C_train-1``, test
 ``C_train..C_train+C_test-1`` (``unique_labels=False``: each split ``0..C-1``).

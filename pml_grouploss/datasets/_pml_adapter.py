@@ -6,8 +6,9 @@ import os
 from typing import Callable, Dict, List, Optional, Sequence, Set
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
+
+from ._files import read_image
 
 
 class PMLDatasetAdapter(Dataset):
@@ -15,9 +16,10 @@ class PMLDatasetAdapter(Dataset):
 
     PML's classes read the files and split the classes (first half train, second half test); this
     wrapper adds what a metric-learning training loop needs on top of them: a clear
-    ``FileNotFoundError`` naming what to download and where, RGB images (some CUB/Cars images are
-    grayscale or CMYK, which breaks 3-channel transforms), and contiguous labels, with the
-    original class ids kept in ``original_labels``.
+    ``FileNotFoundError`` naming what to download and where, a ``ValueError`` naming the file and
+    line of a malformed annotation file, an error naming a damaged image file, RGB images (some
+    CUB/Cars images are grayscale or CMYK, which breaks 3-channel transforms), and contiguous
+    labels, with the original class ids kept in ``original_labels``.
 
     Labels (``unique_labels=True``, the default): class ids are unique across splits, as PML's
     own ids are. Train labels are ``0..C_train-1`` (what a loss with ``num_classes`` such as
@@ -53,16 +55,10 @@ class PMLDatasetAdapter(Dataset):
             )
         self.root = os.fspath(root)
         if download:
-            try:
-                inner = self.pml_class(root=self.root, split=split, download=True)
-            except Exception as err:
-                raise RuntimeError(
-                    f"Downloading {type(self).__name__} into {self.root!r} failed ({err!r}). "
-                    + self.download_hint
-                ) from err
-        else:
-            self._check_files()
-            inner = self.pml_class(root=self.root, split=split, download=False)
+            self._download(split)
+        self._check_files()
+        self.check_annotations()
+        inner = self.pml_class(root=self.root, split=split, download=False)
         self.split = split
         self.transform = transform
         self.target_transform = target_transform
@@ -92,6 +88,17 @@ class PMLDatasetAdapter(Dataset):
         self.labels: List[int] = [index[c] for c in self.original_labels]
         self.targets = torch.tensor(self.labels, dtype=torch.int64)
 
+    def _download(self, split: str) -> None:
+        try:  # PML downloads only into a missing or empty root
+            self.pml_class(root=self.root, split=split, download=True)
+        except Exception as err:
+            if not self._missing():  # the files arrived: name a malformed line if there is one
+                self.check_annotations()
+            raise RuntimeError(
+                f"Downloading {type(self).__name__} into {self.root!r} failed ({err!r}). "
+                + self.download_hint
+            ) from err
+
     def _missing(self) -> List[str]:
         return [f for f in self.required_files if not os.path.exists(os.path.join(self.root, f))]
 
@@ -102,6 +109,13 @@ class PMLDatasetAdapter(Dataset):
                 f"{type(self).__name__}: {', '.join(missing)} not found under root="
                 f"{self.root!r}. {self.download_hint} (or pass download=True with network)."
             )
+
+    def check_annotations(self) -> None:
+        """Raise ``ValueError`` naming the file and line of a malformed annotation file.
+
+        Subclasses parse the files PML's class reads (before PML does, since PML's raw unpacking
+        fails without naming them); this base version checks nothing.
+        """
 
     def _train_class_ids(self) -> Set[int]:
         """PML's class ids of the training split (the test labels are numbered after them)."""
@@ -117,8 +131,12 @@ class PMLDatasetAdapter(Dataset):
         return len(self.paths)
 
     def __getitem__(self, idx: int):
-        with Image.open(self.paths[idx]) as im:
-            img = im.convert("RGB")
+        img = read_image(
+            self.paths[idx],
+            "RGB",
+            type(self).__name__,
+            "Re-download and re-extract the dataset: " + self.download_hint + ".",
+        )
         label = self.labels[idx]
         if self.transform is not None:
             img = self.transform(img)

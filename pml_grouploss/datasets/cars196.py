@@ -1,7 +1,10 @@
 """Stanford Cars196 through PML's ``datasets.Cars196``."""
 
+import os
+
 from pytorch_metric_learning import datasets as pml_datasets
 
+from ._files import read_fields
 from ._pml_adapter import PMLDatasetAdapter
 
 
@@ -21,3 +24,20 @@ class Cars196(PMLDatasetAdapter):
         "Download https://www.kaggle.com/datasets/jutrera/stanford-car-dataset-by-classes-folder "
         "and unzip it into root so that root/names.csv and root/car_data/car_data/train exist"
     )
+
+    def check_annotations(self) -> None:
+        """``anno_{train,test}.csv`` lines are ``<file>,<x1>,<y1>,<x2>,<y2>,<class>`` with a
+        1-based ``<class>`` indexing the lines of ``names.csv`` (PML looks the folder name up
+        there; class 0 would silently pick the last name)."""
+        with open(os.path.join(self.root, "names.csv"), "r") as f:
+            num_names = len(f.readlines())
+        expected = "'<file>,<x1>,<y1>,<x2>,<y2>,<class>' (6 comma-separated fields)"
+        for split in ("train", "test"):
+            path = os.path.join(self.root, f"anno_{split}.csv")
+            rows = read_fields(path, 6, expected, sep=",", int_fields=(5,))
+            for number, row in enumerate(rows, start=1):
+                if not 1 <= int(row[5]) <= num_names:
+                    raise ValueError(
+                        f"{path}, line {number}: class {row[5]} is not a line of names.csv "
+                        f"(expected 1..{num_names})"
+                    )

@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ._files import read_image
+
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 EMBEDDED_FILE = os.path.join(DATA_DIR, "omniglot_small_28.npz")
 
@@ -198,6 +200,7 @@ class Omniglot(Dataset):
     @classmethod
     def _load_directory(cls, root: str, image_size: int):
         base = cls._find_base(root)
+        hint = "Re-download " + " and ".join(DOWNLOAD_URLS) + f" and re-extract them into {base}."
         records: Dict[Tuple[str, str, int], np.ndarray] = {}
         train_default, test_default = set(), set()
         for folder in sorted(os.listdir(base)):
@@ -224,8 +227,8 @@ class Omniglot(Dataset):
                         key = (alphabet, character, int(m.group(2)))
                         if key in records:  # Greek/Latin duplicated in small1/small2
                             continue
-                        with Image.open(os.path.join(c_path, fname)) as im:
-                            records[key] = preprocess(im, image_size)
+                        image = read_image(os.path.join(c_path, fname), "L", "Omniglot", hint)
+                        records[key] = preprocess(image, image_size)
         if not records:
             raise FileNotFoundError(
                 f"Found Omniglot folders under {base!r} but no <id>_<drawer>.png images in "

@@ -1,8 +1,14 @@
 """Stanford Online Products through PML's ``datasets.StanfordOnlineProducts``."""
 
+import os
+
 from pytorch_metric_learning import datasets as pml_datasets
 
+from ._files import read_fields
 from ._pml_adapter import PMLDatasetAdapter
+
+#: the first line of ``Ebay_train.txt`` and ``Ebay_test.txt``
+HEADER = ("image_id", "class_id", "super_class_id", "path")
 
 
 class StanfordOnlineProducts(PMLDatasetAdapter):
@@ -23,3 +29,15 @@ class StanfordOnlineProducts(PMLDatasetAdapter):
         "Download Stanford_Online_Products.zip (https://cvgl.stanford.edu/projects/lifted_struct/) "
         "and unzip it into root so that root/Stanford_Online_Products/Ebay_train.txt exists"
     )
+
+    def check_annotations(self) -> None:
+        """Line 1 of ``Ebay_{train,test}.txt`` is the header (PML skips line 1 unread), every
+        other line ``<image_id> <class_id> <super_class_id> <path>``."""
+        for split in ("train", "test"):
+            read_fields(
+                os.path.join(self.root, "Stanford_Online_Products", f"Ebay_{split}.txt"),
+                4,
+                "'<image_id> <class_id> <super_class_id> <path>' (4 space-separated fields)",
+                int_fields=(0, 1, 2),
+                header=HEADER,
+            )

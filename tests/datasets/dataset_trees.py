@@ -117,3 +117,30 @@ def write_sop_tree(
         with open(os.path.join(base, f"Ebay_{split}.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
     return root, ids["train"], ids["test"]
+
+
+def rewrite_line(path: str, number: int, text: str) -> None:
+    """Replace line ``number`` (1-based) of the text file ``path`` by ``text``."""
+    with open(path) as f:
+        lines = f.read().split("\n")
+    lines[number - 1] = text
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def drop_last_line(path: str) -> None:
+    """Remove the last line of the text file ``path`` (which ends with a newline)."""
+    with open(path) as f:
+        lines = f.read().rstrip("\n").split("\n")
+    with open(path, "w") as f:
+        f.write("\n".join(lines[:-1]) + "\n")
+
+
+def truncate_file(path: str, keep: float = 0.5) -> int:
+    """Cut the file ``path`` to the first ``keep`` fraction of its bytes; returns the new size."""
+    with open(path, "rb") as f:
+        data = f.read()
+    size = int(len(data) * keep)
+    with open(path, "wb") as f:
+        f.write(data[:size])
+    return size
