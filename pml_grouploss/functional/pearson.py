@@ -5,8 +5,8 @@ from typing import Literal, Optional
 
 import torch
 
-Negatives = Literal["clamp", "shift", "none"]
-NEGATIVE_MODES = ("clamp", "shift", "none")
+Negatives = Literal["clamp", "shift"]
+NEGATIVE_MODES = ("clamp", "shift")
 
 
 def standardize_rows(x: torch.Tensor) -> torch.Tensor:
@@ -16,8 +16,9 @@ def standardize_rows(x: torch.Tensor) -> torch.Tensor:
         x: ``(n, d)``.
 
     Returns:
-        ``(n, d)``. Rows with (numerically) zero variance become all-zero rows instead of
-        0/0, and their gradient is zero, not NaN.
+        ``(n, d)``. Finite rows with (numerically) zero variance become all-zero rows instead
+        of 0/0, and their gradient is zero, not NaN. A row holding NaN or inf becomes all NaN
+        (never hidden as a constant row): its correlations are NaN, so a k-NN or a loss sees it.
     """
     # Correlation is invariant to the scale of each row: divide by the row's largest magnitude
     # (a constant, so the gradient is unchanged) to keep squares away from overflow/underflow.
@@ -28,7 +29,8 @@ def standardize_rows(x: torch.Tensor) -> torch.Tensor:
     # A row is "constant" when its centred norm is at rounding level (rows now have max |x| = 1):
     # dividing such residue by its own norm would turn rounding noise into a unit vector.
     floor = 8 * torch.finfo(x.dtype).eps * (x.shape[1] ** 0.5)
-    varies = norm > floor
+    # NaN/inf rows (norm NaN) are kept: 0/0 or NaN propagates instead of becoming a constant row
+    varies = (norm > floor) | torch.isnan(norm)
     safe_norm = torch.where(varies, norm, torch.ones_like(norm))
     return torch.where(varies, centred / safe_norm, torch.zeros_like(centred))
 
@@ -40,7 +42,8 @@ def pearson_correlation(
 
     Each embedding is standardised over its own feature dimension (not across the batch),
     which makes the measure invariant to scaling and translation of each embedding
-    (Group Loss++ eq. 3). A row with zero variance correlates 0 with everything.
+    (Group Loss++ eq. 3). A finite row with zero variance correlates 0 with everything; a row
+    holding NaN or inf correlates NaN with everything (itself included).
 
     Args:
         query: ``(n, d)`` embeddings.
@@ -66,9 +69,10 @@ def similarity_from_correlation(
 
     - ``"clamp"``: ``max(W, 0)`` (ReLU), the papers' and the authors' choice;
     - ``"shift"``: ``W - min(0, min(W))``, every entry moved up by the largest negative value
-      (the alternative GL++ rejects: CUB R@1 51 vs 65.5 with clamping);
-    - ``"none"``: raw values. The replicator dynamics then no longer keep rows of ``X``
-      on the simplex; for experiments only.
+      (the alternative GL++ rejects: CUB R@1 51 vs 65.5 with clamping).
+
+    Raw negative values are not offered: the replicator dynamics then leave the simplex
+    (negative "probabilities", NaN logs).
 
     ``zero_diagonal=False`` keeps ``W_ii = 1`` (shifted: ``1 + |min|``) as the authors' code
     does (self-support); ``True`` sets ``W_ii = 0`` as ECCV'20 eq. 1 / GL++ eq. 3 state (a
@@ -77,7 +81,7 @@ def similarity_from_correlation(
 
     Args:
         corr: ``(n, n)`` similarities (e.g. :func:`pearson_correlation`).
-        negatives: ``"clamp"``, ``"shift"`` or ``"none"``.
+        negatives: ``"clamp"`` or ``"shift"``.
         zero_diagonal: set ``W_ii = 0`` instead of keeping self-similarity.
 
     Returns:
@@ -93,10 +97,8 @@ def similarity_from_correlation(
     corr = corr.masked_fill(eye, 1.0)
     if negatives == "clamp":
         W = torch.relu(corr)
-    elif negatives == "shift":
-        W = corr - torch.clamp(corr.min(), max=0.0)
     else:
-        W = corr
+        W = corr - torch.clamp(corr.min(), max=0.0)
     if zero_diagonal:
         W = W.masked_fill(eye, 0.0)
     return W
@@ -111,13 +113,13 @@ def pearson_similarity(
 
     ``W_ij = corr(x_i, x_j)``: each embedding standardised over its own features (not
     across the batch), as the authors' code does; then
-    :func:`similarity_from_correlation` (negatives ``"clamp"``/``"shift"``/``"none"``,
+    :func:`similarity_from_correlation` (negatives ``"clamp"``/``"shift"``,
     diagonal kept at 1 or zeroed). A zero-variance embedding correlates 0 with every other
     sample (finite values and gradients, unlike the reference's 0/0).
 
     Args:
         embeddings: ``(n, d)``.
-        negatives: ``"clamp"``, ``"shift"`` or ``"none"``.
+        negatives: ``"clamp"`` or ``"shift"``.
         zero_diagonal: set ``W_ii = 0`` instead of 1.
 
     Returns:
