@@ -31,14 +31,17 @@ def test_not_centred_across_batch():
     assert pearson_correlation(x)[0, 1].item() == pytest.approx(expected, rel=1e-14)
 
 
-def test_clamp_shift_none_and_diagonal():
+def test_clamp_shift_and_diagonal():
     corr = torch.tensor([[1.0, -0.4, 0.3], [-0.4, 1.0, -0.1], [0.3, -0.1, 1.0]])
     clamp = similarity_from_correlation(corr, "clamp")
     np.testing.assert_allclose(clamp.numpy(), [[1, 0, 0.3], [0, 1, 0], [0.3, 0, 1]])
     shift = similarity_from_correlation(corr, "shift")
     np.testing.assert_allclose(shift.numpy(), (corr + 0.4).numpy(), atol=1e-7)
-    none = similarity_from_correlation(corr, "none", zero_diagonal=True)
-    np.testing.assert_allclose(none.numpy(), (corr - torch.eye(3)).numpy())
+    zeroed = similarity_from_correlation(corr, "shift", zero_diagonal=True)
+    np.testing.assert_allclose(zeroed.numpy(), (corr + 0.4 - 1.4 * torch.eye(3)).numpy(),
+                               atol=1e-7)
+    with pytest.raises(ValueError, match="negatives"):  # raw negatives leave the simplex
+        similarity_from_correlation(corr, "none")
     positive = torch.tensor([[1.0, 0.2], [0.2, 1.0]])
     assert torch.equal(similarity_from_correlation(positive, "shift"), positive)
 
