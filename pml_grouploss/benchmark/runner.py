@@ -19,12 +19,13 @@ from typing import Any, Dict, Optional
 import numpy as np
 import pandas as pd
 import torch
-from pytorch_metric_learning import samplers, testers, trainers
+from pytorch_metric_learning import samplers, testers
 from pytorch_metric_learning.utils import logging_presets
 
 from .config import BenchmarkConfig
 from .data import Splits, check_batch
 from .methods import MethodSpec, build_method
+from .resume import ResumableSampler, ResumableTrainer, load_state, save_state
 from .trunks import build_embedder, build_trunk
 
 #: which phase the runner is in; the protocol tests read it when a test image is loaded
@@ -145,11 +146,13 @@ def run_one(
             for k, opt in optimizers.items()
         }
 
-    sampler = samplers.MPerClassSampler(
-        train_ds.labels,
-        m=cfg.samples_per_class,
-        batch_size=batch_size,
-        length_before_new_iter=len(train_ds),
+    sampler = ResumableSampler(  # the same batches; remembers its place for an exact resume
+        samplers.MPerClassSampler(
+            train_ds.labels,
+            m=cfg.samples_per_class,
+            batch_size=batch_size,
+            length_before_new_iter=len(train_ds),
+        )
     )
     record_keeper, _, _ = logging_presets.get_record_keeper(
         os.path.join(run_dir, "logs"), os.path.join(run_dir, "tensorboard")
@@ -186,7 +189,8 @@ def run_one(
         result = hook(trainer)
         clock["last"] = time.time()
         rows = [{"epoch": trainer.epoch, "split": "time", "train_seconds": train_seconds}]
-        if trainer.epoch % cfg.eval_every == 0:
+        if trainer.epoch % cfg.eval_every == 0:  # the hook evaluated and checkpointed
+            save_state(trainer, model_folder, trainer.epoch, trainer.epoch - cfg.eval_every)
             for split, acc in tester.all_accuracies.items():
                 rows.append({"epoch": trainer.epoch, "split": split, **_clean(acc)})
         with open(history_path, "a") as f:  # JSON lines: rows with different columns
@@ -194,7 +198,7 @@ def run_one(
                 f.write(json.dumps(r) + "\n")
         return result
 
-    trainer = trainers.MetricLossOnly(
+    trainer = ResumableTrainer(
         models={"trunk": trunk, "embedder": embedder},
         optimizers=optimizers,
         batch_size=batch_size,
@@ -209,6 +213,8 @@ def run_one(
         end_of_epoch_hook=end_of_epoch,
     )
     start_epoch = hooks.load_latest_saved_models(trainer, model_folder, device)
+    if start_epoch > 1:  # random-number and sampler state, restored when training starts
+        trainer.resume_state = load_state(model_folder, start_epoch - 1)
     if start_epoch > 1 and os.path.exists(history_path):  # keep only history up to the checkpoint
         hist = read_history(history_path)
         with open(history_path, "w") as f:

@@ -1,0 +1,170 @@
+"""Exact resume: a run interrupted (Ctrl-C) and resumed is bit-identical to an uninterrupted one."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from pml_grouploss.benchmark import runner
+from pml_grouploss.benchmark.config import BenchmarkConfig
+from pml_grouploss.benchmark.suite import run_benchmark
+
+torch.set_num_threads(1)
+
+#: 4 training classes x 20 images = 80 = 10 batches of 8 per sampler pass; 5 iterations per
+#: epoch, so the checkpoint of epoch 1 is in the middle of a pass and that of epoch 2 at its end.
+#: Augmentation (torch RNG), MPerClassSampler (NumPy RNG, its shuffled label order), random
+#: GroupLoss anchors (the loss's own generator), Adam state and a StepLR schedule all matter.
+TINY = BenchmarkConfig(
+    epochs=3,
+    eval_every=1,
+    iterations_per_epoch=5,
+    max_classes=6,
+    num_folds=3,
+    classes_per_batch=2,
+    samples_per_class=4,
+    image_size=16,
+    augment="affine",
+    lr_decay_epoch=2,
+    seeds=(0,),
+    methods=("grouploss",),
+    overrides={"grouploss": {"anchor_selection": "random", "seed": 7}},
+)
+
+
+def _tensors(obj, prefix=""):
+    """Every tensor and number of a (nested) state dict, by path."""
+    if torch.is_tensor(obj):
+        return {prefix: obj}
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_tensors(v, f"{prefix}/{k}"))
+        return out
+    if isinstance(obj, (list, tuple)):
+        out = {}
+        for i, v in enumerate(obj):
+            out.update(_tensors(v, f"{prefix}/{i}"))
+        return out
+    return {prefix: obj}
+
+
+def _checkpoints(run_dir):
+    """{file name: {path: value}} of every PML checkpoint (models, optimizers, schedulers, loss)."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(run_dir, "models", "*.pth"))):
+        name = os.path.basename(path)
+        if name.startswith("resume_state"):
+            continue
+        out[name] = _tensors(torch.load(path, map_location="cpu", weights_only=True))
+    return out
+
+
+def _outcome(out_dir):
+    run_dir = os.path.join(out_dir, "runs", "grouploss", "seed0")
+    with open(os.path.join(run_dir, "final.json")) as f:
+        final = json.load(f)
+    final.pop("seconds_per_epoch")
+    hist = runner.read_history(os.path.join(run_dir, "history.jsonl"))
+    hist = hist[hist.split != "time"].sort_values(["epoch", "split"]).reset_index(drop=True)
+    emb = np.load(os.path.join(run_dir, "test_embeddings.npz"))["embeddings"]
+    return final, hist, emb, _checkpoints(run_dir)
+
+
+def _assert_bit_identical(a, b):
+    final_a, hist_a, emb_a, ckpt_a = a
+    final_b, hist_b, emb_b, ckpt_b = b
+    assert final_a == final_b  # every test metric, best epoch, validation and train metric
+    assert hist_a.equals(hist_b)  # every validation and train metric of every epoch
+    assert emb_a.tobytes() == emb_b.tobytes()
+    assert sorted(ckpt_a) == sorted(ckpt_b)
+    for name in ckpt_a:
+        assert sorted(ckpt_a[name]) == sorted(ckpt_b[name]), name
+        for key, va in ckpt_a[name].items():
+            vb = ckpt_b[name][key]
+            if torch.is_tensor(va):
+                assert va.dtype == vb.dtype and torch.equal(va, vb), (name, key)
+            else:
+                assert va == vb, (name, key)
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
+    from pytorch_metric_learning import trainers
+
+    quiet = dict(figures=False, log=lambda *_: None)
+    run_benchmark(TINY, str(tmp_path / "straight"), **quiet)
+    straight = _outcome(tmp_path / "straight")
+    assert straight[0]["num_train_classes"] == 4 and len(straight[1]) == 6  # 3 epochs x val/train
+    assert sum(k.startswith("metric_loss_optimizer") for k in straight[3]) == 2  # latest + best
+
+    real_fab = trainers.MetricLossOnly.forward_and_backward
+    calls = {"n": 0, "stop_at": None}
+
+    def interrupting(self):
+        calls["n"] += 1
+        if (self.epoch, self.iteration) == calls["stop_at"]:
+            raise KeyboardInterrupt
+        return real_fab(self)
+
+    monkeypatch.setattr(trainers.MetricLossOnly, "forward_and_backward", interrupting)
+    resumed = str(tmp_path / "resumed")
+    # Ctrl-C in epoch 2 (resumes from epoch 1: mid-pass), then at the start of epoch 3 (from
+    # epoch 2: the sampler's pass used up), then to the end
+    for stop_at in ((2, 3), (3, 0), None):
+        calls["stop_at"] = stop_at
+        if stop_at is None:
+            run_benchmark(TINY, resumed, **quiet)
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                run_benchmark(TINY, resumed, **quiet)
+    # run 1: epoch 1 and 4 calls of epoch 2; run 2 (from checkpoint 1): epoch 2 and 1 call of
+    # epoch 3; run 3 (from checkpoint 2): epoch 3
+    assert calls["n"] == (5 + 4) + (5 + 1) + 5
+    _assert_bit_identical(_outcome(resumed), straight)
+
+
+def test_state_round_trip_through_weights_only_load(tmp_path, monkeypatch):
+    import random
+    from types import SimpleNamespace
+
+    from pytorch_metric_learning import samplers
+    from pytorch_metric_learning.utils import common_functions as c_f
+
+    from pml_grouploss.benchmark import resume
+
+    monkeypatch.setattr(c_f, "NUMPY_RANDOM", np.random.RandomState(3))
+    labels = [0] * 5 + [1] * 5 + [2] * 5
+    inner = samplers.MPerClassSampler(labels, 2, 4, length_before_new_iter=12)
+    sampler = resume.ResumableSampler(inner)
+    generator = torch.Generator().manual_seed(11)
+    loader = SimpleNamespace(generator=torch.Generator().manual_seed(12))
+    loss = SimpleNamespace(generator=generator)
+    trainer = SimpleNamespace(sampler=sampler, dataloader=loader, loss_funcs={"metric_loss": loss})
+    it = iter(sampler)
+    first = [next(it) for _ in range(3)]  # part of a pass
+    resume.save_state(trainer, str(tmp_path), epoch=2, previous=1)
+    state = resume.load_state(str(tmp_path), 2)  # torch.load(weights_only=True)
+    assert resume.load_state(str(tmp_path), 1) is None
+
+    def draws():
+        return (
+            torch.rand(3).tolist(),
+            np.random.rand(3).tolist(),
+            random.random(),
+            c_f.NUMPY_RANDOM.rand(2).tolist(),
+            torch.rand(2, generator=generator).tolist(),
+            torch.rand(2, generator=loader.generator).tolist(),
+            list(sampler),  # the rest of the pass
+            list(sampler),  # a new pass: the sampler's shuffled labels and NumPy's state
+        )
+
+    before = draws()
+    trainer.sampler = sampler = resume.ResumableSampler(inner)  # as in a new process
+    resume.restore_state(trainer, state)
+    after = draws()
+    assert before == after
+    assert len(before[6]) == 12 - 3 and len(before[7]) == 12 and first + before[6] != before[7]
