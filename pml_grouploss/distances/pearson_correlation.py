@@ -14,7 +14,9 @@ class PearsonCorrelation(BaseDistance):
     L2 norm (:func:`pml_grouploss.functional.standardize_rows`); the matrix is then the dot
     product of those rows, in ``[-1, 1]``, larger = more similar (``is_inverted=True``).
     Unlike cosine similarity it is invariant to a translation of each embedding as well as
-    to scaling. A zero-variance embedding correlates 0 with everything (no NaN).
+    to scaling. A finite zero-variance embedding correlates 0 with everything (no NaN); an
+    embedding holding NaN or inf correlates NaN with everything, itself included (propagated,
+    never hidden as a constant row).
 
     Usable wherever PML takes a distance: losses (``ContrastiveLoss(distance=
     PearsonCorrelation())``), miners, ``CustomKNN(PearsonCorrelation())`` for

@@ -45,3 +45,23 @@ def test_usable_by_pml_losses():
 def test_rejects_options_that_change_its_meaning(kwargs):
     with pytest.raises(ValueError, match=list(kwargs)[0]):
         PearsonCorrelation(**kwargs)
+
+
+def test_nan_row_is_not_hidden_from_knn_or_losses():
+    e = torch.randn(8, 6)
+    e[2, 0] = float("nan")
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    mat = PearsonCorrelation()(e)
+    assert torch.isnan(mat[2]).all() and torch.isnan(mat[:, 2]).all()
+    assert torch.isfinite(mat[[0, 1, 3]][:, [0, 1, 3]]).all()
+    # a PML loss sees the NaN (it used to train on a silent correlation of 0); MeanReducer, as
+    # PML's default AvgNonZeroReducer drops NaN terms itself (NaN > 0 is False)
+    from pytorch_metric_learning.reducers import MeanReducer
+
+    loss_fn = ContrastiveLoss(
+        pos_margin=1, neg_margin=0, distance=PearsonCorrelation(), reducer=MeanReducer()
+    )
+    loss = loss_fn(e, labels)
+    assert torch.isnan(loss)
+    distances, _ = CustomKNN(PearsonCorrelation())(e[2:3], 3, e, False)
+    assert torch.isnan(distances).all()

@@ -70,3 +70,20 @@ def test_extreme_magnitudes_in_float32(scale):
     x = torch.randn(6, 5)
     np.testing.assert_allclose(pearson_similarity(x * scale).numpy(),
                                pearson_similarity(x).numpy(), atol=1e-6)
+
+
+# ---------------------------------------------------------------- hostile input (issue 8)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_row_propagates_nan_never_zero(bad):
+    from pml_grouploss.functional.pearson import pearson_correlation
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    x[3] = 2.0  # a finite constant row: correlation 0 (documented), still
+    clean = pearson_correlation(x)
+    x[1, 4] = bad
+    corr = pearson_correlation(x)
+    assert torch.isnan(corr[1]).all() and torch.isnan(corr[:, 1]).all()  # itself included
+    keep = torch.tensor([0, 2, 3, 4])
+    assert torch.equal(corr[keep][:, keep], clean[keep][:, keep])
+    assert torch.equal(corr[3, keep], torch.zeros(4, dtype=torch.float64))
