@@ -14,7 +14,7 @@ def replicator_step(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     ``X <- Q^-1 (X ⊙ Pi)`` with ``Q = diag((X ⊙ Pi) 1)`` (eq. 7-8).
 
     The step is invariant to the scale of ``W``, so ``W`` is first divided by the power of two
-    ``2**e`` nearest above its largest magnitude: dividing by a power of two is exact, so values
+    at or below its largest magnitude: dividing by a power of two is exact, so values
     and gradients are bit-identical to the unscaled step whenever that one neither overflows nor
     underflows. A row whose support ``(X ⊙ Pi) 1`` is then below the dtype's rounding level
     (zero when a zeroed diagonal isolates a sample; ~1e-164 when a saturated prior disagrees
@@ -119,9 +119,12 @@ def replicator_history(
 
 
 def _scale_by_power_of_two(W: torch.Tensor) -> torch.Tensor:
-    """``W / 2**e`` with ``2**e`` the power of two nearest above ``max|W|`` (exact; 0 -> 1)."""
-    _, exponent = torch.frexp(W.detach().abs().amax())  # max|W| = mantissa * 2**e, 0 -> e = 0
-    return W / torch.ldexp(torch.ones((), dtype=W.dtype, device=W.device), exponent)
+    """``W / 2**(e-1)``, the power of two at or below ``max|W|`` (exact; 0 -> W / 0.5).
+
+    ``max|W| = mantissa * 2**e`` with mantissa in ``[0.5, 1)``; ``2**e`` itself would be
+    ``inf`` for float32 values above ``2**127``."""
+    _, exponent = torch.frexp(W.detach().abs().amax())
+    return W / torch.ldexp(torch.ones((), dtype=W.dtype, device=W.device), exponent - 1)
 
 
 def _check_dynamics_args(W: torch.Tensor, X: torch.Tensor, num_iterations: int) -> None:

@@ -13,7 +13,7 @@ def rms_normalize(x: torch.Tensor) -> torch.Tensor:
     on these logits cannot push the trunk's output norm up (what makes cross-entropy on raw
     embeddings blow up the trunk at PML's example learning rates).
 
-    Rows are first divided by the power of two nearest above their largest magnitude (exact),
+    Rows are first divided by the power of two at or below their largest magnitude (exact),
     so norms neither overflow at ~1e38 nor underflow; an all-zero row stays zero with a finite
     gradient.
 
@@ -24,7 +24,9 @@ def rms_normalize(x: torch.Tensor) -> torch.Tensor:
         ``(n, d)``, same dtype and device.
     """
     _, exponent = torch.frexp(x.detach().abs().amax(dim=1, keepdim=True))
-    x = x / torch.ldexp(torch.ones_like(exponent, dtype=x.dtype), exponent)
+    # max|x| = mantissa * 2**e with mantissa in [0.5, 1): divide by 2**(e-1), which is finite
+    # even at float32's largest values (2**e would be 2**128 = inf); zero rows: e = 0.
+    x = x / torch.ldexp(torch.ones_like(exponent, dtype=x.dtype), exponent - 1)
     norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
     nonzero = norm > 0
     safe_norm = torch.where(nonzero, norm, torch.ones_like(norm))

@@ -1,0 +1,150 @@
+"""GroupLoss on hostile input (issue 8 items 1-5, 9) and its guards (frozen classifier,
+collapsed batch): each test failed on the code before the fix."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from pytorch_metric_learning import distances as pml_distances
+
+from pml_grouploss import functional, losses
+
+
+def _grads(loss_fn, e, labels, indices_tuple=None):
+    e = e.detach().clone().requires_grad_(True)
+    loss = loss_fn(e, labels, indices_tuple)
+    loss.backward()
+    return loss, e.grad
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_many_replicator_steps_have_finite_gradients_in_float32(seed):
+    """Item 1: T=50 on 200x32, 25 classes gave NaN gradients in float32 (6 of the first 20
+    seeds); the dynamics now run on log X."""
+    g = torch.Generator().manual_seed(seed)
+    e, labels = torch.randn(200, 32, generator=g), torch.randint(0, 25, (200,), generator=g)
+    torch.manual_seed(seed)
+    loss_fn = losses.GroupLoss(25, 32, num_iterations=50)
+    loss, grad = _grads(loss_fn, e, labels)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert torch.isfinite(loss_fn.W.grad).all() and grad.abs().sum() > 0
+
+
+def test_cosine_zero_diagonal_large_and_zero_rows_finite():
+    """Item 1, second case: CosineSimilarity, zero_diagonal, T=8 on a 4x1 batch."""
+    e = torch.tensor([[1e30], [0.0], [-3e29], [0.0]])
+    loss_fn = losses.GroupLoss(2, 1, num_iterations=8, zero_diagonal=True,
+                               distance=pml_distances.CosineSimilarity())
+    loss, grad = _grads(loss_fn, e, torch.tensor([0, 1, 0, 1]))
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+
+
+def test_log_dynamics_equal_the_x_space_formula_in_float64():
+    g = torch.Generator().manual_seed(1)
+    W = functional.pearson_similarity(torch.randn(10, 6, generator=g, dtype=torch.float64))
+    X = torch.softmax(torch.randn(10, 4, generator=g, dtype=torch.float64), 1)
+    log_XT = functional.log_replicator_dynamics(W, X.log(), 7)
+    np.testing.assert_allclose(log_XT.exp().numpy(),
+                               functional.replicator_dynamics(W, X, 7).numpy(), rtol=1e-12)
+
+
+def test_negatives_none_is_rejected_with_the_reason():
+    """Item 2: 'none' gave NaN losses on 2 of 3 random batches."""
+    with pytest.raises(ValueError, match="simplex"):
+        losses.GroupLoss(3, 8, negatives="none")
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.int8, torch.uint8])
+def test_any_integer_label_dtype(dtype):
+    """Item 3: int32/16/8/uint8 labels crashed inside torch.one_hot."""
+    e = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
+    torch.manual_seed(0)
+    loss_fn = losses.GroupLoss(3, 5)
+    expected = loss_fn(e, labels).item()
+    assert loss_fn(e, labels.to(dtype)).item() == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_integer_embeddings_are_a_type_error(dtype):
+    """Item 4: integer embeddings were truncated silently (loss 3 instead of 3.44)."""
+    with pytest.raises(TypeError, match=r"embeddings must be a floating-point"):
+        losses.GroupLoss(3, 2)(torch.ones(4, 2, dtype=dtype), torch.tensor([0, 1, 2, 0]))
+
+
+def test_boolean_anchor_mask_is_a_mask_and_float_indices_are_rejected():
+    """Item 5: a boolean mask was cast to indices 1,0,1,0; float indices were truncated."""
+    e = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 0, 1])
+    loss_fn = losses.GroupLoss(2, 3, collect_stats=True)
+    masked = loss_fn(e, labels, (torch.tensor([True, False, True, False]),))
+    assert loss_fn.num_anchors_used == 2
+    assert masked.item() == loss_fn(e, labels, (torch.tensor([0, 2]),)).item()
+    with pytest.raises(TypeError, match="boolean mask"):
+        loss_fn(e, labels, (torch.tensor([0.0, 2.0]),))
+    with pytest.raises(ValueError, match="one entry per sample"):
+        loss_fn(e, labels, (torch.tensor([True, False]),))
+
+
+@pytest.mark.parametrize("scale", [1e38, 1e30, 1e-30])
+def test_extreme_scales_give_finite_loss_and_gradients(scale):
+    """Item 9: x1e38 gave an inf loss (logits overflow)."""
+    unit = torch.randn(12, 64, generator=torch.Generator().manual_seed(0)).clamp(-3, 3)
+    labels = torch.arange(3).repeat(4)
+    torch.manual_seed(0)
+    loss_fn = losses.GroupLoss(3, 64)
+    loss, grad = _grads(loss_fn, unit * scale, labels)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    reference, _ = _grads(loss_fn, unit, labels)
+    # scale-invariant: the classifier sees sqrt(d) x/||x||, the similarity is a correlation
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_subnormal_embeddings_and_overflowing_logits_are_value_errors():
+    """Item 9: x1e-40 gave inf gradients; raw logits of 1e38 embeddings overflow."""
+    e = torch.randn(6, 64, generator=torch.Generator().manual_seed(0)).clamp(-3, 3)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match="smallest normal"):
+        losses.GroupLoss(3, 64)(e * 1e-40, labels)
+    raw = losses.GroupLoss(3, 64, normalize_embeddings=False)
+    with torch.no_grad():
+        raw.W.fill_(1.0)
+    with pytest.raises(ValueError, match="normalize_embeddings=True"):
+        raw(e.abs() * 1e38, labels)
+
+
+def test_frozen_classifier_warns_once_naming_the_optimizer():
+    """Issue 11: training without metric_loss_optimizer left W unchanged silently."""
+    loss_fn = losses.GroupLoss(3, 4)
+    trunk = torch.nn.Linear(4, 4)
+    opt = torch.optim.SGD(trunk.parameters(), lr=0.1)  # the classifier is forgotten
+    e, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(6):
+            opt.zero_grad()
+            loss_fn(trunk(e), labels).backward()
+            opt.step()
+    messages = [str(w.message) for w in caught if "metric_loss_optimizer" in str(w.message)]
+    assert len(messages) == 1
+
+
+def test_optimized_classifier_does_not_warn():
+    loss_fn = losses.GroupLoss(3, 4)
+    opt = torch.optim.SGD(loss_fn.parameters(), lr=0.1)
+    e, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(6):
+            opt.zero_grad(set_to_none=False)
+            loss_fn(e, labels).backward()
+            opt.step()
+
+
+def test_collapsed_batch_warns_once():
+    loss_fn = losses.GroupLoss(3, 4)
+    with pytest.warns(UserWarning, match="collapsed"):
+        loss_fn(torch.ones(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_fn(torch.ones(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]))
