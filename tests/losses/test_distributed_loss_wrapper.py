@@ -9,7 +9,9 @@ uneven batch sizes per rank."""
 import copy
 import importlib
 import os
+import queue as queue_module
 import socket
+import time
 from typing import Callable, Dict
 
 import numpy as np
@@ -120,7 +122,18 @@ def run_processes(fn: Callable) -> Dict[int, dict]:
     procs = [ctx.Process(target=_worker, args=(r, port, queue, fn)) for r in range(WORLD_SIZE)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=180) for _ in procs)
+    results = {}
+    deadline = time.monotonic() + 120
+    while len(results) < WORLD_SIZE:
+        try:
+            rank, out = queue.get(timeout=1)
+            results[rank] = out
+        except queue_module.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                raise AssertionError(f"a process died or hung (exit codes {dead})")
     for p in procs:
         p.join(timeout=60)
     for rank, out in results.items():
