@@ -1,0 +1,6 @@
+"""PML's ``pytorch_metric_learning.trainers``, every name unchanged.
+
+``from pml_grouploss import trainers`` can replace ``from pytorch_metric_learning import trainers``
+in an existing script: the rest of the script keeps working.
+"""
+from pytorch_metric_learning.trainers import *  # noqa: F401,F403  (PML's public names, as-is)
