@@ -16,6 +16,7 @@ from ..functional.anchors import ANCHOR_SELECTIONS, AnchorSelection, select_anch
 from ..functional.group_loss import refined_label_loss
 from ..functional.pearson import NEGATIVE_MODES, Negatives, similarity_from_correlation
 from ..functional.rms_normalize import rms_normalize
+from .distributed_loss_wrapper import check_distributed_use
 
 
 class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
@@ -216,6 +217,7 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         c_f.labels_required(labels)
+        check_distributed_use(self)
         self._reject_ref_emb(embeddings, labels, ref_emb, ref_labels)
         labels = self._check_inputs(embeddings, labels)
         if embeddings.shape[0] == 0:
