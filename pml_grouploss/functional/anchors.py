@@ -66,3 +66,32 @@ def select_anchors(
     rank = positions - start_of_run
     chosen = order[by_label[rank < num_anchors_per_class]]
     return torch.sort(chosen).values
+
+
+def anchor_indices(anchors: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Anchor indices ``(a,)`` int64 from integer indices or a boolean mask ``(batch_size,)``.
+
+    Raises a ``TypeError`` for floating-point indices (they would be truncated) and a
+    ``ValueError`` for a mask of the wrong length or indices outside the batch.
+    """
+    if not torch.is_tensor(anchors):
+        anchors = torch.as_tensor(anchors)
+    if anchors.dtype == torch.bool:
+        if anchors.reshape(-1).shape[0] != batch_size:
+            raise ValueError(
+                f"indices_tuple[0] is a boolean mask of {anchors.numel()} entries; a mask "
+                f"of anchors needs one entry per sample ({batch_size})"
+            )
+        return torch.nonzero(anchors.reshape(-1)).reshape(-1)
+    if anchors.dtype.is_floating_point or anchors.is_complex():
+        raise TypeError(
+            f"indices_tuple[0] (anchor indices) must be integer indices or a boolean mask, "
+            f"got dtype {anchors.dtype}; convert with .long()"
+        )
+    anchors = anchors.long().reshape(-1)
+    if anchors.numel() and (anchors.min() < 0 or anchors.max() >= batch_size):
+        raise ValueError(
+            "indices_tuple[0] (anchor indices) must index into the batch "
+            f"[0, {batch_size}), got values in [{int(anchors.min())}, {int(anchors.max())}]"
+        )
+    return anchors

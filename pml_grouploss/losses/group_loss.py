@@ -12,7 +12,12 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from .. import _validation as v
 from ..distances import PearsonCorrelation
-from ..functional.anchors import ANCHOR_SELECTIONS, AnchorSelection, select_anchors
+from ..functional.anchors import (
+    ANCHOR_SELECTIONS,
+    AnchorSelection,
+    anchor_indices,
+    select_anchors,
+)
 from ..functional.group_loss import refined_label_loss
 from ..functional.pearson import NEGATIVE_MODES, Negatives, similarity_from_correlation
 from ..functional.rms_normalize import rms_normalize
@@ -360,7 +365,7 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
                 "anchors: pass indices_tuple=None (anchors chosen from num_anchors) or the "
                 "1-tuple of pml_grouploss.miners.AnchorMiner instead of a pair/triplet miner"
             )
-        return _anchor_indices(c_f.to_device(indices_tuple[0], labels), labels.shape[0])
+        return anchor_indices(c_f.to_device(indices_tuple[0], labels), labels.shape[0])
 
     def _set_stats(self, corr, out, labels, anchors) -> None:
         with torch.no_grad():
@@ -377,31 +382,6 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
             off_diagonal = ~torch.eye(n, dtype=torch.bool, device=corr.device)
             if n > 1:
                 self.fraction_negative_similarities = float((corr[off_diagonal] < 0).float().mean())
-
-
-def _anchor_indices(anchors: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Anchor indices ``(a,)`` from integer indices or a boolean mask ``(batch_size,)``."""
-    if not torch.is_tensor(anchors):
-        anchors = torch.as_tensor(anchors)
-    if anchors.dtype == torch.bool:
-        if anchors.reshape(-1).shape[0] != batch_size:
-            raise ValueError(
-                f"indices_tuple[0] is a boolean mask of {anchors.numel()} entries; a mask "
-                f"of anchors needs one entry per sample ({batch_size})"
-            )
-        return torch.nonzero(anchors.reshape(-1)).reshape(-1)
-    if anchors.dtype.is_floating_point or anchors.is_complex():
-        raise TypeError(
-            f"indices_tuple[0] (anchor indices) must be integer indices or a boolean mask, "
-            f"got dtype {anchors.dtype}; convert with .long()"
-        )
-    anchors = anchors.long().reshape(-1)
-    if anchors.numel() and (anchors.min() < 0 or anchors.max() >= batch_size):
-        raise ValueError(
-            "indices_tuple[0] (anchor indices) must index into the batch "
-            f"[0, {batch_size}), got values in [{int(anchors.min())}, {int(anchors.max())}]"
-        )
-    return anchors
 
 
 def _is_compiling() -> bool:
