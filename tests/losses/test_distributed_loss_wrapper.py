@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from pytorch_metric_learning import trainers
+from pytorch_metric_learning.losses import ProxyAnchorLoss
 
 from pml_grouploss.losses import GroupLoss, ParametricDistributedLossWrapper
 from pml_grouploss.miners import AnchorMiner
@@ -178,6 +179,12 @@ def _scenarios(rank: int) -> dict:
     lazy.loss.W = torch.nn.Parameter(_replacement_w(50 + rank))
     out["replaced_value"] = lazy(es, ls).item()
     out["replaced_W"] = lazy.loss.W.detach().numpy().copy()
+    # a PML loss with parameters, from this rank's seed
+    torch.manual_seed(SEED + rank)
+    proxy = ProxyAnchorLoss(NUM_CLASSES, DIM_EMB).double()
+    value = ParametricDistributedLossWrapper(proxy)(es, ls)
+    value.backward()
+    out["proxy"] = (value.item(), proxy.proxies.grad.numpy().copy())
     # training: DDP model + wrapped loss, Adam on both, a new batch per step
     model, loss = _model(SEED + rank), _loss(SEED + rank)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
@@ -279,6 +286,19 @@ def test_lazy_copy_and_replaced_parameter_are_synchronised(results):
         assert out["copy_value"] == pytest.approx(expected, rel=1e-12)
         np.testing.assert_array_equal(out["replaced_W"], _replacement_w(50).numpy())
         assert out["replaced_value"] == pytest.approx(expected_replaced, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_pml_proxy_anchor_loss_matches_single_process(results):
+    x, labels = _batch(0)
+    torch.manual_seed(SEED)
+    proxy = ProxyAnchorLoss(NUM_CLASSES, DIM_EMB).double()
+    value = proxy(x[:, :DIM_EMB], labels)
+    value.backward()
+    for rank in range(WORLD_SIZE):
+        got_value, got_grad = results[rank]["proxy"]
+        assert got_value == pytest.approx(value.item(), rel=1e-12)
+        np.testing.assert_allclose(got_grad, proxy.proxies.grad.numpy(), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.slow
