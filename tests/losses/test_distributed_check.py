@@ -18,16 +18,9 @@ from .test_distributed_loss_wrapper import init_gloo, run_processes
 NAME = "pml_grouploss.losses.ParametricDistributedLossWrapper"
 
 
-class _CheckedGroupLoss(GroupLoss):
-    """GroupLoss with the check as the first line of ``compute_loss``."""
-
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
-        check_distributed_use(self)
-        return super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
-
-
 def _loss_factories():
-    return {"checked": lambda: _CheckedGroupLoss(NUM_CLASSES, DIM_EMB).double()}
+    """Losses that call ``check_distributed_use`` at the start of ``compute_loss``."""
+    return {"GroupLoss": lambda: GroupLoss(NUM_CLASSES, DIM_EMB).double()}
 
 
 def _error(fn) -> str:
@@ -95,11 +88,10 @@ def test_local_loss_warns_once_and_the_wrapper_is_silent(results, key):
 def test_single_process_is_silent():
     assert not torch.distributed.is_initialized()
     x, labels = _batch(0)
-    loss = _CheckedGroupLoss(NUM_CLASSES, DIM_EMB).double()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    loss = GroupLoss(NUM_CLASSES, DIM_EMB).double()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         check_distributed_use(loss)
         value = loss(x[:, :DIM_EMB], labels)
-    plain = GroupLoss(NUM_CLASSES, DIM_EMB).double()
-    plain.load_state_dict(loss.state_dict())
-    assert value.item() == pytest.approx(plain(x[:, :DIM_EMB], labels).item(), rel=1e-12)
+    assert not [w for w in caught if "distributed" in str(w.message)], caught
+    assert torch.isfinite(value)
