@@ -12,7 +12,14 @@ from pml_grouploss.benchmark import runner
 from pml_grouploss.benchmark.config import BenchmarkConfig
 from pml_grouploss.benchmark.suite import run_benchmark
 
-torch.set_num_threads(1)
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (the machine is shared), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 #: 4 training classes x 20 images = 80 = 10 batches of 8 per sampler pass; 5 iterations per
 #: epoch, so the checkpoint of epoch 1 is in the middle of a pass and that of epoch 2 at its end.
@@ -92,7 +99,7 @@ def _assert_bit_identical(a, b):
 
 
 @pytest.mark.slow
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, one_thread):
     from pytorch_metric_learning import trainers
 
     quiet = dict(figures=False, log=lambda *_: None)
