@@ -20,14 +20,14 @@ from typing import List, Optional
 
 from .config import PAPER_CONFIGS, BenchmarkConfig
 from .data import DATASET_NAMES
-from .methods import DEFAULT_METHODS, METHODS, get_method, parse_overrides
+from .methods import DEFAULT_METHODS, METHODS
+from .options import config_from_args, output_dir_from_args
 from .trunks import TRUNK_NAMES
+from .validation import CHOICES, ConfigError, cli_message
+
+__all__ = ["build_parser", "config_from_args", "main"]
 
 SUBCOMMANDS = ("run", "ablate", "tune", "inference", "figures")
-
-
-def _int_list(text: str) -> List[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def _add_protocol_options(p: argparse.ArgumentParser) -> None:
@@ -76,7 +76,7 @@ def _add_protocol_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--augment",
-        choices=("none", "affine"),
+        choices=CHOICES["augment"],
         default=None,
         help=f"training augmentation, the same for every method (default: {d.augment})",
     )
@@ -97,7 +97,7 @@ def _add_protocol_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--embedder",
-        choices=("linear", "identity"),
+        choices=CHOICES["embedder"],
         default=None,
         help=f"linear layer on the pooled features, or the pooled features themselves "
         f"(default: {d.embedder})",
@@ -144,7 +144,7 @@ def _add_protocol_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--optimizer",
-        choices=("adam", "adamw", "radam", "sgd"),
+        choices=CHOICES["optimizer"],
         default=None,
         help=f"optimizer of trunk, embedder and loss parameters (default: {d.optimizer})",
     )
@@ -181,7 +181,7 @@ def _add_protocol_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--primary-metric",
         default=None,
-        choices=("precision_at_1", "mean_average_precision_at_r", "NMI", "r_precision"),
+        choices=CHOICES["primary_metric"],
         help=f"validation metric that picks the checkpoint (default: {d.primary_metric})",
     )
     g = p.add_argument_group("run")
@@ -300,88 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
-    base = dict(PAPER_CONFIGS[args.config]) if getattr(args, "config", None) else {}
-    mapping = {
-        "dataset": "dataset",
-        "data_root": "data_root",
-        "max_classes": "max_classes",
-        "num_folds": "num_folds",
-        "augment": "augment",
-        "trunk": "trunk",
-        "pretrained": "pretrained",
-        "embedder": "embedder",
-        "embedding_size": "embedding_size",
-        "image_size": "image_size",
-        "classes_per_batch": "classes_per_batch",
-        "samples_per_class": "samples_per_class",
-        "batch_size": "batch_size",
-        "epochs": "epochs",
-        "iterations_per_epoch": "iterations_per_epoch",
-        "optimizer": "optimizer",
-        "lr": "lr",
-        "weight_decay": "weight_decay",
-        "lr_decay_epoch": "lr_decay_epoch",
-        "eval_every": "eval_every",
-        "primary_metric": "primary_metric",
-        "patience": "patience",
-        "device": "device",
-        "threads": "threads",
-    }
-    for arg, field in mapping.items():
-        value = getattr(args, arg, None)
-        if value is not None:
-            base[field] = value
-    if getattr(args, "download", False):
-        base["download"] = True
-    if args.seeds is not None:
-        try:
-            seeds = _int_list(args.seeds)
-        except ValueError:
-            raise ValueError(
-                f"--seeds: expected a count or a comma list of integers, got " f"{args.seeds!r}"
-            ) from None
-        if len(seeds) == 1 and "," not in args.seeds:
-            if seeds[0] < 1:
-                raise ValueError(f"--seeds must be >= 1, got {seeds[0]}")
-            seeds = list(range(seeds[0]))
-        base["seeds"] = tuple(seeds)
-    overrides = {k: dict(v) for k, v in base.get("overrides", {}).items()}
-    if getattr(args, "params_file", None):
-        if not os.path.isfile(args.params_file):
-            raise FileNotFoundError(f"--params-file {args.params_file!r} does not exist")
-        with open(args.params_file) as f:
-            for k, v in json.load(f).items():
-                overrides.setdefault(k, {}).update(v)
-    for k, v in parse_overrides(getattr(args, "set", [])).items():
-        overrides.setdefault(k, {}).update(v)
-    base["overrides"] = overrides
-    if getattr(args, "losses", None):
-        methods = tuple(m.strip() for m in args.losses.split(",") if m.strip())
-        if not methods:
-            raise ValueError("--losses: give at least one method")
-        base["methods"] = methods
-    cfg = BenchmarkConfig.from_dict(base)
-    for name in cfg.methods:
-        get_method(name)
-    unknown = sorted(set(cfg.overrides) - set(cfg.methods) - {"grouploss"})
-    if unknown and getattr(args, "command", "run") == "run":
-        raise ValueError(
-            f"--set/--params-file name methods that are not run: {unknown}; "
-            f"add them to --losses"
-        )
-    if cfg.dataset != "omniglot-small" and not cfg.data_root:
-        raise ValueError(f"--dataset {cfg.dataset} needs --data-root DIR (see docs/datasets.md)")
-    if cfg.data_root and not cfg.download and not os.path.isdir(cfg.data_root):
-        raise FileNotFoundError(
-            f"--data-root {cfg.data_root!r} does not exist; point it at the "
-            f"{cfg.dataset} directory (docs/datasets.md) or add --download"
-        )
-    if cfg.epochs < 1 or cfg.eval_every < 1:
-        raise ValueError("--epochs and --eval-every must be >= 1")
-    return cfg
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
@@ -397,6 +315,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except ConfigError as err:  # a config field: name its option
+        parser.exit(2, f"pml-grouploss-bench: error: {cli_message(err)}\n")
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         parser.exit(2, f"pml-grouploss-bench: error: {err}\n")
 
@@ -429,8 +349,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_inference_ablation(args.output_dir, method=args.method)
         return 0
     cfg = config_from_args(args)
-    default_out = {"run": "main", "tune": "tune"}.get(args.command) or f"ablate_{args.sweep}"
-    out = args.output_dir or os.path.join("results", default_out)
+    out = output_dir_from_args(args)
     if args.command == "run":
         from .suite import run_benchmark
 

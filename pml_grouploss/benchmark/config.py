@@ -11,7 +11,8 @@ from typing import Any, Dict, Optional, Tuple
 @dataclass
 class BenchmarkConfig:
     """Shared settings (the protocol). Defaults = the embedded Omniglot benchmark, sized to run in
-    under 10 minutes on 2 CPU cores."""
+    under 10 minutes on 2 CPU cores. Invalid values raise at construction
+    (:mod:`~pml_grouploss.benchmark.validation`)."""
 
     dataset: str = "omniglot-small"
     data_root: Optional[str] = None
@@ -45,6 +46,12 @@ class BenchmarkConfig:
     log_freq: int = 10
     eval_batch_size: int = 256
     save_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        """Validate every field once (``ConfigValueError`` / ``ConfigTypeError`` naming it)."""
+        from .validation import validate_config
+
+        validate_config(self)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

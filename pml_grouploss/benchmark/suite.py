@@ -14,6 +14,7 @@ from .config import BenchmarkConfig
 from .data import check_batch, splits_for_fold
 from .methods import MethodSpec, get_method
 from .runner import run_one
+from .validation import check_output_dir
 
 
 def say(*args) -> None:
@@ -50,13 +51,18 @@ def variants_from_config(cfg: BenchmarkConfig) -> List[Variant]:
 
 
 def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -> None:
-    """Create ``output_dir``; refuse to mix runs of different protocol settings."""
+    """Create ``output_dir``; refuse to mix runs of different protocol settings. A path that
+    cannot be a writable directory raises ``ValueError`` (naming ``output_dir``) first."""
     path = os.path.join(output_dir, "config.json")
-    if fresh and os.path.isdir(output_dir):
-        import shutil
+    check_output_dir(output_dir)
+    try:
+        if fresh and os.path.isdir(output_dir):
+            import shutil
 
-        shutil.rmtree(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
+            shutil.rmtree(output_dir)
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"output_dir {output_dir!r} cannot be created ({err})") from None
     if os.path.isfile(path):
         with open(path) as f:
             old = BenchmarkConfig.from_dict(json.load(f))
@@ -205,13 +211,13 @@ def run_benchmark(
     n_train = len(set(train_base.labels))
     if cfg.max_classes:
         n_train = min(n_train, cfg.max_classes)
+    if cfg.num_folds > n_train:
+        raise ValueError(
+            f"--num-folds {cfg.num_folds} exceeds the {n_train} training classes; lower it "
+            "(each fold needs a validation class)"
+        )
     n_fit = n_train - -(-n_train // cfg.num_folds)  # training classes left after the largest fold
     check_batch(cfg.classes_per_batch, cfg.samples_per_class, cfg.batch_size, n_fit)
-    if cfg.epochs % cfg.eval_every != 0:
-        raise ValueError(
-            f"--epochs {cfg.epochs} must be a multiple of --eval-every "
-            f"{cfg.eval_every} so that the last epoch is evaluated"
-        )
     prepare_output(cfg, output_dir, fresh)
     t0 = time.time()
     per_seed = run_variants(cfg, variants, output_dir, log=log)

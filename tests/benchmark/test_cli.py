@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from pml_grouploss.benchmark import cli
@@ -135,3 +137,118 @@ def test_missing_logging_dependencies_fail_at_once(capsys, monkeypatch, tmp_path
     err = _err(capsys, ["--output-dir", str(tmp_path / "out")])
     assert "needs record_keeper" in err and "with-hooks-cpu" in err
     assert not (tmp_path / "out").exists()
+
+
+# --- issue 8: invalid options fail before any training, exit 2, no traceback, naming the option
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Any (method, seed) training is a test failure (the error must come first)."""
+    from pml_grouploss.benchmark import ablations, suite, tuning
+
+    def trained(*args, **kwargs):
+        raise AssertionError("a model was trained before the invalid option was reported")
+
+    for module in (suite, ablations, tuning):
+        monkeypatch.setattr(module, "run_one", trained)
+
+
+def _usage_error(capsys, argv):
+    """``argv`` exits with code 2 and a one-line message (no traceback); returns stderr."""
+    err = _err(capsys, argv)
+    assert "Traceback" not in err and err.startswith("pml-grouploss-bench: error: ")
+    assert err.count("\n") == 1
+    return err
+
+
+@pytest.mark.parametrize("losses", ["", ",", " , "])
+def test_empty_losses_is_an_error_not_the_defaults(capsys, tmp_path, no_training, losses):
+    err = _usage_error(capsys, ["--losses", losses, "--output-dir", str(tmp_path / "out")])
+    assert "argument --losses: must name at least one method" in err
+    assert "--losses grouploss,triplet" in err  # the fix
+
+
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("grouploss.loss_lr=abc", "grouploss.loss_lr must be a real number, got str 'abc'"),
+        ("proxyanchor.loss_lr=0", "proxyanchor.loss_lr must be a finite number > 0, got 0"),
+        ("triplet.lr=-1e-3", "triplet.lr must be a finite number > 0, got -0.001"),
+        ("grouploss.temperature=abc", "grouploss: temperature must be a real number"),
+    ],
+)
+def test_bad_set_values_fail_before_training(capsys, tmp_path, no_training, setting, expected):
+    argv = ["--set", setting, "--output-dir", str(tmp_path / "out")]
+    err = _usage_error(capsys, argv)
+    assert err.startswith("pml-grouploss-bench: error: argument --set/--params-file: ")
+    assert expected in err
+
+
+def _mkdir_denied_under(monkeypatch, root):
+    """``os.mkdir`` under ``root`` fails as in a directory the user may not write."""
+    real = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if os.path.abspath(os.fspath(path)).startswith(str(root)):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+def test_unusable_output_dir_fails_before_training(capsys, tmp_path, no_training, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    cases = {
+        str(a_file): "is a file, not a directory; choose another --output-dir",
+        str(a_file / "sub"): f"cannot be created: '{a_file}' is a file, not a directory",
+        "/proc/pml-grouploss-out": "cannot be created or written in '/proc'",
+    }
+    for path, expected in cases.items():
+        err = _usage_error(capsys, ["--output-dir", path])
+        assert f"--output-dir '{path}'" in err and expected in err, err
+    (tmp_path / "locked").mkdir()
+    _mkdir_denied_under(monkeypatch, tmp_path / "locked")
+    path = str(tmp_path / "locked" / "out")
+    err = _usage_error(capsys, ["--output-dir", path])
+    assert f"--output-dir '{path}' cannot be created or written" in err
+    assert "Permission denied" in err and "choose a writable directory" in err
+    assert not os.path.exists(path) and a_file.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--seeds", "0,-1"], "argument --seeds: must be an int >= 0, got -1"),
+        (["--seeds", "0,0"], "argument --seeds: must be distinct"),
+        (["--iterations-per-epoch", "0"], "argument --iterations-per-epoch: must be an int >= 1"),
+        (["--patience", "-1"], "argument --patience: must be an int >= 0, got -1"),
+        (["--num-folds", "1"], "argument --num-folds: must be an int >= 2, got 1; one fold"),
+        (["--image-size", "0"], "argument --image-size: must be an int >= 16, got 0"),
+        (["--image-size", "8"], "argument --image-size: must be an int >= 16, got 8"),
+        (["ablate", "steps", "--patience", "-2"], "argument --patience: must be an int >= 0"),
+        (["tune", "--iterations-per-epoch", "0"], "argument --iterations-per-epoch"),
+    ],
+)
+def test_bad_protocol_values_fail_before_training(capsys, tmp_path, no_training, argv, expected):
+    err = _usage_error(capsys, argv + ["--output-dir", str(tmp_path / "out")])
+    assert expected in err
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('{"grouploss": {"temperature": 5,}}', "is not valid JSON (Expecting property name"),
+        ("[1, 2]", 'expected JSON {"method": {"param": value}}'),
+        ('{"grouploss": 5}', 'expected JSON {"method": {"param": value}}'),
+    ],
+)
+def test_malformed_params_file_names_option_and_file(
+    capsys, tmp_path, no_training, content, expected
+):
+    path = tmp_path / "best_params.json"
+    path.write_text(content)
+    argv = ["--params-file", str(path), "--output-dir", str(tmp_path / "out")]
+    err = _usage_error(capsys, argv)
+    assert f"--params-file '{path}'" in err and expected in err

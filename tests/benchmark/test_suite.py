@@ -8,7 +8,7 @@ from pml_grouploss.benchmark.suite import prepare_output
 
 
 def test_prepare_output_records_config_and_environment(tmp_path):
-    cfg = BenchmarkConfig(seeds=(0,), epochs=1)
+    cfg = BenchmarkConfig(seeds=(0,), epochs=2)
     prepare_output(cfg, str(tmp_path))
     assert BenchmarkConfig.from_dict(json.loads((tmp_path / "config.json").read_text())) == cfg
     env = json.loads((tmp_path / "environment.json").read_text())
@@ -17,3 +17,4 @@ def test_prepare_output_records_config_and_environment(tmp_path):
     assert env["torch_threads"] == torch.get_num_threads()
     commit = env["git_commit"]
     assert commit is None or len(commit.split("+")[0]) == 40
+
