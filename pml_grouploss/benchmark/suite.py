@@ -52,7 +52,9 @@ def variants_from_config(cfg: BenchmarkConfig) -> List[Variant]:
 
 def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -> None:
     """Create ``output_dir``; refuse to mix runs of different protocol settings. A path that
-    cannot be a writable directory raises ``ValueError`` (naming ``output_dir``) first."""
+    cannot be a writable directory raises ``ValueError`` (naming ``output_dir``) first.
+    ``cfg.threads`` (``--threads``) sets torch's CPU threads here, before ``environment.json``
+    records them."""
     path = os.path.join(output_dir, "config.json")
     check_output_dir(output_dir)
     try:
@@ -77,6 +79,10 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
             )
     with open(path, "w") as f:
         f.write(cfg.to_json())
+    if cfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     with open(os.path.join(output_dir, "environment.json"), "w") as f:
         json.dump(environment(), f, indent=2)
 

@@ -18,3 +18,13 @@ def test_prepare_output_records_config_and_environment(tmp_path):
     commit = env["git_commit"]
     assert commit is None or len(commit.split("+")[0]) == 40
 
+
+def test_threads_option_sets_torch_threads(tmp_path):
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    try:
+        prepare_output(BenchmarkConfig(seeds=(0,), epochs=2, threads=target), str(tmp_path))
+        assert torch.get_num_threads() == target
+        assert json.loads((tmp_path / "environment.json").read_text())["torch_threads"] == target
+    finally:
+        torch.set_num_threads(before)
