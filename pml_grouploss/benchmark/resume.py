@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
@@ -149,9 +150,17 @@ def restore_state(trainer: trainers.BaseTrainer, state: Dict[str, Any]) -> None:
             loss.generator.set_state(state[f"generator:{name}"])
 
 
-def save_state(trainer: trainers.BaseTrainer, folder: str, epoch: int, previous: int) -> None:
-    """Write the state after the checkpoint of ``epoch``; delete that of epoch ``previous``."""
-    torch.save(capture_state(trainer), os.path.join(folder, STATE_FILE.format(epoch=epoch)))
+def save_state(
+    trainer: trainers.BaseTrainer,
+    folder: str,
+    epoch: int,
+    previous: int,
+    stopped_early: bool = False,
+) -> None:
+    """Write the state after the checkpoint of ``epoch`` (``stopped_early``: early stopping ended
+    the training there); delete that of epoch ``previous``."""
+    state = {**capture_state(trainer), "stopped_early": bool(stopped_early)}
+    torch.save(state, os.path.join(folder, STATE_FILE.format(epoch=epoch)))
     old = os.path.join(folder, STATE_FILE.format(epoch=previous))
     if os.path.exists(old):
         os.remove(old)
@@ -162,6 +171,10 @@ def load_state(folder: str, epoch: int) -> Optional[Dict[str, Any]]:
     states were saved (such a run resumes, but not bit-identically)."""
     path = os.path.join(folder, STATE_FILE.format(epoch=epoch))
     if not os.path.isfile(path):
+        warnings.warn(
+            f"{path} is missing (a checkpoint from an older version, or an interruption while "
+            "it was written): this run resumes, but not bit-identically to an uninterrupted one"
+        )
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
 

@@ -190,7 +190,9 @@ def run_one(
         clock["last"] = time.time()
         rows = [{"epoch": trainer.epoch, "split": "time", "train_seconds": train_seconds}]
         if trainer.epoch % cfg.eval_every == 0:  # the hook evaluated and checkpointed
-            save_state(trainer, model_folder, trainer.epoch, trainer.epoch - cfg.eval_every)
+            save_state(
+                trainer, model_folder, trainer.epoch, trainer.epoch - cfg.eval_every, result is False
+            )
             for split, acc in tester.all_accuracies.items():
                 rows.append({"epoch": trainer.epoch, "split": split, **_clean(acc)})
         with open(history_path, "a") as f:  # JSON lines: rows with different columns
@@ -215,6 +217,7 @@ def run_one(
     start_epoch = hooks.load_latest_saved_models(trainer, model_folder, device)
     if start_epoch > 1:  # random-number and sampler state, restored when training starts
         trainer.resume_state = load_state(model_folder, start_epoch - 1)
+    stopped = trainer.resume_state is not None and trainer.resume_state["stopped_early"]
     if start_epoch > 1 and os.path.exists(history_path):  # keep only history up to the checkpoint
         hist = read_history(history_path)
         with open(history_path, "w") as f:
@@ -222,7 +225,7 @@ def run_one(
                 f.write(json.dumps({k: v for k, v in r.items() if pd.notna(v)}) + "\n")
     PHASE = "train"
     try:
-        if start_epoch <= cfg.epochs:
+        if start_epoch <= cfg.epochs and not stopped:  # --patience ended it: resume = test
             trainer.train(start_epoch=start_epoch, num_epochs=cfg.epochs)
     finally:
         PHASE = "idle"

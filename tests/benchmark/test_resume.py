@@ -1,5 +1,6 @@
 """Exact resume: a run interrupted (Ctrl-C) and resumed is bit-identical to an uninterrupted one."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -155,7 +156,9 @@ def test_state_round_trip_through_weights_only_load(tmp_path, monkeypatch):
     first = [next(it) for _ in range(3)]  # part of a pass
     resume.save_state(trainer, str(tmp_path), epoch=2, previous=1)
     state = resume.load_state(str(tmp_path), 2)  # torch.load(weights_only=True)
-    assert resume.load_state(str(tmp_path), 1) is None
+    assert state["stopped_early"] is False
+    with pytest.warns(UserWarning, match="resumes, but not bit-identically"):
+        assert resume.load_state(str(tmp_path), 1) is None
 
     def draws():
         return (
@@ -175,3 +178,40 @@ def test_state_round_trip_through_weights_only_load(tmp_path, monkeypatch):
     after = draws()
     assert before == after
     assert len(before[6]) == 12 - 3 and len(before[7]) == 12 and first + before[6] != before[7]
+
+
+@pytest.mark.slow
+def test_run_stopped_early_is_not_trained_again_on_resume(tmp_path, monkeypatch, one_thread):
+    """--patience stopped training after epoch 1, Ctrl-C came during the final test: the rerun
+    only tests (as the uninterrupted run did), it does not train epochs 2 and 3."""
+    from pytorch_metric_learning import trainers
+    from pytorch_metric_learning.utils import logging_presets
+
+    monkeypatch.setattr(
+        logging_presets.HookContainer, "patience_remaining", lambda self, epoch, *a: epoch < 1
+    )
+    starts = []
+    real_train = trainers.MetricLossOnly.train
+
+    def train(self, start_epoch=1, num_epochs=1):
+        starts.append(start_epoch)
+        return real_train(self, start_epoch, num_epochs)
+
+    real_test = runner.EmbeddingKeepingTester.test
+
+    def test(self, *args, **kwargs):
+        if runner.PHASE == "final_test" and not starts[1:]:
+            starts.append("interrupted")
+            raise KeyboardInterrupt
+        return real_test(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainers.MetricLossOnly, "train", train)
+    monkeypatch.setattr(runner.EmbeddingKeepingTester, "test", test)
+    cfg = dataclasses.replace(TINY, patience=0, save_embeddings=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(cfg, str(tmp_path), figures=False, log=lambda *_: None)
+    per_seed = run_benchmark(cfg, str(tmp_path), figures=False, log=lambda *_: None)
+    assert starts == [1, "interrupted"]  # trained once, from epoch 1; never resumed training
+    hist = runner.read_history(tmp_path / "runs/grouploss/seed0/history.jsonl")
+    assert sorted(hist[hist.split == "val"].epoch) == [1]
+    assert per_seed.iloc[0].best_epoch == 1 and 0 < per_seed.iloc[0].precision_at_1 <= 1
