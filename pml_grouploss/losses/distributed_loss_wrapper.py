@@ -143,7 +143,7 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
             raise ValueError("CrossBatchMemory is not compatible with ref_emb and ref_labels")
         self._ensure_hooks()
         state = self._state_tensors()
-        meta = _local_meta(emb, labels, indices_tuple, ref_emb, enqueue_mask, state)
+        meta = _local_meta(emb, labels, indices_tuple, ref_emb, ref_labels, enqueue_mask, state)
         meta[_RESYNC] = int(not self._state_is_synced(state))
         metas = torch.cat(_all_gather_parts(meta.view(1, -1), [1] * len(_world()))).cpu()
         _check_metas(metas)
@@ -151,9 +151,11 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
             self._broadcast_state(state)
         world_size = metas.shape[0]
         sizes = metas[:, _N].tolist()
-        labels = None if labels is None else c_f.to_device(labels, device=emb.device)
+        local_labels = None if labels is None else c_f.to_device(labels, device=emb.device)
         all_emb = torch.cat(_all_gather_parts(_ScaleGrad.apply(emb, float(world_size)), sizes))
-        all_labels = None if labels is None else torch.cat(_all_gather_parts(labels, sizes))
+        all_labels = None
+        if local_labels is not None:
+            all_labels = torch.cat(_all_gather_parts(local_labels, sizes))
         indices = _gather_indices(indices_tuple, metas)
         if cross_batch:
             mask = enqueue_mask
@@ -161,14 +163,9 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
                 mask = c_f.to_device(mask, device=emb.device).to(torch.uint8)
                 mask = torch.cat(_all_gather_parts(mask, sizes)).bool()
             return self.loss(all_emb, all_labels, indices, mask)
-        all_ref_emb = all_ref_labels = None
-        if ref_emb is not None:
-            ref_sizes = metas[:, _N_REF].tolist()
-            ref_emb = _ScaleGrad.apply(ref_emb, float(world_size))
-            all_ref_emb = torch.cat(_all_gather_parts(ref_emb, ref_sizes))
-            if ref_labels is not None:
-                ref_labels = c_f.to_device(ref_labels, device=emb.device)
-                all_ref_labels = torch.cat(_all_gather_parts(ref_labels, ref_sizes))
+        all_ref_emb, all_ref_labels = _gather_ref(
+            ref_emb, ref_labels, emb, labels, all_emb, all_labels, metas
+        )
         return self.loss(all_emb, all_labels, indices, all_ref_emb, all_ref_labels)
 
 
@@ -259,8 +256,10 @@ def _all_gather_parts(x: torch.Tensor, sizes: Sequence[int]) -> List[torch.Tenso
     This process's entry is ``x`` itself (gradients flow into it); the others are copies.
     Rows are padded to the largest size for the collective and trimmed afterwards.
     """
-    comm = _comm_device(x.device)
     n_max = max(sizes)
+    if n_max == 0:  # the same decision on every rank: sizes come from the exchanged metas
+        return [x if r == torch.distributed.get_rank() else x[:0] for r in range(len(sizes))]
+    comm = _comm_device(x.device)
     send = x.detach().to(comm)
     if send.shape[0] < n_max:
         pad = send.new_zeros((n_max - send.shape[0], *send.shape[1:]))
@@ -272,12 +271,20 @@ def _all_gather_parts(x: torch.Tensor, sizes: Sequence[int]) -> List[torch.Tenso
     return parts
 
 
-def _local_meta(emb, labels, indices_tuple, ref_emb, enqueue_mask, state) -> torch.Tensor:
+def _local_meta(
+    emb, labels, indices_tuple, ref_emb, ref_labels, enqueue_mask, state
+) -> torch.Tensor:
     """This process's batch description (sizes, which inputs are given, index validity)."""
     meta = [0] * _META_SIZE
     meta[_N] = emb.shape[0]
     meta[_ROW] = math.prod(emb.shape[1:])
-    meta[_LABELS] = int(labels is not None)
+    # which of labels / ref_labels are given, and whether ref_emb/ref_labels *are* emb/labels
+    meta[_LABELS] = (
+        int(labels is not None)
+        + 2 * int(ref_labels is not None)
+        + 4 * int(ref_emb is emb)
+        + 8 * int(ref_labels is not None and ref_labels is labels)
+    )
     meta[_N_REF] = -1 if ref_emb is None else ref_emb.shape[0]
     meta[_MASK] = int(enqueue_mask is not None)
     meta[_NUM_STATE] = len(state)
@@ -296,7 +303,7 @@ def _check_metas(metas: torch.Tensor) -> None:
     """The same error on every process when the processes' inputs do not fit together."""
     agree = {
         _ROW: "embedding sizes",
-        _LABELS: "labels given or not",
+        _LABELS: "labels/ref_labels given or not (or ref_emb is embeddings)",
         _N_REF: "ref_emb given or not",
         _MASK: "enqueue_mask given or not",
         _NUM_STATE: "number of loss parameters and buffers",
@@ -334,6 +341,24 @@ def _gather_indices(indices_tuple, metas: torch.Tensor):
         parts = _all_gather_parts(idx, metas[:, _LENS + i].tolist())
         gathered.append(torch.cat([p + off for p, off in zip(parts, offsets)]))
     return tuple(gathered)
+
+
+def _gather_ref(ref_emb, ref_labels, emb, labels, all_emb, all_labels, metas: torch.Tensor):
+    """``ref_emb``/``ref_labels`` of every process in rank order. When the caller passed the
+    embeddings/labels themselves, the gathered embeddings/labels themselves: PML excludes
+    self-pairs only when ``ref_labels is labels``."""
+    if ref_emb is None:
+        return None, None  # PML then uses the embeddings and labels
+    sizes = metas[:, _N_REF].tolist()
+    if ref_emb is emb:
+        all_ref_emb = all_emb
+    else:
+        scaled = _ScaleGrad.apply(ref_emb, float(metas.shape[0]))
+        all_ref_emb = torch.cat(_all_gather_parts(scaled, sizes))
+    if ref_labels is None or ref_labels is labels:
+        return all_ref_emb, None if ref_labels is None else all_labels
+    ref_labels = c_f.to_device(ref_labels, device=ref_emb.device)
+    return all_ref_emb, torch.cat(_all_gather_parts(ref_labels, sizes))
 
 
 def _called_by_pml_wrapper(max_depth: int = 24) -> bool:
