@@ -190,9 +190,8 @@ def run_one(
         clock["last"] = time.time()
         rows = [{"epoch": trainer.epoch, "split": "time", "train_seconds": train_seconds}]
         if trainer.epoch % cfg.eval_every == 0:  # the hook evaluated and checkpointed
-            save_state(
-                trainer, model_folder, trainer.epoch, trainer.epoch - cfg.eval_every, result is False
-            )
+            previous = trainer.epoch - cfg.eval_every
+            save_state(trainer, model_folder, trainer.epoch, previous, result is False)
             for split, acc in tester.all_accuracies.items():
                 rows.append({"epoch": trainer.epoch, "split": split, **_clean(acc)})
         with open(history_path, "a") as f:  # JSON lines: rows with different columns
