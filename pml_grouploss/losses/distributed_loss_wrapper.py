@@ -47,7 +47,9 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
       concatenated batch — the batch a single process would see — and returns the same,
       unscaled value (the single-process loss). ``indices_tuple`` (e.g. the anchors of
       :class:`~pml_grouploss.miners.AnchorMiner`) must index *this process's* batch; the
-      wrapper offsets it into the gathered batch. Batches may differ in size between ranks;
+      wrapper offsets it into the gathered batch. ``ref_emb``/``ref_labels`` are gathered the
+      same way (passed as the embeddings/labels themselves, they stay so: PML then excludes
+      self-pairs). Batches may differ in size between ranks;
     * multiplies only the gradient flowing back into this process's embeddings by
       ``world_size``, so DDP's gradient averaging gives the model the single-process gradient;
     * all-reduces the gradient of every loss parameter and divides by ``world_size`` (DDP's
@@ -64,6 +66,12 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
     embeddings, not as ``ref_emb``). Outside ``torch.distributed`` (or with one process) it
     returns the wrapped loss unchanged (with PML's warning when not distributed). A parameter
     that a loss creates inside its first call is synchronised at the second call.
+
+    Args:
+        loss: a PML ``BaseMetricLossFunction`` or ``CrossBatchMemory`` (PML's ``TypeError``
+            otherwise).
+        efficient: must be ``False`` (``True`` raises a ``ValueError``); accepted so that the
+            wrapper is a drop-in replacement for PML's.
     """
 
     def __init__(self, loss: torch.nn.Module, efficient: bool = False):
