@@ -31,7 +31,10 @@ operation order, see :func:`sparse_re_ranking_knn`):
 9. ``final = (1 - lambda) * jaccard + lambda * d`` (Zhong eq. 12).
 
 Degenerate input: a row whose maximum distance is 0 (all items identical) is left unscaled
-instead of dividing 0 by 0 (the reference would produce NaN there).
+instead of dividing 0 by 0 (the reference would produce NaN there). NaN/inf distances or
+embeddings raise a ``ValueError``; float16 distances are promoted to float32 before squaring, and
+every input is first multiplied by an exact power of two (``_reranking_checks``), so the squares
+cannot overflow (the result is unchanged: convention 2 is scale invariant).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from ._reranking_checks import assemble_set, check_distances, check_embeddings, rescale
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -204,9 +209,9 @@ def re_ranking(
     check_re_ranking_args(k1, k2, lambda_value)
     as_torch = isinstance(q_g_dist, torch.Tensor)
     device = q_g_dist.device if as_torch else None
-    qg = _to_numpy(q_g_dist, "q_g_dist")
-    qq = _to_numpy(q_q_dist, "q_q_dist")
-    gg = _to_numpy(g_g_dist, "g_g_dist")
+    qg = check_distances("q_g_dist", _to_numpy(q_g_dist, "q_g_dist"))
+    qq = check_distances("q_q_dist", _to_numpy(q_q_dist, "q_q_dist"))
+    gg = check_distances("g_g_dist", _to_numpy(g_g_dist, "g_g_dist"))
     if qg.ndim != 2:
         raise ValueError(f"q_g_dist must be 2-D (nq, ng), got shape {qg.shape}")
     nq, ng = qg.shape
@@ -216,6 +221,7 @@ def re_ranking(
         raise ValueError(f"g_g_dist must have shape ({ng}, {ng}) to match q_g_dist, got {gg.shape}")
     if nq == 0 or ng == 0:
         raise ValueError(f"need at least one query and one gallery item, got nq={nq}, ng={ng}")
+    qg, qq, gg = rescale(qg, qq, gg)  # exact (a power of two): no overflow of the squares
     original = np.concatenate(
         [np.concatenate([qq, qg], axis=1), np.concatenate([qg.T, gg], axis=1)], axis=0
     )
@@ -254,7 +260,7 @@ def re_ranking_one_set(
         item itself (final distance 0 unless duplicates exist).
     """
     check_re_ranking_args(k1, k2, lambda_value)
-    d = _to_numpy(dist, "dist")
+    (d,) = rescale(check_distances("dist", _to_numpy(dist, "dist")))
     if d.ndim != 2 or d.shape[0] != d.shape[1]:
         raise ValueError(f"dist must be a square (N, N) matrix, got shape {d.shape}")
     n = d.shape[0]
@@ -264,42 +270,6 @@ def re_ranking_one_set(
     sq32 = (d if squared else np.power(d, 2)).astype(np.float32)
     final, _ = _dense_core(sq32, num_query, int(k1), int(k2), float(lambda_value), False)
     return final
-
-
-def _assemble_set(
-    query: np.ndarray, reference: np.ndarray, ref_includes_query: bool
-) -> Tuple[np.ndarray, int, int]:
-    """The item set of the re-ranking graph and the offset of the reference inside it.
-
-    Returns:
-        ``(X, nq, ref_offset)``: ``X`` is ``reference`` when ``ref_includes_query`` (query ==
-        ``reference[:nq]``), otherwise ``concat(query, reference)``.
-    """
-    nq = query.shape[0]
-    if ref_includes_query:
-        if reference.shape[0] < nq:
-            raise ValueError(
-                "ref_includes_query=True requires query == reference[:len(query)], but reference "
-                f"has only {reference.shape[0]} rows for {nq} queries"
-            )
-        return reference, nq, 0
-    return np.concatenate([query, reference], axis=0), nq, nq
-
-
-def _check_embeddings(query: np.ndarray, reference: np.ndarray, k: Optional[int]) -> None:
-    if query.ndim != 2 or reference.ndim != 2:
-        raise ValueError(
-            f"query and reference must be 2-D (n, dim), got {query.shape} and {reference.shape}"
-        )
-    if query.shape[1] != reference.shape[1]:
-        raise ValueError(
-            "query and reference must have the same dim, got "
-            f"{query.shape[1]} and {reference.shape[1]}"
-        )
-    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-        raise ValueError(f"k must be an int >= 1 or None (full ranking), got {k!r}")
-    if not (np.all(np.isfinite(query)) and np.all(np.isfinite(reference))):
-        raise ValueError("query and reference must be finite (found NaN or inf)")
 
 
 def dense_re_ranking_knn(
@@ -327,9 +297,9 @@ def dense_re_ranking_knn(
     r = q if reference is None else _to_numpy(reference, "reference")
     if reference is None:
         ref_includes_query = True
-    _check_embeddings(q, r, k)
-    x, nq, off = _assemble_set(q, r, ref_includes_query)
-    x64 = x.astype(np.float64)
+    check_embeddings(q, r, k)
+    x, nq, off, perm = assemble_set(q, r, ref_includes_query)
+    (x64,) = rescale(x.astype(np.float64))
     sq = cdist(x64, x64, "sqeuclidean").astype(np.float32)
     final, _ = _dense_core(sq, nq, int(k1), int(k2), float(lambda_value), False)
     final = final[:, off:]
@@ -340,7 +310,7 @@ def dense_re_ranking_knn(
     kk = n_out if k is None else min(int(k), n_out)
     order = np.argsort(final, axis=1, kind="stable")[:, :kk]
     dists = np.take_along_axis(final, order, axis=1).astype(np.float32)
-    return dists, order.astype(np.int64)
+    return dists, (order if perm is None else perm[order]).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------
@@ -627,7 +597,12 @@ def sparse_re_ranking_knn(
     - ``ref_includes_query=True`` (deep-metric-learning protocol, ``query ==
       reference[:nq]``): the graph holds ``reference`` once (no duplicated items) and each
       query's own entry (its index) is excluded from its results; other items with identical
-      embeddings are kept. Equals :func:`re_ranking_one_set` with ``num_query=nq``.
+      embeddings are kept. Equals :func:`re_ranking_one_set` with ``num_query=nq``. Query rows
+      elsewhere in ``reference`` are located by exact row equality (the graph then lists them
+      first; a row that is not in ``reference`` is a ``ValueError``).
+
+    Embeddings are multiplied by a power of two first (exact; the ranking is scale invariant),
+    so any finite magnitude works; NaN/inf raise a ``ValueError``.
 
     Algorithm (``N`` items, ``dim`` features):
 
@@ -676,11 +651,11 @@ def sparse_re_ranking_knn(
     r = q if reference is None else _to_numpy(reference, "reference")
     if reference is None:
         ref_includes_query = True
-    _check_embeddings(q, r, k)
-    x, nq, off = _assemble_set(q, r, ref_includes_query)
+    check_embeddings(q, r, k)
+    x, nq, off, perm = assemble_set(q, r, ref_includes_query)
     n, dim = x.shape
-    x64 = np.ascontiguousarray(x, dtype=np.float64)
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    (x64,) = rescale(np.ascontiguousarray(x, dtype=np.float64))  # exact; no float32 overflow
+    x32 = np.ascontiguousarray(x64, dtype=np.float32)
     n_out = n - off - (1 if ref_includes_query else 0)
     kk = n_out if k is None else min(int(k), n_out)
     if kk <= 0:
@@ -807,4 +782,4 @@ def sparse_re_ranking_knn(
             )
             pending = pending[~done]
             mm = min(n - off, 4 * mm)
-    return out_d, out_i
+    return out_d, (out_i if perm is None else perm[out_i])

@@ -12,9 +12,27 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from ..functional._reranking_checks import rescale
 from ..functional.reranking import check_re_ranking_args, re_ranking, sparse_re_ranking_knn
 
 __all__ = ["KReciprocalReRanker", "re_ranking"]
+
+
+def _numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return x.to(torch.promote_types(x.dtype, torch.float32)).numpy()  # bfloat16: no numpy
+    return np.asarray(x)
+
+
+def _as_float32(query, reference) -> Tuple[np.ndarray, np.ndarray]:
+    """Query and reference as float32 numpy arrays, rescaled by one common power of two first
+    (exact; the ranking is scale invariant) so that float64 input of any magnitude fits."""
+    q, r = _numpy(query), _numpy(reference)
+    if np.issubdtype(q.dtype, np.floating) and np.issubdtype(r.dtype, np.floating):
+        if np.all(np.isfinite(q)) and np.all(np.isfinite(r)):  # else the k-NN raises
+            q, r = rescale(q, r)
+    return q.astype(np.float32, copy=False), r.astype(np.float32, copy=False)
 
 
 class KReciprocalReRanker:
@@ -31,11 +49,19 @@ class KReciprocalReRanker:
     - ``ref_includes_query=False`` (separate query and gallery sets, the re-identification
       protocol, and ``InferenceModel``): the graph holds query and reference items, exactly as
       ``re_ranking(cdist(q, g), cdist(q, q), cdist(g, g))``; neighbours come from ``reference``.
-    - ``ref_includes_query=True`` (``query == reference[:nq]``, the deep-metric-learning
-      protocol used by ``AccuracyCalculator`` when query and reference are one set): the graph
-      holds every item ONCE and each query's own index is excluded from its neighbours (``k``
-      excludes the self match, like ``FaissKNN``). Passing the same set twice to the dense
-      function would instead duplicate every item.
+    - ``ref_includes_query=True`` (the query rows are rows of ``reference``, usually
+      ``query == reference[:nq]``: the deep-metric-learning protocol used by
+      ``AccuracyCalculator`` when query and reference are one set): the graph holds every item
+      ONCE and each query's own index is excluded from its neighbours (``k`` excludes the self
+      match, like ``FaissKNN``). Query rows elsewhere in ``reference`` (e.g.
+      ``reference[10:15]``) are found by exact row equality; a query row that is not a row of
+      ``reference`` raises a ``ValueError``. Passing the same set twice to the dense function
+      would instead duplicate every item.
+
+    The ranking is invariant to the scale of the embeddings, and so is the computation:
+    embeddings are multiplied by a power of two (exact) before the float32 search, so
+    magnitudes such as ``1e19`` (squares beyond float32) or ``1e-25`` give the same neighbours.
+    NaN/inf embeddings raise a ``ValueError``.
 
     Re-ranking is transductive: the ranking of a query depends on the whole set, so calling it
     on a subset gives different neighbours than on the full set.
@@ -77,16 +103,7 @@ class KReciprocalReRanker:
                 )
             reference = self.reference
         device = query.device if isinstance(query, torch.Tensor) else torch.device("cpu")
-        q = (
-            query.detach().float().cpu().numpy()
-            if isinstance(query, torch.Tensor)
-            else np.asarray(query)
-        )
-        r = (
-            reference.detach().float().cpu().numpy()
-            if isinstance(reference, torch.Tensor)
-            else np.asarray(reference)
-        )
+        q, r = _as_float32(query, reference)
         d, i = sparse_re_ranking_knn(
             q, k, r, bool(ref_includes_query), self.k1, self.k2, self.lambda_value, self.query_block
         )
@@ -98,7 +115,8 @@ class KReciprocalReRanker:
         self.add(embeddings)
 
     def add(self, embeddings: torch.Tensor) -> None:
-        e = torch.as_tensor(embeddings).detach().float().cpu()
+        e = torch.as_tensor(embeddings).detach().cpu()
+        e = e.to(torch.promote_types(e.dtype, torch.float32))  # float64 kept: no overflow
         self.reference = e if self.reference is None else torch.cat([self.reference, e])
 
     def reset(self) -> None:
