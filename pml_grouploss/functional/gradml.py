@@ -251,8 +251,8 @@ def check_loss_finite(loss: torch.Tensor, dtype: torch.dtype) -> None:
     """Raise a ``ValueError`` when the loss overflowed (the embeddings were finite)."""
     if not bool(torch.isfinite(loss)):
         raise ValueError(
-            f"the GradML loss is not finite in {dtype} (got {float(loss.detach())}): d^k overflows for "
-            "these embeddings; normalize the embeddings (GradMLLoss's default "
+            f"the GradML loss is not finite in {dtype} (got {float(loss.detach())}): d^k "
+            "overflows for these embeddings; normalize the embeddings (GradMLLoss's default "
             "LpDistance(normalize_embeddings=True)), use float32/float64 embeddings, or a "
             "smaller k, w or pos_weight"
         )
