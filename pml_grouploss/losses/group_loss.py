@@ -234,7 +234,7 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             x = embeddings.to(dtype)
             logits = self.get_logits(x)
-            self._check_values(x, logits)
+            self._check_values(x, logits, embeddings.dtype)
             corr = self.distance(x)
             W = similarity_from_correlation(corr, self.negatives, self.zero_diagonal)
             out = refined_label_loss(
@@ -291,10 +291,11 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
             )
         return labels
 
-    def _check_values(self, x: torch.Tensor, logits: torch.Tensor) -> None:
-        """One device read: finite input, no subnormal-scale row, finite logits, collapse."""
+    def _check_values(self, x: torch.Tensor, logits: torch.Tensor, dtype: torch.dtype) -> None:
+        """One device read: finite input, no subnormal-scale row (in the embeddings' own
+        ``dtype``), finite logits, collapse."""
         row_max = x.abs().amax(dim=1)
-        tiny = torch.finfo(x.dtype).tiny
+        tiny = torch.finfo(dtype).tiny
         flags = torch.stack(
             [
                 ~torch.isfinite(x).all(),
@@ -311,7 +312,7 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         if flags[1]:
             raise ValueError(
                 f"embeddings have rows of magnitude below {tiny:.1e} (the smallest normal "
-                f"{x.dtype}): GroupLoss is scale-invariant but its gradient grows as 1/scale "
+                f"{dtype}): GroupLoss is scale-invariant but its gradient grows as 1/scale "
                 "and overflows; check the model's output or compute in float64"
             )
         if flags[2]:

@@ -148,3 +148,10 @@ def test_collapsed_batch_warns_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loss_fn(torch.ones(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]))
+
+
+def test_float16_subnormal_rows_are_rejected_by_the_float16_limit():
+    """The fuzz's float16 batch of magnitude 5e-6 (subnormal in float16) gave inf gradients."""
+    e = torch.tensor([[2.0862e-06, 2.6822e-06, 5.4836e-06]], dtype=torch.float16)
+    with pytest.raises(ValueError, match="6.1e-05"):
+        losses.GroupLoss(2, 3)(e, torch.tensor([0]))
