@@ -99,9 +99,7 @@ def _set_numpy_state(rng: Any, state: Dict[str, Any]) -> None:
         rng.bit_generator.state = json.loads(state["json"])
         return
     keys = state["keys"].numpy().astype(np.uint32)
-    rng.set_state(
-        (state["name"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"])
-    )
+    rng.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]))
 
 
 def capture_state(trainer: trainers.BaseTrainer) -> Dict[str, Any]:

@@ -83,12 +83,17 @@ def validate_config(cfg: "BenchmarkConfig") -> None:
             raise ConfigTypeError(field, f"{field} must be a bool, got {getattr(cfg, field)!r}")
     if cfg.dataset != "omniglot-small" and not cfg.data_root:
         raise ConfigValueError(
-            "data_root", f"data_root: --dataset {cfg.dataset} needs --data-root DIR "
-            "(see docs/datasets.md)"
+            "data_root",
+            f"data_root: --dataset {cfg.dataset} needs --data-root DIR (see docs/datasets.md)",
         )
     for field in (
-        "embedding_size", "classes_per_batch", "samples_per_class", "epochs", "eval_every",
-        "log_freq", "eval_batch_size",
+        "embedding_size",
+        "classes_per_batch",
+        "samples_per_class",
+        "epochs",
+        "eval_every",
+        "log_freq",
+        "eval_batch_size",
     ):
         _field(field, lambda: check_int(field, getattr(cfg, field), 1))
     _validate_sizes(cfg)
@@ -117,8 +122,10 @@ def _validate_schedule(cfg: "BenchmarkConfig") -> None:
     )
     _optional_int(cfg, "lr_decay_epoch", 1, "omit it for a constant learning rate")
     _optional_int(
-        cfg, "patience", 0, "0 stops at the first evaluation without improvement; omit it to "
-        "train every epoch"
+        cfg,
+        "patience",
+        0,
+        "0 stops at the first evaluation without improvement; omit it to train every epoch",
     )
     _field("lr", lambda: check_number("lr", cfg.lr, minimum=0, strict_minimum=True))
     _field("weight_decay", lambda: check_number("weight_decay", cfg.weight_decay, minimum=0))
@@ -162,8 +169,9 @@ def _validate_methods(cfg: "BenchmarkConfig") -> None:
 
     if not isinstance(cfg.methods, tuple) or not cfg.methods:
         raise ConfigValueError(
-            "methods", "methods must name at least one method, e.g. --losses grouploss,triplet "
-            "(omit --losses for the default methods)"
+            "methods",
+            "methods must name at least one method, e.g. --losses grouploss,triplet "
+            "(omit --losses for the default methods)",
         )
     if len(set(cfg.methods)) != len(cfg.methods):
         raise ConfigValueError("methods", f"methods must be distinct, got {list(cfg.methods)}")
@@ -174,8 +182,8 @@ def _validate_methods(cfg: "BenchmarkConfig") -> None:
     for name, params in cfg.overrides.items():
         if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
             raise ConfigTypeError(
-                "overrides", f"overrides[{name!r}] must map parameter names to values, got "
-                f"{params!r}"
+                "overrides",
+                f"overrides[{name!r}] must map parameter names to values, got {params!r}",
             )
         for key in ("lr", "loss_lr"):
             if key in params:
@@ -251,4 +259,3 @@ def check_output_dir(path: Any, name: str = "output_dir") -> None:
             f"{name} {str(path)!r} cannot be created or written in {existing!r} "
             f"({err.strerror or err}); choose a writable directory"
         ) from None
-

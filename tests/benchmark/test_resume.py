@@ -22,6 +22,7 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+
 #: 4 training classes x 20 images = 80 = 10 batches of 8 per sampler pass; 5 iterations per
 #: epoch, so the checkpoint of epoch 1 is in the middle of a pass and that of epoch 2 at its end.
 #: Augmentation (torch RNG), MPerClassSampler (NumPy RNG, its shuffled label order), random

@@ -1,4 +1,5 @@
 """Results directories: config and environment are recorded next to the numbers."""
+
 import json
 
 import torch
