@@ -26,7 +26,7 @@ def mixed_pool2d(features: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.
     """``alpha * maxpool(f) + (1 - alpha) * avgpool(f)`` over the spatial dims (GL++ eq. 13).
 
     Args:
-        features: ``(N, C, H, W)`` feature maps.
+        features: ``(N, C, H, W)`` feature maps, ``H, W >= 1`` (``ValueError`` otherwise).
         alpha: weight of max pooling in [0, 1]. Default 0.5 (GL++ Table 7, CUB).
 
     Returns:
@@ -36,6 +36,11 @@ def mixed_pool2d(features: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.
     alpha = check_alpha(alpha)
     if features.dim() != 4:
         raise ValueError(f"features must be (N, C, H, W), got shape {tuple(features.shape)}")
+    if features.shape[2] == 0 or features.shape[3] == 0:
+        raise ValueError(
+            f"features must have a non-empty spatial map (H, W >= 1), got shape "
+            f"{tuple(features.shape)}; the input image is too small for the backbone's stride"
+        )
     avg = torch.mean(features, dim=(2, 3), keepdim=True)
     if alpha == 0.0:
         return avg

@@ -12,12 +12,15 @@ def flip_average(model, images: torch.Tensor, batched: bool = True) -> torch.Ten
 
     Args:
         model: callable ``(B, C, H, W) -> (B, d)``.
-        images: ``(B, C, H, W)``.
+        images: ``(B, C, H, W)``; any other rank is a ``ValueError`` (a single ``(C, H, W)``
+            image would otherwise reach the model as a batch of ``C`` images).
         batched: run image and mirror image as one batch of ``2B`` (faster; identical in eval
             mode, but BatchNorm in train mode would see both halves).
     """
-    if images.dim() < 3:
-        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if not torch.is_tensor(images) or images.dim() != 4:
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        hint = "; add the batch dimension with images.unsqueeze(0)" if len(shape) == 3 else ""
+        raise ValueError(f"images must be a (N, C, H, W) batch, got shape {shape}{hint}")
     flipped = torch.flip(images, dims=(-1,))
     if batched:
         out = model(torch.cat([images, flipped], dim=0))

@@ -92,3 +92,30 @@ def test_sop_ks_and_k_covers_largest():
 def test_bad_k(bad):
     with pytest.raises((ValueError, TypeError), match="recall_at"):
         RecallAtKAccuracyCalculator(recall_at=bad)
+
+
+# ---------------------------------------------------------------- lone queries (issue 8)
+def test_one_sample_per_class_is_nan_with_a_warning_like_precision_at_1(caplog):
+    # documented in docs/evaluation.md: PML's lone-query rule, kept so R@1 == precision_at_1
+    x = torch.tensor([[0.0], [1.0], [2.5], [10.0]])
+    calc = RecallAtKAccuracyCalculator(
+        recall_at=(1, 2),
+        include=("recall_at_1", "recall_at_2", "precision_at_1"),
+        k=2,
+        device=CPU,
+    )
+    with caplog.at_level("WARNING"):
+        r = calc.get_accuracy(x, torch.arange(4))
+    assert all(v != v for v in r.values()), r  # NaN, all three
+    assert "None of the query labels are in the reference set" in caplog.text
+
+
+def test_lone_queries_are_skipped_not_counted_as_misses():
+    # classes 1 and 3 are singletons: only queries 0 and 2 (class 0) count.
+    # 0 -> [1 (d 1), 2 (d 2.5)], 2 -> [1 (d 1.5), 0 (d 2.5)]: R@1 = 0/2, R@2 = 2/2
+    x = torch.tensor([[0.0], [1.0], [2.5], [10.0]])
+    calc = RecallAtKAccuracyCalculator(
+        recall_at=(1, 2), include=("recall_at_1", "recall_at_2"), k=2, device=CPU
+    )
+    r = calc.get_accuracy(x, torch.tensor([0, 1, 0, 3]))
+    assert r == {"recall_at_1": 0.0, "recall_at_2": 1.0}

@@ -45,3 +45,19 @@ def test_autocast_cpu_follows_the_autocast_dtype():
     assert f.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
     ref = 0.3 * f.float().amax((2, 3), keepdim=True) + 0.7 * f.float().mean((2, 3), keepdim=True)
     torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 0, 4), (2, 3, 4, 0), (1, 1, 0, 0)])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_empty_spatial_map_is_a_clear_error(shape, alpha):
+    # torch's amax raised an IndexError ("Expected reduction dim 2 to have non-zero size")
+    from pml_grouploss.inference import MixedPooling
+
+    with pytest.raises(ValueError, match=r"^features must have a non-empty spatial map"):
+        mixed_pool2d(torch.randn(*shape), alpha)
+    with pytest.raises(ValueError, match=r"^features must have a non-empty spatial map"):
+        MixedPooling(alpha)(torch.randn(*shape))
+
+
+def test_empty_batch_is_fine():
+    assert mixed_pool2d(torch.randn(0, 3, 2, 2), 0.5).shape == (0, 3, 1, 1)

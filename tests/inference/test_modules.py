@@ -129,3 +129,14 @@ def test_wrappers_follow_input_dtype(dtype):
     model = torch.nn.Sequential(FlipInference(EmbeddingEnsemble([trunk])), BetaNormalization(0.01))
     assert model(x).dtype == dtype
     assert MixedPooling(0.5)(x).dtype == dtype
+
+
+@pytest.mark.parametrize("shape", [(3, 9, 9), (9, 9), (1, 1, 3, 9, 9)])
+def test_flip_needs_a_4d_batch(shape):
+    # a (C, H, W) image used to reach the conv as a batch of C images (confusing channel error)
+    trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+    with pytest.raises(ValueError, match=r"^images must be a \(N, C, H, W\) batch"):
+        FlipInference(trunk)(torch.randn(*shape))
+    if len(shape) == 3:
+        with pytest.raises(ValueError, match="unsqueeze"):
+            FlipInference(trunk)(torch.randn(*shape))
