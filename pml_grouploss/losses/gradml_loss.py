@@ -121,6 +121,7 @@ class GradMLLoss(GenericPairLoss):
         self.k = float(k)
         self.w = float(w)
         self.pos_weight = float(pos_weight)
+        self._inputs_finite: Optional[torch.Tensor] = None  # set by compute_loss, read by forward
         self._check_distance()
         self._check_reducer()
         self.add_to_recordable_attributes(
