@@ -14,6 +14,7 @@ from pml_grouploss.losses.distributed_loss_wrapper import check_distributed_use
 
 from .test_distributed_loss_wrapper import DIM_EMB, NUM_CLASSES, SIZES, _batch, _shard
 from .test_distributed_loss_wrapper import init_gloo, run_processes
+from .test_distributed_loss_wrapper import value_error_message as _error
 
 NAME = "pml_grouploss.losses.ParametricDistributedLossWrapper"
 
@@ -21,14 +22,6 @@ NAME = "pml_grouploss.losses.ParametricDistributedLossWrapper"
 def _loss_factories():
     """Losses that call ``check_distributed_use`` at the start of ``compute_loss``."""
     return {"GroupLoss": lambda: GroupLoss(NUM_CLASSES, DIM_EMB).double()}
-
-
-def _error(fn) -> str:
-    try:
-        fn()
-    except ValueError as exc:
-        return str(exc)
-    return ""
 
 
 def _warnings(fn) -> list:

@@ -10,6 +10,7 @@ from pml_grouploss.losses import GroupLoss, ParametricDistributedLossWrapper
 
 from .test_distributed_loss_wrapper import DIM_EMB, NUM_CLASSES, SEED, _batch, _shard
 from .test_distributed_loss_wrapper import init_gloo, run_processes
+from .test_distributed_loss_wrapper import value_error_message as _error
 
 NO_ANCHORS = (torch.empty(0, dtype=torch.long),)
 
@@ -21,14 +22,6 @@ def _loss(seed: int) -> GroupLoss:
 
 def _ref(e: torch.Tensor) -> torch.Tensor:
     return 0.5 * e.flip(1) + 0.1
-
-
-def _error(fn) -> str:
-    try:
-        fn()
-    except ValueError as exc:
-        return str(exc)
-    return ""
 
 
 def _cases(rank: int) -> dict:

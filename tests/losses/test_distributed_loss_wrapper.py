@@ -144,6 +144,15 @@ def run_processes(fn: Callable) -> Dict[int, dict]:
     return results
 
 
+def value_error_message(fn: Callable) -> str:
+    """The message of the ``ValueError`` ``fn()`` raises, or ``""``."""
+    try:
+        fn()
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
 def init_gloo(rank: int) -> None:
     torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
 
