@@ -18,6 +18,8 @@ import torch
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 
+from .._validation import check_number
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -201,11 +203,21 @@ def build_method(
     overrides: Optional[Mapping[str, Any]] = None,
     label: Optional[str] = None,
 ) -> BuiltMethod:
-    """Instantiate loss and miner. Overrides may include ``loss_lr`` and ``lr`` (trunk lr)."""
+    """Instantiate loss and miner. Overrides may include ``loss_lr`` and ``lr`` (trunk lr), which
+    must be positive numbers (``TypeError``/``ValueError`` naming ``METHOD.loss_lr``)."""
     params = dict(spec.params)
     params.update(overrides or {})
     loss_lr = params.pop("loss_lr", spec.loss_lr)
     lr = params.pop("lr", None)
+    for key, value in (("loss_lr", loss_lr), ("lr", lr)):
+        if value is not None:
+            check_number(
+                f"{spec.name}.{key}",
+                value,
+                minimum=0,
+                strict_minimum=True,
+                hint=f"give a positive number, e.g. --set {spec.name}.{key}=0.01",
+            )
     try:
         loss = spec.build_loss(num_classes, embedding_size, **params)
     except TypeError as err:

@@ -185,29 +185,23 @@ def _validate_methods(cfg: "BenchmarkConfig") -> None:
                 "overrides",
                 f"overrides[{name!r}] must map parameter names to values, got {params!r}",
             )
-        for key in ("lr", "loss_lr"):
-            if key in params:
-                _field(
-                    "overrides",
-                    lambda: check_number(
-                        f"{name}.{key}", params[key], minimum=0, strict_minimum=True
-                    ),
-                    f"give a positive number, e.g. --set {name}.{key}=0.01",
-                )
-        if name in cfg.methods or name == "grouploss":  # grouploss: the ablations' method
-            _field("overrides", lambda: _check_builds(name, params, cfg.embedding_size))
+        try:
+            spec = get_method(name)
+        except ValueError:
+            continue  # not a method: `run` refuses it (options), the ablations ignore it
+        _field("overrides", lambda: _check_builds(spec, params, cfg.embedding_size))
 
 
-def _check_builds(name: str, params: dict, embedding_size: int) -> None:
-    """Build method ``name``'s loss and miner with ``params`` (for 2 classes); an error names
-    ``name``."""
-    from .methods import build_method, get_method
+def _check_builds(spec: Any, params: dict, embedding_size: int) -> None:
+    """Build the loss and miner of method ``spec`` with ``params`` (for 2 classes); an error
+    names the method."""
+    from .methods import build_method
 
     try:
-        build_method(get_method(name), 2, embedding_size, params)
+        build_method(spec, 2, embedding_size, params)
     except (TypeError, ValueError) as err:
-        text = str(err).removeprefix(f"--set {name}.*: ")
-        raise type(err)(text if name in text else f"{name}: {text}") from None
+        text = str(err).removeprefix(f"--set {spec.name}.*: ")
+        raise type(err)(text if spec.name in text else f"{spec.name}: {text}") from None
 
 
 def _validate_device(cfg: "BenchmarkConfig") -> None:

@@ -95,3 +95,14 @@ def test_more_folds_than_training_classes_is_named(tmp_path):
     with pytest.raises(ValueError, match="--num-folds 200 exceeds the 135 training classes"):
         run_benchmark(BenchmarkConfig(num_folds=200), str(tmp_path), log=lambda *_: None)
     assert not (tmp_path / "config.json").exists()
+
+
+def test_build_method_checks_learning_rates():
+    from pml_grouploss.benchmark.methods import build_method, get_method
+
+    with pytest.raises(TypeError, match="grouploss.loss_lr must be a real number, got str 'abc'"):
+        build_method(get_method("grouploss"), 3, 8, {"loss_lr": "abc"})
+    with pytest.raises(ValueError, match=r"triplet.lr must be a finite number > 0, got nan"):
+        build_method(get_method("triplet"), 3, 8, {"lr": float("nan")})
+    built = build_method(get_method("proxyanchor"), 3, 8, {"loss_lr": 0.03, "lr": 2e-3})
+    assert (built.loss_lr, built.lr, built.params["loss_lr"]) == (0.03, 2e-3, 0.03)
