@@ -280,11 +280,8 @@ def test_deep_adversarial_metric_learning_synth_loss_must_be_a_triplet_loss():
         )
 
 
-def test_unsupervised_embeddings_using_augmentations_is_not_in_pml_2():
-    # PML 2 removed this trainer (its labels were batch positions, like SelfSupervisedLoss's)
-    import pytorch_metric_learning
-
-    assert int(pytorch_metric_learning.__version__.split(".")[0]) >= 2
+def test_unsupervised_embeddings_using_augmentations_is_not_in_pml():
+    # removed from PML; its collate_fn labelled each augmented image with its batch position
     assert not hasattr(trainers, "UnsupervisedEmbeddingsUsingAugmentations")
 
 
