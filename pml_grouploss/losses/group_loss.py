@@ -161,6 +161,7 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         self.normalize_embeddings = normalize_embeddings
         self._unchanged_steps = 0
         self._last_version: Optional[int] = None
+        self._got_gradient = False
         self._warned = set()
         self.generator = None
         if seed is not None:
@@ -216,9 +217,15 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         self.cast_types(embeddings.device)
         if self.normalize_embeddings:
             embeddings = rms_normalize(embeddings)
-        return torch.nn.functional.linear(
+        logits = torch.nn.functional.linear(
             embeddings, self.W.to(embeddings.dtype), self.bias.to(embeddings.dtype)
         )
+        if logits.requires_grad and self.W.requires_grad and not _is_compiling():
+            logits.register_hook(self._classifier_got_gradient)
+        return logits
+
+    def _classifier_got_gradient(self, grad: torch.Tensor) -> None:
+        self._got_gradient = True
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         c_f.labels_required(labels)
@@ -254,11 +261,13 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
                 "losses": self.nll_weight * out["group_loss_per_sample"],
                 "indices": indices,
                 "reduction_type": "element",
+                "divisor": embeddings.shape[0],  # for PML's DivisorReducer: the mean
             },
             "ce_loss": {
                 "losses": self.ce_weight * out["ce_loss_per_sample"],
                 "indices": indices,
                 "reduction_type": "element",
+                "divisor": embeddings.shape[0],
             },
         }
         self.add_weight_regularization_to_loss_dict(loss_dict, self.W)
@@ -269,8 +278,8 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         if ref_emb is not embeddings or ref_labels is not labels:
             raise ValueError(
                 "GroupLoss refines the labels of one batch over its own similarities and does "
-                "not take ref_emb/ref_labels (PML's DistributedLossWrapper(efficient=True), "
-                "CrossBatchMemory and TwoStreamMetricLoss pass them): for several processes "
+                "not take ref_emb/ref_labels (PML's DistributedLossWrapper(efficient=True) "
+                "passes them): for several processes "
                 "use pml_grouploss.losses.ParametricDistributedLossWrapper; otherwise call "
                 "loss(embeddings, labels) on one batch (see docs/losses.md, 'PML features')"
             )
@@ -329,11 +338,13 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
             )
 
     def _warn_if_classifier_frozen(self) -> None:
-        """Warn once when ``W`` has a gradient but no optimizer changed it for 3 forwards."""
+        """Warn once when ``W`` got gradients (a backward pass reached the logits since the
+        last call: host-side, no device read) but no optimizer changed it for 3 calls."""
         if not (self.W.requires_grad and torch.is_grad_enabled()) or _is_compiling():
             return
         version = self.W._version
-        if self.W.grad is not None and version == self._last_version:
+        got_gradient, self._got_gradient = self._got_gradient, False
+        if got_gradient and version == self._last_version:
             self._unchanged_steps += 1
         else:
             self._unchanged_steps = 0
@@ -343,7 +354,8 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
                 "frozen",
                 "GroupLoss: its classifier (loss.W, loss.bias) receives gradients but has not "
                 "changed for 3 steps: give loss.parameters() to an optimizer (PML trainers: "
-                'optimizers["metric_loss_optimizer"])',
+                'optimizers["metric_loss_optimizer"]; DeepAdversarialMetricLearning steps no '
+                'loss optimizer: add them to optimizers["embedder_optimizer"])',
             )
 
     def _warn_once(self, key: str, message: str) -> None:

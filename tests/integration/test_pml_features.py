@@ -244,12 +244,6 @@ def test_deep_adversarial_metric_learning_never_steps_metric_loss_optimizer():
     assert not torch.equal(models["trunk"][0].weight.detach(), before[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs group_loss.py: the frozen-classifier check must "
-    "count backward passes (optimizer.zero_grad() sets W.grad to None) and name "
-    "embedder_optimizer for DeepAdversarialMetricLearning",
-)
 def test_deep_adversarial_metric_learning_warns_that_the_classifier_is_frozen():
     loss = _group_loss()
     with warnings.catch_warnings(record=True) as caught:
@@ -536,11 +530,6 @@ def test_multiple_reducers_per_sub_loss():
     assert value.item() == pytest.approx(expected.item(), rel=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs group_loss.py: 'divisor': batch size in both "
-    "sub-loss entries of compute_loss's loss_dict (PML: KeyError 'divisor')",
-)
 def test_divisor_reducer_is_the_mean():
     emb, labels = _batch()
     parts = _sub_losses(emb, labels)
