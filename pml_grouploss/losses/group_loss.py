@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Optional
 
 import torch
@@ -21,10 +20,11 @@ from ..functional.anchors import (
 from ..functional.group_loss import refined_label_loss
 from ..functional.pearson import NEGATIVE_MODES, Negatives, similarity_from_correlation
 from ..functional.rms_normalize import rms_normalize
+from ._classifier_guards import ClassifierGuardsMixin, is_compiling
 from .distributed_loss_wrapper import check_distributed_use
 
 
-class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
+class GroupLoss(ClassifierGuardsMixin, WeightRegularizerMixin, BaseMetricLossFunction):
     """The Group Loss: cross-entropy on soft labels refined over the whole batch.
 
     For a batch of ``n`` embeddings (ECCV'20 Algorithm 1; GL++ §3):
@@ -159,10 +159,7 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         self.nll_weight = float(nll_weight)
         self.ce_weight = float(ce_weight)
         self.normalize_embeddings = normalize_embeddings
-        self._unchanged_steps = 0
-        self._last_version: Optional[int] = None
-        self._got_gradient = False
-        self._warned = set()
+        self._init_guards()
         self.generator = None
         if seed is not None:
             self.generator = torch.Generator()
@@ -220,12 +217,9 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         logits = torch.nn.functional.linear(
             embeddings, self.W.to(embeddings.dtype), self.bias.to(embeddings.dtype)
         )
-        if logits.requires_grad and self.W.requires_grad and not _is_compiling():
+        if logits.requires_grad and self.W.requires_grad and not is_compiling():
             logits.register_hook(self._classifier_got_gradient)
         return logits
-
-    def _classifier_got_gradient(self, grad: torch.Tensor) -> None:
-        self._got_gradient = True
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         c_f.labels_required(labels)
@@ -337,32 +331,6 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
                 "normalize_embeddings=True",
             )
 
-    def _warn_if_classifier_frozen(self) -> None:
-        """Warn once when ``W`` got gradients (a backward pass reached the logits since the
-        last call: host-side, no device read) but no optimizer changed it for 3 calls."""
-        if not (self.W.requires_grad and torch.is_grad_enabled()) or _is_compiling():
-            return
-        version = self.W._version
-        got_gradient, self._got_gradient = self._got_gradient, False
-        if got_gradient and version == self._last_version:
-            self._unchanged_steps += 1
-        else:
-            self._unchanged_steps = 0
-        self._last_version = version
-        if self._unchanged_steps >= 3:
-            self._warn_once(
-                "frozen",
-                "GroupLoss: its classifier (loss.W, loss.bias) receives gradients but has not "
-                "changed for 3 steps: give loss.parameters() to an optimizer (PML trainers: "
-                'optimizers["metric_loss_optimizer"]; DeepAdversarialMetricLearning steps no '
-                'loss optimizer: add them to optimizers["embedder_optimizer"])',
-            )
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, UserWarning, stacklevel=4)
-
     def _anchors(self, labels: torch.Tensor, indices_tuple) -> torch.Tensor:
         if indices_tuple is None:
             return select_anchors(
@@ -395,8 +363,3 @@ class GroupLoss(WeightRegularizerMixin, BaseMetricLossFunction):
             off_diagonal = ~torch.eye(n, dtype=torch.bool, device=corr.device)
             if n > 1:
                 self.fraction_negative_similarities = float((corr[off_diagonal] < 0).float().mean())
-
-
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and compiler.is_compiling())
