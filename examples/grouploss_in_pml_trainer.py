@@ -10,11 +10,10 @@ learning rate much higher than the trunk's (as for PML's proxy losses).
 """
 
 import torch
-from pytorch_metric_learning import samplers, testers, trainers
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from torchvision import transforms as T
 
-from pml_grouploss import losses, miners
+from pml_grouploss import losses, miners, samplers, testers, trainers  # <- was pytorch_metric_learning
 from pml_grouploss.benchmark.trunks import SmallCNN
 from pml_grouploss.datasets import Omniglot
 
