@@ -335,6 +335,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         nargs="*",
         choices=["shuffled", "m_per_class"],
         default=["shuffled", "m_per_class"],
+        help="batchings of the Net runs; none (bare --batches) runs only --mlp-trunk",
     )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument(
