@@ -47,7 +47,7 @@ class GroupLoss(ClassifierGuardsMixin, WeightRegularizerMixin, BaseMetricLossFun
     to float64 rounding; see ``tests/fixtures/README.md``. The default normalises the
     classifier's input because cross-entropy on raw embeddings pushes the trunk's output norm
     up: at PML's example learning rates (Adam 1e-2 on the trunk) the authors' form collapses
-    the trunk in one step (all embeddings equal, P@1 at chance), the normalised one trains
+    the trunk within a few steps (all embeddings equal, P@1 at chance), the normalised one trains
     (``docs/losses.md``, measured). The similarity is scale-free either way.
 
     **The classifier is a parameter of the loss.** Give it to an optimizer — with PML
