@@ -299,6 +299,8 @@ def build_grid(args: argparse.Namespace) -> List[Dict]:
                 )
     if args.mlp_trunk:
         mlp = dict(base, trunk="net+mlp", batches="m_per_class", batch_size=32)
+        untrained = dict(runs[0], trunk="net+mlp")  # the baseline of this architecture
+        runs.append(untrained)
         for trunk_lr in args.trunk_lrs:
             runs.append(
                 dict(
