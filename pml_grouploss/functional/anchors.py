@@ -5,6 +5,8 @@ from typing import Literal, Optional
 
 import torch
 
+from .. import _validation as v
+
 AnchorSelection = Literal["first", "random"]
 ANCHOR_SELECTIONS = ("first", "random")
 
@@ -30,26 +32,41 @@ def select_anchors(
         generator: random generator for ``"random"`` (on the CPU).
 
     Returns:
-        ``(#anchors,)`` int64 indices into the batch, sorted ascending, on ``labels.device``.
+        ``(#anchors,)`` int64 indices into the batch, sorted ascending, on ``labels.device``
+        (the nonzero entries of :func:`anchor_mask`: a device read on CUDA).
     """
-    if isinstance(num_anchors_per_class, bool) or not isinstance(num_anchors_per_class, int):
-        raise TypeError(
-            "num_anchors_per_class must be an int, got "
-            f"{type(num_anchors_per_class).__name__}"
-        )
-    if num_anchors_per_class < 0:
-        raise ValueError(
-            f"num_anchors_per_class must be >= 0, got {num_anchors_per_class}"
-        )
-    if selection not in ANCHOR_SELECTIONS:
-        raise ValueError(
-            f"selection must be one of {ANCHOR_SELECTIONS}, got {selection!r}"
-        )
+    mask = anchor_mask(labels, num_anchors_per_class, selection, generator)
+    return torch.nonzero(mask).reshape(-1)
+
+
+def anchor_mask(
+    labels: torch.Tensor,
+    num_anchors_per_class: int,
+    selection: AnchorSelection = "first",
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """``(n,)`` boolean mask of the anchors :func:`select_anchors` chooses (same arguments).
+
+    Computed without reading the device (no data-dependent shapes), so a loss on CUDA can
+    use it every step without synchronising.
+    """
+    v.check_int("num_anchors_per_class", num_anchors_per_class, minimum=0)
+    v.check_choice("selection", selection, ANCHOR_SELECTIONS)
+    return _anchor_mask(labels, num_anchors_per_class, selection, generator)
+
+
+def _anchor_mask(
+    labels: torch.Tensor,
+    k: int,
+    selection: AnchorSelection,
+    generator: Optional[torch.Generator],
+) -> torch.Tensor:
+    """:func:`anchor_mask` without the argument checks (for callers that checked them once)."""
     labels = labels.reshape(-1)
     n = labels.shape[0]
     device = labels.device
-    if n == 0 or num_anchors_per_class == 0:
-        return torch.empty(0, dtype=torch.long, device=device)
+    if n == 0 or k == 0:
+        return torch.zeros(n, dtype=torch.bool, device=device)
     if selection == "first":
         order = torch.arange(n, device=device)
     else:
@@ -64,8 +81,8 @@ def select_anchors(
     is_start[1:] = sorted_labels[1:] != sorted_labels[:-1]
     start_of_run = torch.cummax(torch.where(is_start, positions, 0), dim=0).values
     rank = positions - start_of_run
-    chosen = order[by_label[rank < num_anchors_per_class]]
-    return torch.sort(chosen).values
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    return mask.scatter(0, order[by_label], rank < k)
 
 
 def anchor_indices(anchors: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -74,6 +91,16 @@ def anchor_indices(anchors: torch.Tensor, batch_size: int) -> torch.Tensor:
     Raises a ``TypeError`` for floating-point indices (they would be truncated) and a
     ``ValueError`` for a mask of the wrong length or indices outside the batch.
     """
+    mask = as_anchor_mask(anchors, batch_size)
+    return torch.nonzero(mask).reshape(-1)
+
+
+def as_anchor_mask(
+    anchors: torch.Tensor, batch_size: int, check_range: bool = True
+) -> torch.Tensor:
+    """``(batch_size,)`` boolean mask from anchor indices ``(a,)`` or a mask (errors as
+    :func:`anchor_indices`). ``check_range=False`` skips the one device read (the range of
+    the indices); an index outside the batch then fails inside torch's scatter instead."""
     if not torch.is_tensor(anchors):
         anchors = torch.as_tensor(anchors)
     if anchors.dtype == torch.bool:
@@ -82,16 +109,19 @@ def anchor_indices(anchors: torch.Tensor, batch_size: int) -> torch.Tensor:
                 f"indices_tuple[0] is a boolean mask of {anchors.numel()} entries; a mask "
                 f"of anchors needs one entry per sample ({batch_size})"
             )
-        return torch.nonzero(anchors.reshape(-1)).reshape(-1)
+        return anchors.reshape(-1)
     if anchors.dtype.is_floating_point or anchors.is_complex():
         raise TypeError(
             f"indices_tuple[0] (anchor indices) must be integer indices or a boolean mask, "
             f"got dtype {anchors.dtype}; convert with .long()"
         )
     anchors = anchors.long().reshape(-1)
-    if anchors.numel() and (anchors.min() < 0 or anchors.max() >= batch_size):
-        raise ValueError(
-            "indices_tuple[0] (anchor indices) must index into the batch "
-            f"[0, {batch_size}), got values in [{int(anchors.min())}, {int(anchors.max())}]"
-        )
-    return anchors
+    if check_range and anchors.numel():
+        low, high = torch.stack([anchors.min(), anchors.max()]).tolist()
+        if low < 0 or high >= batch_size:
+            raise ValueError(
+                "indices_tuple[0] (anchor indices) must index into the batch "
+                f"[0, {batch_size}), got values in [{low}, {high}]"
+            )
+    mask = torch.zeros(batch_size, dtype=torch.bool, device=anchors.device)
+    return mask.index_fill(0, anchors, True)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +28,14 @@ def log_initial_assignment(
         ``(n, m)``.
     """
     log_prior = torch.log_softmax(logits / temperature, dim=1)
-    if anchors.numel() == 0:
+    if anchors.dtype == torch.bool:
+        is_anchor = anchors.view(-1, 1)
+    elif anchors.numel() == 0:
         return log_prior
+    else:
+        is_anchor = torch.zeros(logits.shape[0], 1, dtype=torch.bool, device=logits.device)
+        is_anchor[anchors] = True
     labels = labels.long().view(-1, 1)
-    is_anchor = torch.zeros(logits.shape[0], 1, dtype=torch.bool, device=logits.device)
-    is_anchor[anchors] = True
     log_one_hot = torch.full_like(log_prior, -math.inf).scatter(1, labels, 0.0)
     return torch.where(is_anchor, log_one_hot, log_prior)
 
@@ -51,7 +54,7 @@ def initial_assignment(
     Args:
         logits: ``(n, m)`` classifier outputs.
         labels: ``(n,)`` integer labels in ``[0, m)``.
-        anchors: ``(a,)`` int64 indices of the anchors.
+        anchors: ``(a,)`` int64 indices of the anchors, or an ``(n,)`` boolean mask.
         temperature: softmax temperature ``> 0``.
 
     Returns:
@@ -70,6 +73,8 @@ def refined_label_loss(
     num_iterations: int,
     ce_weight: float = 1.0,
     nll_weight: float = 1.0,
+    ce_logits: Optional[torch.Tensor] = None,
+    ce_labels: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
     """Group Loss of a batch given its similarity matrix (steps 2-4 of :func:`group_loss`).
 
@@ -77,9 +82,16 @@ def refined_label_loss(
     so that values and gradients stay finite for any number of steps; ``-log(X(T) + 1e-12)``
     is ``-logaddexp(log X(T), log 1e-12)``. Equal to the X-space formulas to rounding.
 
+    ``logits`` may hold ``-inf`` columns: those classes get prior 0 and the other entries
+    are renormalised, which is GL++ §8.3's prior restricted to the classes of the batch
+    (columns that are ``-inf`` for every sample stay 0 under the dynamics).
+
     Args:
         W: ``(n, n)`` similarity matrix (e.g. :func:`pearson_similarity`).
-        logits: ``(n, m)``; labels ``(n,)``; anchors ``(a,)``: see :func:`group_loss`.
+        logits: ``(n, m)``; labels ``(n,)``; anchors ``(a,)`` indices or ``(n,)`` boolean
+            mask: see :func:`group_loss`.
+        ce_logits, ce_labels: ``(n, m')`` and ``(n,)`` for the auxiliary cross-entropy when it
+            runs over other classes than the prior (default: ``logits``, ``labels``).
 
     Returns:
         the dict described in :func:`group_loss` (``similarity`` is ``W``).
@@ -89,7 +101,11 @@ def refined_label_loss(
     log_XT = log_replicator_dynamics(W, log_X0, num_iterations)
     log_true = log_XT.gather(1, labels.view(-1, 1)).squeeze(1)
     nll = -torch.logaddexp(log_true, torch.full_like(log_true, math.log(LOG_EPSILON)))
-    ce = F.cross_entropy(logits, labels, reduction="none")
+    ce = F.cross_entropy(
+        logits if ce_logits is None else ce_logits,
+        labels if ce_labels is None else ce_labels.long(),
+        reduction="none",
+    )
     group = nll.mean()
     ce_mean = ce.mean()
     return {

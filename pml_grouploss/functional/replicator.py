@@ -6,6 +6,8 @@ from typing import List
 
 import torch
 
+from .. import _validation as v
+
 
 def replicator_step(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """One step of the multi-population replicator dynamics (GL++ eq. 6-8).
@@ -128,14 +130,8 @@ def _scale_by_power_of_two(W: torch.Tensor) -> torch.Tensor:
 
 
 def _check_dynamics_args(W: torch.Tensor, X: torch.Tensor, num_iterations: int) -> None:
-    if isinstance(num_iterations, bool) or not isinstance(num_iterations, int):
-        raise TypeError(
-            f"num_iterations must be an int, got {type(num_iterations).__name__}"
-        )
-    if num_iterations < 0:
-        raise ValueError(
-            f"num_iterations must be >= 0 (0 means no refinement), got {num_iterations}"
-        )
+    """Host-side checks (shapes, ``num_iterations``), once per public call, not per step."""
+    v.check_int("num_iterations", num_iterations, minimum=0)
     if W.dim() != 2 or W.shape[0] != W.shape[1] or W.shape[0] != X.shape[0]:
         raise ValueError(
             f"W must be (n, n) and X (n, m) with the same n; got W {tuple(W.shape)} "

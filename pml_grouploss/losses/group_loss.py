@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from pytorch_metric_learning.losses import BaseMetricLossFunction
@@ -11,20 +11,24 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from .. import _validation as v
 from ..distances import PearsonCorrelation
-from ..functional.anchors import (
-    ANCHOR_SELECTIONS,
-    AnchorSelection,
-    anchor_indices,
-    select_anchors,
-)
+from ..functional.anchors import ANCHOR_SELECTIONS, AnchorSelection
+from ..functional.batch_classes import batch_classes
 from ..functional.group_loss import refined_label_loss
 from ..functional.pearson import NEGATIVE_MODES, Negatives, similarity_from_correlation
 from ..functional.rms_normalize import rms_normalize
+from ..functional.sparse_rows import gather_rows
 from ._classifier_guards import ClassifierGuardsMixin, is_compiling
+from ._unlogged_parameters import hide_parameters_from_record_keeper
+from ._value_checks import GroupLossChecksMixin
 from .distributed_loss_wrapper import check_distributed_use
 
+PriorClasses = Literal["all", "batch"]
+PRIOR_CLASSES = ("all", "batch")
 
-class GroupLoss(ClassifierGuardsMixin, WeightRegularizerMixin, BaseMetricLossFunction):
+
+class GroupLoss(
+    GroupLossChecksMixin, ClassifierGuardsMixin, WeightRegularizerMixin, BaseMetricLossFunction
+):
     """The Group Loss: cross-entropy on soft labels refined over the whole batch.
 
     For a batch of ``n`` embeddings (ECCV'20 Algorithm 1; GL++ §3):
@@ -69,6 +73,32 @@ class GroupLoss(ClassifierGuardsMixin, WeightRegularizerMixin, BaseMetricLossFun
     as the anchors. Pair or triplet tuples are rejected: Group Loss uses every pair of the
     batch.
 
+    **Many classes** (GL++ §8.3; ``docs/losses.md``, "Many classes"). ``prior_classes=
+    "batch"`` runs the prior, the dynamics and the NLL over the ``k <= n`` classes present
+    in the batch: the rows ``W[classes]``, ``bias[classes]`` are gathered and the softmax over
+    their logits is the dense prior with every other entry set to 0 and the rows
+    renormalised, which is what the paper describes. The NLL term equals the dense one
+    computed on that renormalised prior exactly; it equals the dense loss itself when the
+    prior puts no mass outside the batch's classes (``T = 0``: it is the cross-entropy over
+    the batch's classes, never above the dense one). The cost is O(n^2 d) instead of O(n m d),
+    whatever ``m``. ``ce_classes`` chooses the auxiliary CE's classes: ``"all"`` (exact, but
+    O(n m d) again) or ``"batch"`` (a sampled softmax over the batch's classes: it omits the
+    other classes from the partition function, so it is a lower bound of the full CE and
+    never pushes absent classes' logits down; unbiased only in the limit where they carry no
+    mass). ``sparse_gradients=True`` makes the gradients of ``W`` and ``bias`` sparse COO
+    tensors holding only the batch's rows; optimise them with ``torch.optim.SparseAdam`` (or
+    SGD without weight decay), e.g. ``optimizers["metric_loss_optimizer"] =
+    torch.optim.SparseAdam(loss.parameters(), lr=1e-3)`` in PML trainers.
+
+    **Validation.** Shapes and dtypes are checked on every call. Value checks (label and
+    anchor range, NaN/inf, subnormal rows, overflowing logits, a collapsed batch) read the
+    device, a CUDA synchronisation: ``validate=None`` (default) runs them on every call for
+    CPU tensors (cheap there) and on the first call elsewhere (set-up mistakes show at
+    once; a GPU step stays asynchronous); ``True`` every call (debugging), ``False`` never.
+
+    The loss's parameters are kept out of record-keeper's logs: PML's logging hooks would
+    otherwise copy ``W`` to a Python list at every logged step (its statistics are logged).
+
     Args:
         num_classes: number of training classes ``m`` (width of the prior).
         embedding_size: dimension ``d`` of the embeddings.
@@ -89,6 +119,14 @@ class GroupLoss(ClassifierGuardsMixin, WeightRegularizerMixin, BaseMetricLossFun
             raw embedding (``False``: the authors' code and the fixtures).
         ce_weight: weight of the auxiliary cross-entropy (authors: 1.0; 0 allowed).
         seed: seed for ``anchor_selection="random"``.
+        prior_classes: ``"all"`` (default, the papers' dense prior over ``m`` classes) or
+            ``"batch"`` (the batch's classes only, GL++ §8.3).
+        ce_classes: classes of the auxiliary CE: ``"all"``, ``"batch"``, or ``None``
+            (default: as ``prior_classes``).
+        sparse_gradients: sparse gradients for ``W``/``bias`` (needs ``prior_classes=
+            ce_classes="batch"`` and no ``weight_regularizer``). Default ``False``.
+        validate: value checks every call (``True``), never (``False``), or ``None``
+            (default: every call on CPU, the first call on other devices).
         **kwargs: PML's ``reducer``, ``distance`` (any similarity, ``is_inverted=True``),
             ``weight_regularizer``, ``weight_reg_weight``, ``weight_init_func``,
             ``embedding_regularizer``, ``collect_stats``.
@@ -119,9 +157,14 @@ class GroupLoss(ClassifierGuardsMixin, WeightRegularizerMixin, BaseMetricLossFun
         ce_weight: float = 1.0,
         normalize_embeddings: bool = True,
         seed: Optional[int] = None,
+        prior_classes: PriorClasses = "all",
+        ce_classes: Optional[PriorClasses] = None,
+        sparse_gradients: bool = False,
+        validate: Optional[bool] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        hide_parameters_from_record_keeper(self)
         num_classes = v.check_int("num_classes", num_classes, minimum=1)
         embedding_size = v.check_int("embedding_size", embedding_size, minimum=1)
         temperature = v.check_number(
@@ -159,6 +202,7 @@ class GroupLoss(ClassifierGuardsMixin, WeightRegularizerMixin, BaseMetricLossFun
         self.nll_weight = float(nll_weight)
         self.ce_weight = float(ce_weight)
         self.normalize_embeddings = normalize_embeddings
+        self._init_class_options(prior_classes, ce_classes, sparse_gradients, validate)
         self._init_guards()
         self.generator = None
         if seed is not None:
@@ -211,11 +255,23 @@ class GroupLoss(ClassifierGuardsMixin, WeightRegularizerMixin, BaseMetricLossFun
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Classifier outputs ``(n, num_classes)`` for embeddings ``(n, embedding_size)``."""
+        return self.get_batch_logits(embeddings, None)
+
+    def get_batch_logits(
+        self, embeddings: torch.Tensor, classes: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """Classifier outputs ``(n, k)`` of the classes ``classes`` ``(k,)`` (``None``: all
+        ``m``); the rows of ``W`` and ``bias`` are gathered first, with sparse gradients if
+        ``sparse_gradients``."""
         self.cast_types(embeddings.device)
         if self.normalize_embeddings:
             embeddings = rms_normalize(embeddings)
+        W, bias = self.W, self.bias
+        if classes is not None:
+            W = gather_rows(W, classes, self.sparse_gradients)
+            bias = gather_rows(bias, classes, self.sparse_gradients)
         logits = torch.nn.functional.linear(
-            embeddings, self.W.to(embeddings.dtype), self.bias.to(embeddings.dtype)
+            embeddings, W.to(embeddings.dtype), bias.to(embeddings.dtype)
         )
         if logits.requires_grad and self.W.requires_grad and not is_compiling():
             logits.register_hook(self._classifier_got_gradient)
@@ -225,30 +281,33 @@ class GroupLoss(ClassifierGuardsMixin, WeightRegularizerMixin, BaseMetricLossFun
         c_f.labels_required(labels)
         check_distributed_use(self)
         self._reject_ref_emb(embeddings, labels, ref_emb, ref_labels)
-        labels = self._check_inputs(embeddings, labels)
+        validate = self._validating(embeddings)
+        labels = self._check_inputs(embeddings, labels, validate)
         if embeddings.shape[0] == 0:
             return self.zero_losses()
-        anchors = self._anchors(labels, indices_tuple)
+        anchors = self._anchor_mask(labels, indices_tuple, validate)
         # The dynamics run in float32 or wider, outside autocast (half precision
         # underflows after a few multiplicative steps).
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             x = embeddings.to(dtype)
-            logits = self.get_logits(x)
-            self._check_values(x, logits, embeddings.dtype)
+            logits, targets, ce = self._prior_logits(x, labels, embeddings.dtype, validate)
+            self._validated = True
             corr = self.distance(x)
             W = similarity_from_correlation(corr, self.negatives, self.zero_diagonal)
             out = refined_label_loss(
                 W,
                 logits,
-                labels,
+                targets,
                 anchors,
                 temperature=self.temperature,
                 num_iterations=self.num_iterations,
+                ce_logits=ce,
+                ce_labels=None if ce is None else labels,
             )
         self._warn_if_classifier_frozen()
         if self.collect_stats:
-            self._set_stats(corr, out, labels, anchors)
+            self._set_stats(corr, out, targets, anchors)
         indices = c_f.torch_arange_from_size(embeddings)
         loss_dict = {
             "group_loss": {
@@ -267,94 +326,53 @@ class GroupLoss(ClassifierGuardsMixin, WeightRegularizerMixin, BaseMetricLossFun
         self.add_weight_regularization_to_loss_dict(loss_dict, self.W)
         return loss_dict
 
-    # -- checks ----------------------------------------------------------------------------
-    def _reject_ref_emb(self, embeddings, labels, ref_emb, ref_labels) -> None:
-        if ref_emb is not embeddings or ref_labels is not labels:
+    # -- classes of the prior --------------------------------------------------------------
+    def _init_class_options(self, prior_classes, ce_classes, sparse_gradients, validate):
+        v.check_choice("prior_classes", prior_classes, PRIOR_CLASSES)
+        ce_classes = prior_classes if ce_classes is None else ce_classes
+        v.check_choice("ce_classes", ce_classes, PRIOR_CLASSES)
+        if not isinstance(sparse_gradients, bool) or validate not in (None, True, False):
+            raise TypeError("sparse_gradients must be a bool and validate None or a bool")
+        if sparse_gradients and (prior_classes, ce_classes) != ("batch", "batch"):
             raise ValueError(
-                "GroupLoss refines the labels of one batch over its own similarities and does "
-                "not take ref_emb/ref_labels (PML's DistributedLossWrapper(efficient=True) "
-                "passes them): for several processes "
-                "use pml_grouploss.losses.ParametricDistributedLossWrapper; otherwise call "
-                "loss(embeddings, labels) on one batch (see docs/losses.md, 'PML features')"
+                "sparse_gradients=True needs prior_classes='batch' and ce_classes='batch' "
+                "(over all classes every row of W gets a gradient)"
             )
+        if sparse_gradients and self.weight_regularizer is not None:
+            raise ValueError(
+                "sparse_gradients=True cannot be combined with a weight_regularizer: it acts "
+                "on all of W and makes the gradient dense"
+            )
+        self.prior_classes, self.ce_classes = prior_classes, ce_classes
+        self.sparse_gradients, self.validate = sparse_gradients, validate
 
-    def _check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        v.check_floating("embeddings", embeddings)
-        if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
-            raise ValueError(
-                f"embeddings must have shape (batch_size, {self.embedding_size}) "
-                f"(embedding_size given to GroupLoss), got {tuple(embeddings.shape)}"
-            )
-        labels = v.check_class_ids("labels", labels)
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(
-                f"labels must lie in [0, num_classes={self.num_classes}), got values in "
-                f"[{int(labels.min())}, {int(labels.max())}]; remap the training labels to "
-                "0..num_classes-1 or raise num_classes"
-            )
-        return labels
-
-    def _check_values(self, x: torch.Tensor, logits: torch.Tensor, dtype: torch.dtype) -> None:
-        """One device read: finite input, no subnormal-scale row (in the embeddings' own
-        ``dtype``), finite logits, collapse."""
-        row_max = x.abs().amax(dim=1)
-        tiny = torch.finfo(dtype).tiny
-        flags = torch.stack(
-            [
-                ~torch.isfinite(x).all(),
-                ((row_max > 0) & (row_max < tiny)).any(),
-                ~torch.isfinite(logits).all(),
-                (x.shape[0] > 1) & ((x - x[:1]).abs().amax() <= 1e-6 * row_max.amax()),
-            ]
-        ).tolist()
-        if flags[0]:
-            raise ValueError(
-                "embeddings contain NaN or inf; check the model's output (learning rate, "
-                "input normalisation) before the loss"
-            )
-        if flags[1]:
-            raise ValueError(
-                f"embeddings have rows of magnitude below {tiny:.1e} (the smallest normal "
-                f"{dtype}): GroupLoss is scale-invariant but its gradient grows as 1/scale "
-                "and overflows; check the model's output or compute in float64"
-            )
-        if flags[2]:
-            raise ValueError(
-                "the classifier's logits overflow (embeddings too large for "
-                "normalize_embeddings=False); use normalize_embeddings=True"
-            )
-        if flags[3]:
-            self._warn_once(
-                "collapse",
-                "GroupLoss: every embedding in the batch is identical (the trunk has "
-                "collapsed); lower the trunk's learning rate (see docs/losses.md) and keep "
-                "normalize_embeddings=True",
-            )
-
-    def _anchors(self, labels: torch.Tensor, indices_tuple) -> torch.Tensor:
-        if indices_tuple is None:
-            return select_anchors(
-                labels, self.num_anchors, self.anchor_selection, self.generator
-            )
-        if not isinstance(indices_tuple, (tuple, list)) or len(indices_tuple) != 1:
-            kind = {3: "triplets", 4: "pairs"}.get(
-                len(indices_tuple) if isinstance(indices_tuple, (tuple, list)) else -1,
-                "an unsupported indices_tuple",
-            )
-            raise ValueError(
-                f"GroupLoss received {kind}; it uses every pair of the batch and takes only "
-                "anchors: pass indices_tuple=None (anchors chosen from num_anchors) or the "
-                "1-tuple of pml_grouploss.miners.AnchorMiner instead of a pair/triplet miner"
-            )
-        return anchor_indices(c_f.to_device(indices_tuple[0], labels), labels.shape[0])
+    def _prior_logits(self, x, labels, dtype, validate):
+        """``(prior logits, targets, CE logits or None)``: over all ``m`` classes, or over
+        the batch's classes (``-inf`` in the padding slots of
+        :func:`~pml_grouploss.functional.batch_classes.batch_classes`, targets = slots)."""
+        if self.prior_classes == "all":
+            logits = self.get_logits(x)
+            if validate:
+                self._check_values(x, logits, dtype)
+            return logits, labels, None
+        slots = batch_classes(labels)
+        if self.ce_classes == "all":
+            full = self.get_logits(x)
+            logits = full.gather(1, slots.classes.expand(x.shape[0], -1))
+        else:
+            full, logits = None, self.get_batch_logits(x, slots.classes)
+        if validate:
+            self._check_values(x, logits if full is None else full, dtype)
+        return logits.masked_fill(~slots.valid, -math.inf), slots.targets, full
 
     def _set_stats(self, corr, out, labels, anchors) -> None:
+        """Host values (device reads), only with ``collect_stats``; ``labels`` are the
+        columns of the prior, ``anchors`` a mask."""
         with torch.no_grad():
             n = labels.shape[0]
-            free = torch.ones(n, dtype=torch.bool, device=labels.device)
-            free[anchors] = False
+            free = ~anchors
             X, X0 = out["probabilities"], out["prior"]
-            self.num_anchors_used = int(anchors.numel())
+            self.num_anchors_used = int(anchors.sum())
             if free.any():
                 y = labels[free].view(-1, 1)
                 self.avg_true_class_prior = float(X0[free].gather(1, y).mean())

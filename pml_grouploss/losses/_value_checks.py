@@ -1,0 +1,119 @@
+"""GroupLoss's input checks: host-side ones always, value ones (device reads) when validating."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from pytorch_metric_learning.utils import common_functions as c_f
+
+from .. import _validation as v
+from ..functional.anchors import _anchor_mask, as_anchor_mask
+
+
+class GroupLossChecksMixin:
+    """Checks for :class:`~pml_grouploss.losses.GroupLoss` (``self.num_classes``,
+    ``self.embedding_size``, ``self.validate``, the anchor settings, ``_warn_once``).
+
+    Shapes and dtypes are known on the host and are checked on every call. Checks of tensor
+    *values* (label range, anchor range, NaN/inf, subnormal rows, overflowing logits, a
+    collapsed batch) need a device read, a synchronisation on CUDA: they run when
+    :meth:`_validating` says so (``validate=None``: every call on CPU tensors, where a read
+    costs microseconds, and the first call on other devices; ``True``: every call; ``False``:
+    never).
+    """
+
+    validate: Optional[bool]
+    _validated: bool = False
+
+    def _validating(self, embeddings: torch.Tensor) -> bool:
+        if self.validate is not None:
+            return self.validate
+        return embeddings.device.type == "cpu" or not self._validated
+
+    def _reject_ref_emb(self, embeddings, labels, ref_emb, ref_labels) -> None:
+        if ref_emb is not embeddings or ref_labels is not labels:
+            raise ValueError(
+                "GroupLoss refines the labels of one batch over its own similarities and does "
+                "not take ref_emb/ref_labels (PML's DistributedLossWrapper(efficient=True) "
+                "passes them): for several processes "
+                "use pml_grouploss.losses.ParametricDistributedLossWrapper; otherwise call "
+                "loss(embeddings, labels) on one batch (see docs/losses.md, 'PML features')"
+            )
+
+    def _check_inputs(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, validate: bool
+    ) -> torch.Tensor:
+        v.check_floating("embeddings", embeddings)
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
+            raise ValueError(
+                f"embeddings must have shape (batch_size, {self.embedding_size}) "
+                f"(embedding_size given to GroupLoss), got {tuple(embeddings.shape)}"
+            )
+        labels = v.check_class_ids("labels", labels)
+        if validate and labels.numel():
+            low, high = torch.stack([labels.min(), labels.max()]).tolist()
+            if low < 0 or high >= self.num_classes:
+                raise ValueError(
+                    f"labels must lie in [0, num_classes={self.num_classes}), got values in "
+                    f"[{low}, {high}]; remap the training labels to 0..num_classes-1 or "
+                    "raise num_classes"
+                )
+        return labels
+
+    def _check_values(self, x: torch.Tensor, logits: torch.Tensor, dtype: torch.dtype) -> None:
+        """One device read: finite input, no subnormal-scale row (in the embeddings' own
+        ``dtype``), finite logits, collapse."""
+        row_max = x.abs().amax(dim=1)
+        tiny = torch.finfo(dtype).tiny
+        flags = torch.stack(
+            [
+                ~torch.isfinite(x).all(),
+                ((row_max > 0) & (row_max < tiny)).any(),
+                ~torch.isfinite(logits).all(),
+                (x.shape[0] > 1) & ((x - x[:1]).abs().amax() <= 1e-6 * row_max.amax()),
+            ]
+        ).tolist()
+        if flags[0]:
+            raise ValueError(
+                "embeddings contain NaN or inf; check the model's output (learning rate, "
+                "input normalisation) before the loss"
+            )
+        if flags[1]:
+            raise ValueError(
+                f"embeddings have rows of magnitude below {tiny:.1e} (the smallest normal "
+                f"{dtype}): GroupLoss is scale-invariant but its gradient grows as 1/scale "
+                "and overflows; check the model's output or compute in float64"
+            )
+        if flags[2]:
+            raise ValueError(
+                "the classifier's logits overflow (embeddings too large for "
+                "normalize_embeddings=False); use normalize_embeddings=True"
+            )
+        if flags[3]:
+            self._warn_once(
+                "collapse",
+                "GroupLoss: every embedding in the batch is identical (the trunk has "
+                "collapsed); lower the trunk's learning rate (see docs/losses.md) and keep "
+                "normalize_embeddings=True",
+            )
+
+    def _anchor_mask(self, labels: torch.Tensor, indices_tuple, validate: bool) -> torch.Tensor:
+        """``(n,)`` boolean mask of the anchors (no device read unless ``validate``)."""
+        if indices_tuple is None:
+            return _anchor_mask(labels, self.num_anchors, self.anchor_selection, self.generator)
+        if not isinstance(indices_tuple, (tuple, list)) or len(indices_tuple) != 1:
+            kind = {3: "triplets", 4: "pairs"}.get(
+                len(indices_tuple) if isinstance(indices_tuple, (tuple, list)) else -1,
+                "an unsupported indices_tuple",
+            )
+            raise ValueError(
+                f"GroupLoss received {kind}; it uses every pair of the batch and takes only "
+                "anchors: pass indices_tuple=None (anchors chosen from num_anchors) or the "
+                "1-tuple of pml_grouploss.miners.AnchorMiner instead of a pair/triplet miner"
+            )
+        anchors = indices_tuple[0]
+        if torch.is_tensor(anchors):
+            anchors = c_f.to_device(anchors, labels)
+        else:
+            anchors = torch.as_tensor(anchors, device=labels.device)
+        return as_anchor_mask(anchors, labels.shape[0], check_range=validate)
