@@ -1,0 +1,344 @@
+"""Forward+backward time and working memory of GroupLoss against PML's losses, by class count.
+
+Usage::
+
+    python benchmarks/loss_speed_benchmark.py --quick          # n in {32, 128}, m in {100, 11318}
+    python benchmarks/loss_speed_benchmark.py                  # the issue-10 grid (long)
+    python benchmarks/loss_speed_benchmark.py --n 120 --m 11318 100 1000000
+    python benchmarks/loss_speed_benchmark.py --train-check    # MetricLossOnly, m = 100,000
+
+One process, one thread by default (``--threads``). For every ``(n, m)`` the losses are built
+once and timed in rotation (one step of each in turn, ``--repeats`` rounds after 2 warm-up
+rounds) so that the load of a shared machine hits them alike; the table gives medians and
+ratios to ``NormalizedSoftmaxLoss`` of the same round set. A step is ``loss(embeddings,
+labels).backward()`` (with the miner for the triplet loss), gradients reset to ``None``
+before it as PML's trainers do; no optimizer step. Embeddings ``(n, d)`` are random, labels
+``n // 4`` classes (at most ``m``) drawn from ``m`` with 4 samples each (an
+``MPerClassSampler`` batch).
+
+"work MiB" is the growth of the process's peak resident set during one step over its resident
+size just before it (``/proc/self/clear_refs``; glibc is told to return every block of 64 KiB
+or more to the OS, so freed memory is not reused unnoticed): it counts the step's tensors and
+the gradients (a dense ``W.grad`` is ``m x d`` floats), not the parameters themselves.
+
+Losses whose estimated working memory exceeds ``--max-gb`` are skipped (the estimate is
+printed). GroupLoss "batch" is ``prior_classes="batch", sparse_gradients=True``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+GRID_N = (32, 128, 512)
+GRID_M = (100, 11_318, 100_000, 1_000_000)
+QUICK_N = (32, 128)
+QUICK_M = (100, 11_318)
+REFERENCE = "NormalizedSoftmax"
+
+
+def _malloc_returns_memory() -> None:
+    """Fixed mmap threshold: blocks >= 64 KiB are mmapped and unmapped on free (glibc)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+    except OSError:
+        pass
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _losses(n: int, m: int, d: int) -> Dict[str, Callable[[], torch.nn.Module]]:
+    from pytorch_metric_learning import losses as pml_losses
+    from pytorch_metric_learning import miners as pml_miners
+
+    from pml_grouploss import losses
+
+    def group_loss(prior: str, T: int):
+        extra = dict(prior_classes="batch", sparse_gradients=True) if prior == "batch" else {}
+        return lambda: losses.GroupLoss(m, d, num_iterations=T, **extra)
+
+    def triplet():
+        loss = pml_losses.TripletMarginLoss(margin=0.2)
+        loss.miner = pml_miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")
+        return loss
+
+    return {
+        "GroupLoss dense T=1": group_loss("all", 1),
+        "GroupLoss dense T=3": group_loss("all", 3),
+        "GroupLoss batch T=1": group_loss("batch", 1),
+        "GroupLoss batch T=3": group_loss("batch", 3),
+        "GradML": lambda: losses.GradMLLoss(),
+        "Triplet+semihard": triplet,
+        "ProxyAnchor": lambda: pml_losses.ProxyAnchorLoss(m, d),
+        REFERENCE: lambda: pml_losses.NormalizedSoftmaxLoss(m, d),
+        "ArcFace": lambda: pml_losses.ArcFaceLoss(m, d),
+        "MultiSimilarity": lambda: pml_losses.MultiSimilarityLoss(),
+    }
+
+
+def estimate_gib(name: str, n: int, m: int, d: int) -> float:
+    """Rough working memory (GiB) of one step: ``n x m`` float tensors alive at the peak plus
+    a dense ``W.grad`` (from the issue's measurement: GroupLoss dense 8.1 GB at 128 x 1e6)."""
+    nm = n * m * 4 / 2**30
+    wd = m * d * 4 / 2**30
+    per_nm = {"GroupLoss dense": 10, "ProxyAnchor": 8, "NormalizedSoftmax": 4, "ArcFace": 6}
+    for prefix, k in per_nm.items():
+        if name.startswith(prefix):
+            return k * nm + wd
+    return 0.05
+
+
+def _params_gib(m: int, d: int) -> float:
+    return m * d * 4 / 2**30
+
+
+def _batch(n: int, m: int, d: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    num = max(1, min(n // 4, m))
+    classes = torch.randperm(m, generator=g)[:num]
+    labels = classes.repeat_interleave(-(-n // num))[:n]
+    labels = labels[torch.randperm(n, generator=g)]
+    return torch.randn(n, d, generator=g, requires_grad=True), labels
+
+
+def _step(loss: torch.nn.Module, e: torch.Tensor, labels: torch.Tensor) -> float:
+    for p in loss.parameters():
+        p.grad = None
+    e.grad = None
+    start = time.perf_counter()
+    miner = getattr(loss, "miner", None)
+    value = loss(e, labels, miner(e, labels)) if miner is not None else loss(e, labels)
+    value.backward()
+    return time.perf_counter() - start
+
+
+def _work_mib(loss, e, labels) -> Optional[float]:
+    for p in loss.parameters():
+        p.grad = None
+    e.grad = None
+    before = _status_kib("VmRSS")
+    if not _reset_peak():
+        return None
+    _step(loss, e, labels)
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def measure(n: int, m: int, d: int, repeats: int, max_gb: float, names=None) -> List[dict]:
+    """Rows ``{n, m, loss, median_ms, work_mib, skipped}`` for one ``(n, m)``."""
+    import warnings
+
+    e, labels = _batch(n, m, d)
+    factories = _losses(n, m, d)
+    rows, built = [], {}
+    for name, factory in factories.items():
+        if names and name not in names:
+            continue
+        est = estimate_gib(name, n, m, d)
+        if est > max_gb:
+            rows.append(dict(n=n, m=m, loss=name, skipped=f"est. {est:.1f} GiB > --max-gb"))
+            continue
+        built[name] = factory()
+    # Interleave when every loss's parameters fit together; else one loss at a time.
+    together = _params_gib(m, d) * sum(1 for k in built if _has_params(k)) <= max_gb / 2
+    times: Dict[str, List[float]] = {k: [] for k in built}
+    work: Dict[str, Optional[float]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the frozen-classifier warning: no optimizer here
+        groups = [list(built)] if together else [[k] for k in built]
+        for group in groups:
+            for k in group:
+                _step(built[k], e, labels)
+            slow = max(_step(built[k], e, labels) for k in group)
+            rounds = repeats if slow < 2.0 else max(3, repeats // 5)
+            for _ in range(rounds):
+                for k in group:
+                    times[k].append(_step(built[k], e, labels))
+            for k in group:
+                work[k] = _work_mib(built[k], e, labels)
+                if not together:
+                    built[k] = None  # free W before the next loss
+    for k in times:
+        rows.append(dict(n=n, m=m, loss=k, median_ms=1e3 * statistics.median(times[k]),
+                         rounds=len(times[k]), work_mib=work[k], interleaved=together))
+    return rows
+
+
+def _has_params(name: str) -> bool:
+    return name.split()[0] in ("GroupLoss", "ProxyAnchor", REFERENCE, "ArcFace")
+
+
+def environment() -> Dict[str, str]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    import pytorch_metric_learning
+
+    return {
+        "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "CPU": cpu,
+        "cores (os.cpu_count)": str(os.cpu_count()),
+        "torch threads": str(torch.get_num_threads()),
+        "torch CPU capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "pytorch-metric-learning": pytorch_metric_learning.__version__,
+        "python": platform.python_version(),
+        "load average at start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
+
+
+def markdown(rows: List[dict]) -> str:
+    """One table per ``n``: a row per loss, a column per ``m`` with ``ms (x ref) / MiB``."""
+    out = []
+    for n in sorted({r["n"] for r in rows}):
+        ms = sorted({r["m"] for r in rows if r["n"] == n})
+        names = list(dict.fromkeys(r["loss"] for r in rows if r["n"] == n))
+        ref = {r["m"]: r.get("median_ms") for r in rows if r["n"] == n and r["loss"] == REFERENCE}
+        out.append(f"\n### n = {n}\n")
+        out.append("| loss | " + " | ".join(f"m = {m:,}" for m in ms) + " |")
+        out.append("|---|" + "---|" * len(ms))
+        for name in names:
+            cells = []
+            for m in ms:
+                r = next((r for r in rows if r["n"] == n and r["m"] == m and r["loss"] == name),
+                         None)
+                if r is None:
+                    cells.append("")
+                elif "skipped" in r:
+                    cells.append(f"skipped ({r['skipped']})")
+                else:
+                    ratio = f" ({r['median_ms'] / ref[m]:.2f}x)" if ref.get(m) else ""
+                    mib = "" if r["work_mib"] is None else f" / {r['work_mib']:.0f} MiB"
+                    cells.append(f"{r['median_ms']:.1f} ms{ratio}{mib}")
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def train_check(num_classes: int = 100_000, iterations: int = 20, batch_size: int = 128,
+                embedding_size: int = 64, check_shapes: bool = True) -> Dict[str, float]:
+    """One epoch of PML's ``MetricLossOnly`` with ``GroupLoss(prior_classes="batch",
+    sparse_gradients=True)`` and ``SparseAdam`` over a synthetic dataset of ``num_classes``
+    classes (2 samples each); the epoch is ``iterations`` batches of an ``MPerClassSampler``.
+    Returns the epoch's seconds, the largest number of logit columns seen and whether any
+    dense ``(batch_size, num_classes)`` tensor was produced (checked by a dispatch mode)."""
+    from pytorch_metric_learning import samplers, trainers
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pml_grouploss import losses
+
+    class _Shapes(TorchDispatchMode):
+        widest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if torch.is_tensor(t) and t.layout == torch.strided and t.dim() == 2:
+                    if batch_size in t.shape and num_classes in t.shape:
+                        _Shapes.widest = max(_Shapes.widest, num_classes)
+            return out
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(num_classes, 16, generator=g)
+    labels = torch.arange(num_classes).repeat_interleave(2)
+    data = centres[labels] + 0.1 * torch.randn(len(labels), 16, generator=g)
+    dataset = torch.utils.data.TensorDataset(data, labels)
+    trunk = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, embedding_size))
+    loss = losses.GroupLoss(num_classes, embedding_size, prior_classes="batch",
+                            sparse_gradients=True, temperature=10.0)
+    trainer = trainers.MetricLossOnly(
+        models={"trunk": trunk},
+        optimizers={"trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=1e-3),
+                    "metric_loss_optimizer": torch.optim.SparseAdam(loss.parameters(), lr=1e-2)},
+        batch_size=batch_size,
+        loss_funcs={"metric_loss": loss},
+        dataset=dataset,
+        sampler=samplers.MPerClassSampler(labels, m=2, batch_size=batch_size,
+                                          length_before_new_iter=iterations * batch_size),
+        dataloader_num_workers=0,
+        data_and_label_getter=lambda batch: batch,
+    )
+    W_before = loss.W.detach().clone()
+    start = time.perf_counter()
+    if check_shapes:
+        with _Shapes():
+            trainer.train(num_epochs=1)
+    else:
+        trainer.train(num_epochs=1)
+    seconds = time.perf_counter() - start
+    changed_rows = int((loss.W.detach() != W_before).any(dim=1).sum())
+    return {"seconds": seconds, "iterations": iterations, "changed_rows": changed_rows,
+            "dense_batch_by_classes_tensor": bool(_Shapes.widest),
+            "metric_loss": float(trainer.losses["metric_loss"])}
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="n 32,128; m 100,11318; 5 rounds")
+    parser.add_argument("--n", type=int, nargs="+", help=f"batch sizes (default {GRID_N})")
+    parser.add_argument("--m", type=int, nargs="+", help=f"class counts (default {GRID_M})")
+    parser.add_argument("--d", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-gb", type=float, default=6.0,
+                        help="skip a loss whose estimated working memory is larger")
+    parser.add_argument("--losses", nargs="+", help="only these losses (names as in the table)")
+    parser.add_argument("--out", help="append the Markdown table and environment to this file")
+    parser.add_argument("--train-check", action="store_true",
+                        help="run the MetricLossOnly m=100,000 epoch instead of the timings")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    _malloc_returns_memory()
+    if args.train_check:
+        print(train_check())
+        return
+    ns = args.n or (QUICK_N if args.quick else GRID_N)
+    ms = args.m or (QUICK_M if args.quick else GRID_M)
+    repeats = 5 if args.quick and args.repeats == 15 else args.repeats
+    env = environment()
+    command = "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:])
+    rows = []
+    for m in ms:
+        for n in ns:
+            new = measure(n, m, args.d, repeats, args.max_gb, args.losses)
+            rows += new
+            for r in new:
+                print(r, flush=True)
+    text = (f"\nCommand: `{command}`\n\n" + "\n".join(f"- {k}: {v}" for k, v in env.items())
+            + "\n" + markdown(rows))
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
