@@ -170,7 +170,7 @@ def measure(n: int, m: int, d: int, repeats: int, max_gb: float, names=None) -> 
     work: Dict[str, Optional[float]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the frozen-classifier warning: no optimizer here
-        groups = [list(built)] if together else [[k] for k in built]
+        groups = [list(built)] if together and built else [[k] for k in built]
         for group in groups:
             for k in group:
                 _step(built[k], e, labels)
@@ -243,11 +243,13 @@ def markdown(rows: List[dict]) -> str:
 
 
 def train_check(num_classes: int = 100_000, iterations: int = 20, batch_size: int = 128,
-                embedding_size: int = 64, check_shapes: bool = True) -> Dict[str, float]:
+                embedding_size: int = 64, check_shapes: bool = True,
+                prior_classes: str = "batch") -> Dict[str, float]:
     """One epoch of PML's ``MetricLossOnly`` with ``GroupLoss(prior_classes="batch",
     sparse_gradients=True)`` and ``SparseAdam`` over a synthetic dataset of ``num_classes``
-    classes (2 samples each); the epoch is ``iterations`` batches of an ``MPerClassSampler``.
-    Returns the epoch's seconds, the largest number of logit columns seen and whether any
+    classes (2 samples each); the epoch is ``iterations`` batches of an ``MPerClassSampler``
+    (``prior_classes="all"``: the dense loss and Adam, for comparison).
+    Returns the epoch's seconds, the rows of ``W`` changed, the last loss and whether any
     dense ``(batch_size, num_classes)`` tensor was produced (checked by a dispatch mode)."""
     from pytorch_metric_learning import samplers, trainers
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -272,12 +274,15 @@ def train_check(num_classes: int = 100_000, iterations: int = 20, batch_size: in
     dataset = torch.utils.data.TensorDataset(data, labels)
     trunk = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(),
                                 torch.nn.Linear(64, embedding_size))
-    loss = losses.GroupLoss(num_classes, embedding_size, prior_classes="batch",
-                            sparse_gradients=True, temperature=10.0)
+    sparse = prior_classes == "batch"
+    loss = losses.GroupLoss(num_classes, embedding_size, prior_classes=prior_classes,
+                            sparse_gradients=sparse, temperature=10.0)
+    loss_optimizer = (torch.optim.SparseAdam if sparse else torch.optim.Adam)(
+        loss.parameters(), lr=1e-2)
     trainer = trainers.MetricLossOnly(
         models={"trunk": trunk},
         optimizers={"trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=1e-3),
-                    "metric_loss_optimizer": torch.optim.SparseAdam(loss.parameters(), lr=1e-2)},
+                    "metric_loss_optimizer": loss_optimizer},
         batch_size=batch_size,
         loss_funcs={"metric_loss": loss},
         dataset=dataset,
@@ -318,7 +323,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     _malloc_returns_memory()
     if args.train_check:
-        print(train_check())
+        print(environment())
+        print("batch-class, SparseAdam:", train_check(iterations=args.repeats * 10))
+        print("dense, Adam:", train_check(iterations=args.repeats, check_shapes=False,
+                                          prior_classes="all"))
         return
     ns = args.n or (QUICK_N if args.quick else GRID_N)
     ms = args.m or (QUICK_M if args.quick else GRID_M)

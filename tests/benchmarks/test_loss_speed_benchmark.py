@@ -1,0 +1,57 @@
+"""benchmarks/loss_speed_benchmark.py: the table's rows, and PML's MetricLossOnly at m=100,000."""
+import importlib.util
+import math
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "benchmarks", "loss_speed_benchmark.py")
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("loss_speed_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_script()
+
+
+def test_measure_times_every_loss_and_the_table_gives_ratios():
+    rows = bench.measure(n=16, m=12, d=8, repeats=1, max_gb=6.0)
+    names = [r["loss"] for r in rows]
+    assert names == list(bench._losses(16, 12, 8))
+    assert all(r["median_ms"] > 0 and r["rounds"] == 1 and r["interleaved"] for r in rows)
+    table = bench.markdown(rows)
+    assert "| NormalizedSoftmax | " in table and "(1.00x)" in table
+    assert table.count("\n| ") == 1 + len(names)
+
+
+def test_losses_over_the_memory_budget_are_skipped_not_run():
+    # n x m = 1e9 floats: dense GroupLoss est. 37 GiB, a pair loss ~0
+    assert bench.estimate_gib("GroupLoss dense T=1", 1000, 1_000_000, 512) > 30
+    assert bench.estimate_gib("GroupLoss batch T=1", 1000, 1_000_000, 512) < 0.1
+    rows = bench.measure(n=64, m=100_000, d=8, repeats=1, max_gb=0.1,
+                         names=["GroupLoss dense T=1", "MultiSimilarity"])
+    skipped = {r["loss"]: r.get("skipped") for r in rows}
+    assert skipped["GroupLoss dense T=1"].startswith("est.")
+    assert skipped["MultiSimilarity"] is None
+
+
+@pytest.mark.slow
+def test_metric_loss_only_epoch_with_100000_classes_never_builds_a_batch_by_classes_tensor():
+    result = bench.train_check(num_classes=100_000, iterations=4, batch_size=128)
+    assert result["dense_batch_by_classes_tensor"] is False
+    # 4 batches of 64 classes x 2 samples: only their rows of W move (SparseAdam)
+    assert 64 <= result["changed_rows"] <= 4 * 64
+    assert math.isfinite(result["metric_loss"])
+
+
+@pytest.mark.slow
+def test_the_shape_detector_sees_the_dense_prior():
+    result = bench.train_check(num_classes=100_000, iterations=1, batch_size=128,
+                               prior_classes="all")
+    assert result["dense_batch_by_classes_tensor"] is True
+    assert result["changed_rows"] == 100_000  # Adam moves every row
