@@ -18,12 +18,8 @@ from .group_loss import (
     refined_label_loss,
 )
 from .rms_normalize import rms_normalize
-from .reranking import (
-    dense_re_ranking_knn,
-    re_ranking,
-    re_ranking_one_set,
-    sparse_re_ranking_knn,
-)
+from .reranking import dense_re_ranking_knn, re_ranking, re_ranking_one_set
+from .reranking_sparse import sparse_re_ranking_knn
 from .pearson import (
     pearson_correlation,
     pearson_similarity,

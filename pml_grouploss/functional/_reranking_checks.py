@@ -1,6 +1,6 @@
-"""Input checks, exact rescaling and item-set assembly of the k-reciprocal re-ranking.
-
-Kept out of :mod:`pml_grouploss.functional.reranking` (the algorithm). The re-ranking is
+"""Argument checks, numpy conversion, exact rescaling and item-set assembly of the
+k-reciprocal re-ranking (shared by the dense :mod:`~pml_grouploss.functional.reranking` and the
+sparse :mod:`~pml_grouploss.functional.reranking_sparse` paths). The re-ranking is
 invariant to the scale of the distances (convention 2 divides every squared distance by a row
 maximum, Jaccard distances are scale-free), so distances or embeddings are multiplied by a power
 of two that brings their largest magnitude into ``[0.5, 1)``: exact in binary floating point
@@ -12,17 +12,50 @@ squares overflowed float32.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
+import torch
+
+from .._validation import check_int, check_number
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
 
 __all__ = [
+    "ArrayLike",
+    "check_re_ranking_args",
+    "to_numpy",
     "power_of_two_scale",
     "rescale",
     "check_distances",
     "check_embeddings",
     "assemble_set",
 ]
+
+
+def check_re_ranking_args(
+    k1: object, k2: object, lambda_value: object, query_block: object = 512
+) -> Tuple[int, int, float, int]:
+    """``(k1, k2, lambda_value, query_block)`` checked (``k1, k2, query_block >= 1`` ints,
+    ``lambda_value`` in ``[0, 1]``) and converted; a clear error otherwise."""
+    return (
+        check_int("k1", k1, minimum=1),
+        check_int("k2", k2, minimum=1),
+        check_number(
+            "lambda_value", lambda_value, minimum=0.0, maximum=1.0,
+            hint="it is the weight of the original distance (Zhong eq. 12)",
+        ),
+        check_int("query_block", query_block, minimum=1),
+    )
+
+
+def to_numpy(x: ArrayLike, name: str) -> np.ndarray:
+    """A numpy view of a numpy array or (detached, CPU) torch tensor."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
 
 
 def power_of_two_scale(max_abs: float) -> float:
@@ -68,8 +101,8 @@ def check_embeddings(query: np.ndarray, reference: np.ndarray, k: Optional[int])
             "query and reference must have the same dim, got "
             f"{query.shape[1]} and {reference.shape[1]}"
         )
-    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-        raise ValueError(f"k must be an int >= 1 or None (full ranking), got {k!r}")
+    if k is not None:
+        check_int("k", k, minimum=1)  # None: a full ranking
     if not (np.all(np.isfinite(query)) and np.all(np.isfinite(reference))):
         raise ValueError("query and reference must be finite (found NaN or inf)")
 

@@ -7,8 +7,8 @@ Each strategy works alone or combined, for any trained PML model:
 - :class:`MixedPooling` and :func:`install_mixed_pooling` (eq. 13);
 - :func:`install_leaky_relu` (§4.3);
 - :class:`EmbeddingEnsemble` (ECCV'20 Table 2);
-- :func:`re_ranking` (dense reference) and :class:`KReciprocalReRanker` (sparse ``knn_func``)
-  (§4.4);
+- :class:`KReciprocalReRanker` (sparse ``knn_func``, §4.4; the dense reference function is
+  :func:`pml_grouploss.functional.re_ranking`);
 - :class:`GroupLossPlusPlusTester` (flip + beta inside ``GlobalEmbeddingSpaceTester``).
 
 :data:`TABLE7_PRESETS` holds the per-dataset hyper-parameters of GL++ Table 7.
@@ -19,7 +19,7 @@ from .beta_normalization import BetaNormalization
 from .ensemble import EmbeddingEnsemble
 from .flip_inference import FlipInference
 from .mixed_pooling import MixedPooling
-from .reranking import KReciprocalReRanker, re_ranking
+from .reranking import KReciprocalReRanker
 from .tester import GroupLossPlusPlusTester
 
 #: GL++ Table 7 (inference hyper-parameters per dataset).
@@ -41,5 +41,20 @@ __all__ = [
     "TABLE7_PRESETS",
     "install_leaky_relu",
     "install_mixed_pooling",
-    "re_ranking",
 ]
+
+
+def __getattr__(name: str):
+    """``inference.re_ranking`` (its old place) still resolves, with a DeprecationWarning."""
+    if name == "re_ranking":
+        import warnings
+
+        from ..functional import re_ranking
+
+        warnings.warn(
+            "pml_grouploss.inference.re_ranking moved: use pml_grouploss.functional.re_ranking",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return re_ranking
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,8 @@
 """k-reciprocal re-ranking for PML (Zhong et al. 2017; Group Loss++ §4.4).
 
-- :func:`re_ranking`: the dense reference-convention function on distance matrices.
-- :class:`KReciprocalReRanker`: a ``knn_func`` for ``AccuracyCalculator`` and ``InferenceModel``
-  built on the sparse exact path (no ``N x N`` matrix).
+:class:`KReciprocalReRanker`: a ``knn_func`` for ``AccuracyCalculator`` and ``InferenceModel``
+built on the sparse exact path (no ``N x N`` matrix). The dense reference function on distance
+matrices is :func:`pml_grouploss.functional.re_ranking`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from ..functional._reranking_checks import rescale
-from ..functional.reranking import check_re_ranking_args, re_ranking, sparse_re_ranking_knn
+from ..functional.reranking_sparse import ReRankingParams, sparse_knn_checked
 
-__all__ = ["KReciprocalReRanker", "re_ranking"]
+__all__ = ["KReciprocalReRanker"]
 
 
 def _numpy(x) -> np.ndarray:
@@ -41,8 +41,8 @@ class KReciprocalReRanker:
     ``knn_func(query, k, reference, ref_includes_query) -> (distances, indices)`` as PML's
     ``FaissKNN``: ``(nq, k)`` float32 distances ascending and int64 indices into ``reference``,
     on the device of ``query``. The ranking is that of the dense reference function
-    (:func:`re_ranking`, Zhong eq. 12) on plain Euclidean distances, computed exactly without any
-    ``N x N`` matrix (:func:`~pml_grouploss.functional.reranking.sparse_re_ranking_knn`).
+    (:func:`pml_grouploss.functional.re_ranking`, Zhong eq. 12) on plain Euclidean distances, computed exactly without any
+    ``N x N`` matrix (:func:`~pml_grouploss.functional.reranking_sparse.sparse_re_ranking_knn`).
 
     Semantics of the re-ranking graph:
 
@@ -81,11 +81,9 @@ class KReciprocalReRanker:
     def __init__(
         self, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, query_block: int = 512
     ):
-        check_re_ranking_args(k1, k2, lambda_value)
-        if isinstance(query_block, bool) or not isinstance(query_block, int) or query_block < 1:
-            raise ValueError(f"query_block must be an int >= 1, got {query_block!r}")
-        self.k1, self.k2, self.lambda_value = int(k1), int(k2), float(lambda_value)
-        self.query_block = query_block
+        self._params = ReRankingParams.checked(k1, k2, lambda_value, query_block)  # once, here
+        self.k1, self.k2 = self._params.k1, self._params.k2
+        self.lambda_value, self.query_block = self._params.lambda_value, self._params.query_block
         self.reference: Optional[torch.Tensor] = None
 
     def __call__(
@@ -104,9 +102,7 @@ class KReciprocalReRanker:
             reference = self.reference
         device = query.device if isinstance(query, torch.Tensor) else torch.device("cpu")
         q, r = _as_float32(query, reference)
-        d, i = sparse_re_ranking_knn(
-            q, k, r, bool(ref_includes_query), self.k1, self.k2, self.lambda_value, self.query_block
-        )
+        d, i = sparse_knn_checked(q, k, r, bool(ref_includes_query), self._params)
         return torch.from_numpy(d).to(device), torch.from_numpy(i).to(device)
 
     # InferenceModel interface -----------------------------------------------------------

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from pml_grouploss.functional.reranking import (
-    _around_half,
+from pml_grouploss.functional import (
     dense_re_ranking_knn,
     re_ranking,
     re_ranking_one_set,
     sparse_re_ranking_knn,
 )
+from pml_grouploss.functional.reranking import around_half
 from tests.conftest import fixture_paths
 
 RR = fixture_paths("rr_*.npz")
@@ -56,7 +56,7 @@ def test_torch_input_gives_torch_output(path):
 
 
 def test_half_k1_rounds_half_to_even():
-    assert [_around_half(k) for k in (5, 7, 9, 11, 15, 20, 1, 2, 3)] == [2, 4, 4, 6, 8, 10, 0, 1, 2]
+    assert [around_half(k) for k in (5, 7, 9, 11, 15, 20, 1, 2, 3)] == [2, 4, 4, 6, 8, 10, 0, 1, 2]
 
 
 def test_one_set_layout_equals_three_matrix_call():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from pml_grouploss.functional.reranking import (
+from pml_grouploss.functional import (
     dense_re_ranking_knn,
     re_ranking,
     re_ranking_one_set,
