@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_floating
+from .._validation import check_floating, check_number
 
 #: GL++ Table 7: beta per dataset (CUB 0.004, Cars196 0.004, In-Shop 0.002, SOP 0.0005).
 DEFAULT_BETA = 0.004
@@ -15,12 +13,7 @@ DEFAULT_BETA = 0.004
 
 def check_beta(beta: float) -> float:
     """Validate ``beta`` (a finite float >= 0) and return it as a float."""
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
-        raise TypeError(f"beta must be a float >= 0, got {beta!r} ({type(beta).__name__})")
-    beta = float(beta)
-    if not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"beta must be a finite float >= 0 (0 = L2 normalization), got {beta}")
-    return beta
+    return check_number("beta", beta, minimum=0.0, hint="beta=0 is L2 normalization")
 
 
 def beta_normalize(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from .._validation import check_number
 
 #: GL++ Table 7: alpha per dataset (CUB 0.5, Cars196 0.6, In-Shop 0.9, SOP 0.6).
 DEFAULT_ALPHA = 0.5
@@ -12,14 +12,9 @@ DEFAULT_ALPHA = 0.5
 
 def check_alpha(alpha: float) -> float:
     """Validate ``alpha`` (a float in [0, 1]) and return it as a float."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"alpha must be a float in [0, 1], got {alpha!r} ({type(alpha).__name__})")
-    alpha = float(alpha)
-    if not math.isfinite(alpha) or not (0.0 <= alpha <= 1.0):
-        raise ValueError(
-            f"alpha must be in [0, 1] (1 = max pooling, 0 = average pooling), got {alpha}"
-        )
-    return alpha
+    return check_number(
+        "alpha", alpha, minimum=0.0, maximum=1.0, hint="1 = max pooling, 0 = average pooling"
+    )
 
 
 def mixed_pool2d(features: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:

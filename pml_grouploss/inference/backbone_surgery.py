@@ -19,13 +19,13 @@ modified in place.
 from __future__ import annotations
 
 import copy
-import math
 from typing import List, Tuple
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from .._validation import check_number
 from ..functional.pooling import DEFAULT_ALPHA
 from .mixed_pooling import MixedPooling
 
@@ -215,15 +215,10 @@ def install_mixed_pooling(model: torch.nn.Module, alpha: float = DEFAULT_ALPHA) 
 
 
 def check_negative_slope(negative_slope: float) -> float:
-    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
-        raise TypeError(f"negative_slope must be a float >= 0, got {negative_slope!r}")
-    negative_slope = float(negative_slope)
-    if not math.isfinite(negative_slope) or negative_slope < 0:
-        raise ValueError(
-            "negative_slope must be a finite float >= 0 (0 = ReLU, 1 = identity), "
-            f"got {negative_slope}"
-        )
-    return negative_slope
+    """Validate ``negative_slope`` (a finite float >= 0) and return it as a float."""
+    return check_number(
+        "negative_slope", negative_slope, minimum=0.0, hint="0 = ReLU, 1 = identity"
+    )
 
 
 def install_leaky_relu(

@@ -7,17 +7,10 @@ import numpy as np
 import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
 
+from .._validation import check_int
 from ..functional.class_centroids import class_centroids, nearest_classes
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[int]]
-
-
-def _as_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 class NearestClassSampler(MPerClassSampler):
@@ -92,10 +85,10 @@ class NearestClassSampler(MPerClassSampler):
         labels = np.asarray(labels).reshape(-1)
         if labels.size == 0:
             raise ValueError("labels is empty: the sampler needs a labelled dataset")
-        m = _as_int("m", m, 1)
-        batch_size = _as_int("batch_size", batch_size, 1)
-        length_before_new_iter = _as_int("length_before_new_iter", length_before_new_iter, 1)
-        seed = _as_int("seed", seed, 0)
+        m = check_int("m", m, 1)
+        batch_size = check_int("batch_size", batch_size, 1)
+        length_before_new_iter = check_int("length_before_new_iter", length_before_new_iter, 1)
+        seed = check_int("seed", seed, 0)
         num_classes = len(np.unique(labels))
         if batch_size % m != 0:
             raise ValueError(
@@ -115,7 +108,7 @@ class NearestClassSampler(MPerClassSampler):
             )
         if num_candidates is None:
             num_candidates = classes_per_batch - 1
-        num_candidates = _as_int("num_candidates", num_candidates, classes_per_batch - 1)
+        num_candidates = check_int("num_candidates", num_candidates, classes_per_batch - 1)
         if num_candidates > num_classes - 1:
             raise ValueError(
                 f"num_candidates must be <= number of classes - 1 = {num_classes - 1}, got "
@@ -124,7 +117,7 @@ class NearestClassSampler(MPerClassSampler):
         if embedding_fn is not None and not callable(embedding_fn):
             raise TypeError("embedding_fn must be callable (returning the (N, d) embeddings)")
         if hook_batch_size is not None:
-            hook_batch_size = _as_int("hook_batch_size", hook_batch_size, 1)
+            hook_batch_size = check_int("hook_batch_size", hook_batch_size, 1)
         super().__init__(labels, m, batch_size, length_before_new_iter)
         self.dataset_labels = labels
         self.classes = np.array(sorted(self.labels_to_indices.keys()))
@@ -249,7 +242,7 @@ class NearestClassSampler(MPerClassSampler):
     # ------------------------------------------------------------------ sampling
     def set_epoch(self, epoch: int) -> None:
         """Seed the next ``__iter__`` with ``(seed, epoch)`` (as ``DistributedSampler``)."""
-        self.epoch = _as_int("epoch", epoch, 0)
+        self.epoch = check_int("epoch", epoch, 0)
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
