@@ -22,23 +22,29 @@ class BatchClasses(NamedTuple):
     valid: torch.Tensor
 
 
-def batch_classes(labels: torch.Tensor) -> BatchClasses:
+def batch_classes(labels: torch.Tensor, pad: bool = True) -> BatchClasses:
     """The distinct labels of a batch and each sample's slot among them, in ``n`` slots.
 
-    What ``torch.unique(labels, return_inverse=True)`` returns, padded to the batch size:
-    ``torch.unique`` has a data-dependent output size and so reads the device (a CUDA
-    synchronisation each step); ``n`` slots always suffice. A loss gathers the classifier
-    rows ``W[classes]`` and masks the padding slots' logits to ``-inf``: the softmax over the
-    slots is then the softmax over the batch's classes. The padding slots repeat a real class
-    so that a sparse gradient touches only the batch's rows.
+    What ``torch.unique(labels, return_inverse=True)`` returns, padded to the batch size
+    (``pad=True``): ``torch.unique`` has a data-dependent output size and so reads the device
+    (a CUDA synchronisation each step); ``n`` slots always suffice. A loss gathers the
+    classifier rows ``W[classes]`` and masks the padding slots' logits to ``-inf``: the
+    softmax over the slots is then the softmax over the batch's classes. The padding slots
+    repeat a real class so that a sparse gradient touches only the batch's rows.
+    ``pad=False`` returns the ``k`` slots of ``torch.unique`` (all valid): fewer columns,
+    for tensors where a device read costs nothing (the CPU).
 
     Args:
         labels: ``(n,)`` integer class ids.
+        pad: ``n`` slots without a device read (``True``) or exactly ``k``.
 
     Returns:
         :class:`BatchClasses`, on ``labels.device``.
     """
     labels = labels.reshape(-1).long()
+    if not pad:
+        classes, targets = torch.unique(labels, sorted=True, return_inverse=True)
+        return BatchClasses(classes, targets, torch.ones_like(classes, dtype=torch.bool))
     n = labels.shape[0]
     sorted_labels, order = torch.sort(labels)
     is_new = torch.ones(n, dtype=torch.bool, device=labels.device)

@@ -346,6 +346,10 @@ class GroupLoss(
         self.prior_classes, self.ce_classes = prior_classes, ce_classes
         self.sparse_gradients, self.validate = sparse_gradients, validate
 
+    def _pads_batch_classes(self, x: torch.Tensor) -> bool:
+        """``n`` padded slots off the CPU (no device read); exactly the ``k`` classes on it."""
+        return x.device.type != "cpu"
+
     def _prior_logits(self, x, labels, dtype, validate):
         """``(prior logits, targets, CE logits or None)``: over all ``m`` classes, or over
         the batch's classes (``-inf`` in the padding slots of
@@ -355,7 +359,8 @@ class GroupLoss(
             if validate:
                 self._check_values(x, logits, dtype)
             return logits, labels, None
-        slots = batch_classes(labels)
+        padded = self._pads_batch_classes(x)
+        slots = batch_classes(labels, pad=padded)
         if self.ce_classes == "all":
             full = self.get_logits(x)
             logits = full.gather(1, slots.classes.expand(x.shape[0], -1))
@@ -363,7 +368,9 @@ class GroupLoss(
             full, logits = None, self.get_batch_logits(x, slots.classes)
         if validate:
             self._check_values(x, logits if full is None else full, dtype)
-        return logits.masked_fill(~slots.valid, -math.inf), slots.targets, full
+        if padded:
+            logits = logits.masked_fill(~slots.valid, -math.inf)
+        return logits, slots.targets, full
 
     def _set_stats(self, corr, out, labels, anchors) -> None:
         """Host values (device reads), only with ``collect_stats``; ``labels`` are the

@@ -34,12 +34,21 @@ def _by_hand(loss_fn, e, labels, ce_classes):
     return out["loss"]
 
 
+def _pad(loss_fn, padded, monkeypatch):
+    """Off the CPU the loss uses n padded class slots (no device read); force that path."""
+    monkeypatch.setattr(loss_fn, "_pads_batch_classes", lambda x: padded)
+    return loss_fn
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["k-slots", "padded"])
 @pytest.mark.parametrize("ce_classes", ["batch", "all"])
 @pytest.mark.parametrize("T", [0, 1, 3])
-def test_batch_prior_equals_the_dense_loss_restricted_by_hand(ce_classes, T):
+def test_batch_prior_equals_the_dense_loss_restricted_by_hand(ce_classes, T, padded,
+                                                               monkeypatch):
     torch.manual_seed(0)
     loss_fn = losses.GroupLoss(M, D, temperature=2.0, num_iterations=T,
                                prior_classes="batch", ce_classes=ce_classes).double()
+    _pad(loss_fn, padded, monkeypatch)
     e, labels = _batch()
     e.requires_grad_(True)
     params = [e, loss_fn.W, loss_fn.bias]
@@ -96,9 +105,11 @@ def test_batch_prior_without_refinement_is_a_lower_bound_of_the_dense_loss():
         assert batch(e, labels).item() < dense(e, labels).item()
 
 
-def test_batch_prior_gradcheck():
+@pytest.mark.parametrize("padded", [False, True], ids=["k-slots", "padded"])
+def test_batch_prior_gradcheck(padded, monkeypatch):
     loss_fn = losses.GroupLoss(10, 4, temperature=2.0, num_iterations=2, num_anchors=1,
                                prior_classes="batch").double()
+    _pad(loss_fn, padded, monkeypatch)
     g = torch.Generator().manual_seed(3)
     e = torch.randn(8, 4, generator=g, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([7, 2, 7, 5, 2, 5, 7, 2])
@@ -111,10 +122,11 @@ def test_batch_prior_gradcheck():
     assert torch.autograd.gradcheck(f, (e, W, b))
 
 
-def test_sparse_gradients_equal_the_dense_gradients():
+@pytest.mark.parametrize("padded", [False, True], ids=["k-slots", "padded"])
+def test_sparse_gradients_equal_the_dense_gradients(padded, monkeypatch):
     dense = losses.GroupLoss(M, D, num_iterations=2, prior_classes="batch").double()
-    sparse = losses.GroupLoss(M, D, num_iterations=2, prior_classes="batch",
-                              sparse_gradients=True).double()
+    sparse = _pad(losses.GroupLoss(M, D, num_iterations=2, prior_classes="batch",
+                                   sparse_gradients=True).double(), padded, monkeypatch)
     sparse.load_state_dict(dense.state_dict())
     e, labels = _batch(seed=4)
     dense(e, labels).backward()
@@ -129,8 +141,10 @@ def test_sparse_gradients_equal_the_dense_gradients():
     lambda p: torch.optim.SparseAdam(p, lr=1e-2),
     lambda p: torch.optim.SGD(p, lr=1e-1),
 ], ids=["SparseAdam", "SGD"])
-def test_one_optimizer_step_touches_only_the_batch_rows(optimizer):
-    loss_fn = losses.GroupLoss(M, D, prior_classes="batch", sparse_gradients=True)
+@pytest.mark.parametrize("padded", [False, True], ids=["k-slots", "padded"])
+def test_one_optimizer_step_touches_only_the_batch_rows(optimizer, padded, monkeypatch):
+    loss_fn = _pad(losses.GroupLoss(M, D, prior_classes="batch", sparse_gradients=True),
+                   padded, monkeypatch)
     opt = optimizer(loss_fn.parameters())
     W0, b0 = loss_fn.W.detach().clone(), loss_fn.bias.detach().clone()
     e, labels = _batch(seed=5)
