@@ -6,18 +6,16 @@ default, judged on the validation fold only (no test feedback); ``--test`` adds 
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from .aggregate import TABLE_METRICS, VAL_METRICS, format_table, summarize, to_markdown
+from .aggregate import TABLE_METRICS, VAL_METRICS
 from .config import BenchmarkConfig
-from .data import check_batch, splits_for_fold
-from .methods import get_method
-from .runner import run_one
+from .suite import Grid, Log, OnPhase, Variant
 
 #: (label, GroupLoss parameter overrides, protocol changes, x value(s) for the figure)
 AblationVariant = Tuple[str, Dict[str, Any], Dict[str, Any], Any]
@@ -105,77 +103,31 @@ ABLATIONS: Dict[str, Ablation] = {
 }
 
 
-def run_ablation(
-    name: str,
-    cfg: BenchmarkConfig,
-    output_dir: str,
-    fresh: bool = False,
-    final_test: bool = False,
-    figures: bool = True,
-    log=None,
-) -> pd.DataFrame:
-    from .suite import check_dependencies, prepare_output, say
+def ablation_variants(name: str, cfg: BenchmarkConfig) -> List[Variant]:
+    """The grid variants of sweep ``name``: GroupLoss with the run's ``grouploss`` overrides plus
+    the variant's, and its protocol changes (``batch_size`` follows them)."""
+    base = dict(cfg.overrides.get("grouploss", {}))
+    out = []
+    for label, overrides, changes, x in ABLATIONS[name].variants(cfg):
+        run_dir = re.sub(r"[=(),]", "", label.replace(" ", "_").replace(",", "_"))
+        out.append(Variant(label, "grouploss", {**base, **overrides},
+                           {**changes, "batch_size": None}, {"x": str(x)}, run_dir))
+    return out
 
-    log = log or say
-    check_dependencies()
-    ablation = ABLATIONS[name]
-    variants = ablation.variants(cfg)
-    prepare_output(cfg, output_dir, fresh)
-    base_overrides = dict(cfg.overrides.get("grouploss", {}))
-    spec = get_method("grouploss")
-    rows = []
-    splits_cache: Dict[Tuple, Any] = {}
-    total, done = len(variants) * len(cfg.seeds), 0
-    for seed in cfg.seeds:
-        for label, overrides, changes, x in variants:
-            vcfg = dataclasses.replace(cfg, **changes)
-            key = (seed % cfg.num_folds,)
-            if key not in splits_cache:
-                splits_cache[key] = splits_for_fold(cfg, key[0])
-            splits = splits_cache[key]
-            check_batch(
-                vcfg.classes_per_batch, vcfg.samples_per_class, None, splits.train.num_classes
-            )
-            safe = (
-                label.replace(" ", "_")
-                .replace("=", "")
-                .replace(",", "_")
-                .replace("(", "")
-                .replace(")", "")
-            )
-            run_dir = os.path.join(output_dir, "runs", safe, f"seed{seed}")
-            row = run_one(
-                dataclasses.replace(vcfg, batch_size=None),
-                spec,
-                seed,
-                splits,
-                run_dir,
-                label=label,
-                overrides={**base_overrides, **overrides},
-                final_test=final_test,
-            )
-            row["x"] = str(x)
-            rows.append(row)
-            done += 1
-            log(
-                f"[{done}/{total}] {label} seed {seed}: val P@1 "
-                f"{100 * row['val_precision_at_1']:.1f}"
-            )
-    per_seed = pd.DataFrame(rows)
-    per_seed.to_csv(os.path.join(output_dir, "per_seed.csv"), index=False)
+
+def run_ablation(name: str, cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
+                 final_test: bool = False, figures: bool = True, log: Optional[Log] = None,
+                 on_phase: Optional[OnPhase] = None) -> pd.DataFrame:
+    """Sweep ``name`` with the protocol of ``cfg``: tables (validation; test with
+    ``final_test``) and ``figures/ablation_<name>.png`` in ``output_dir``."""
+    grid = Grid(cfg, output_dir, fresh, log, on_phase)
+    per_seed = grid.run(ablation_variants(name, cfg), final_test=final_test)
     metrics = VAL_METRICS + (TABLE_METRICS[:7] if final_test else ())
-    summary = summarize(per_seed, metrics=[m for m, _ in metrics])
-    summary.to_csv(os.path.join(output_dir, "summary.csv"), index=False)
-    md = to_markdown(format_table(summary, metrics=metrics))
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(
-            f"# Ablation `{name}`: {ablation.description}\n\nValidation fold"
-            f"{' and test classes' if final_test else ' only'}, mean ± 95% CI over seeds.\n\n"
-        )
-        f.write(md)
-    log("\n" + md)
+    where = " and test classes" if final_test else " only"
+    grid.write(per_seed, f"Ablation `{name}`: {ABLATIONS[name].description}\n\nValidation fold"
+               f"{where}, mean ± 95% CI over seeds.", metrics=metrics)
     if figures:
         from .figures import ablation_figure
 
-        ablation_figure(per_seed, ablation, os.path.join(output_dir, "figures"), name)
+        ablation_figure(per_seed, ABLATIONS[name], os.path.join(output_dir, "figures"), name)
     return per_seed

@@ -79,10 +79,12 @@ class Splits:
 
 def class_folds(num_classes: int, num_folds: int, seed: int = FOLD_SEED) -> List[np.ndarray]:
     """Split ``0..num_classes-1`` into ``num_folds`` disjoint folds of (almost) equal size."""
-    if num_folds < 2:
-        raise ValueError(f"--num-folds must be >= 2 (one fold validates), got {num_folds}")
-    if num_folds > num_classes:
-        raise ValueError(f"--num-folds {num_folds} exceeds the {num_classes} training classes")
+    from .validation import ConfigValueError
+
+    if not 2 <= num_folds <= num_classes:
+        raise ConfigValueError(
+            "num_folds", f"num_folds {num_folds} must be >= 2 (one fold validates) and at most "
+            f"the {num_classes} training classes (each fold needs a validation class)")
     perm = np.random.default_rng(seed).permutation(num_classes)
     return [np.sort(f) for f in np.array_split(perm, num_folds)]
 
@@ -91,27 +93,21 @@ def load_base(dataset: str, data_root: Optional[str], download: bool = False):
     """Return ``(train_base, test_base, in_channels)``: images as PIL, class ids unique across
     the two (train ``0..C_train-1``, test ``C_train..C_train+C_test-1``)."""
     from .. import datasets as ds
+    from .validation import ConfigValueError
 
     if dataset == "omniglot-small":
         return ds.Omniglot(split="train"), ds.Omniglot(split="test"), 1
-    if data_root is None:
-        raise ValueError(f"--data-root is required for --dataset {dataset}")
-    if not download and not os.path.isdir(data_root):
-        raise FileNotFoundError(
-            f"--data-root {data_root!r} does not exist; point it at the {dataset} directory "
-            "(see docs/datasets.md) or add --download"
-        )
+    if data_root is None or not (download or os.path.isdir(data_root)):
+        raise ConfigValueError(
+            "data_root", f"data_root {data_root!r} does not exist; point it at the {dataset} "
+            "directory (see docs/datasets.md) or add download")
     if dataset == "omniglot":
         return (
             ds.Omniglot(data_root, split="train", download=download),
             ds.Omniglot(data_root, split="test"),
             1,
         )
-    cls = {"cub": ds.CUB, "cars196": ds.Cars196, "sop": ds.StanfordOnlineProducts}.get(dataset)
-    if cls is None:
-        raise ValueError(
-            f"--dataset: unknown dataset {dataset!r}; choose one of " f"{', '.join(DATASET_NAMES)}"
-        )
+    cls = {"cub": ds.CUB, "cars196": ds.Cars196, "sop": ds.StanfordOnlineProducts}[dataset]
     return cls(data_root, split="train", download=download), cls(data_root, split="test"), 3
 
 
@@ -126,8 +122,6 @@ def build_transforms(
     """
     from torchvision import transforms as T
 
-    if augment not in ("none", "affine"):
-        raise ValueError(f"--augment must be 'none' or 'affine', got {augment!r}")
     if trunk == "cnn":
         mean, std = (
             ([0.08] * in_channels, [0.25] * in_channels)
@@ -191,19 +185,12 @@ def build_splits(
     return splits
 
 
-def splits_for_fold(cfg: "BenchmarkConfig", fold: int) -> Splits:
-    """:func:`build_splits` with the data settings of ``cfg`` (validation fold ``fold``)."""
-    return build_splits(
-        cfg.dataset,
-        cfg.data_root,
-        fold,
-        cfg.num_folds,
-        cfg.trunk,
-        cfg.image_size,
-        cfg.augment,
-        cfg.max_classes,
-        cfg.download,
-    )
+def splits_for_fold(cfg: "BenchmarkConfig", fold: int, **changes) -> Splits:
+    """:func:`build_splits` with the data settings of ``cfg`` (validation fold ``fold``), e.g.
+    ``augment="none"`` for evaluation only."""
+    names = ("trunk", "image_size", "augment", "max_classes", "download")
+    settings = {**{k: getattr(cfg, k) for k in names}, **changes}
+    return build_splits(cfg.dataset, cfg.data_root, fold, cfg.num_folds, **settings)
 
 
 def assert_disjoint(splits: Splits) -> None:
@@ -218,29 +205,3 @@ def assert_disjoint(splits: Splits) -> None:
         raise AssertionError("train and validation share images")
     if splits.train.base is splits.test.base:
         raise AssertionError("the test split must come from the dataset's own test split")
-
-
-def check_batch(
-    classes_per_batch: int,
-    samples_per_class: int,
-    batch_size: Optional[int],
-    num_train_classes: int,
-) -> int:
-    """Validate the MPerClassSampler recipe and return the batch size."""
-    if samples_per_class < 1 or classes_per_batch < 1:
-        raise ValueError("--classes-per-batch and --samples-per-class must be >= 1")
-    if batch_size is None:
-        batch_size = classes_per_batch * samples_per_class
-    if batch_size % samples_per_class != 0:
-        raise ValueError(
-            f"--batch-size {batch_size} is not divisible by --samples-per-class "
-            f"{samples_per_class}; use a multiple such as "
-            f"{samples_per_class * (batch_size // samples_per_class or 1)}"
-        )
-    if batch_size // samples_per_class > num_train_classes:
-        raise ValueError(
-            f"{batch_size // samples_per_class} classes per batch but only {num_train_classes} "
-            f"training classes (after removing the validation fold); lower --classes-per-batch or "
-            "--batch-size, or use fewer folds"
-        )
-    return batch_size

@@ -108,10 +108,10 @@ def retrieval_grid_figure(
     seed: Optional[int] = None,
     n_queries: int = 6,
     top_k: int = 4,
+    on_phase=None,
 ) -> str:
     """Queries (left) and their top-``top_k`` test neighbours per method; green = same class."""
-    from . import runner
-    from .data import build_splits
+    from .data import splits_for_fold
 
     seed = cfg.seeds[0] if seed is None else seed
     results = {}
@@ -122,20 +122,13 @@ def retrieval_grid_figure(
                 results[m] = (f["embeddings"], f["labels"])
     if not results:
         raise FileNotFoundError(f"no test_embeddings.npz under {output_dir}/runs/*/seed{seed}")
-    splits = build_splits(
-        cfg.dataset,
-        cfg.data_root,
-        seed % cfg.num_folds,
-        cfg.num_folds,
-        "cnn",
-        cfg.image_size,
-        "none",
-        cfg.max_classes,
-    )
+    fold = seed % cfg.num_folds
+    splits = splits_for_fold(cfg, fold, trunk="cnn", augment="none", download=False)
+    on_phase = on_phase or (lambda _: None)
     test = splits.test
     rng = np.random.default_rng(0)
     queries = np.sort(rng.choice(len(test), size=min(n_queries, len(test)), replace=False))
-    runner.PHASE = "figures"
+    on_phase("figures")
     try:
         cache: Dict[int, np.ndarray] = {}
 
@@ -168,7 +161,7 @@ def retrieval_grid_figure(
                     if r == 0 and c == 0:
                         ax.set_title(m, fontsize=8, loc="left")
     finally:
-        runner.PHASE = "idle"
+        on_phase("idle")
     fig.suptitle(
         f"test queries and their top-{top_k} (green = same class, red = other), seed {seed}",
         fontsize=9,
@@ -255,10 +248,10 @@ def ablation_figure(per_seed: pd.DataFrame, ablation, fig_dir: str, name: str) -
     return path
 
 
-def make_all(output_dir: str, cfg: BenchmarkConfig) -> List[str]:
+def make_all(output_dir: str, cfg: BenchmarkConfig, on_phase=None) -> List[str]:
     os.makedirs(os.path.join(output_dir, "figures"), exist_ok=True)
     methods = [m for m in cfg.methods if os.path.isdir(os.path.join(output_dir, "runs", m))]
     paths = [convergence_figure(output_dir, methods), train_vs_test_figure(output_dir, methods)]
     if cfg.save_embeddings:
-        paths.append(retrieval_grid_figure(output_dir, cfg, methods))
+        paths.append(retrieval_grid_figure(output_dir, cfg, methods, on_phase=on_phase))
     return paths

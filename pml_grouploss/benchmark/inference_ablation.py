@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pandas as pd
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 
-from . import runner
-from .aggregate import format_table, summarize, to_markdown
 from .config import BenchmarkConfig
-from .data import build_splits
+from .runner import _clean
+from .suite import Grid, Log, OnPhase
 from .trunks import build_embedder, build_trunk
 
 #: validation grids (GL++ Table 7 values included)
@@ -80,102 +79,77 @@ def _evaluate(cfg, trunk, embedder, dataset, settings: Dict[str, Any], device) -
         data_device=device,
     )
     acc = tester.test({"split": dataset}, 0, trunk, embedder, splits_to_eval=[("split", ["split"])])
-    return runner._clean(acc["split"])
+    return _clean(acc["split"])
 
 
-def run_inference_ablation(results_dir: str, method: str = "grouploss", log=None) -> pd.DataFrame:
-    from .suite import say
+def _choose(evaluate: Callable, metric: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """Each strategy's parameter with the best validation ``metric`` (strategy alone on the
+    baseline), and a note for each strategy that cannot be applied to the trunk."""
+    chosen: Dict[str, Any] = {"flip": True}
+    notes: Dict[str, str] = {}
+    for name, grid in GRIDS.items():
+        best: Optional[Tuple[float, Any]] = None
+        for value in grid:
+            try:
+                score = evaluate({name: value}, "val")[metric]
+            except Exception as err:  # surgery not applicable to this trunk
+                notes[name] = f"not applicable: {type(err).__name__}: {err}"[:160]
+                break
+            if best is None or score > best[0]:
+                best = (score, value)
+        if best is not None and name not in notes:
+            chosen[name] = best[1]
+    return chosen, notes
 
-    log = log or say
+
+def _table(chosen: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
+    """Baseline, each strategy alone, then the strategies added cumulatively (GL++ Tables 3-4)."""
+    table: List[Tuple[str, Dict[str, Any]]] = [("baseline", {})]
+    names = [n for n in ORDER if n in chosen]
+    table += [(f"+ {n} alone", {n: chosen[n]}) for n in names]
+    table += [("cumulative: " + " + ".join(names[:i]), {n: chosen[n] for n in names[:i]})
+              for i in range(2, len(names) + 1)]
+    return table
+
+
+def run_inference_ablation(results_dir: str, method: str = "grouploss", log: Optional[Log] = None,
+                           on_phase: Optional[OnPhase] = None) -> pd.DataFrame:
+    """The GL++ inference ablation on ``method``'s checkpoints in ``results_dir``, written to
+    ``results_dir/inference_ablation_<method>``; test classes are read only for the table rows,
+    after every choice on the validation fold (``on_phase("final_test")``)."""
     with open(os.path.join(results_dir, "config.json")) as f:
         cfg = BenchmarkConfig.from_dict(json.load(f))
     device = torch.device(cfg.device)
-    out_dir = os.path.join(results_dir, f"inference_ablation_{method}")
-    os.makedirs(out_dir, exist_ok=True)
+    grid = Grid(cfg, os.path.join(results_dir, f"inference_ablation_{method}"), log=log,
+                on_phase=on_phase, prepare=False)
     rows: List[Dict[str, Any]] = []
     chosen_all = {}
     for seed in cfg.seeds:
         run_dir = os.path.join(results_dir, "runs", method, f"seed{seed}")
         if not os.path.isfile(os.path.join(run_dir, "final.json")):
-            log(f"skip seed {seed}: {run_dir} is not finished")
+            grid.log(f"skip seed {seed}: {run_dir} is not finished")
             continue
-        splits = build_splits(
-            cfg.dataset,
-            cfg.data_root,
-            seed % cfg.num_folds,
-            cfg.num_folds,
-            cfg.trunk,
-            cfg.image_size,
-            "none",
-            cfg.max_classes,
-        )
+        splits = grid.splits(seed, augment="none", download=False)
 
-        def ev(settings, split):
+        def evaluate(settings, split):
             trunk, embedder = _load_best(cfg, run_dir, splits.in_channels, device)
-            ds = splits.val if split == "val" else splits.test
-            if split == "test":
-                runner.PHASE = "final_test"
+            grid.on_phase("final_test" if split == "test" else "validation")
             try:
-                return _evaluate(cfg, trunk, embedder, ds, settings, device)
+                dataset = splits.test if split == "test" else splits.val
+                return _evaluate(cfg, trunk, embedder, dataset, settings, device)
             finally:
-                runner.PHASE = "idle"
+                grid.on_phase("idle")
 
-        chosen: Dict[str, Any] = {"flip": True}
-        notes: Dict[str, str] = {}
-        for name, grid in GRIDS.items():
-            best: Optional[Tuple[float, Any]] = None
-            for value in grid:
-                try:
-                    score = ev({name: value}, "val")[cfg.primary_metric]
-                except Exception as err:  # surgery not applicable to this trunk
-                    notes[name] = f"not applicable: {type(err).__name__}: {err}"[:160]
-                    break
-                if best is None or score > best[0]:
-                    best = (score, value)
-            if best is not None and name not in notes:
-                chosen[name] = best[1]
+        chosen, notes = _choose(evaluate, cfg.primary_metric)
         chosen_all[seed] = {**chosen, **{f"{k}_note": v for k, v in notes.items()}}
-        table: List[Tuple[str, Dict[str, Any]]] = [("baseline", {})]
-        for name in ORDER:
-            if name in chosen:
-                table.append(
-                    (
-                        f"+ {name} alone ({chosen[name]})" if name != "flip" else "+ flip alone",
-                        {name: chosen[name]},
-                    )
-                )
-        cumulative: Dict[str, Any] = {}
-        for name in ORDER:
-            if name in chosen:
-                cumulative[name] = chosen[name]
-                if len(cumulative) > 1:
-                    table.append(("cumulative: " + " + ".join(cumulative), dict(cumulative)))
-        for label, settings in table:
-            label = label.replace(" alone (", " alone (chosen on val: ") if "(" in label else label
-            acc = ev(settings, "test")
-            rows.append(
-                {
-                    "configuration": label.split(" (chosen")[0],
-                    "seed": seed,
-                    **acc,
-                    "settings": json.dumps(settings, default=str),
-                }
-            )
-            log(f"seed {seed} {label}: test R@1 {100 * acc['precision_at_1']:.1f}")
-    per_seed = pd.DataFrame(rows)
-    per_seed.to_csv(os.path.join(out_dir, "per_seed.csv"), index=False)
-    summary = summarize(per_seed, group="configuration")
-    summary.to_csv(os.path.join(out_dir, "summary.csv"), index=False)
-    md = to_markdown(format_table(summary, group="configuration"))
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(
-            f"# GroupLoss++ inference ablation ({method} models of {results_dir})\n\n"
-            "Parameters chosen on the validation fold of each seed; test classes, mean ± 95% "
-            "CI over seeds.\n\n"
-            + md
-            + "\nChosen parameters per seed:\n\n```json\n"
-            + json.dumps(chosen_all, indent=2, default=str)
-            + "\n```\n"
-        )
-    log("\n" + md)
-    return per_seed
+        for label, settings in _table(chosen):
+            acc = evaluate(settings, "test")
+            rows.append({"configuration": label, "seed": seed, **acc,
+                         "settings": json.dumps(settings, default=str)})
+            grid.log(f"seed {seed} {label} {settings}: test R@1 {100 * acc['precision_at_1']:.1f}")
+    chosen_json = json.dumps(chosen_all, indent=2, default=str)
+    grid.write(pd.DataFrame(rows), f"GroupLoss++ inference ablation ({method} models of "
+               f"{results_dir})\n\nParameters chosen on the validation fold of each seed; test "
+               "classes, mean ± 95% CI over seeds.", group="configuration",
+               note=f"\nChosen parameters per seed:\n\n```json\n{chosen_json}\n```\n")
+    return pd.DataFrame(rows)

@@ -9,7 +9,6 @@ need a much larger learning rate than the trunk).
 
 from __future__ import annotations
 
-import ast
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -138,7 +137,7 @@ def _pml_loss_method(name: str) -> MethodSpec:
     if not (inspect.isclass(cls) and issubclass(cls, pml_losses.BaseMetricLossFunction)):
         valid = sorted(n for n in dir(pml_losses) if n.endswith("Loss") and n[0].isupper())
         raise ValueError(
-            f"--losses: unknown loss {name!r}. Built-in methods: {', '.join(METHODS)}; or any PML "
+            f"unknown loss {name!r}. Built-in methods: {', '.join(METHODS)}; or any PML "
             f"loss class by name, e.g. {', '.join(valid[:8])}, ..."
         )
     sig = inspect.signature(cls.__init__).parameters
@@ -165,25 +164,6 @@ def get_method(name: str) -> MethodSpec:
     if name in METHODS:
         return METHODS[name]
     return _pml_loss_method(name)
-
-
-def parse_overrides(items) -> Dict[str, Dict[str, Any]]:
-    """``["grouploss.temperature=10", "proxyanchor.loss_lr=0.03"]`` -> nested dict.
-
-    Values are Python literals (``ast.literal_eval``), or plain strings when not a literal.
-    """
-    out: Dict[str, Dict[str, Any]] = {}
-    for item in items or ():
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"--set: expected METHOD.PARAM=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        method, param = key.split(".", 1)
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        out.setdefault(method, {})[param] = value
-    return out
 
 
 @dataclass
@@ -220,8 +200,8 @@ def build_method(
             )
     try:
         loss = spec.build_loss(num_classes, embedding_size, **params)
-    except TypeError as err:
-        raise ValueError(f"--set {spec.name}.*: {err}") from err
+    except (TypeError, ValueError) as err:  # a wrong or unknown parameter of the loss
+        raise ValueError(f"{spec.name}: {err}") from err
     miner = spec.build_miner(params) if spec.build_miner is not None else None
     has_params = any(p.requires_grad for p in loss.parameters())
     return BuiltMethod(

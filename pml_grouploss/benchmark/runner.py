@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import pandas as pd
@@ -23,13 +23,11 @@ from pytorch_metric_learning import samplers, testers
 from pytorch_metric_learning.utils import logging_presets
 
 from .config import BenchmarkConfig
-from .data import Splits, check_batch
+from .data import Splits
 from .methods import MethodSpec, build_method
 from .resume import ResumableSampler, ResumableTrainer, load_state, save_state
 from .trunks import build_embedder, build_trunk
-
-#: which phase the runner is in; the protocol tests read it when a test image is loaded
-PHASE = "idle"
+from .validation import check_batch
 
 BASE_METRICS = ("precision_at_1", "mean_average_precision_at_r", "r_precision", "NMI", "AMI")
 
@@ -96,182 +94,177 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_one(
-    cfg: BenchmarkConfig,
-    spec: MethodSpec,
-    seed: int,
-    splits: Splits,
-    run_dir: str,
-    label: Optional[str] = None,
-    overrides: Optional[Dict[str, Any]] = None,
-    final_test: bool = True,
-) -> Dict[str, Any]:
-    """Train, select on validation, test once. Returns the row of ``per_seed.csv``."""
-    global PHASE
+def _optimizers(cfg: BenchmarkConfig, trunk, embedder, loss, method) -> Dict[str, Any]:
+    """Trunk and embedder at the method's trunk lr (default ``cfg.lr``); a loss that owns
+    parameters gets its own optimizer at ``loss_lr``."""
+    lr = method.lr if method.lr is not None else cfg.lr
+    optimizers = {"trunk_optimizer": _optimizer(cfg.optimizer, trunk.parameters(), lr,
+                                                cfg.weight_decay)}
+    if any(p.requires_grad for p in embedder.parameters()):
+        optimizers["embedder_optimizer"] = _optimizer(
+            cfg.optimizer, embedder.parameters(), lr, cfg.weight_decay)
+    if method.loss_lr is not None:
+        optimizers["metric_loss_optimizer"] = _optimizer(
+            cfg.optimizer, loss.parameters(), method.loss_lr, cfg.weight_decay)
+    return optimizers
+
+
+def _append_history(path: str, rows) -> None:
+    with open(path, "a") as f:  # JSON lines: rows with different columns
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def _trim_history(path: str, start_epoch: int) -> None:
+    """A resumed run keeps only the history up to its checkpoint."""
+    if start_epoch > 1 and os.path.exists(path):
+        hist = read_history(path)
+        os.remove(path)
+        _append_history(path, [{k: v for k, v in r.items() if pd.notna(v)}
+                                for r in hist[hist.epoch < start_epoch].to_dict("records")])
+
+
+class _Run:
+    """The PML objects of one (method, seed) run: trainer, tester, hooks, record keeper."""
+
+    def __init__(self, cfg: BenchmarkConfig, spec: MethodSpec, splits: Splits, run_dir: str,
+                 label: str, overrides: Optional[Dict[str, Any]], on_validation) -> None:
+        self.cfg, self.device = cfg, torch.device(cfg.device)
+        train_ds = splits.train
+        batch_size = check_batch(cfg, train_ds.num_classes)
+        self.method = build_method(spec, train_ds.num_classes, cfg.embedding_size, overrides, label)
+        trunk, feat = build_trunk(cfg.trunk, splits.in_channels, cfg.pretrained)
+        embedder = build_embedder(feat, cfg.embedding_size, cfg.embedder)
+        self.trunk, self.embedder = trunk.to(self.device), embedder.to(self.device)
+        loss = self.method.loss.to(self.device)
+        optimizers = _optimizers(cfg, self.trunk, self.embedder, loss, self.method)
+        schedulers = None
+        if cfg.lr_decay_epoch:
+            schedulers = {k.replace("_optimizer", "_scheduler_by_epoch"):
+                          torch.optim.lr_scheduler.StepLR(opt, cfg.lr_decay_epoch, gamma=0.1)
+                          for k, opt in optimizers.items()}
+        sampler = ResumableSampler(samplers.MPerClassSampler(  # remembers its place for resume
+            train_ds.labels, m=cfg.samples_per_class, batch_size=batch_size,
+            length_before_new_iter=len(train_ds)))
+        self.record_keeper, _, _ = logging_presets.get_record_keeper(
+            os.path.join(run_dir, "logs"), os.path.join(run_dir, "tensorboard"))
+        self.hooks = logging_presets.get_hook_container(
+            self.record_keeper, primary_metric=cfg.primary_metric, log_freq=cfg.log_freq)
+        self.tester = EmbeddingKeepingTester(
+            end_of_testing_hook=self.hooks.end_of_testing_hook,
+            accuracy_calculator=make_accuracy_calculator(cfg.recall_ks),
+            batch_size=cfg.eval_batch_size, dataloader_num_workers=0, data_device=self.device)
+        self.model_folder = os.path.join(run_dir, "models")
+        self.history = os.path.join(run_dir, "history.jsonl")
+        self.epoch_hook = self.hooks.end_of_epoch_hook(
+            self.tester, {"val": splits.val, "train": splits.train_eval}, self.model_folder,
+            test_interval=cfg.eval_every, patience=cfg.patience,
+            splits_to_eval=[("val", ["val"]), ("train", ["train"])])
+        self.on_validation, self.clock = on_validation, time.time()
+        miners = {"tuple_miner": self.method.miner} if self.method.miner is not None else {}
+        self.trainer = ResumableTrainer(
+            models={"trunk": self.trunk, "embedder": self.embedder}, optimizers=optimizers,
+            batch_size=batch_size, loss_funcs={"metric_loss": loss}, mining_funcs=miners,
+            dataset=train_ds, sampler=sampler, iterations_per_epoch=cfg.iterations_per_epoch,
+            dataloader_num_workers=0, lr_schedulers=schedulers,
+            end_of_iteration_hook=self.hooks.end_of_iteration_hook,
+            end_of_epoch_hook=self.end_of_epoch)
+
+    def end_of_epoch(self, trainer) -> bool:
+        """PML's hook (evaluate, checkpoint, early stop), then history, resume state and the
+        ``on_validation(epoch, metric)`` callback (False stops the training: pruning)."""
+        start_eval = time.time()
+        train_seconds = start_eval - self.clock
+        result = self.epoch_hook(trainer)
+        self.clock = time.time()
+        rows = [{"epoch": trainer.epoch, "split": "time", "train_seconds": train_seconds}]
+        if trainer.epoch % self.cfg.eval_every == 0:  # the hook evaluated and checkpointed
+            accuracies = {k: _clean(v) for k, v in self.tester.all_accuracies.items()}
+            if result is not False and self.on_validation is not None:
+                result = self.on_validation(trainer.epoch,
+                                            accuracies["val"][self.cfg.primary_metric])
+            previous = trainer.epoch - self.cfg.eval_every
+            save_state(trainer, self.model_folder, trainer.epoch, previous, result is False)
+            rows += [{"epoch": trainer.epoch, "split": k, **v} for k, v in accuracies.items()]
+        _append_history(self.history, rows)
+        return result
+
+    def train(self, on_phase) -> None:
+        """Train from the latest checkpoint (if any) to ``cfg.epochs`` or an early stop."""
+        start = self.hooks.load_latest_saved_models(self.trainer, self.model_folder, self.device)
+        if start > 1:  # random-number and sampler state, restored when training starts
+            self.trainer.resume_state = load_state(self.model_folder, start - 1)
+        state = self.trainer.resume_state
+        stopped = state is not None and state["stopped_early"]
+        _trim_history(self.history, start)
+        on_phase("train")
+        try:
+            if start <= self.cfg.epochs and not stopped:  # an early stop: resume = test only
+                self.trainer.train(start_epoch=start, num_epochs=self.cfg.epochs)
+        finally:
+            on_phase("idle")
+
+    def test(self, splits: Splits, best_epoch: int, run_dir: str, on_phase) -> Dict[str, float]:
+        """Load the best-validation checkpoint and evaluate the test classes once."""
+        self.hooks.load_latest_saved_models(self.trainer, self.model_folder, self.device, best=True)
+        on_phase("final_test")
+        try:
+            self.tester.test({"test": splits.test}, best_epoch, self.trunk, self.embedder,
+                             splits_to_eval=[("test", ["test"])])
+        finally:
+            on_phase("idle")
+        self.record_keeper.save_records()
+        if self.cfg.save_embeddings:
+            emb, lab = self.tester.kept_embeddings["test"]
+            np.savez_compressed(os.path.join(run_dir, "test_embeddings.npz"),
+                                embeddings=emb.cpu().numpy().astype(np.float32),
+                                labels=lab.cpu().numpy().ravel())
+        return _clean(self.tester.all_accuracies["test"])
+
+
+def _selection_row(run: _Run, splits: Splits, seed: int, label: str) -> Dict[str, Any]:
+    """The checkpoint HookContainer saved as best (first epoch with the highest validation
+    metric) and its validation and train metrics."""
+    hist = read_history(run.history)
+    val = hist[hist.split == "val"].sort_values("epoch")
+    best_epoch = int(val.loc[val[run.cfg.primary_metric].idxmax(), "epoch"])
+    row: Dict[str, Any] = {
+        "method": label, "seed": seed, "fold": int(seed % run.cfg.num_folds),
+        "best_epoch": best_epoch,
+        "seconds_per_epoch": float(hist[hist.split == "time"].train_seconds.mean()),
+        "num_train_classes": splits.train.num_classes, "num_val_classes": splits.val.num_classes,
+        "num_test_classes": splits.test.num_classes,
+        "params": json.dumps(run.method.params, sort_keys=True, default=str),
+    }
+    best_val = val[val.epoch == best_epoch].iloc[0]
+    best_train = hist[(hist.split == "train") & (hist.epoch == best_epoch)].iloc[0]
+    for k in ("precision_at_1", "mean_average_precision_at_r", "NMI"):
+        row[f"val_{k}"], row[f"train_{k}"] = float(best_val[k]), float(best_train[k])
+    return row
+
+
+def run_one(cfg: BenchmarkConfig, spec: MethodSpec, seed: int, splits: Splits, run_dir: str,
+            label: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None,
+            final_test: bool = True, on_phase: Optional[Callable[[str], None]] = None,
+            on_validation: Optional[Callable[[int, float], bool]] = None) -> Dict[str, Any]:
+    """Train, select on validation, test once. Returns the row of ``per_seed.csv``.
+
+    ``on_phase(name)`` is told "train", "final_test" and "idle" as the run moves on;
+    ``on_validation(epoch, metric)`` after every validation, returning False stops the training
+    there (the tuner's pruning)."""
     label = label or spec.name
     final_path = os.path.join(run_dir, "final.json")
     if os.path.isfile(final_path):
         with open(final_path) as f:
             return json.load(f)
     os.makedirs(run_dir, exist_ok=True)
-    device = torch.device(cfg.device)
+    on_phase = on_phase or (lambda _: None)
     seed_everything(seed)
-
-    train_ds = splits.train
-    batch_size = check_batch(
-        cfg.classes_per_batch, cfg.samples_per_class, cfg.batch_size, train_ds.num_classes
-    )
-    method = build_method(spec, train_ds.num_classes, cfg.embedding_size, overrides, label)
-    trunk, feat = build_trunk(cfg.trunk, splits.in_channels, cfg.pretrained)
-    embedder = build_embedder(feat, cfg.embedding_size, cfg.embedder)
-    trunk, embedder, loss = trunk.to(device), embedder.to(device), method.loss.to(device)
-    lr = method.lr if method.lr is not None else cfg.lr
-    optimizers = {
-        "trunk_optimizer": _optimizer(cfg.optimizer, trunk.parameters(), lr, cfg.weight_decay)
-    }
-    if any(p.requires_grad for p in embedder.parameters()):
-        optimizers["embedder_optimizer"] = _optimizer(
-            cfg.optimizer, embedder.parameters(), lr, cfg.weight_decay
-        )
-    if method.loss_lr is not None:  # the loss owns parameters: its own optimizer and lr
-        optimizers["metric_loss_optimizer"] = _optimizer(
-            cfg.optimizer, loss.parameters(), method.loss_lr, cfg.weight_decay
-        )
-    lr_schedulers = None
-    if getattr(cfg, "lr_decay_epoch", None):
-        lr_schedulers = {
-            k.replace("_optimizer", "_scheduler_by_epoch"): torch.optim.lr_scheduler.StepLR(
-                opt, step_size=cfg.lr_decay_epoch, gamma=0.1
-            )
-            for k, opt in optimizers.items()
-        }
-
-    sampler = ResumableSampler(  # the same batches; remembers its place for an exact resume
-        samplers.MPerClassSampler(
-            train_ds.labels,
-            m=cfg.samples_per_class,
-            batch_size=batch_size,
-            length_before_new_iter=len(train_ds),
-        )
-    )
-    record_keeper, _, _ = logging_presets.get_record_keeper(
-        os.path.join(run_dir, "logs"), os.path.join(run_dir, "tensorboard")
-    )
-    hooks = logging_presets.get_hook_container(
-        record_keeper,
-        primary_metric=cfg.primary_metric,
-        log_freq=cfg.log_freq,
-    )
-    calc = make_accuracy_calculator(cfg.recall_ks)
-    tester = EmbeddingKeepingTester(
-        end_of_testing_hook=hooks.end_of_testing_hook,
-        accuracy_calculator=calc,
-        batch_size=cfg.eval_batch_size,
-        dataloader_num_workers=0,
-        data_device=device,
-    )
-    model_folder = os.path.join(run_dir, "models")
-    eval_sets = {"val": splits.val, "train": splits.train_eval}
-    hook = hooks.end_of_epoch_hook(
-        tester,
-        eval_sets,
-        model_folder,
-        test_interval=cfg.eval_every,
-        patience=cfg.patience,
-        splits_to_eval=[("val", ["val"]), ("train", ["train"])],
-    )
-    history_path = os.path.join(run_dir, "history.jsonl")
-    clock = {"last": time.time()}
-
-    def end_of_epoch(trainer):
-        start_eval = time.time()
-        train_seconds = start_eval - clock["last"]
-        result = hook(trainer)
-        clock["last"] = time.time()
-        rows = [{"epoch": trainer.epoch, "split": "time", "train_seconds": train_seconds}]
-        if trainer.epoch % cfg.eval_every == 0:  # the hook evaluated and checkpointed
-            previous = trainer.epoch - cfg.eval_every
-            save_state(trainer, model_folder, trainer.epoch, previous, result is False)
-            for split, acc in tester.all_accuracies.items():
-                rows.append({"epoch": trainer.epoch, "split": split, **_clean(acc)})
-        with open(history_path, "a") as f:  # JSON lines: rows with different columns
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-        return result
-
-    trainer = ResumableTrainer(
-        models={"trunk": trunk, "embedder": embedder},
-        optimizers=optimizers,
-        batch_size=batch_size,
-        loss_funcs={"metric_loss": loss},
-        mining_funcs={"tuple_miner": method.miner} if method.miner is not None else {},
-        dataset=train_ds,
-        sampler=sampler,
-        iterations_per_epoch=cfg.iterations_per_epoch,
-        dataloader_num_workers=0,
-        lr_schedulers=lr_schedulers,
-        end_of_iteration_hook=hooks.end_of_iteration_hook,
-        end_of_epoch_hook=end_of_epoch,
-    )
-    start_epoch = hooks.load_latest_saved_models(trainer, model_folder, device)
-    if start_epoch > 1:  # random-number and sampler state, restored when training starts
-        trainer.resume_state = load_state(model_folder, start_epoch - 1)
-    stopped = trainer.resume_state is not None and trainer.resume_state["stopped_early"]
-    if start_epoch > 1 and os.path.exists(history_path):  # keep only history up to the checkpoint
-        hist = read_history(history_path)
-        with open(history_path, "w") as f:
-            for r in hist[hist.epoch < start_epoch].to_dict("records"):
-                f.write(json.dumps({k: v for k, v in r.items() if pd.notna(v)}) + "\n")
-    PHASE = "train"
-    try:
-        if start_epoch <= cfg.epochs and not stopped:  # --patience ended it: resume = test
-            trainer.train(start_epoch=start_epoch, num_epochs=cfg.epochs)
-    finally:
-        PHASE = "idle"
-
-    hist = read_history(history_path)
-    times = hist[hist.split == "time"]
-    val = hist[hist.split == "val"].sort_values("epoch")
-    # the checkpoint HookContainer saved as best: first epoch with the highest validation metric
-    best_epoch = int(val.loc[val[cfg.primary_metric].idxmax(), "epoch"])
-    row: Dict[str, Any] = {
-        "method": label,
-        "seed": seed,
-        "fold": int(seed % cfg.num_folds),
-        "best_epoch": best_epoch,
-        "seconds_per_epoch": float(times.train_seconds.mean()),
-        "num_train_classes": train_ds.num_classes,
-        "num_val_classes": splits.val.num_classes,
-        "num_test_classes": splits.test.num_classes,
-        "params": json.dumps(method.params, sort_keys=True, default=str),
-    }
-    best_val = val[val.epoch == best_epoch].iloc[0]
-    best_train = hist[(hist.split == "train") & (hist.epoch == best_epoch)].iloc[0]
-    for k in ("precision_at_1", "mean_average_precision_at_r", "NMI"):
-        row[f"val_{k}"] = float(best_val[k])
-        row[f"train_{k}"] = float(best_train[k])
+    run = _Run(cfg, spec, splits, run_dir, label, overrides, on_validation)
+    run.train(on_phase)
+    row = _selection_row(run, splits, seed, label)
     if final_test:
-        hooks.load_latest_saved_models(trainer, model_folder, device, best=True)
-        PHASE = "final_test"
-        try:
-            tester.test(
-                {"test": splits.test},
-                best_epoch,
-                trunk,
-                embedder,
-                splits_to_eval=[("test", ["test"])],
-            )
-        finally:
-            PHASE = "idle"
-        record_keeper.save_records()
-        row.update(_clean(tester.all_accuracies["test"]))
-        if cfg.save_embeddings:
-            emb, lab = tester.kept_embeddings["test"]
-            np.savez_compressed(
-                os.path.join(run_dir, "test_embeddings.npz"),
-                embeddings=emb.cpu().numpy().astype(np.float32),
-                labels=lab.cpu().numpy().ravel(),
-            )
+        row.update(run.test(splits, row["best_epoch"], run_dir, on_phase))
     with open(final_path, "w") as f:
         json.dump(row, f, indent=2)
     return row

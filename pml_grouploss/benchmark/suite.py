@@ -1,20 +1,33 @@
-"""Run every (method, seed) of a benchmark, aggregate, write tables and figures."""
+"""The grid runner that ``run``, ``tune``, ``ablate`` and ``inference`` share, and ``run`` itself.
+
+:class:`Grid` owns a results directory: it checks the settings against the data before anything
+is created, records ``config.json`` and ``environment.json`` (a resumed run must match the first),
+caches the splits of each validation fold, runs every (variant, seed) seed-major with a progress
+line each (finished runs are reused: resume), and writes ``per_seed.csv``, ``summary.csv`` and
+``results.md``. The subcommands only produce the variants.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pandas as pd
 
-from .aggregate import format_table, summarize, to_markdown
+from .aggregate import TABLE_METRICS, format_table, summarize, to_markdown
 from .config import BenchmarkConfig
-from .data import check_batch, splits_for_fold
-from .methods import MethodSpec, get_method
+from .data import Splits, load_base, splits_for_fold
+from .methods import get_method
 from .runner import run_one
-from .validation import check_output_dir
+from .validation import ConfigValueError, check_batch, check_output_dir
+
+Log = Callable[..., None]
+#: told the protocol phase ("train", "final_test", "figures", "idle"); the tests observe it
+OnPhase = Callable[[str], None]
 
 
 def say(*args) -> None:
@@ -22,8 +35,21 @@ def say(*args) -> None:
     print(*args, flush=True)
 
 
-#: (label, method name, parameter overrides) -- one column of a comparison
-Variant = Tuple[str, str, Dict[str, Any]]
+def _nothing(*_: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of a comparison: ``method`` with ``overrides`` and protocol ``changes``,
+    written to ``runs/<run_dir>/seed<s>``; ``extra`` columns go into its rows."""
+
+    label: str
+    method: str
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    changes: Dict[str, Any] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
+    run_dir: str = ""
 
 
 def check_dependencies() -> None:
@@ -31,30 +57,30 @@ def check_dependencies() -> None:
     (PML's ``with-hooks-cpu`` extra); say so at once instead of failing after training."""
     import importlib.util
 
-    missing = [
-        m for m in ("record_keeper", "tensorboard", "faiss") if importlib.util.find_spec(m) is None
-    ]
+    wanted = ("record_keeper", "tensorboard", "faiss")
+    missing = [m for m in wanted if importlib.util.find_spec(m) is None]
     if missing:
         raise RuntimeError(
-            f"the benchmark needs {', '.join(missing)}: "
-            "pip install 'pml_grouploss[with-hooks-cpu]' "
-            "(or [with-hooks] with faiss-gpu)"
-        )
+            f"the benchmark needs {', '.join(missing)}: pip install "
+            "'pml_grouploss[with-hooks-cpu]' (or [with-hooks] with faiss-gpu)")
 
 
-def variants_from_config(cfg: BenchmarkConfig) -> List[Variant]:
-    out = []
-    for name in cfg.methods:
-        get_method(name)  # fail early on unknown names
-        out.append((name, name, dict(cfg.overrides.get(name, {}))))
-    return out
+def check_data(cfg: BenchmarkConfig) -> None:
+    """The checks that need the dataset's class list (before any output is created)."""
+    train_base, _, _ = load_base(cfg.dataset, cfg.data_root, cfg.download)
+    n_train = len(set(train_base.labels))
+    n_train = min(n_train, cfg.max_classes or n_train)
+    if cfg.num_folds > n_train:
+        raise ConfigValueError(
+            "num_folds", f"num_folds {cfg.num_folds} exceeds the {n_train} training classes; "
+            "lower it (each fold needs a validation class)")
+    check_batch(cfg, n_train - -(-n_train // cfg.num_folds))  # classes left by the largest fold
 
 
 def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -> None:
     """Create ``output_dir``; refuse to mix runs of different protocol settings. A path that
     cannot be a writable directory raises ``ValueError`` (naming ``output_dir``) first.
-    ``cfg.threads`` (``--threads``) sets torch's CPU threads here, before ``environment.json``
-    records them."""
+    ``cfg.threads`` sets torch's CPU threads here, before ``environment.json`` records them."""
     path = os.path.join(output_dir, "config.json")
     check_output_dir(output_dir)
     try:
@@ -67,16 +93,13 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
         raise ValueError(f"output_dir {output_dir!r} cannot be created ({err})") from None
     if os.path.isfile(path):
         with open(path) as f:
-            old = BenchmarkConfig.from_dict(json.load(f))
-        if old.protocol_key() != cfg.protocol_key():
-            diff = sorted(
-                k for k, v in cfg.protocol_key().items() if old.protocol_key().get(k) != v
-            )
+            old = BenchmarkConfig.from_dict(json.load(f)).protocol_key()
+        diff = sorted(k for k, v in cfg.protocol_key().items() if old.get(k) != v)
+        if diff:
             raise ValueError(
                 f"--output-dir {output_dir!r} holds a run with different settings "
-                f"({', '.join(diff)}); "
-                "use another --output-dir, or --fresh to delete it and start over"
-            )
+                f"({', '.join(diff)}); use another --output-dir, or --fresh to delete it and "
+                "start over")
     with open(path, "w") as f:
         f.write(cfg.to_json())
     if cfg.threads is not None:
@@ -88,24 +111,13 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
 
 
 #: packages whose versions decide the numbers (kernels, samplers, k-NN, logging)
-ENVIRONMENT_PACKAGES = (
-    "torch",
-    "torchvision",
-    "pytorch-metric-learning",
-    "numpy",
-    "scipy",
-    "scikit-learn",
-    "faiss-cpu",
-    "faiss-gpu",
-    "record-keeper",
-    "pml_grouploss",
-)
+ENVIRONMENT_PACKAGES = ("torch", "torchvision", "pytorch-metric-learning", "numpy", "scipy",
+                        "scikit-learn", "faiss-cpu", "faiss-gpu", "record-keeper", "pml_grouploss")
 
 
 def environment() -> Dict[str, Any]:
-    """Versions, threads and machine of this process: training on CPU is deterministic for a
-    fixed environment, but another torch build or thread count gives other roundings, hence
-    other (equally valid) training trajectories. Written next to ``config.json``."""
+    """Versions, threads and machine of this process: CPU training is deterministic for a fixed
+    environment, but another torch build or thread count gives other roundings."""
     import platform
     from importlib import metadata
 
@@ -117,33 +129,22 @@ def environment() -> Dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue  # not installed (e.g. faiss-gpu beside faiss-cpu): nothing to record
-    return {
-        "git_commit": _git_commit(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "packages": versions,
-    }
+    cuda = torch.version.cuda if torch.cuda.is_available() else None
+    return {"git_commit": _git_commit(), "python": platform.python_version(),
+            "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "cuda": cuda, "packages": versions}
 
 
 def _git_commit() -> Optional[str]:
     """The checkout's commit (with ``+dirty`` for uncommitted changes), None outside git."""
     import subprocess
 
-    here = os.path.dirname(os.path.abspath(__file__))
+    def git(*args: str) -> subprocess.CompletedProcess:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
+        commit, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "-uno")
     except (OSError, subprocess.SubprocessError):
         return None
     if commit.returncode != 0:
@@ -151,92 +152,96 @@ def _git_commit() -> Optional[str]:
     return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def run_variants(
-    cfg: BenchmarkConfig,
-    variants: Sequence[Variant],
-    output_dir: str,
-    final_test: bool = True,
-    log=None,
-) -> pd.DataFrame:
-    """Train every variant for every seed (seed-major, so finished seeds are complete
-    comparisons) and return the per-seed rows. Finished runs are reused."""
-    log = log or say
-    rows = []
-    splits_by_fold: Dict[int, Any] = {}
-    total = len(variants) * len(cfg.seeds)
-    done = 0
-    for seed in cfg.seeds:
-        fold = seed % cfg.num_folds
-        if fold not in splits_by_fold:
-            splits_by_fold[fold] = splits_for_fold(cfg, fold)
-        splits = splits_by_fold[fold]
-        for label, name, overrides in variants:
-            spec: MethodSpec = get_method(name)
-            run_dir = os.path.join(output_dir, "runs", label, f"seed{seed}")
-            finished = os.path.isfile(os.path.join(run_dir, "final.json"))
-            t0 = time.time()
-            row = run_one(
-                cfg,
-                spec,
-                seed,
-                splits,
-                run_dir,
-                label=label,
-                overrides=overrides,
-                final_test=final_test,
-            )
-            done += 1
-            status = "reused" if finished else f"{time.time() - t0:.0f}s"
-            metric = row.get("precision_at_1", row.get("val_precision_at_1"))
-            where = "test" if "precision_at_1" in row else "val"
-            log(f"[{done}/{total}] {label} seed {seed}: {where} P@1 {100 * metric:.1f} ({status})")
-            rows.append(row)
-    return pd.DataFrame(rows)
+class Grid:
+    """Runs variants x seeds in ``output_dir`` for ``cfg``. ``prepare=False`` for a directory
+    that already holds a run (the inference ablation writes into a sub-directory of it)."""
+
+    def __init__(self, cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
+                 log: Optional[Log] = None, on_phase: Optional[OnPhase] = None,
+                 prepare: bool = True) -> None:
+        self.cfg, self.output_dir = cfg, output_dir
+        self.log, self.on_phase = log or say, on_phase or _nothing
+        self._splits: Dict[Any, Splits] = {}
+        self.reused = False  # the last run was finished before (its final.json reused)
+        if prepare:
+            check_dependencies()
+            check_data(cfg)
+            prepare_output(cfg, output_dir, fresh)
+        os.makedirs(output_dir, exist_ok=True)
+
+    def splits(self, seed: int, **changes: Any) -> Splits:
+        """The splits of the validation fold of ``seed`` (cached per fold and changes)."""
+        key = (seed % self.cfg.num_folds, tuple(sorted(changes.items())))
+        if key not in self._splits:
+            self._splits[key] = splits_for_fold(self.cfg, key[0], **changes)
+        return self._splits[key]
+
+    def train(self, variant: Variant, seed: int, final_test: bool = True,
+              on_validation: Optional[Callable[[int, float], bool]] = None) -> Dict[str, Any]:
+        """Train (or reuse) one (variant, seed); the row of ``per_seed.csv``."""
+        cfg = dataclasses.replace(self.cfg, **variant.changes) if variant.changes else self.cfg
+        run_dir = os.path.join(self.output_dir, "runs", variant.run_dir or variant.label,
+                               f"seed{seed}")
+        self.reused = os.path.isfile(os.path.join(run_dir, "final.json"))
+        row = run_one(cfg, get_method(variant.method), seed, self.splits(seed), run_dir,
+                      label=variant.label, overrides=variant.overrides, final_test=final_test,
+                      on_phase=self.on_phase, on_validation=on_validation)
+        return {**row, **variant.extra}
+
+    def run(self, variants: Sequence[Variant], final_test: bool = True,
+            execute: Optional[Callable[[Variant, int], Dict[str, Any]]] = None) -> pd.DataFrame:
+        """Every variant for every seed, seed-major (finished seeds are complete comparisons);
+        ``execute(variant, seed)`` makes a row (default: :meth:`train`)."""
+        execute = execute or (lambda v, s: self.train(v, s, final_test))
+        rows: List[Dict[str, Any]] = []
+        total = len(variants) * len(self.cfg.seeds)
+        for seed in self.cfg.seeds:
+            for variant in variants:
+                t0, self.reused = time.time(), False
+                rows.append(execute(variant, seed))
+                self.progress(len(rows), total, variant.label, seed, rows[-1], time.time() - t0)
+        return pd.DataFrame(rows)
+
+    def progress(self, done: int, total: int, label: str, seed: int, row: Dict[str, Any],
+                 seconds: float) -> None:
+        where = "test" if "precision_at_1" in row else "val"
+        metric = row.get("precision_at_1", row.get("val_precision_at_1"))
+        status = "reused" if self.reused else f"{seconds:.0f}s"
+        self.log(f"[{done}/{total}] {label} seed {seed}: {where} P@1 {100 * metric:.1f} "
+                 f"({status})")
+
+    def write(self, per_seed: pd.DataFrame, title: str, metrics=TABLE_METRICS,
+              group: str = "method", columns: Optional[Dict[str, List[Any]]] = None,
+              note: str = "") -> str:
+        """per_seed.csv, summary.csv and results.md (``# title``, the table, ``note``); prints
+        and returns the table. ``columns`` are inserted after the first."""
+        per_seed.to_csv(os.path.join(self.output_dir, "per_seed.csv"), index=False)
+        summary = summarize(per_seed, group=group, metrics=[m for m, _ in metrics])
+        for name, values in (columns or {}).items():
+            summary[name] = values
+        summary.to_csv(os.path.join(self.output_dir, "summary.csv"), index=False)
+        table = format_table(summary, group=group, metrics=metrics)
+        for name, values in (columns or {}).items():
+            table.insert(1, name, values)
+        md = to_markdown(table)
+        with open(os.path.join(self.output_dir, "results.md"), "w") as f:
+            f.write(f"# {title}\n\n{md}{note}")
+        self.log("\n" + md)
+        return md
 
 
-def write_tables(per_seed: pd.DataFrame, output_dir: str, title: str = "") -> str:
-    """per_seed.csv, summary.csv, results.md; returns the Markdown table."""
-    per_seed.to_csv(os.path.join(output_dir, "per_seed.csv"), index=False)
-    summary = summarize(per_seed)
-    summary.to_csv(os.path.join(output_dir, "summary.csv"), index=False)
-    md = to_markdown(format_table(summary))
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        if title:
-            f.write(f"# {title}\n\n")
-        f.write(md)
-    return md
-
-
-def run_benchmark(
-    cfg: BenchmarkConfig, output_dir: str, fresh: bool = False, figures: bool = True, log=None
-) -> pd.DataFrame:
+def run_benchmark(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
+                  figures: bool = True, log: Optional[Log] = None,
+                  on_phase: Optional[OnPhase] = None) -> pd.DataFrame:
     """The main job: every method x seed, then tables and figures in ``output_dir``."""
-    log = log or say
-    from .data import load_base
-
-    check_dependencies()
-    variants = variants_from_config(cfg)
-    train_base, _, _ = load_base(cfg.dataset, cfg.data_root, cfg.download)
-    n_train = len(set(train_base.labels))
-    if cfg.max_classes:
-        n_train = min(n_train, cfg.max_classes)
-    if cfg.num_folds > n_train:
-        raise ValueError(
-            f"--num-folds {cfg.num_folds} exceeds the {n_train} training classes; lower it "
-            "(each fold needs a validation class)"
-        )
-    n_fit = n_train - -(-n_train // cfg.num_folds)  # training classes left after the largest fold
-    check_batch(cfg.classes_per_batch, cfg.samples_per_class, cfg.batch_size, n_fit)
-    prepare_output(cfg, output_dir, fresh)
+    grid = Grid(cfg, output_dir, fresh, log, on_phase)
     t0 = time.time()
-    per_seed = run_variants(cfg, variants, output_dir, log=log)
-    md = write_tables(
-        per_seed, output_dir, title="Test classes (touched once), mean ± 95% CI over seeds"
-    )
-    log("\n" + md)
+    variants = [Variant(m, m, dict(cfg.overrides.get(m, {}))) for m in cfg.methods]
+    per_seed = grid.run(variants)
+    grid.write(per_seed, "Test classes (touched once), mean ± 95% CI over seeds")
     if figures:
         from . import figures as figs
 
-        figs.make_all(output_dir, cfg)
-    log(f"results in {output_dir} ({time.time() - t0:.0f}s)")
+        figs.make_all(output_dir, cfg, on_phase=grid.on_phase)
+    grid.log(f"results in {output_dir} ({time.time() - t0:.0f}s)")
     return per_seed

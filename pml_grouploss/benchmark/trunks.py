@@ -12,6 +12,11 @@ TORCHVISION_TRUNKS = {"resnet50": 2048, "googlenet": 1024, "densenet121": 1024}
 TRUNK_NAMES = ("cnn",) + tuple(TORCHVISION_TRUNKS)
 
 
+def feature_size(name: str) -> int:
+    """The size of the pooled features of trunk ``name``."""
+    return TORCHVISION_TRUNKS.get(name, 64)
+
+
 class SmallCNN(nn.Module):
     """Four conv blocks (3x3 conv, BatchNorm, ReLU, 2x2 max-pool): 28x28 -> 1x1 x ``width``.
 

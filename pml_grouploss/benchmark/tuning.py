@@ -1,110 +1,126 @@
-"""Equal-budget hyperparameter search on validation folds (never on test classes).
+"""Equal-budget hyperparameter search with Optuna on validation folds (never on test classes).
 
-Every method gets the same number of configurations: its default first, then ``budget - 1``
-draws from its search space (``MethodSpec.search_space``; the trunk ``lr`` is part of every space)
-with the same random generator seed. Each configuration is trained with every seed of the run
-(seed s validates on class fold s mod num_folds); the configuration with the best mean
-validation ``primary_metric`` wins. The winners go to ``best_params.json`` for
+Every method gets one Optuna study with the same number of trials (``budget``): the first trial
+is the method's defaults, the others are drawn by a TPE sampler (seeded; TPE samples at random
+for its first ten trials) from ``MethodSpec.search_space`` (the trunk ``lr`` is part of every
+space). A trial trains the configuration with every seed of the run (seed s validates on class
+fold s mod num_folds); its value is the mean validation ``primary_metric``. Every validation is
+reported to Optuna (step = seed index x epochs + epoch) and a ``MedianPruner`` stops a trial
+whose curve is below the median of earlier trials at the same step. The studies live in
+``--storage`` (default ``sqlite:///<output_dir>/optuna.db``): an interrupted ``tune`` resumes
+(the interrupted trial is retried with its configuration, whose finished seeds and checkpoints
+are reused), and several processes, or machines with an RDB URL, can share the trials. The
+sampler is re-seeded from the number of finished trials before each trial, so one process gives
+the same trials with or without interruptions. The winners go to ``best_params.json`` for
 ``pml-grouploss-bench run --params-file``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from typing import Any, Dict, List
+import time
+from typing import Any, Dict, List, Optional
 
-import numpy as np
+import optuna
 import pandas as pd
 
-from .aggregate import VAL_METRICS, format_table, summarize, to_markdown
+from .aggregate import VAL_METRICS
 from .config import BenchmarkConfig
-from .data import splits_for_fold
 from .methods import get_method
-from .runner import run_one
+from .suite import Grid, Log, OnPhase, Variant
 
 SEARCH_SEED = 2026
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-def sample_configurations(
-    space: Dict[str, tuple], budget: int, seed: int = SEARCH_SEED
-) -> List[Dict[str, Any]]:
-    """``budget`` configurations: ``{}`` (the defaults) then distinct random draws."""
+def default_trial(name: str, cfg: BenchmarkConfig) -> Dict[str, Any]:
+    """The method's own defaults, as far as they are values of its search space."""
+    spec = get_method(name)
+    defaults = {**spec.params, "loss_lr": spec.loss_lr, "lr": cfg.lr, **cfg.overrides.get(name, {})}
+    return {k: defaults[k] for k, choices in spec.search_space.items()
+            if k in defaults and defaults[k] in choices}
+
+
+def _variant(name: str, trial: optuna.trial.BaseTrial, cfg: BenchmarkConfig) -> Variant:
+    space = get_method(name).search_space
+    conf = {k: trial.suggest_categorical(k, list(space[k])) for k in sorted(space)}
+    key = json.dumps(conf, sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]  # retried trials reuse their runs
+    return Variant(f"{name}#{trial.number}", name, {**cfg.overrides.get(name, {}), **conf},
+                   extra={"method_name": name, "conf": key}, run_dir=f"{name}/{digest}")
+
+
+def _objective(grid: Grid, name: str, pruner_epochs: int):
+    cfg = grid.cfg
+
+    def objective(trial: optuna.Trial) -> float:
+        variant, rows = _variant(name, trial, cfg), []
+        for i, seed in enumerate(cfg.seeds):
+            def report(epoch: int, value: float, offset: int = i * pruner_epochs) -> bool:
+                trial.report(value, offset + epoch)
+                return not trial.should_prune()
+
+            t0 = time.time()
+            rows.append(grid.train(variant, seed, final_test=False, on_validation=report))
+            grid.progress(len(rows), len(cfg.seeds), variant.label, seed, rows[-1],
+                          time.time() - t0)
+            trial.set_user_attr("rows", rows)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return float(pd.DataFrame(rows)[f"val_{cfg.primary_metric}"].mean())
+
+    return objective
+
+
+def tune_method(grid: Grid, name: str, budget: int, storage: str) -> optuna.Study:
+    """Run trials of ``name``'s study until ``budget`` are finished (by any process)."""
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    if not study.trials:
+        study.enqueue_trial(default_trial(name, grid.cfg))
+    objective = _objective(grid, name, grid.cfg.epochs)
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in FINISHED for t in trials)
+        running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+        if finished + running >= budget:
+            return study
+        failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and not any(
+            u.number > t.number and u.params == t.params for u in trials)]
+        if failed:  # interrupted: the same configuration again (its runs resume)
+            study.enqueue_trial(failed[0].params)
+        study.sampler = optuna.samplers.TPESampler(seed=SEARCH_SEED + finished)
+        study.optimize(objective, n_trials=1)
+
+
+def run_tuning(cfg: BenchmarkConfig, output_dir: str, budget: int = 6, fresh: bool = False,
+               storage: Optional[str] = None, log: Optional[Log] = None,
+               on_phase: Optional[OnPhase] = None) -> Dict[str, Dict[str, Any]]:
+    """Tune every method of ``cfg``; write the tables and ``best_params.json``."""
     if budget < 1:
-        raise ValueError(f"--budget must be >= 1, got {budget}")
-    rng = np.random.default_rng(seed)
-    out: List[Dict[str, Any]] = [{}]
-    seen = set()
-    keys = sorted(space)
-    attempts = 0
-    while len(out) < budget and keys and attempts < 1000:
-        attempts += 1
-        conf = {k: space[k][int(rng.integers(len(space[k])))] for k in keys}
-        key = json.dumps(conf, sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            out.append({k: (v.item() if hasattr(v, "item") else v) for k, v in conf.items()})
-    return out
-
-
-def run_tuning(
-    cfg: BenchmarkConfig, output_dir: str, budget: int = 6, fresh: bool = False, log=None
-) -> Dict[str, Dict[str, Any]]:
-    from .suite import check_dependencies, prepare_output, say
-
-    log = log or say
-    check_dependencies()
-    prepare_output(cfg, output_dir, fresh)
-    rows = []
-    splits_cache: Dict[int, Any] = {}
+        raise ValueError(f"budget must be >= 1 (trials per method), got {budget}")
+    grid = Grid(cfg, output_dir, fresh, log, on_phase)
+    storage = storage or f"sqlite:///{os.path.abspath(os.path.join(output_dir, 'optuna.db'))}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows: List[Dict[str, Any]] = []
     best: Dict[str, Dict[str, Any]] = {}
     for name in cfg.methods:
-        spec = get_method(name)
-        confs = sample_configurations(dict(spec.search_space), budget)
-        for i, conf in enumerate(confs):
-            overrides = {**cfg.overrides.get(name, {}), **conf}
-            label = f"{name}#{i}"
-            for seed in cfg.seeds:
-                fold = seed % cfg.num_folds
-                if fold not in splits_cache:
-                    splits_cache[fold] = splits_for_fold(cfg, fold)
-                row = run_one(
-                    cfg,
-                    spec,
-                    seed,
-                    splits_cache[fold],
-                    os.path.join(output_dir, "runs", name, f"conf{i}", f"seed{seed}"),
-                    label=label,
-                    overrides=overrides,
-                    final_test=False,
-                )
-                row.update(method_name=name, conf=json.dumps(conf, sort_keys=True))
-                rows.append(row)
-                log(f"{label} seed {seed} {conf}: val P@1 {100 * row['val_precision_at_1']:.1f}")
+        study = tune_method(grid, name, budget, storage)
+        trials = [t for t in study.trials if t.state in FINISHED][:budget]
+        for t in trials:
+            rows += [{**r, "trial_state": t.state.name} for r in t.user_attrs.get("rows", [])]
+        best[name] = {**cfg.overrides.get(name, {}), **study.best_trial.params}
     per_seed = pd.DataFrame(rows)
-    per_seed.to_csv(os.path.join(output_dir, "per_seed.csv"), index=False)
-    summary = summarize(per_seed, metrics=[m for m, _ in VAL_METRICS])
-    key = f"val_{cfg.primary_metric}_mean"
-    confs_by_label = dict(zip(per_seed.method, per_seed.conf))
-    summary["conf"] = summary.method.map(confs_by_label)
-    summary.to_csv(os.path.join(output_dir, "summary.csv"), index=False)
-    for name in cfg.methods:
-        part = summary[summary.method.str.startswith(f"{name}#")]
-        win = part.loc[part[key].idxmax()]
-        best[name] = {**cfg.overrides.get(name, {}), **json.loads(win.conf)}
+    confs = dict(zip(per_seed.method, per_seed.conf))
+    winners = json.dumps(best, indent=2, sort_keys=True)
+    grid.write(per_seed, f"Equal-budget tuning ({budget} trials per method, Optuna TPE + median "
+               "pruning, validation folds)", metrics=VAL_METRICS,
+               columns={"configuration": list(confs.values())},
+               note=f"\nWinners (best_params.json):\n\n```json\n{winners}\n```\n")
     with open(os.path.join(output_dir, "best_params.json"), "w") as f:
-        json.dump(best, f, indent=2, sort_keys=True)
-    table = format_table(summary, metrics=VAL_METRICS)
-    table.insert(1, "configuration", summary.conf.tolist())
-    md = to_markdown(table)
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(f"# Equal-budget tuning ({budget} configurations per method, validation folds)\n\n")
-        f.write(
-            md
-            + "\nWinners (best_params.json):\n\n```json\n"
-            + json.dumps(best, indent=2, sort_keys=True)
-            + "\n```\n"
-        )
-    log("\n" + md)
-    log(f"best configurations in {os.path.join(output_dir, 'best_params.json')}")
+        f.write(winners)
+    grid.log(f"best configurations in {os.path.join(output_dir, 'best_params.json')}")
     return best

@@ -1,38 +1,25 @@
 """Validation of a :class:`~pml_grouploss.benchmark.config.BenchmarkConfig`, once, when it is made.
 
-Every problem raises :class:`ConfigValueError` or :class:`ConfigTypeError` (subclasses of
-``ValueError`` / ``TypeError``) whose message starts with the config field and says the fix; its
-``field`` attribute lets the CLI name the command-line option instead (:func:`cli_message`).
-Checks that need the data (classes per batch vs. training classes) run before training in
-``suite``; :func:`check_output_dir` checks a results directory without creating anything.
+The per-field checks come from the field metadata of ``config`` (type, choices, bounds); the
+checks that relate fields follow. Every problem raises :class:`ConfigValueError` or
+:class:`ConfigTypeError` (subclasses of ``ValueError`` / ``TypeError``) naming the config field;
+:func:`cli_message` rewrites field names to command-line options. Checks that need the data
+(classes per batch vs training classes: :func:`check_batch`) run before training in ``suite``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import tempfile
-from typing import TYPE_CHECKING, Any, Callable
+import typing
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from .._validation import check_choice, check_int, check_number
 
 if TYPE_CHECKING:
     from .config import BenchmarkConfig
-
-#: command-line option of each config field (the others are ``--`` + field with dashes)
-FLAGS = {
-    "methods": "--losses",
-    "overrides": "--set/--params-file",
-}
-#: fields without a command-line option (set by --config or by library code)
-NOT_OPTIONS = ("recall_ks", "log_freq", "eval_batch_size", "save_embeddings")
-#: the small CNN halves its input four times (2x2 max-pools)
-MIN_CNN_IMAGE_SIZE = 16
-CHOICES = {
-    "embedder": ("linear", "identity"),
-    "augment": ("none", "affine"),
-    "optimizer": ("adam", "adamw", "radam", "sgd"),
-    "primary_metric": ("precision_at_1", "mean_average_precision_at_r", "NMI", "r_precision"),
-}
 
 
 class ConfigError(Exception):
@@ -53,155 +40,106 @@ class ConfigTypeError(ConfigError, TypeError):
         self.field = field
 
 
-def _field(field: str, check: Callable[[], Any], hint: str = "") -> Any:
-    """Run ``check``; re-raise its error as a Config error of ``field`` (with ``hint``)."""
+def _as_field(name: str, check: Callable[[], Any], hint: str = "") -> Any:
+    """Run ``check``; re-raise its error as a Config error of field ``name`` (with ``hint``)."""
     try:
         return check()
     except TypeError as err:
-        raise ConfigTypeError(field, f"{err}{'; ' + hint if hint else ''}") from None
+        raise ConfigTypeError(name, f"{err}{'; ' + hint if hint else ''}") from None
     except ValueError as err:
-        raise ConfigValueError(field, f"{err}{'; ' + hint if hint else ''}") from None
+        raise ConfigValueError(name, f"{err}{'; ' + hint if hint else ''}") from None
 
 
-def _optional_int(cfg: "BenchmarkConfig", field: str, minimum: int, hint: str = "") -> None:
-    value = getattr(cfg, field)
-    if value is not None:
-        _field(field, lambda: check_int(field, value, minimum), hint)
+def _check_scalar(name: str, value: Any, kind: type, meta: Dict[str, Any], minimum: Any) -> None:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
+    elif meta["choices"] is not None:
+        check_choice(name, value, meta["choices"])
+    elif kind is int:
+        check_int(name, value, minimum)
+    elif kind is float:
+        strict = meta["above"] is not None
+        check_number(name, value, minimum=meta["above"] if strict else minimum,
+                     strict_minimum=strict)
+    elif kind is str and not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {value!r}")
+
+
+def _check_field(cfg: "BenchmarkConfig", f: dataclasses.Field, kind: Any) -> None:
+    """The checks of one field from its type and metadata."""
+    meta, value = f.metadata, getattr(cfg, f.name)
+    minimum = meta["minimum"](cfg) if callable(meta["minimum"]) else meta["minimum"]
+    args = typing.get_args(kind)
+    if type(None) in args:  # Optional[X]
+        if value is None:
+            return
+        kind = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(kind)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigTypeError(f.name, f"{f.name} must be a dict, got {value!r}")
+    elif origin is tuple:
+        if not isinstance(value, tuple) or not value:
+            what = meta["item"] or "K"
+            raise ConfigValueError(f.name, f"{f.name} must name at least one {what}, got {value!r}")
+        for v in value:
+            _as_field(f.name, lambda: _check_scalar(f.name, v, args[0], meta, minimum),
+                      meta["hint"])
+        if len(set(value)) != len(value):
+            raise ConfigValueError(f.name, f"{f.name} must be distinct, got {list(value)}")
+    else:
+        _as_field(f.name, lambda: _check_scalar(f.name, value, kind, meta, minimum), meta["hint"])
 
 
 def validate_config(cfg: "BenchmarkConfig") -> None:
     """Raise a Config error for the first invalid field of ``cfg``."""
-    from .data import DATASET_NAMES
-    from .trunks import TRUNK_NAMES
+    from .trunks import feature_size
 
-    _field("dataset", lambda: check_choice("dataset", cfg.dataset, DATASET_NAMES))
-    _field("trunk", lambda: check_choice("trunk", cfg.trunk, TRUNK_NAMES))
-    for field, choices in CHOICES.items():
-        _field(field, lambda: check_choice(field, getattr(cfg, field), choices))
-    for field in ("download", "pretrained", "save_embeddings"):
-        if not isinstance(getattr(cfg, field), bool):
-            raise ConfigTypeError(field, f"{field} must be a bool, got {getattr(cfg, field)!r}")
-    if cfg.dataset != "omniglot-small" and not cfg.data_root:
-        raise ConfigValueError(
-            "data_root",
-            f"data_root: --dataset {cfg.dataset} needs --data-root DIR (see docs/datasets.md)",
-        )
-    for field in (
-        "embedding_size",
-        "classes_per_batch",
-        "samples_per_class",
-        "epochs",
-        "eval_every",
-        "log_freq",
-        "eval_batch_size",
-    ):
-        _field(field, lambda: check_int(field, getattr(cfg, field), 1))
-    _validate_sizes(cfg)
-    _validate_schedule(cfg)
-    _validate_folds(cfg)
-    _validate_seeds(cfg)
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        _check_field(cfg, f, hints[f.name])
+    rules = [
+        ("data_root", cfg.dataset != "omniglot-small" and not cfg.data_root,
+         f"data_root: dataset {cfg.dataset} needs data_root DIR (see docs/datasets.md)"),
+        ("epochs", cfg.epochs % cfg.eval_every != 0,
+         f"epochs {cfg.epochs} must be a multiple of eval_every {cfg.eval_every} so that the "
+         "last epoch is evaluated"),
+        ("max_classes", cfg.max_classes is not None and cfg.max_classes < cfg.num_folds,
+         f"max_classes {cfg.max_classes} leaves fewer training classes than the {cfg.num_folds}"
+         " validation folds (num_folds); raise max_classes or lower num_folds"),
+        ("seeds", any(s >= 2**32 for s in cfg.seeds), "seeds must be < 2**32 (NumPy's limit)"),
+        ("pretrained", cfg.pretrained and cfg.trunk == "cnn",
+         "pretrained: the small CNN has no pretrained weights; use trunk resnet50, googlenet or "
+         "densenet121, or drop pretrained"),
+        ("embedding_size", cfg.embedder == "identity"
+         and feature_size(cfg.trunk) != cfg.embedding_size,
+         f"embedding_size must equal the {cfg.trunk} trunk's feature size "
+         f"{feature_size(cfg.trunk)} with embedder identity, got {cfg.embedding_size}"),
+        ("batch_size", cfg.batch_size is not None and cfg.batch_size % cfg.samples_per_class,
+         f"batch_size {cfg.batch_size} is not divisible by samples_per_class "
+         f"{cfg.samples_per_class}; use a multiple such as "
+         f"{cfg.samples_per_class * ((cfg.batch_size or 0) // cfg.samples_per_class or 1)}"),
+    ]
+    for name, failed, message in rules:
+        if failed:
+            raise ConfigValueError(name, message)
     _validate_methods(cfg)
     _validate_device(cfg)
 
 
-def _validate_sizes(cfg: "BenchmarkConfig") -> None:
-    minimum = MIN_CNN_IMAGE_SIZE if cfg.trunk == "cnn" else 1
-    hint = "the cnn trunk halves its input four times" if cfg.trunk == "cnn" else ""
-    _field("image_size", lambda: check_int("image_size", cfg.image_size, minimum), hint)
-    _optional_int(cfg, "batch_size", 1, "omit it for classes-per-batch x samples-per-class")
-    _optional_int(cfg, "threads", 1)
-    if not isinstance(cfg.recall_ks, tuple) or not cfg.recall_ks:
-        raise ConfigValueError("recall_ks", f"recall_ks must be a tuple of K, got {cfg.recall_ks}")
-    for k in cfg.recall_ks:
-        _field("recall_ks", lambda: check_int("recall_ks", k, 1))
-
-
-def _validate_schedule(cfg: "BenchmarkConfig") -> None:
-    _optional_int(
-        cfg, "iterations_per_epoch", 1, "omit it for one pass over the training images per epoch"
-    )
-    _optional_int(cfg, "lr_decay_epoch", 1, "omit it for a constant learning rate")
-    _optional_int(
-        cfg,
-        "patience",
-        0,
-        "0 stops at the first evaluation without improvement; omit it to train every epoch",
-    )
-    _field("lr", lambda: check_number("lr", cfg.lr, minimum=0, strict_minimum=True))
-    _field("weight_decay", lambda: check_number("weight_decay", cfg.weight_decay, minimum=0))
-    if cfg.epochs % cfg.eval_every != 0:
-        raise ConfigValueError(
-            "epochs",
-            f"epochs {cfg.epochs} must be a multiple of --eval-every {cfg.eval_every} so that "
-            "the last epoch is evaluated",
-        )
-
-
-def _validate_folds(cfg: "BenchmarkConfig") -> None:
-    _field(
-        "num_folds",
-        lambda: check_int("num_folds", cfg.num_folds, 2),
-        "one fold of the training classes validates, the others train",
-    )
-    _optional_int(cfg, "max_classes", 1)
-    if cfg.max_classes is not None and cfg.max_classes < cfg.num_folds:
-        raise ConfigValueError(
-            "max_classes",
-            f"max_classes {cfg.max_classes} leaves fewer training classes than the "
-            f"{cfg.num_folds} validation folds (--num-folds); raise --max-classes or lower "
-            "--num-folds",
-        )
-
-
-def _validate_seeds(cfg: "BenchmarkConfig") -> None:
-    if not isinstance(cfg.seeds, tuple) or not cfg.seeds:
-        raise ConfigValueError("seeds", f"seeds must name at least one seed, got {cfg.seeds!r}")
-    for s in cfg.seeds:
-        _field("seeds", lambda: check_int("seeds", s, 0), "e.g. --seeds 3 or --seeds 0,5,7")
-        if s >= 2**32:
-            raise ConfigValueError("seeds", f"seeds must be < 2**32 (NumPy's limit), got {s}")
-    if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ConfigValueError("seeds", f"seeds must be distinct, got {list(cfg.seeds)}")
-
-
 def _validate_methods(cfg: "BenchmarkConfig") -> None:
-    from .methods import get_method
+    from .methods import build_method, get_method
 
-    if not isinstance(cfg.methods, tuple) or not cfg.methods:
-        raise ConfigValueError(
-            "methods",
-            "methods must name at least one method, e.g. --losses grouploss,triplet "
-            "(omit --losses for the default methods)",
-        )
-    if len(set(cfg.methods)) != len(cfg.methods):
-        raise ConfigValueError("methods", f"methods must be distinct, got {list(cfg.methods)}")
     for name in cfg.methods:
-        _field("methods", lambda: get_method(name))
-    if not isinstance(cfg.overrides, dict):
-        raise ConfigTypeError("overrides", f"overrides must be a dict, got {cfg.overrides!r}")
+        _as_field("methods", lambda: get_method(name))
     for name, params in cfg.overrides.items():
         if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
             raise ConfigTypeError(
-                "overrides",
-                f"overrides[{name!r}] must map parameter names to values, got {params!r}",
-            )
-        try:
-            spec = get_method(name)
-        except ValueError:
-            continue  # not a method: `run` refuses it (options), the ablations ignore it
-        _field("overrides", lambda: _check_builds(spec, params, cfg.embedding_size))
-
-
-def _check_builds(spec: Any, params: dict, embedding_size: int) -> None:
-    """Build the loss and miner of method ``spec`` with ``params`` (for 2 classes); an error
-    names the method."""
-    from .methods import build_method
-
-    try:
-        build_method(spec, 2, embedding_size, params)
-    except (TypeError, ValueError) as err:
-        text = str(err).removeprefix(f"--set {spec.name}.*: ")
-        raise type(err)(text if spec.name in text else f"{spec.name}: {text}") from None
+                "overrides", f"overrides[{name!r}] must map parameter names to values, got "
+                f"{params!r}")
+        spec = _as_field("overrides", lambda: get_method(name))
+        _as_field("overrides", lambda: build_method(spec, 2, cfg.embedding_size, params))
 
 
 def _validate_device(cfg: "BenchmarkConfig") -> None:
@@ -215,18 +153,38 @@ def _validate_device(cfg: "BenchmarkConfig") -> None:
         raise ConfigValueError("device", f"device {cfg.device!r}: no CUDA device; use cpu")
 
 
+def check_batch(cfg: "BenchmarkConfig", num_train_classes: int) -> int:
+    """The batch size of ``cfg``; raise unless its classes fit the training classes."""
+    batch_size = cfg.batch_size or cfg.classes_per_batch * cfg.samples_per_class
+    classes = batch_size // cfg.samples_per_class
+    if classes > num_train_classes:
+        raise ConfigValueError(
+            "classes_per_batch", f"classes_per_batch: {classes} classes per batch but only "
+            f"{num_train_classes} training classes (after removing the validation fold); lower "
+            "classes_per_batch or batch_size, or use fewer folds")
+    return batch_size
+
+
+def _flag(f: dataclasses.Field) -> Optional[str]:
+    flag = f.metadata["flag"]
+    return "--" + f.name.replace("_", "-") if flag == "" else flag
+
+
 def cli_message(err: ConfigError) -> str:
-    """``err``'s message with its config field replaced by the command-line option."""
-    text = str(err)
-    if err.field in NOT_OPTIONS:
-        return f"config field {text}"
-    flag = FLAGS.get(err.field, "--" + err.field.replace("_", "-"))
-    if text.startswith(flag):
-        return text
-    if text.startswith(err.field + ":"):
-        text = text[len(err.field) + 1 :].lstrip()
-    elif text.startswith(err.field + " "):
-        text = text[len(err.field) + 1 :]
+    """``err``'s message with config field names replaced by the command-line options."""
+    from .config import BenchmarkConfig
+
+    flags = {f.name: _flag(f) for f in dataclasses.fields(BenchmarkConfig)}
+    if err.field in flags and flags[err.field] is None:
+        return f"config field {err}"
+    text, flag = str(err), flags.get(err.field) or err.field
+    for prefix in (err.field + ": ", err.field + " "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    for name, option in flags.items():  # other fields named in the message: multi-word only
+        if option and "_" in name:
+            text = re.sub(rf"\b{name}\b", option, text)
     return f"argument {flag}: {text}"
 
 
@@ -244,12 +202,10 @@ def check_output_dir(path: Any, name: str = "output_dir") -> None:
     if not os.path.isdir(existing):
         raise ValueError(
             f"{name} {str(path)!r} cannot be created: {existing!r} is a file, not a directory; "
-            f"choose another {name}"
-        )
+            f"choose another {name}")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".pml-grouploss-write-test-", dir=existing))
     except OSError as err:
         raise ValueError(
             f"{name} {str(path)!r} cannot be created or written in {existing!r} "
-            f"({err.strerror or err}); choose a writable directory"
-        ) from None
+            f"({err.strerror or err}); choose a writable directory") from None

@@ -20,7 +20,7 @@ def test_class_folds_partition_training_classes():
     assert sorted(np.concatenate(folds).tolist()) == list(range(135))
     assert all(not set(a) & set(b) for i, a in enumerate(folds) for b in folds[i + 1 :])
     assert [f.tolist() for f in class_folds(135, 5)] == [f.tolist() for f in folds]  # fixed seed
-    with pytest.raises(ValueError, match="num-folds"):
+    with pytest.raises(ValueError, match="num_folds"):
         class_folds(10, 1)
 
 
@@ -44,11 +44,11 @@ def test_embedded_splits_are_class_disjoint(fold):
 
 @pytest.mark.slow
 def test_no_test_sample_reaches_training_or_selection(tmp_path, monkeypatch):
-    log = []
+    log, phase = [], ["idle"]
     original = ClassSubset.__getitem__
 
     def spy(self, i):
-        log.append((self.split_name, runner.PHASE, self.identities[self.labels[i]], i))
+        log.append((self.split_name, phase[0], self.identities[self.labels[i]], i))
         return original(self, i)
 
     monkeypatch.setattr(ClassSubset, "__getitem__", spy)
@@ -62,7 +62,8 @@ def test_no_test_sample_reaches_training_or_selection(tmp_path, monkeypatch):
         samples_per_class=4,
         num_folds=3,
     )
-    per_seed = run_benchmark(cfg, str(tmp_path), figures=True, log=lambda *_: None)
+    per_seed = run_benchmark(cfg, str(tmp_path), figures=True, log=lambda *_: None,
+                             on_phase=lambda p: phase.__setitem__(0, p))
     test_classes = set(Omniglot(split="test").classes)
     train_phase = [e for e in log if e[1] == "train"]
     assert train_phase and all(e[2] not in test_classes for e in train_phase)

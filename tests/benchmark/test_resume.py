@@ -201,7 +201,7 @@ def test_run_stopped_early_is_not_trained_again_on_resume(tmp_path, monkeypatch,
     real_test = runner.EmbeddingKeepingTester.test
 
     def test(self, *args, **kwargs):
-        if runner.PHASE == "final_test" and not starts[1:]:
+        if phase[0] == "final_test" and not starts[1:]:
             starts.append("interrupted")
             raise KeyboardInterrupt
         return real_test(self, *args, **kwargs)
@@ -209,8 +209,10 @@ def test_run_stopped_early_is_not_trained_again_on_resume(tmp_path, monkeypatch,
     monkeypatch.setattr(trainers.MetricLossOnly, "train", train)
     monkeypatch.setattr(runner.EmbeddingKeepingTester, "test", test)
     cfg = dataclasses.replace(TINY, patience=0, save_embeddings=False)
+    phase = ["idle"]
     with pytest.raises(KeyboardInterrupt):
-        run_benchmark(cfg, str(tmp_path), figures=False, log=lambda *_: None)
+        run_benchmark(cfg, str(tmp_path), figures=False, log=lambda *_: None,
+                      on_phase=lambda p: phase.__setitem__(0, p))
     per_seed = run_benchmark(cfg, str(tmp_path), figures=False, log=lambda *_: None)
     assert starts == [1, "interrupted"]  # trained once, from epoch 1; never resumed training
     hist = runner.read_history(tmp_path / "runs/grouploss/seed0/history.jsonl")

@@ -12,7 +12,7 @@ from pml_grouploss.benchmark import cli, figures
 from pml_grouploss.benchmark.ablations import ABLATIONS, run_ablation
 from pml_grouploss.benchmark.config import BenchmarkConfig
 from pml_grouploss.benchmark.suite import run_benchmark
-from pml_grouploss.benchmark.tuning import run_tuning, sample_configurations
+from pml_grouploss.benchmark.tuning import run_tuning
 
 TINY = dict(
     epochs=1,
@@ -63,17 +63,6 @@ def test_ablation_run_writes_table_and_figure(tmp_path):
     assert (tmp_path / "figures" / "ablation_negatives.png").is_file()
     params = [json.loads(p) for p in per_seed.params]
     assert [p["negatives"] for p in params] == ["clamp", "shift"]
-
-
-def test_equal_budget_sampling():
-    space = {"a": (1, 2, 3), "b": ("x", "y")}
-    confs = sample_configurations(space, 4)
-    assert confs[0] == {} and len(confs) == 4
-    assert len({json.dumps(c, sort_keys=True) for c in confs}) == 4
-    assert sample_configurations(space, 4) == confs  # reproducible
-    assert len(sample_configurations(space, 50)) == 7  # 6 distinct draws + defaults
-    with pytest.raises(ValueError, match="budget"):
-        sample_configurations(space, 0)
 
 
 @pytest.mark.slow

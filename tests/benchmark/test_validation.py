@@ -70,7 +70,7 @@ def test_cli_message_names_the_option():
         "argument --iterations-per-epoch: must be an int >= 1, got 0; omit it"
     )
     assert message(methods=()).startswith("argument --losses: must name at least one method")
-    assert message(methods=("NoSuchLoss",)).startswith("--losses: unknown loss 'NoSuchLoss'")
+    assert message(methods=("NoSuchLoss",)).startswith("argument --losses: unknown loss 'NoSuchLoss'")
     assert message(overrides={"gradml": {"lr": 0}}).startswith(
         "argument --set/--params-file: gradml.lr must be a finite number > 0, got 0"
     )
@@ -90,9 +90,9 @@ def test_output_dir_checks_create_nothing(tmp_path):
 
 def test_more_folds_than_training_classes_is_named(tmp_path):
     assert BenchmarkConfig(max_classes=6, num_folds=6).num_folds == 6
-    with pytest.raises(ValueError, match="--max-classes"):
+    with pytest.raises(ValueError, match="max_classes 5 leaves fewer training classes"):
         BenchmarkConfig(max_classes=5, num_folds=6)
-    with pytest.raises(ValueError, match="--num-folds 200 exceeds the 135 training classes"):
+    with pytest.raises(ValueError, match="num_folds 200 exceeds the 135 training classes"):
         run_benchmark(BenchmarkConfig(num_folds=200), str(tmp_path), log=lambda *_: None)
     assert not (tmp_path / "config.json").exists()
 
