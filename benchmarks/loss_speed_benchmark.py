@@ -189,6 +189,49 @@ def measure(n: int, m: int, d: int, repeats: int, max_gb: float, names=None) -> 
     return rows
 
 
+def scaling(n: int, ms: List[int], d: int, repeats: int) -> List[dict]:
+    """The class-count scaling of batch-class GroupLoss in one rotation: its T=1 and T=3
+    losses at every ``m`` in ``ms`` and MultiSimilarityLoss (no per-class parameters) are
+    timed in turn, so each ratio to the smallest ``m`` (and to MultiSimilarity) shares the
+    load of every round. Rows ``{n, m, loss, median_ms, work_mib}``."""
+    import warnings
+
+    e, labels = _batch(n, min(ms), d)  # labels valid for every m
+    built = {}
+    for m in ms:
+        for name in ("GroupLoss batch T=1", "GroupLoss batch T=3"):
+            built[(m, name)] = _losses(n, m, d)[name]()
+    built[(None, "MultiSimilarity")] = _losses(n, min(ms), d)["MultiSimilarity"]()
+    times = {k: [] for k in built}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k in built:
+            _step(built[k], e, labels)
+            _step(built[k], e, labels)
+        for _ in range(repeats):
+            for k in built:
+                times[k].append(_step(built[k], e, labels))
+        work = {k: _work_mib(built[k], e, labels) for k in built}
+    return [dict(n=n, m=m, loss=name, median_ms=1e3 * statistics.median(times[(m, name)]),
+                 rounds=repeats, work_mib=work[(m, name)]) for (m, name) in built]
+
+
+def scaling_markdown(rows: List[dict]) -> str:
+    ms_ms = next(r["median_ms"] for r in rows if r["loss"] == "MultiSimilarity")
+    lowest = min(r["m"] for r in rows if r["m"] is not None)
+    base = {r["loss"]: r["median_ms"] for r in rows if r["m"] == lowest}
+    out = [f"\n### Scaling in m, n = {rows[0]['n']} (one rotation)\n",
+           "| loss | m | median ms | x own m = {:,} | x MultiSimilarity | work MiB |".format(lowest),
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        own = "" if r["m"] is None else f"{r['median_ms'] / base[r['loss']]:.2f}"
+        m = "—" if r["m"] is None else f"{r['m']:,}"
+        mib = "" if r["work_mib"] is None else f"{r['work_mib']:.0f}"
+        out.append(f"| {r['loss']} | {m} | {r['median_ms']:.1f} | {own} | "
+                   f"{r['median_ms'] / ms_ms:.2f} | {mib} |")
+    return "\n".join(out) + "\n"
+
+
 def _has_params(name: str) -> bool:
     return name.split()[0] in ("GroupLoss", "ProxyAnchor", REFERENCE, "ArcFace")
 
@@ -317,6 +360,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="skip a loss whose estimated working memory is larger")
     parser.add_argument("--losses", nargs="+", help="only these losses (names as in the table)")
     parser.add_argument("--out", help="append the Markdown table and environment to this file")
+    parser.add_argument("--scaling", action="store_true",
+                        help="batch-class GroupLoss at every --m in one rotation (with "
+                             "MultiSimilarity), ratios to the smallest m")
     parser.add_argument("--train-check", action="store_true",
                         help="run the MetricLossOnly m=100,000 epoch instead of the timings")
     args = parser.parse_args(argv)
@@ -333,6 +379,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     repeats = 5 if args.quick and args.repeats == 15 else args.repeats
     env = environment()
     command = "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:])
+    if args.scaling:
+        text = f"\nCommand: `{command}`\n\n" + "\n".join(f"- {k}: {v}" for k, v in env.items())
+        for n in ns:
+            text += scaling_markdown(scaling(n, list(ms), args.d, repeats))
+        print(text)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(text)
+        return
     rows = []
     for m in ms:
         for n in ns:

@@ -55,3 +55,12 @@ def test_the_shape_detector_sees_the_dense_prior():
                                prior_classes="all")
     assert result["dense_batch_by_classes_tensor"] is True
     assert result["changed_rows"] == 100_000  # Adam moves every row
+
+
+def test_scaling_rotation_rows_and_ratios():
+    rows = bench.scaling(n=16, ms=[10, 1000], d=8, repeats=1)
+    assert [(r["m"], r["loss"]) for r in rows] == [
+        (10, "GroupLoss batch T=1"), (10, "GroupLoss batch T=3"),
+        (1000, "GroupLoss batch T=1"), (1000, "GroupLoss batch T=3"), (None, "MultiSimilarity")]
+    table = bench.scaling_markdown(rows)
+    assert table.count("| 1.00 |") >= 3  # each loss at the smallest m, and MultiSimilarity
