@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,3 +83,14 @@ def test_zero_row_gradient_is_beta(dtype):
 def test_integer_embeddings_rejected():
     with pytest.raises(TypeError, match="^embeddings must be a floating-point tensor"):
         beta_normalize(torch.ones(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("beta", [True, "0.004", None])
+def test_non_number_beta_is_a_type_error(beta):
+    with pytest.raises(TypeError, match="^beta must be a real number"):
+        beta_normalize(torch.randn(2, 2), beta)
+
+
+def test_numpy_beta_accepted():
+    x = torch.randn(3, 4)
+    assert torch.equal(beta_normalize(x, np.float64(0.004)), beta_normalize(x, 0.004))

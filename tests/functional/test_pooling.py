@@ -61,3 +61,9 @@ def test_empty_spatial_map_is_a_clear_error(shape, alpha):
 
 def test_empty_batch_is_fine():
     assert mixed_pool2d(torch.randn(0, 3, 2, 2), 0.5).shape == (0, 3, 1, 1)
+
+
+@pytest.mark.parametrize("alpha", [True, "0.5", None])
+def test_non_number_alpha_is_a_type_error(alpha):
+    with pytest.raises(TypeError, match="^alpha must be a real number"):
+        mixed_pool2d(torch.randn(1, 1, 2, 2), alpha)

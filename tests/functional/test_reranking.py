@@ -196,3 +196,68 @@ def test_bad_shapes():
         sparse_re_ranking_knn(np.zeros((3, 4)), 2, np.zeros((5, 3)))
     with pytest.raises(ValueError, match="k must"):
         sparse_re_ranking_knn(np.zeros((3, 4)), 0, np.zeros((5, 4)))
+
+
+@pytest.mark.parametrize("lam,riq", [(0.85, True), (0.94, False), (0.0, True)])
+def test_table7_setting_uses_column_order_and_equals_dense(monkeypatch, lam, riq):
+    """k1=50, k2=20 (GL++ Table 7) fills V's columns: the Jaccard terms go column by column
+    (outer products), and the result is still bit-identical to the dense reference."""
+    import pml_grouploss.functional._reranking_topk as topk
+
+    calls = {"column": 0, "entry": 0}
+    for name in ("column", "entry"):
+        original = getattr(topk, f"_{name}_terms")
+
+        def counted(*a, _f=original, _n=name):
+            calls[_n] += 1
+            return _f(*a)
+
+        monkeypatch.setattr(topk, f"_{name}_terms", counted)
+    rng = np.random.default_rng(7)
+    x = _clustered(400, 16, rng)
+    q, ref = (x, x) if riq else (x[:80], x[80:])
+    dd, di = dense_re_ranking_knn(q, 10, ref, riq, 50, 20, lam)
+    sd, si = sparse_re_ranking_knn(q, 10, ref, riq, 50, 20, lam, query_block=150)
+    _assert_same_ranking(dd, di, sd, si)
+    assert calls["column"] >= 1 and calls["entry"] == 0
+    # the default setting's sparse V goes entry by entry, with the same result as dense
+    calls.update(column=0, entry=0)
+    dd, di = dense_re_ranking_knn(q, 10, ref, riq, 20, 6, 0.3)
+    sd, si = sparse_re_ranking_knn(q, 10, ref, riq, 20, 6, 0.3, query_block=150)
+    _assert_same_ranking(dd, di, sd, si)
+    assert calls["entry"] >= 1 and calls["column"] == 0
+
+
+def test_term_chunks_cover_every_entry_within_budget():
+    from pml_grouploss.functional._reranking_topk import _chunks
+
+    lens = np.array([3, 5, 1, 9, 2, 2, 30, 1])
+    ranges = list(_chunks(lens, 10))
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(lens)
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    for lo, hi in ranges:  # within budget, or one entry that alone exceeds it
+        assert lens[lo:hi].sum() <= 10 or hi - lo == 1
+    assert ranges == [(0, 3), (3, 4), (4, 6), (6, 7), (7, 8)]
+
+
+@pytest.mark.parametrize(
+    "kw,err,match",
+    [
+        (dict(k1=True), TypeError, "^k1 must be an int"),
+        (dict(k2=np.float32(3)), TypeError, "^k2 must be an int"),
+        (dict(lambda_value="0.3"), TypeError, "^lambda_value must be a real number"),
+        (dict(lambda_value=float("nan")), ValueError, "^lambda_value must be a finite number"),
+        (dict(query_block=0), ValueError, "^query_block must be an int >= 1"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kw, err, match):
+    x = np.random.default_rng(0).normal(size=(20, 4))
+    with pytest.raises(err, match=match):
+        sparse_re_ranking_knn(x, 3, x, True, **kw)
+
+
+def test_numpy_integer_hyper_parameters_accepted():
+    x = np.random.default_rng(0).normal(size=(30, 4))
+    a = sparse_re_ranking_knn(x, 3, x, True, np.int64(6), np.int32(3), np.float32(0.5))
+    b = sparse_re_ranking_knn(x, 3, x, True, 6, 3, float(np.float32(0.5)))
+    np.testing.assert_array_equal(a[1], b[1])

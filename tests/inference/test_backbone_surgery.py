@@ -230,3 +230,13 @@ def test_bad_arguments_raise():
         install_mixed_pooling(m, -0.5)
     with pytest.raises(ValueError, match="alpha"):
         MixedPooling(2.0)
+
+
+def test_non_number_negative_slope_is_a_type_error():
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1)
+    )
+    with pytest.raises(TypeError, match="^negative_slope must be a real number"):
+        install_leaky_relu(m, True)
+    with pytest.raises(ValueError, match="^negative_slope must be a finite number >= 0"):
+        install_leaky_relu(m, float("inf"))

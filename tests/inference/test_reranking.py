@@ -96,3 +96,23 @@ def test_no_reference_raises():
 def test_bad_arguments(kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
         KReciprocalReRanker(**kw)
+
+
+def test_hyper_parameters_checked_once_at_construction(monkeypatch):
+    """The knn_func is called once per evaluation: its k1/k2/lambda checks run in __init__,
+    not again per call (the per-call embeddings and k are still checked)."""
+    import pml_grouploss.functional._reranking_checks as checks
+    import pml_grouploss.functional.reranking_sparse as sparse
+
+    rr = KReciprocalReRanker(k1=6, k2=3, lambda_value=0.5)
+
+    def fail(*a, **kw):
+        raise AssertionError("hyper-parameters re-checked per call")
+
+    monkeypatch.setattr(sparse, "check_re_ranking_args", fail)
+    monkeypatch.setattr(checks, "check_re_ranking_args", fail)
+    x, _ = _data(n=60)
+    d, i = rr(x, 5, x, True)
+    assert d.shape == (60, 5) and not bool((i == torch.arange(60)[:, None]).any())
+    with pytest.raises(ValueError, match="^k must be an int >= 1"):
+        rr(x, 0, x, True)

@@ -200,6 +200,8 @@ def test_embedding_fn_refresh():
     [
         ({"m": 0}, "m"),
         ({"m": 2.5}, "m"),
+        ({"m": True}, "m"),
+        ({"batch_size": "6"}, "batch_size"),
         ({"batch_size": 7}, "batch_size"),
         ({"batch_size": 2 * 11}, "batch_size"),
         ({"length_before_new_iter": 4}, "length_before_new_iter"),
