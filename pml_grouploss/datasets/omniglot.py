@@ -78,13 +78,16 @@ class Omniglot(Dataset):
             by sharing its number. ``False``: every split is numbered ``0..C-1``.
 
     Attributes:
-        data: ``uint8 (N, image_size, image_size)`` tensor. targets: ``int64 (N,)`` labels
-        ``label_offset..label_offset+C-1`` (contiguous, in the order of ``classes``). labels: the
-        same as a list (the attribute PML's datasets expose). classes: ``"alphabet/characterNN"``
-        per class, sorted, the training characters first for ``"train+test"``; the class of label
-        ``y`` is ``classes[y - label_offset]``. label_offset: the first label of the split
-        (``C_train`` for ``"test"`` with ``unique_labels``, else 0). alphabets: alphabet name per
-        sample. drawers: drawer number (1..20) per sample.
+        data: ``uint8 (N, image_size, image_size)`` tensor.
+        targets: ``int64 (N,)`` labels ``label_offset..label_offset+C-1`` (contiguous, in the
+            order of ``classes``).
+        labels: the same as a list (the attribute PML's datasets expose).
+        classes: ``"alphabet/characterNN"`` per class, sorted, the training characters first for
+            ``"train+test"``; the class of label ``y`` is ``classes[y - label_offset]``.
+        label_offset: the first label of the split (``C_train`` for ``"test"`` with
+            ``unique_labels``, else 0).
+        alphabets: alphabet name per sample.
+        drawers: drawer number (1..20) per sample.
     """
 
     def __init__(

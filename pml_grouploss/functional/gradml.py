@@ -281,8 +281,9 @@ def gradml_loss(
         scalar tensor (0 for ``n < 2``), differentiable w.r.t. ``embeddings``.
 
     Raises:
-        TypeError: non-floating embeddings. ValueError: bad shapes, NaN/inf embeddings, or a
-        loss that overflows (float32 for half-precision input, else the input dtype).
+        TypeError: non-floating embeddings.
+        ValueError: bad shapes, NaN/inf embeddings, or a loss that overflows (float32 for
+            half-precision input, else the input dtype).
     """
     check_gradml_params(k, w, pos_weight)
     labels = _check_batch(embeddings, labels)
