@@ -1,4 +1,6 @@
-"""Pure tensor functions behind pml_grouploss: no PML imports, typed, shapes documented."""
+"""The math behind pml_grouploss: no PML imports, typed, shapes documented. Pure torch tensor
+functions, except k-reciprocal re-ranking (``re_ranking``, ``re_ranking_one_set``,
+``dense_re_ranking_knn``, ``sparse_re_ranking_knn``): numpy/scipy/faiss on CPU."""
 from .anchors import select_anchors
 from .beta_normalization import beta_normalize
 from .class_centroids import class_centroids, mean_pairwise_distance, nearest_classes
