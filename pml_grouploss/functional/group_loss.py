@@ -100,7 +100,7 @@ def refined_label_loss(
     log_X0 = log_initial_assignment(logits, labels, anchors, temperature)
     log_XT = log_replicator_dynamics(W, log_X0, num_iterations)
     log_true = log_XT.gather(1, labels.view(-1, 1)).squeeze(1)
-    nll = -torch.logaddexp(log_true, torch.full_like(log_true, math.log(LOG_EPSILON)))
+    nll = -torch.logaddexp(log_true, log_true.new_full((), math.log(LOG_EPSILON)))
     ce = F.cross_entropy(
         logits if ce_logits is None else ce_logits,
         labels if ce_labels is None else ce_labels.long(),

@@ -23,7 +23,7 @@ def standardize_rows(x: torch.Tensor) -> torch.Tensor:
     # Correlation is invariant to the scale of each row: divide by the row's largest magnitude
     # (a constant, so the gradient is unchanged) to keep squares away from overflow/underflow.
     scale = x.detach().abs().amax(dim=1, keepdim=True)
-    x = x / torch.where(scale > 0, scale, torch.ones_like(scale))
+    x = x / torch.where(scale > 0, scale, 1.0)
     centred = x - x.mean(dim=1, keepdim=True)
     norm = torch.linalg.vector_norm(centred, dim=1, keepdim=True)
     # A row is "constant" when its centred norm is at rounding level (rows now have max |x| = 1):
@@ -31,8 +31,8 @@ def standardize_rows(x: torch.Tensor) -> torch.Tensor:
     floor = 8 * torch.finfo(x.dtype).eps * (x.shape[1] ** 0.5)
     # NaN/inf rows (norm NaN) are kept: 0/0 or NaN propagates instead of becoming a constant row
     varies = (norm > floor) | torch.isnan(norm)
-    safe_norm = torch.where(varies, norm, torch.ones_like(norm))
-    return torch.where(varies, centred / safe_norm, torch.zeros_like(centred))
+    safe_norm = torch.where(varies, norm, 1.0)
+    return torch.where(varies, centred / safe_norm, 0.0)
 
 
 def pearson_correlation(

@@ -35,7 +35,7 @@ def replicator_step(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     numerator = X * (W @ X)
     support = numerator.sum(dim=1, keepdim=True)
     has_support = support > torch.finfo(support.dtype).eps
-    safe_support = torch.where(has_support, support, torch.ones_like(support))
+    safe_support = torch.where(has_support, support, 1.0)
     return torch.where(has_support, numerator / safe_support, X)
 
 
@@ -58,12 +58,16 @@ def log_replicator_step(W: torch.Tensor, log_X: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(n, m)`` ``log X(t+1)``.
     """
-    W = _scale_by_power_of_two(W)
+    return _log_step(_scale_by_power_of_two(W), log_X)
+
+
+def _log_step(W: torch.Tensor, log_X: torch.Tensor) -> torch.Tensor:
+    """:func:`log_replicator_step` on an already scaled ``W`` (the dynamics scale it once)."""
     log_payoff = torch.log(torch.clamp(W @ torch.exp(log_X), min=torch.finfo(W.dtype).tiny))
     log_numerator = log_X + log_payoff
     log_support = torch.logsumexp(log_numerator, dim=1, keepdim=True)
     has_support = log_support > math.log(torch.finfo(W.dtype).eps)
-    safe_log_support = torch.where(has_support, log_support, torch.zeros_like(log_support))
+    safe_log_support = torch.where(has_support, log_support, 0.0)
     return torch.where(has_support, log_numerator - safe_log_support, log_X)
 
 
@@ -82,8 +86,11 @@ def log_replicator_dynamics(
         ``(n, m)``.
     """
     _check_dynamics_args(W, log_X, num_iterations)
+    if num_iterations:
+        # scaled once: the step's own scaling of a scaled W divides by 1 (bit-identical)
+        W = _scale_by_power_of_two(W)
     for _ in range(num_iterations):
-        log_X = log_replicator_step(W, log_X)
+        log_X = _log_step(W, log_X)
     return log_X
 
 

@@ -29,5 +29,5 @@ def rms_normalize(x: torch.Tensor) -> torch.Tensor:
     x = x / torch.ldexp(torch.ones_like(exponent, dtype=x.dtype), exponent - 1)
     norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
     nonzero = norm > 0
-    safe_norm = torch.where(nonzero, norm, torch.ones_like(norm))
-    return torch.where(nonzero, x * (x.shape[1] ** 0.5) / safe_norm, torch.zeros_like(x))
+    safe_norm = torch.where(nonzero, norm, 1.0)
+    return torch.where(nonzero, x * (x.shape[1] ** 0.5) / safe_norm, 0.0)
