@@ -81,9 +81,10 @@ class KReciprocalReRanker:
     def __init__(
         self, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, query_block: int = 512
     ):
-        self._params = ReRankingParams.checked(k1, k2, lambda_value, query_block)  # once, here
-        self.k1, self.k2 = self._params.k1, self._params.k2
-        self.lambda_value, self.query_block = self._params.lambda_value, self._params.query_block
+        p = ReRankingParams.checked(k1, k2, lambda_value, query_block)  # once, here
+        self.k1, self.k2, self.lambda_value, self.query_block = (
+            p.k1, p.k2, p.lambda_value, p.query_block
+        )
         self.reference: Optional[torch.Tensor] = None
 
     def __call__(
@@ -102,7 +103,8 @@ class KReciprocalReRanker:
             reference = self.reference
         device = query.device if isinstance(query, torch.Tensor) else torch.device("cpu")
         q, r = _as_float32(query, reference)
-        d, i = sparse_knn_checked(q, k, r, bool(ref_includes_query), self._params)
+        params = ReRankingParams(self.k1, self.k2, self.lambda_value, self.query_block)
+        d, i = sparse_knn_checked(q, k, r, bool(ref_includes_query), params)
         return torch.from_numpy(d).to(device), torch.from_numpy(i).to(device)
 
     # InferenceModel interface -----------------------------------------------------------
