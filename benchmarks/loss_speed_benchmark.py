@@ -245,8 +245,17 @@ def environment() -> Dict[str, str]:
         pass
     import pytorch_metric_learning
 
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+                                check=False).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
     return {
         "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "commit": commit,
         "CPU": cpu,
         "cores (os.cpu_count)": str(os.cpu_count()),
         "torch threads": str(torch.get_num_threads()),
