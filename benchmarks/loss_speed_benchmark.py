@@ -326,6 +326,7 @@ def train_check(num_classes: int = 100_000, iterations: int = 20, batch_size: in
     dataset = torch.utils.data.TensorDataset(data, labels)
     trunk = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(),
                                 torch.nn.Linear(64, embedding_size))
+    seen: List[float] = []  # the metric loss of every iteration
     sparse = prior_classes == "batch"
     loss = losses.GroupLoss(num_classes, embedding_size, prior_classes=prior_classes,
                             sparse_gradients=sparse, temperature=10.0)
@@ -342,6 +343,7 @@ def train_check(num_classes: int = 100_000, iterations: int = 20, batch_size: in
                                           length_before_new_iter=iterations * batch_size),
         dataloader_num_workers=0,
         data_and_label_getter=lambda batch: batch,
+        end_of_iteration_hook=lambda t: seen.append(float(t.losses["metric_loss"])),
     )
     W_before = loss.W.detach().clone()
     start = time.perf_counter()
@@ -354,7 +356,8 @@ def train_check(num_classes: int = 100_000, iterations: int = 20, batch_size: in
     changed_rows = int((loss.W.detach() != W_before).any(dim=1).sum())
     return {"seconds": seconds, "iterations": iterations, "changed_rows": changed_rows,
             "dense_batch_by_classes_tensor": bool(_Shapes.widest),
-            "metric_loss": float(trainer.losses["metric_loss"])}
+            "metric_loss_first": seen[0], "metric_loss_last": seen[-1],
+            "logged_iterations": len(seen)}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
