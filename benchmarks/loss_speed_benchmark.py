@@ -343,7 +343,7 @@ def train_check(num_classes: int = 100_000, iterations: int = 20, batch_size: in
                                           length_before_new_iter=iterations * batch_size),
         dataloader_num_workers=0,
         data_and_label_getter=lambda batch: batch,
-        end_of_iteration_hook=lambda t: seen.append(float(t.losses["metric_loss"])),
+        end_of_iteration_hook=lambda t: seen.append(t.losses["metric_loss"].item()),
     )
     W_before = loss.W.detach().clone()
     start = time.perf_counter()
@@ -355,7 +355,7 @@ def train_check(num_classes: int = 100_000, iterations: int = 20, batch_size: in
     seconds = time.perf_counter() - start
     changed_rows = int((loss.W.detach() != W_before).any(dim=1).sum())
     return {"seconds": seconds, "iterations": iterations, "changed_rows": changed_rows,
-            "dense_batch_by_classes_tensor": bool(_Shapes.widest),
+            "dense_batch_by_classes_tensor": bool(_Shapes.widest) if check_shapes else None,
             "metric_loss_first": seen[0], "metric_loss_last": seen[-1],
             "logged_iterations": len(seen)}
 
