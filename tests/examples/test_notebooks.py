@@ -58,3 +58,13 @@ def test_notebook_runs(path):
     cpu = json.loads(nb.cells[-1].outputs[0]["text"])
     print(f"{os.path.basename(path)}: {wall:.0f} s wall, {cpu:.0f} s CPU")
     assert cpu < MAX_CPU_SECONDS, f"{os.path.basename(path)} used {cpu:.0f} s of CPU"
+
+
+def test_readme_and_site_link_every_notebook():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    site = open(os.path.join(ROOT, "docs", "notebooks.md"), encoding="utf-8").read()
+    nav = open(os.path.join(ROOT, "mkdocs.yml"), encoding="utf-8").read()
+    for path in NOTEBOOKS:
+        name = os.path.basename(path)
+        assert f"(examples/notebooks/{name})" in readme, name
+        assert f"(notebooks/{name})" in site and f"notebooks/{name}" in nav, name
