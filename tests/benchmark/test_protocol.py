@@ -156,3 +156,49 @@ def test_resume_after_interrupt_keeps_finished_seeds(tmp_path, monkeypatch):
             figures=False,
             log=lambda *_: None,
         )
+
+
+@pytest.mark.slow
+def test_ablate_tune_and_inference_read_test_images_only_in_their_final_evaluation(
+    tmp_path, monkeypatch
+):
+    """The protocol of every subcommand (run: the test above): ``ablate --test`` and
+    ``inference`` read test images only in their final evaluation, after the checkpoint (best
+    validation epoch) or the inference parameters were chosen on the validation fold; ``tune``
+    never reads one."""
+    from pml_grouploss.benchmark.ablations import run_ablation
+    from pml_grouploss.benchmark.inference_ablation import run_inference_ablation
+    from pml_grouploss.benchmark.tuning import run_tuning
+
+    log, phase = [], ["idle"]
+    original = ClassSubset.__getitem__
+
+    def spy(self, i):
+        log.append((self.split_name, phase[0]))
+        return original(self, i)
+
+    monkeypatch.setattr(ClassSubset, "__getitem__", spy)
+    observe = dict(log=lambda *_: None, on_phase=lambda p: phase.__setitem__(0, p))
+    cfg = BenchmarkConfig(epochs=2, eval_every=1, max_classes=10, seeds=(0,),
+                          methods=("grouploss",), classes_per_batch=4, samples_per_class=4)
+    per_seed = run_ablation("negatives", cfg, str(tmp_path / "ablate"), final_test=True,
+                            figures=False, **observe)
+    reads = [(s, p) for s, p in log if s == "test"]
+    assert reads and set(reads) == {("test", "final_test")}
+    assert {p for s, p in log if s != "test"} == {"train"}  # training and model selection
+    for _, row in per_seed.iterrows():
+        hist = runner.read_history(tmp_path / "ablate" / "runs" / row.method / "seed0" /
+                                   "history.jsonl")
+        val = hist[hist.split == "val"].sort_values("epoch")
+        assert row.best_epoch == int(val.loc[val.precision_at_1.idxmax(), "epoch"])
+    log.clear()
+    run_tuning(cfg, str(tmp_path / "tune"), budget=1, **observe)
+    assert log and not [e for e in log if e[0] == "test"]
+    log.clear()
+    table = run_inference_ablation(str(tmp_path / "ablate"), method="clamp", **observe)
+    first_test = next(i for i, e in enumerate(log) if e[0] == "test")
+    assert {e for e in log[:first_test]} == {("val", "validation")}  # every choice first
+    assert {e for e in log[first_test:]} == {("test", "final_test")}
+    # the baseline row is the selected checkpoint: the ablation's own test number
+    clamp = per_seed[per_seed.method == "clamp"].iloc[0]
+    assert table.precision_at_1.iloc[0] == pytest.approx(clamp.precision_at_1)
