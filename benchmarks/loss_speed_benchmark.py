@@ -32,6 +32,7 @@ import ctypes
 import datetime
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -390,7 +391,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ms = args.m or (QUICK_M if args.quick else GRID_M)
     repeats = 5 if args.quick and args.repeats == 15 else args.repeats
     env = environment()
-    command = "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:])
+    command = "python " + shlex.join([os.path.relpath(__file__)] + sys.argv[1:])
     if args.scaling:
         text = f"\nCommand: `{command}`\n\n" + "\n".join(f"- {k}: {v}" for k, v in env.items())
         for n in ns:
