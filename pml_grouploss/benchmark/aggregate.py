@@ -11,15 +11,9 @@ from scipy import stats
 
 #: columns of the main table, in order, with their display names
 TABLE_METRICS = (
-    ("recall_at_1", "R@1"),
-    ("recall_at_2", "R@2"),
-    ("recall_at_4", "R@4"),
-    ("recall_at_8", "R@8"),
-    ("mean_average_precision_at_r", "MAP@R"),
-    ("precision_at_1", "P@1"),
-    ("NMI", "NMI"),
-    ("train_precision_at_1", "train R@1"),
-    ("seconds_per_epoch", "s/epoch"),
+    ("recall_at_1", "R@1"), ("recall_at_2", "R@2"), ("recall_at_4", "R@4"), ("recall_at_8", "R@8"),
+    ("mean_average_precision_at_r", "MAP@R"), ("precision_at_1", "P@1"), ("NMI", "NMI"),
+    ("train_precision_at_1", "train R@1"), ("seconds_per_epoch", "s/epoch"),
 )
 
 
@@ -38,12 +32,8 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Tuple[float, f
     return float(x.mean()), float(half)
 
 
-def summarize(
-    per_seed: pd.DataFrame,
-    group: str = "method",
-    metrics: Iterable[str] = None,
-    confidence: float = 0.95,
-) -> pd.DataFrame:
+def summarize(per_seed: pd.DataFrame, group: str = "method", metrics: Iterable[str] = None,
+              confidence: float = 0.95) -> pd.DataFrame:
     """One row per ``group`` with ``<metric>_mean``, ``<metric>_ci`` and ``n_seeds`` columns.
 
     ``per_seed`` has one row per (method, seed). Row order follows first appearance.
@@ -60,17 +50,14 @@ def summarize(
 
 
 VAL_METRICS = (
-    ("val_precision_at_1", "val R@1"),
-    ("val_mean_average_precision_at_r", "val MAP@R"),
-    ("val_NMI", "val NMI"),
-    ("train_precision_at_1", "train R@1"),
+    ("val_precision_at_1", "val R@1"), ("val_mean_average_precision_at_r", "val MAP@R"),
+    ("val_NMI", "val NMI"), ("train_precision_at_1", "train R@1"),
     ("seconds_per_epoch", "s/epoch"),
 )
 
 
-def format_table(
-    summary: pd.DataFrame, group: str = "method", percent: bool = True, metrics=TABLE_METRICS
-) -> pd.DataFrame:
+def format_table(summary: pd.DataFrame, group: str = "method", percent: bool = True,
+                 metrics=TABLE_METRICS) -> pd.DataFrame:
     """Display table: ``"87.8 ± 1.2"`` cells (accuracies in %, seconds as is)."""
     out = {group: summary[group].tolist()}
     for m, title in metrics:

@@ -31,9 +31,8 @@ class ClassSubset(Dataset):
     ``identities`` are globally unique class names (used to assert disjointness).
     """
 
-    def __init__(
-        self, base: Dataset, classes: Sequence[int], transform: Optional[Callable], split_name: str
-    ) -> None:
+    def __init__(self, base: Dataset, classes: Sequence[int], transform: Optional[Callable],
+                 split_name: str) -> None:
         labels = np.asarray(base.labels)
         classes = sorted(int(c) for c in classes)
         index = {c: i for i, c in enumerate(classes)}
@@ -102,18 +101,14 @@ def load_base(dataset: str, data_root: Optional[str], download: bool = False):
             "data_root", f"data_root {data_root!r} does not exist; point it at the {dataset} "
             "directory (see docs/datasets.md) or add download")
     if dataset == "omniglot":
-        return (
-            ds.Omniglot(data_root, split="train", download=download),
-            ds.Omniglot(data_root, split="test"),
-            1,
-        )
+        return (ds.Omniglot(data_root, split="train", download=download),
+                ds.Omniglot(data_root, split="test"), 1)
     cls = {"cub": ds.CUB, "cars196": ds.Cars196, "sop": ds.StanfordOnlineProducts}[dataset]
     return cls(data_root, split="train", download=download), cls(data_root, split="test"), 3
 
 
-def build_transforms(
-    trunk: str, in_channels: int, image_size: int, augment: str
-) -> Tuple[Callable, Callable]:
+def build_transforms(trunk: str, in_channels: int, image_size: int,
+                     augment: str) -> Tuple[Callable, Callable]:
     """(train transform, eval transform).
 
     Small CNN: resize to ``image_size``, tensor, standardise. torchvision trunks: the papers'
@@ -123,45 +118,24 @@ def build_transforms(
     from torchvision import transforms as T
 
     if trunk == "cnn":
-        mean, std = (
-            ([0.08] * in_channels, [0.25] * in_channels)
-            if in_channels == 1
-            else ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-        )
+        mean, std = (([0.08] * in_channels, [0.25] * in_channels) if in_channels == 1
+                     else ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
         base = [T.Resize((image_size, image_size))]
         tail = [T.ToTensor(), T.Normalize(mean, std)]
-        aug = (
-            [T.RandomAffine(10, translate=(0.1, 0.1), scale=(0.9, 1.1))]
-            if augment == "affine"
-            else []
-        )
+        aug = ([T.RandomAffine(10, translate=(0.1, 0.1), scale=(0.9, 1.1))]
+               if augment == "affine" else [])
         return T.Compose(base + aug + tail), T.Compose(base + tail)
     to3 = [T.Grayscale(3)] if in_channels == 1 else []
     norm = [T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
-    train = T.Compose(
-        to3
-        + [
-            T.Resize(256),
-            T.RandomResizedCrop(227) if augment == "affine" else T.RandomCrop(227),
-            T.RandomHorizontalFlip(),
-        ]
-        + norm
-    )
+    crop = T.RandomResizedCrop(227) if augment == "affine" else T.RandomCrop(227)
+    train = T.Compose(to3 + [T.Resize(256), crop, T.RandomHorizontalFlip()] + norm)
     test = T.Compose(to3 + [T.Resize(256), T.CenterCrop(227)] + norm)
     return train, test
 
 
-def build_splits(
-    dataset: str,
-    data_root: Optional[str],
-    fold: int,
-    num_folds: int,
-    trunk: str = "cnn",
-    image_size: int = 28,
-    augment: str = "none",
-    max_classes: Optional[int] = None,
-    download: bool = False,
-) -> Splits:
+def build_splits(dataset: str, data_root: Optional[str], fold: int, num_folds: int,
+                 trunk: str = "cnn", image_size: int = 28, augment: str = "none",
+                 max_classes: Optional[int] = None, download: bool = False) -> Splits:
     """Load the data and carve validation fold ``fold`` (of ``num_folds``) from the training
     classes. ``max_classes`` keeps only the first training/test classes (for quick runs)."""
     train_base, test_base, in_channels = load_base(dataset, data_root, download)
@@ -197,10 +171,8 @@ def assert_disjoint(splits: Splits) -> None:
     """Raise ``AssertionError`` unless train, validation and test share no class and no image."""
     tr, va, te = (set(s.identities) for s in (splits.train, splits.val, splits.test))
     if tr & va or tr & te or va & te:
-        raise AssertionError(
-            f"class overlap: train&val={sorted(tr & va)[:5]}, "
-            f"train&test={sorted(tr & te)[:5]}, val&test={sorted(va & te)[:5]}"
-        )
+        raise AssertionError(f"class overlap: train&val={sorted(tr & va)[:5]}, "
+                             f"train&test={sorted(tr & te)[:5]}, val&test={sorted(va & te)[:5]}")
     if splits.train.base is splits.val.base and set(splits.train.indices) & set(splits.val.indices):
         raise AssertionError("train and validation share images")
     if splits.train.base is splits.test.base:

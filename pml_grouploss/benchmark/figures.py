@@ -42,25 +42,28 @@ def _curves(ax, hist: pd.DataFrame, split: str, metric: str, methods: List[str],
         e, mu, ci = (np.array(x, dtype=float) for x in zip(*stats))
         ax.plot(e, 100 * mu, style, color=colors[i % len(colors)], label=f"{m} ({split})")
         ci = np.nan_to_num(ci)
-        ax.fill_between(
-            e, 100 * (mu - ci), 100 * (mu + ci), color=colors[i % len(colors)], alpha=0.2
-        )
+        ax.fill_between(e, 100 * (mu - ci), 100 * (mu + ci), color=colors[i % len(colors)],
+                        alpha=0.2)
+
+
+def _save(fig, path: str, dpi: int = 120) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str, legend: int = 8) -> None:
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend)
 
 
 def convergence_figure(output_dir: str, methods: List[str], metric="precision_at_1") -> str:
-    hist = load_histories(output_dir)
     fig, ax = plt.subplots(figsize=(6, 4))
-    _curves(ax, hist, "val", metric, methods)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation R@1 (%)")
-    ax.set_title("Convergence on the validation classes (mean ± 95% CI)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    path = os.path.join(output_dir, "figures", "convergence.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    _curves(ax, load_histories(output_dir), "val", metric, methods)
+    _label(ax, "epoch", "validation R@1 (%)", "Convergence on the validation classes (mean ± 95% CI)")
+    return _save(fig, os.path.join(output_dir, "figures", "convergence.png"))
 
 
 def train_vs_test_figure(output_dir: str, methods: List[str]) -> str:
@@ -69,47 +72,22 @@ def train_vs_test_figure(output_dir: str, methods: List[str]) -> str:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     _curves(a, hist, "train", "precision_at_1", methods, "--")
     _curves(a, hist, "val", "precision_at_1", methods, "-")
-    a.set_xlabel("epoch")
-    a.set_ylabel("R@1 (%)")
-    a.set_title("train classes (dashed) vs validation classes (solid)")
-    a.grid(alpha=0.3)
-    a.legend(fontsize=7)
+    _label(a, "epoch", "R@1 (%)", "train classes (dashed) vs validation classes (solid)", 7)
     s = summarize(per_seed, metrics=["train_precision_at_1", "precision_at_1"])
     x = np.arange(len(s))
-    for off, col, name in (
-        (-0.2, "train_precision_at_1", "train classes"),
-        (0.2, "precision_at_1", "test classes"),
-    ):
-        b.bar(
-            x + off,
-            100 * s[f"{col}_mean"],
-            0.4,
-            yerr=100 * np.nan_to_num(s[f"{col}_ci"]),
-            capsize=3,
-            label=name,
-        )
+    for off, col, name in ((-0.2, "train_precision_at_1", "train classes"),
+                           (0.2, "precision_at_1", "test classes")):
+        b.bar(x + off, 100 * s[f"{col}_mean"], 0.4, yerr=100 * np.nan_to_num(s[f"{col}_ci"]),
+              capsize=3, label=name)
     b.set_xticks(x)
     b.set_xticklabels(s.method, rotation=20, fontsize=8)
-    b.set_ylabel("R@1 (%) at the selected checkpoint")
-    b.set_title("overfitting: train vs test R@1")
-    b.legend(fontsize=8)
-    b.grid(alpha=0.3, axis="y")
-    path = os.path.join(output_dir, "figures", "train_vs_test.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    _label(b, "", "R@1 (%) at the selected checkpoint", "overfitting: train vs test R@1")
+    return _save(fig, os.path.join(output_dir, "figures", "train_vs_test.png"))
 
 
-def retrieval_grid_figure(
-    output_dir: str,
-    cfg: BenchmarkConfig,
-    methods: List[str],
-    seed: Optional[int] = None,
-    n_queries: int = 6,
-    top_k: int = 4,
-    on_phase=None,
-) -> str:
+def retrieval_grid_figure(output_dir: str, cfg: BenchmarkConfig, methods: List[str],
+                          seed: Optional[int] = None, n_queries: int = 6, top_k: int = 4,
+                          on_phase=None) -> str:
     """Queries (left) and their top-``top_k`` test neighbours per method; green = same class."""
     from .data import splits_for_fold
 
@@ -140,9 +118,8 @@ def retrieval_grid_figure(
             return cache[i]
 
         cols = len(results) * (top_k + 1)
-        fig, axes = plt.subplots(
-            len(queries), cols, figsize=(cols * 0.9, len(queries) * 1.0 + 0.6), squeeze=False
-        )
+        fig, axes = plt.subplots(len(queries), cols, squeeze=False,
+                                 figsize=(cols * 0.9, len(queries) * 1.0 + 0.6))
         for j, (m, (emb, lab)) in enumerate(results.items()):
             sims = emb[queries] @ emb.T
             sims[np.arange(len(queries)), queries] = -np.inf
@@ -162,15 +139,9 @@ def retrieval_grid_figure(
                         ax.set_title(m, fontsize=8, loc="left")
     finally:
         on_phase("idle")
-    fig.suptitle(
-        f"test queries and their top-{top_k} (green = same class, red = other), seed {seed}",
-        fontsize=9,
-    )
-    path = os.path.join(output_dir, "figures", "retrieval_grid.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig.suptitle(f"test queries and their top-{top_k} (green = same class, red = other), seed "
+                 f"{seed}", fontsize=9)
+    return _save(fig, os.path.join(output_dir, "figures", "retrieval_grid.png"), dpi=110)
 
 
 def heatmap_grid(per_seed: pd.DataFrame, metric: str) -> Tuple[List[int], List[int], np.ndarray]:
@@ -201,15 +172,8 @@ def ablation_figure(per_seed: pd.DataFrame, ablation, fig_dir: str, name: str) -
         for i in range(len(anchors)):
             for j in range(len(ms)):
                 if not np.isnan(grid[i, j]):
-                    ax.text(
-                        j,
-                        i,
-                        f"{grid[i, j]:.1f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white",
-                    )
+                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                            color="white")
         ax.set_xticks(range(len(ms)))
         ax.set_xticklabels(ms)
         ax.set_yticks(range(len(anchors)))
@@ -221,13 +185,9 @@ def ablation_figure(per_seed: pd.DataFrame, ablation, fig_dir: str, name: str) -
         s = summarize(per_seed, metrics=[metric])
         mu, ci = 100 * s[f"{metric}_mean"], 100 * np.nan_to_num(s[f"{metric}_ci"])
         if ablation.kind == "line":
-            numeric = [
-                lab
-                for lab in s.method
-                if per_seed[per_seed.method == lab].x.iloc[0].lstrip("-").isdigit()
-            ]
-            sel = s.method.isin(numeric)
-            x = [int(per_seed[per_seed.method == lab].x.iloc[0]) for lab in s.method[sel]]
+            xs = {lab: per_seed[per_seed.method == lab].x.iloc[0] for lab in s.method}
+            sel = s.method.isin([lab for lab, x in xs.items() if x.lstrip("-").isdigit()])
+            x = [int(xs[lab]) for lab in s.method[sel]]
             ax.errorbar(x, mu[sel], yerr=ci[sel], marker="o", capsize=3, label="GroupLoss")
             for lab, m_, c_ in zip(s.method[~sel], mu[~sel], ci[~sel]):
                 ax.axhspan(m_ - c_, m_ + c_, color="gray", alpha=0.2)
@@ -241,11 +201,7 @@ def ablation_figure(per_seed: pd.DataFrame, ablation, fig_dir: str, name: str) -
         ax.set_ylabel("validation R@1 (%)")
         ax.grid(alpha=0.3)
     ax.set_title(ablation.description, fontsize=8)
-    path = os.path.join(fig_dir, f"ablation_{name}.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, os.path.join(fig_dir, f"ablation_{name}.png"))
 
 
 def make_all(output_dir: str, cfg: BenchmarkConfig, on_phase=None) -> List[str]:

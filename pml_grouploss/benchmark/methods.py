@@ -47,88 +47,46 @@ def _gradml(num_classes: int, embedding_size: int, **params):
     return GradMLLoss(**params)
 
 
-def _triplet(num_classes: int, embedding_size: int, **params):
-    params = dict(params)
-    params.pop("type_of_triplets", None)
+def _triplet(num_classes: int, embedding_size: int, type_of_triplets: str = "", **params):
     return pml_losses.TripletMarginLoss(**params)
 
 
 def _triplet_miner(params: Mapping[str, Any]):
-    return pml_miners.TripletMarginMiner(
-        margin=params.get("margin", 0.05),
-        type_of_triplets=params.get("type_of_triplets", "semihard"),
-    )
+    return pml_miners.TripletMarginMiner(margin=params.get("margin", 0.05),
+                                         type_of_triplets=params.get("type_of_triplets", "semihard"))
 
 
 def _proxy_anchor(num_classes: int, embedding_size: int, **params):
-    return pml_losses.ProxyAnchorLoss(
-        num_classes=num_classes, embedding_size=embedding_size, **params
-    )
+    return pml_losses.ProxyAnchorLoss(num_classes=num_classes, embedding_size=embedding_size,
+                                      **params)
 
 
-GL_SPACE = {
-    "temperature": (1.0, 5.0, 10.0, 24.0, 50.0),
-    "num_iterations": (1, 2, 3),
-    "num_anchors": (1, 2, 3),
-    "loss_lr": (0.03, 0.1, 0.3),
-    "lr": (5e-4, 1e-3, 2.5e-3),
-}
-
+LR = (5e-4, 1e-3, 2.5e-3)  # the trunk learning rate: part of every search space
+GL = {"temperature": 24.0, "num_iterations": 1, "num_anchors": 2}
 #: Built-in methods. Group Loss defaults: T=24 (temperature of the reference code's CUB config),
 #: 1 refinement step and 2 anchors per class (GL++ Figs. 3-4 and the reference), classifier lr 1e-1
 #: (issue 5 exploration). Triplet: PML defaults (margin 0.05) with semi-hard mining.
 #: ProxyAnchor: the paper's margin 0.1, alpha 32, proxies at lr 1e-2.
-METHODS: Dict[str, MethodSpec] = {
-    "grouploss": MethodSpec(
-        "grouploss",
-        "Group Loss (ECCV'20 / GL++): refined-label NLL + auxiliary CE",
-        _group_loss,
-        {"temperature": 24.0, "num_iterations": 1, "num_anchors": 2},
-        loss_lr=0.1,
-        search_space=GL_SPACE,
-    ),
-    "grouploss_ce": MethodSpec(
-        "grouploss_ce",
-        "ablation: GroupLoss with refined-label NLL weight 0 = plain CE on its classifier",
-        _group_loss,
-        {"temperature": 24.0, "num_iterations": 1, "num_anchors": 2, "nll_weight": 0.0},
-        loss_lr=0.1,
-        search_space={"loss_lr": (0.03, 0.1, 0.3), "lr": (5e-4, 1e-3, 2.5e-3)},
-    ),
-    "triplet": MethodSpec(
-        "triplet",
-        "PML TripletMarginLoss + TripletMarginMiner(semihard)",
-        _triplet,
-        {"margin": 0.05, "type_of_triplets": "semihard"},
-        build_miner=_triplet_miner,
-        search_space={
-            "margin": (0.02, 0.05, 0.1, 0.2),
-            "type_of_triplets": ("semihard", "all", "hard"),
-            "lr": (5e-4, 1e-3, 2.5e-3),
-        },
-    ),
-    "proxyanchor": MethodSpec(
-        "proxyanchor",
-        "PML ProxyAnchorLoss (margin 0.1, alpha 32)",
-        _proxy_anchor,
-        {"margin": 0.1, "alpha": 32.0},
-        loss_lr=1e-2,
-        search_space={
-            "margin": (0.05, 0.1, 0.2),
-            "alpha": (16.0, 32.0, 64.0),
-            "loss_lr": (3e-3, 1e-2, 3e-2),
-            "lr": (5e-4, 1e-3, 2.5e-3),
-        },
-    ),
-    "gradml": MethodSpec(
-        "gradml",
-        "GradML (GL++ eq. 10-11), pml_grouploss.losses.GradMLLoss",
-        _gradml,
-        {"k": 2.0, "w": 1.0},
-        search_space={"k": (1.0, 2.0, 4.0), "w": (0.5, 1.0, 2.0), "lr": (5e-4, 1e-3, 2.5e-3)},
-    ),
-}
-
+METHODS: Dict[str, MethodSpec] = {m.name: m for m in (
+    MethodSpec("grouploss", "Group Loss (ECCV'20 / GL++): refined-label NLL + auxiliary CE",
+               _group_loss, GL, loss_lr=0.1, search_space={
+                   "temperature": (1.0, 5.0, 10.0, 24.0, 50.0), "num_iterations": (1, 2, 3),
+                   "num_anchors": (1, 2, 3), "loss_lr": (0.03, 0.1, 0.3), "lr": LR}),
+    MethodSpec("grouploss_ce", "ablation: GroupLoss with refined-label NLL weight 0 = plain CE "
+               "on its classifier", _group_loss, {**GL, "nll_weight": 0.0}, loss_lr=0.1,
+               search_space={"loss_lr": (0.03, 0.1, 0.3), "lr": LR}),
+    MethodSpec("triplet", "PML TripletMarginLoss + TripletMarginMiner(semihard)", _triplet,
+               {"margin": 0.05, "type_of_triplets": "semihard"}, build_miner=_triplet_miner,
+               search_space={"margin": (0.02, 0.05, 0.1, 0.2),
+                             "type_of_triplets": ("semihard", "all", "hard"), "lr": LR}),
+    MethodSpec("proxyanchor", "PML ProxyAnchorLoss (margin 0.1, alpha 32)", _proxy_anchor,
+               {"margin": 0.1, "alpha": 32.0}, loss_lr=1e-2, search_space={
+                   "margin": (0.05, 0.1, 0.2), "alpha": (16.0, 32.0, 64.0),
+                   "loss_lr": (3e-3, 1e-2, 3e-2), "lr": LR}),
+    MethodSpec("gradml", "GradML (GL++ eq. 10-11), pml_grouploss.losses.GradMLLoss", _gradml,
+               {"k": 2.0, "w": 1.0},
+               search_space={"k": (1.0, 2.0, 4.0), "w": (0.5, 1.0, 2.0), "lr": LR}),
+)}
 DEFAULT_METHODS = ("grouploss", "grouploss_ce", "triplet", "proxyanchor")
 
 
@@ -136,34 +94,21 @@ def _pml_loss_method(name: str) -> MethodSpec:
     cls = getattr(pml_losses, name, None)
     if not (inspect.isclass(cls) and issubclass(cls, pml_losses.BaseMetricLossFunction)):
         valid = sorted(n for n in dir(pml_losses) if n.endswith("Loss") and n[0].isupper())
-        raise ValueError(
-            f"unknown loss {name!r}. Built-in methods: {', '.join(METHODS)}; or any PML "
-            f"loss class by name, e.g. {', '.join(valid[:8])}, ..."
-        )
+        raise ValueError(f"unknown loss {name!r}. Built-in methods: {', '.join(METHODS)}; or "
+                         f"any PML loss class by name, e.g. {', '.join(valid[:8])}, ...")
     sig = inspect.signature(cls.__init__).parameters
 
     def build(num_classes: int, embedding_size: int, **params):
-        if "num_classes" in sig:
-            params.setdefault("num_classes", num_classes)
-        if "embedding_size" in sig:
-            params.setdefault("embedding_size", embedding_size)
-        return cls(**params)
+        sizes = {"num_classes": num_classes, "embedding_size": embedding_size}
+        return cls(**{**{k: v for k, v in sizes.items() if k in sig}, **params})
 
-    needs_params = "num_classes" in sig
-    return MethodSpec(
-        name,
-        f"PML {name} (PML defaults)",
-        build,
-        loss_lr=1e-2 if needs_params else None,
-        search_space={"lr": (5e-4, 1e-3, 2.5e-3)},
-    )
+    return MethodSpec(name, f"PML {name} (PML defaults)", build, search_space={"lr": LR},
+                      loss_lr=1e-2 if "num_classes" in sig else None)
 
 
 def get_method(name: str) -> MethodSpec:
     """A built-in method, or any ``pytorch_metric_learning.losses`` class by name (defaults)."""
-    if name in METHODS:
-        return METHODS[name]
-    return _pml_loss_method(name)
+    return METHODS[name] if name in METHODS else _pml_loss_method(name)
 
 
 @dataclass
@@ -176,39 +121,22 @@ class BuiltMethod:
     params: Dict[str, Any]
 
 
-def build_method(
-    spec: MethodSpec,
-    num_classes: int,
-    embedding_size: int,
-    overrides: Optional[Mapping[str, Any]] = None,
-    label: Optional[str] = None,
-) -> BuiltMethod:
+def build_method(spec: MethodSpec, num_classes: int, embedding_size: int,
+                 overrides: Optional[Mapping[str, Any]] = None,
+                 label: Optional[str] = None) -> BuiltMethod:
     """Instantiate loss and miner. Overrides may include ``loss_lr`` and ``lr`` (trunk lr), which
     must be positive numbers (``TypeError``/``ValueError`` naming ``METHOD.loss_lr``)."""
-    params = dict(spec.params)
-    params.update(overrides or {})
-    loss_lr = params.pop("loss_lr", spec.loss_lr)
-    lr = params.pop("lr", None)
+    params = {**spec.params, **(overrides or {})}
+    loss_lr, lr = params.pop("loss_lr", spec.loss_lr), params.pop("lr", None)
     for key, value in (("loss_lr", loss_lr), ("lr", lr)):
         if value is not None:
-            check_number(
-                f"{spec.name}.{key}",
-                value,
-                minimum=0,
-                strict_minimum=True,
-                hint=f"give a positive number, e.g. --set {spec.name}.{key}=0.01",
-            )
+            check_number(f"{spec.name}.{key}", value, minimum=0, strict_minimum=True,
+                         hint=f"give a positive number, e.g. --set {spec.name}.{key}=0.01")
     try:
         loss = spec.build_loss(num_classes, embedding_size, **params)
     except (TypeError, ValueError) as err:  # a wrong or unknown parameter of the loss
         raise ValueError(f"{spec.name}: {err}") from err
     miner = spec.build_miner(params) if spec.build_miner is not None else None
     has_params = any(p.requires_grad for p in loss.parameters())
-    return BuiltMethod(
-        label or spec.name,
-        loss,
-        miner,
-        loss_lr if has_params else None,
-        lr,
-        {**params, **({"loss_lr": loss_lr} if has_params else {})},
-    )
+    return BuiltMethod(label or spec.name, loss, miner, loss_lr if has_params else None, lr,
+                       {**params, **({"loss_lr": loss_lr} if has_params else {})})

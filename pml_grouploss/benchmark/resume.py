@@ -58,10 +58,8 @@ class ResumableSampler(Sampler):
             yield index
 
     def state_dict(self) -> Dict[str, Any]:
-        state: Dict[str, Any] = {
-            "indices": torch.tensor(self.indices, dtype=torch.int64),
-            "position": self.position,
-        }
+        state: Dict[str, Any] = {"indices": torch.tensor(self.indices, dtype=torch.int64),
+                                 "position": self.position}
         labels = getattr(self.sampler, "labels", None)
         if isinstance(labels, list):  # MPerClassSampler shuffles this list in place every batch
             state["labels"] = [int(x) for x in labels]
@@ -85,13 +83,8 @@ def _numpy_state(rng: Any) -> Dict[str, Any]:
     if isinstance(rng, np.random.Generator):
         return {"json": json.dumps(rng.bit_generator.state)}
     name, keys, pos, has_gauss, cached = rng.get_state()
-    return {
-        "name": name,
-        "keys": torch.from_numpy(keys.astype(np.int64)),
-        "pos": int(pos),
-        "has_gauss": int(has_gauss),
-        "cached_gaussian": float(cached),
-    }
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
 
 
 def _set_numpy_state(rng: Any, state: Dict[str, Any]) -> None:
@@ -105,15 +98,10 @@ def _set_numpy_state(rng: Any, state: Dict[str, Any]) -> None:
 def capture_state(trainer: trainers.BaseTrainer) -> Dict[str, Any]:
     """Every random-number and sampler state of ``trainer``'s run, as tensors and plain types."""
     version, internal, gauss_next = random.getstate()
-    state: Dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": _numpy_state(np.random),
-        "python": {
-            "version": version,
-            "internal": torch.tensor(internal, dtype=torch.int64),
-            "gauss_next": gauss_next,
-        },
-    }
+    python = {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+              "gauss_next": gauss_next}
+    state: Dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": _numpy_state(np.random),
+                             "python": python}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     if c_f.NUMPY_RANDOM is not np.random:  # PML's samplers and miners draw from this one
@@ -148,13 +136,8 @@ def restore_state(trainer: trainers.BaseTrainer, state: Dict[str, Any]) -> None:
             loss.generator.set_state(state[f"generator:{name}"])
 
 
-def save_state(
-    trainer: trainers.BaseTrainer,
-    folder: str,
-    epoch: int,
-    previous: int,
-    stopped_early: bool = False,
-) -> None:
+def save_state(trainer: trainers.BaseTrainer, folder: str, epoch: int, previous: int,
+               stopped_early: bool = False) -> None:
     """Write the state after the checkpoint of ``epoch`` (``stopped_early``: early stopping ended
     the training there); delete that of epoch ``previous``."""
     state = {**capture_state(trainer), "stopped_early": bool(stopped_early)}
