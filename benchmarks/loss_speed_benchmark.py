@@ -395,7 +395,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.scaling:
         text = f"\nCommand: `{command}`\n\n" + "\n".join(f"- {k}: {v}" for k, v in env.items())
         for n in ns:
-            text += scaling_markdown(scaling(n, list(ms), args.d, repeats))
+            text += "\n" + scaling_markdown(scaling(n, list(ms), args.d, repeats))
         print(text)
         if args.out:
             with open(args.out, "a") as f:
