@@ -5,7 +5,10 @@ Usage::
     python benchmarks/loss_speed_benchmark.py --quick          # n in {32, 128}, m in {100, 11318}
     python benchmarks/loss_speed_benchmark.py                  # the issue-10 grid (long)
     python benchmarks/loss_speed_benchmark.py --n 120 --m 11318 100 1000000
-    python benchmarks/loss_speed_benchmark.py --train-check    # MetricLossOnly, m = 100,000
+    python benchmarks/loss_speed_benchmark.py --scaling --n 128 --m 100 1000000
+
+``benchmarks/class_scale_checks.py`` has the MetricLossOnly epoch over 100,000 classes and the
+cost of PML's logging hook.
 
 One process, one thread by default (``--threads``). For every ``(n, m)`` the losses are built
 once and timed in rotation (one step of each in turn, ``--repeats`` rounds after 2 warm-up
@@ -233,45 +236,6 @@ def scaling_markdown(rows: List[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def logging_cost(num_classes: int = 11_318, embedding_size: int = 512,
-                 steps: int = 5) -> Dict[str, float]:
-    """PML's ``HookContainer.end_of_iteration_hook`` on a trainer holding one GroupLoss, for
-    ``steps`` logged iterations: median seconds per call and growth of the peak resident set,
-    with GroupLoss's parameter table (``now``) and with torch's plain ``dict`` (``before``)."""
-    import resource
-    import tempfile
-    from types import SimpleNamespace
-
-    from pytorch_metric_learning.utils import logging_presets
-
-    from pml_grouploss import losses
-
-    result = {}
-    for variant in ("before", "now"):
-        loss = losses.GroupLoss(num_classes, embedding_size, collect_stats=True)
-        if variant == "before":
-            object.__setattr__(loss, "_parameters", dict(loss._parameters))
-        loss(torch.randn(24, embedding_size), torch.arange(6).repeat(4))
-        folder = tempfile.mkdtemp()
-        record_keeper, _, _ = logging_presets.get_record_keeper(folder + "/logs", folder + "/tb")
-        hooks = logging_presets.get_hook_container(record_keeper, log_freq=1)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        times = []
-        for it in range(1, steps + 1):
-            trainer = SimpleNamespace(
-                iteration=it, get_global_iteration=lambda it=it: it, mining_funcs={},
-                loss_tracker=SimpleNamespace(losses={"metric_loss": 0.5},
-                                             loss_weights={"metric_loss": 1}),
-                loss_funcs={"metric_loss": loss}, models={}, optimizers={})
-            start = time.perf_counter()
-            hooks.end_of_iteration_hook(trainer)
-            times.append(time.perf_counter() - start)
-        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024
-        result[f"{variant}: s per logged step"] = statistics.median(times)
-        result[f"{variant}: peak RSS growth MiB over {steps} steps"] = grown
-    return result
-
-
 def _has_params(name: str) -> bool:
     return name.split()[0] in ("GroupLoss", "ProxyAnchor", REFERENCE, "ArcFace")
 
@@ -334,72 +298,6 @@ def markdown(rows: List[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def train_check(num_classes: int = 100_000, iterations: int = 20, batch_size: int = 128,
-                embedding_size: int = 64, check_shapes: bool = True,
-                prior_classes: str = "batch") -> Dict[str, float]:
-    """One epoch of PML's ``MetricLossOnly`` with ``GroupLoss(prior_classes="batch",
-    sparse_gradients=True)`` and ``SparseAdam`` over a synthetic dataset of ``num_classes``
-    classes (2 samples each); the epoch is ``iterations`` batches of an ``MPerClassSampler``
-    (``prior_classes="all"``: the dense loss and Adam, for comparison).
-    Returns the epoch's seconds, the rows of ``W`` changed, the last loss and whether any
-    dense ``(batch_size, num_classes)`` tensor was produced (checked by a dispatch mode)."""
-    from pytorch_metric_learning import samplers, trainers
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from pml_grouploss import losses
-
-    class _Shapes(TorchDispatchMode):
-        widest = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else [out]:
-                if torch.is_tensor(t) and t.layout == torch.strided and t.dim() == 2:
-                    if batch_size in t.shape and num_classes in t.shape:
-                        _Shapes.widest = max(_Shapes.widest, num_classes)
-            return out
-
-    g = torch.Generator().manual_seed(0)
-    centres = torch.randn(num_classes, 16, generator=g)
-    labels = torch.arange(num_classes).repeat_interleave(2)
-    data = centres[labels] + 0.1 * torch.randn(len(labels), 16, generator=g)
-    dataset = torch.utils.data.TensorDataset(data, labels)
-    trunk = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(),
-                                torch.nn.Linear(64, embedding_size))
-    seen: List[float] = []  # the metric loss of every iteration
-    sparse = prior_classes == "batch"
-    loss = losses.GroupLoss(num_classes, embedding_size, prior_classes=prior_classes,
-                            sparse_gradients=sparse, temperature=10.0)
-    loss_optimizer = (torch.optim.SparseAdam if sparse else torch.optim.Adam)(
-        loss.parameters(), lr=1e-2)
-    trainer = trainers.MetricLossOnly(
-        models={"trunk": trunk},
-        optimizers={"trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=1e-3),
-                    "metric_loss_optimizer": loss_optimizer},
-        batch_size=batch_size,
-        loss_funcs={"metric_loss": loss},
-        dataset=dataset,
-        sampler=samplers.MPerClassSampler(labels, m=2, batch_size=batch_size,
-                                          length_before_new_iter=iterations * batch_size),
-        dataloader_num_workers=0,
-        data_and_label_getter=lambda batch: batch,
-        end_of_iteration_hook=lambda t: seen.append(t.losses["metric_loss"].item()),
-    )
-    W_before = loss.W.detach().clone()
-    start = time.perf_counter()
-    if check_shapes:
-        with _Shapes():
-            trainer.train(num_epochs=1)
-    else:
-        trainer.train(num_epochs=1)
-    seconds = time.perf_counter() - start
-    changed_rows = int((loss.W.detach() != W_before).any(dim=1).sum())
-    return {"seconds": seconds, "iterations": iterations, "changed_rows": changed_rows,
-            "dense_batch_by_classes_tensor": bool(_Shapes.widest) if check_shapes else None,
-            "metric_loss_first": seen[0], "metric_loss_last": seen[-1],
-            "logged_iterations": len(seen)}
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="n 32,128; m 100,11318; 5 rounds")
@@ -415,24 +313,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--scaling", action="store_true",
                         help="batch-class GroupLoss at every --m in one rotation (with "
                              "MultiSimilarity), ratios to the smallest m")
-    parser.add_argument("--log-cost", action="store_true",
-                        help="cost of PML's logging hook on GroupLoss(11318, 512), "
-                             "before/now")
-    parser.add_argument("--train-check", action="store_true",
-                        help="run the MetricLossOnly m=100,000 epoch instead of the timings")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     _malloc_returns_memory()
-    if args.log_cost:
-        print(environment())
-        print(logging_cost())
-        return
-    if args.train_check:
-        print(environment())
-        print("batch-class, SparseAdam:", train_check(iterations=args.repeats * 10))
-        print("dense, Adam:", train_check(iterations=args.repeats, check_shapes=False,
-                                          prior_classes="all"))
-        return
     ns = args.n or (QUICK_N if args.quick else GRID_N)
     ms = args.m or (QUICK_M if args.quick else GRID_M)
     repeats = 5 if args.quick and args.repeats == 15 else args.repeats

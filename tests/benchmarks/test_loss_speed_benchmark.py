@@ -1,4 +1,5 @@
-"""benchmarks/loss_speed_benchmark.py: the table's rows, and PML's MetricLossOnly at m=100,000."""
+"""benchmarks/loss_speed_benchmark.py: the table's rows; benchmarks/class_scale_checks.py: PML's
+MetricLossOnly at m=100,000."""
 import importlib.util
 import math
 import os
@@ -6,17 +7,18 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "benchmarks", "loss_speed_benchmark.py")
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("loss_speed_benchmark", SCRIPT)
+def _load_script(name):
+    path = os.path.join(ROOT, "benchmarks", name + ".py")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-bench = _load_script()
+bench = _load_script("loss_speed_benchmark")
+checks = _load_script("class_scale_checks")
 
 
 def test_measure_times_every_loss_and_the_table_gives_ratios():
@@ -42,7 +44,7 @@ def test_losses_over_the_memory_budget_are_skipped_not_run():
 
 @pytest.mark.slow
 def test_metric_loss_only_epoch_with_100000_classes_never_builds_a_batch_by_classes_tensor():
-    result = bench.train_check(num_classes=100_000, iterations=4, batch_size=128)
+    result = checks.train_check(num_classes=100_000, iterations=4, batch_size=128)
     assert result["dense_batch_by_classes_tensor"] is False
     # 4 batches of 64 classes x 2 samples: only their rows of W move (SparseAdam)
     assert 64 <= result["changed_rows"] <= 4 * 64
@@ -53,7 +55,7 @@ def test_metric_loss_only_epoch_with_100000_classes_never_builds_a_batch_by_clas
 
 @pytest.mark.slow
 def test_the_shape_detector_sees_the_dense_prior():
-    result = bench.train_check(num_classes=100_000, iterations=1, batch_size=128,
+    result = checks.train_check(num_classes=100_000, iterations=1, batch_size=128,
                                prior_classes="all")
     assert result["dense_batch_by_classes_tensor"] is True
     assert result["changed_rows"] == 100_000  # Adam moves every row
