@@ -19,6 +19,7 @@ from ._reranking_graph import CANDIDATE_MARGIN, exact_sorted_candidates, faiss_s
 
 JACCARD_ACC_ELEMS = 1 << 25  # float32 Jaccard accumulator of a query block: <= 128 MiB
 TRIPLE_CHUNK = 1 << 18  # (query, column, item) terms generated at once: stays in cache
+OVERLAP_CHUNK = 1 << 20  # overlapping pairs ranked at once (bounds step 5's temporaries)
 
 
 @dataclass(frozen=True)
@@ -268,8 +269,23 @@ def _round(ctx: RankContext, ov: Overlaps, s: int, rows_loc: np.ndarray, mm: int
 def rank_block(ctx: RankContext, ov: Overlaps, s: int, nb: int) -> Tuple[np.ndarray, np.ndarray]:
     """Exact top-``kk`` of the block queries ``s..s+nb-1``: ``(nb, kk)`` float32 final
     distances ascending and int64 indices of the output items (ties by the smaller index).
-    Queries whose top-``kk`` is not proven complete are searched again with 4x more
-    original-distance neighbours."""
+
+    Ranked in runs of consecutive queries holding at most ``OVERLAP_CHUNK`` overlapping pairs
+    (bounded temporaries when nearly every pair overlaps, e.g. k1=50, k2=20 at N=10k).
+    """
+    out_d = np.empty((nb, ctx.kk), dtype=np.float32)
+    out_i = np.empty((nb, ctx.kk), dtype=np.int64)
+    bounds = np.searchsorted(ov.rows, np.arange(nb + 1))  # rows are sorted (flatnonzero order)
+    for lo, hi in _chunks(np.maximum(np.diff(bounds), 1), OVERLAP_CHUNK):
+        a, b = bounds[lo], bounds[hi]
+        part = Overlaps(ov.rows[a:b] - lo, ov.cols[a:b], ov.jac[a:b])
+        out_d[lo:hi], out_i[lo:hi] = _rank_run(ctx, part, s + lo, hi - lo)
+    return out_d, out_i
+
+
+def _rank_run(ctx: RankContext, ov: Overlaps, s: int, nb: int) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`rank_block` for one run of queries. Queries whose top-``kk`` is not proven
+    complete are searched again with 4x more original-distance neighbours."""
     out_d = np.empty((nb, ctx.kk), dtype=np.float32)
     out_i = np.empty((nb, ctx.kk), dtype=np.int64)
     pending, mm = np.arange(nb), ctx.first_mm

@@ -261,3 +261,18 @@ def test_numpy_integer_hyper_parameters_accepted():
     a = sparse_re_ranking_knn(x, 3, x, True, np.int64(6), np.int32(3), np.float32(0.5))
     b = sparse_re_ranking_knn(x, 3, x, True, 6, 3, float(np.float32(0.5)))
     np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("riq", [True, False])
+def test_ranking_in_runs_of_queries_equals_dense(monkeypatch, riq):
+    """Step 5 ranks runs of queries with a bounded number of overlapping pairs; tiny runs
+    (down to one query) give the same bits as one run and as the dense path."""
+    import pml_grouploss.functional._reranking_topk as topk
+
+    rng = np.random.default_rng(3)
+    x = _clustered(300, 16, rng)
+    q, ref = (x, x) if riq else (x[:70], x[70:])
+    dd, di = dense_re_ranking_knn(q, 12, ref, riq, 20, 6, 0.5)
+    monkeypatch.setattr(topk, "OVERLAP_CHUNK", 150)
+    sd, si = sparse_re_ranking_knn(q, 12, ref, riq, 20, 6, 0.5, query_block=64)
+    _assert_same_ranking(dd, di, sd, si)
