@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
@@ -24,82 +24,39 @@ AblationVariant = Tuple[str, Dict[str, Any], Dict[str, Any], Any]
 @dataclass(frozen=True)
 class Ablation:
     description: str
-    variants: Callable[[BenchmarkConfig], List[AblationVariant]]
+    grid: Tuple[AblationVariant, ...]
     kind: str  # "line", "bar" or "heatmap"
     x_label: str
 
-
-def _steps(cfg):
-    out = [(f"T={t}", {"num_iterations": t}, {}, t) for t in range(6)]
-    out.append(("plain CE (nll_weight=0)", {"nll_weight": 0.0}, {}, "CE"))
-    return out
-
-
-def _anchors(cfg):
-    return [
-        (f"a={a},m={m}", {"num_anchors": a}, {"samples_per_class": m}, (a, m))
-        for m in range(5, 11)
-        for a in range(0, 5)
-    ]
-
-
-def _classes(cfg):
-    return [(f"classes={c}", {}, {"classes_per_batch": c}, c) for c in (3, 5, 8, 10, 15, 20)]
-
-
-def _negatives(cfg):
-    return [
-        ("clamp", {"negatives": "clamp"}, {}, "clamp"),
-        ("shift", {"negatives": "shift"}, {}, "shift"),
-    ]
-
-
-def _diagonal(cfg):
-    return [
-        ("diagonal kept", {"zero_diagonal": False}, {}, "kept"),
-        ("diagonal zeroed", {"zero_diagonal": True}, {}, "zeroed"),
-    ]
-
-
-def _nll(cfg):
-    return [
-        ("GroupLoss", {}, {}, "GL"),
-        ("nll_weight=0 (plain CE)", {"nll_weight": 0.0}, {}, "CE"),
-        ("ce_weight=0 (NLL only)", {"ce_weight": 0.0}, {}, "NLL"),
-    ]
+    def variants(self, cfg: BenchmarkConfig) -> List[AblationVariant]:
+        return list(self.grid)
 
 
 ABLATIONS: Dict[str, Ablation] = {
     "steps": Ablation(
         "refinement steps T = 0..5 (GL++ Fig. 3; T=0 = no refinement) and plain CE",
-        _steps,
-        "line",
-        "refinement steps T",
-    ),
+        tuple((f"T={t}", {"num_iterations": t}, {}, t) for t in range(6))
+        + (("plain CE (nll_weight=0)", {"nll_weight": 0.0}, {}, "CE"),),
+        "line", "refinement steps T"),
     "anchors": Ablation(
         "anchors 0..4 x samples per class 5..10 (GL++ Fig. 4), a heatmap",
-        _anchors,
-        "heatmap",
-        "anchors",
-    ),
+        tuple((f"a={a},m={m}", {"num_anchors": a}, {"samples_per_class": m}, (a, m))
+              for m in range(5, 11) for a in range(0, 5)), "heatmap", "anchors"),
     "classes": Ablation(
         "classes per batch 3..20 at fixed samples per class (GL++ Fig. 5)",
-        _classes,
-        "line",
-        "classes per batch",
-    ),
+        tuple((f"classes={c}", {}, {"classes_per_batch": c}, c) for c in (3, 5, 8, 10, 15, 20)),
+        "line", "classes per batch"),
     "negatives": Ablation(
-        "negative similarities clamped vs shifted (GL++ §3.4.1)", _negatives, "bar", "negatives"
-    ),
+        "negative similarities clamped vs shifted (GL++ §3.4.1)",
+        tuple((n, {"negatives": n}, {}, n) for n in ("clamp", "shift")), "bar", "negatives"),
     "diagonal": Ablation(
-        "similarity diagonal kept (reference code) vs zeroed (paper)", _diagonal, "bar", "diagonal"
-    ),
+        "similarity diagonal kept (reference code) vs zeroed (paper)",
+        (("diagonal kept", {"zero_diagonal": False}, {}, "kept"),
+         ("diagonal zeroed", {"zero_diagonal": True}, {}, "zeroed")), "bar", "diagonal"),
     "nll": Ablation(
         "loss terms: refined-label NLL + CE, CE only (nll_weight=0), NLL only",
-        _nll,
-        "bar",
-        "loss terms",
-    ),
+        (("GroupLoss", {}, {}, "GL"), ("nll_weight=0 (plain CE)", {"nll_weight": 0.0}, {}, "CE"),
+         ("ce_weight=0 (NLL only)", {"ce_weight": 0.0}, {}, "NLL")), "bar", "loss terms"),
 }
 
 

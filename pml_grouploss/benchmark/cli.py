@@ -21,7 +21,6 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from .config import GROUPS, PAPER_CONFIGS, BenchmarkConfig
-from .methods import METHODS
 from .validation import ConfigError, cli_message, check_output_dir
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -123,11 +122,6 @@ def _config_options(p: argparse.ArgumentParser, skip: Tuple[str, ...] = ()) -> N
             kw["type"] = int if "int" in hints[f.name] else float
         if default is not None and "(default" not in meta["help"] and not kw.get("action"):
             kw["help"] += f" (default: {default})"
-        if f.name == "methods":
-            names = ", ".join(f"{k} ({v.description})" for k, v in METHODS.items())
-            kw["help"] = (f"comma-separated methods. Built in: {names}. Any PML loss class name "
-                          f"also works (e.g. MultiSimilarityLoss, NormalizedSoftmaxLoss) with "
-                          f"PML's defaults. (default: {default})")
         flag = flag or "--" + f.name.replace("_", "-")
         if not kw.get("action") and not kw["choices"]:
             kw["metavar"] = flag[2:].replace("-", "_").upper()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from .data import DATASET_NAMES
-from .methods import DEFAULT_METHODS
+from .methods import DEFAULT_METHODS, METHODS
 from .trunks import TRUNK_NAMES
 
 #: the option groups of ``--help``, in order
@@ -120,7 +120,10 @@ class BenchmarkConfig:
         (0, 1, 2), "number of seeds (e.g. 3 -> 0,1,2) or a comma list (e.g. 0,5,7)", minimum=0,
         item="seed", hint="e.g. seeds (0, 1, 2)")
     methods: Tuple[str, ...] = option(
-        DEFAULT_METHODS, "the methods", flag="--losses", item="method")
+        DEFAULT_METHODS, "comma-separated methods. Built in: " + ", ".join(
+            f"{k} ({v.description})" for k, v in METHODS.items()) + ". Any PML loss class name "
+        "also works (e.g. MultiSimilarityLoss, NormalizedSoftmaxLoss) with PML's defaults.",
+        flag="--losses", item="method")
     overrides: Dict[str, Dict[str, Any]] = option(
         {}, "{method: {param: value}}", flag="--set/--params-file")
     threads: Optional[int] = option(None, "torch CPU threads", minimum=1)

@@ -19,7 +19,7 @@ import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 
 from .config import BenchmarkConfig
-from .runner import _clean
+from .runner import clean_accuracies, make_accuracy_calculator
 from .suite import Grid, Log, OnPhase
 from .trunks import build_embedder, build_trunk
 
@@ -30,6 +30,7 @@ GRIDS: Dict[str, Tuple[Any, ...]] = {
     "leaky_relu": (0.2, 0.4, 0.75, 1.0),
     "re_ranking": ((20, 6, 0.3), (10, 3, 0.5), (50, 20, 0.85)),
 }
+INFERENCE_METRICS = ("precision_at_1", "mean_average_precision_at_r", "NMI")
 ORDER = ("flip", "beta", "mixed_pooling", "leaky_relu", "re_ranking")
 
 
@@ -46,13 +47,8 @@ def _load_best(cfg: BenchmarkConfig, run_dir: str, in_channels: int, device):
 
 
 def _evaluate(cfg, trunk, embedder, dataset, settings: Dict[str, Any], device) -> Dict[str, float]:
-    from ..evaluation import RecallAtKAccuracyCalculator
-    from ..inference import (
-        GroupLossPlusPlusTester,
-        KReciprocalReRanker,
-        install_leaky_relu,
-        install_mixed_pooling,
-    )
+    from ..inference import GroupLossPlusPlusTester, KReciprocalReRanker
+    from ..inference import install_leaky_relu, install_mixed_pooling
 
     if "mixed_pooling" in settings:
         trunk = install_mixed_pooling(trunk, alpha=settings["mixed_pooling"])
@@ -62,24 +58,13 @@ def _evaluate(cfg, trunk, embedder, dataset, settings: Dict[str, Any], device) -
     if "re_ranking" in settings:
         k1, k2, lam = settings["re_ranking"]
         kwargs["knn_func"] = KReciprocalReRanker(k1=k1, k2=k2, lambda_value=lam)
-    ks = tuple(cfg.recall_ks)
-    calc = RecallAtKAccuracyCalculator(
-        recall_at=ks,
-        include=("precision_at_1", "mean_average_precision_at_r", "NMI")
-        + tuple(f"recall_at_{k}" for k in ks),
-        k="max_bin_count",
-        **kwargs,
-    )
+    calc = make_accuracy_calculator(cfg.recall_ks, INFERENCE_METRICS, **kwargs)
     tester = GroupLossPlusPlusTester(
-        flip=bool(settings.get("flip", False)),
-        beta=settings.get("beta"),
-        accuracy_calculator=calc,
-        batch_size=cfg.eval_batch_size,
-        dataloader_num_workers=0,
-        data_device=device,
-    )
+        flip=bool(settings.get("flip", False)), beta=settings.get("beta"),
+        accuracy_calculator=calc, batch_size=cfg.eval_batch_size, dataloader_num_workers=0,
+        data_device=device)
     acc = tester.test({"split": dataset}, 0, trunk, embedder, splits_to_eval=[("split", ["split"])])
-    return _clean(acc["split"])
+    return clean_accuracies(acc["split"])
 
 
 def _choose(evaluate: Callable, metric: str) -> Tuple[Dict[str, Any], Dict[str, str]]:

@@ -32,54 +32,42 @@ from .validation import check_batch
 BASE_METRICS = ("precision_at_1", "mean_average_precision_at_r", "r_precision", "NMI", "AMI")
 
 
-def make_accuracy_calculator(recall_ks=(1, 2, 4, 8)):
-    """``pml_grouploss.evaluation.RecallAtKAccuracyCalculator``: PML's P@1, MAP@R, R-precision,
-    NMI, AMI plus Recall@K for every K of ``recall_ks`` (R@1 == P@1 exactly)."""
+def make_accuracy_calculator(recall_ks=(1, 2, 4, 8), metrics=BASE_METRICS, **kwargs):
+    """``pml_grouploss.evaluation.RecallAtKAccuracyCalculator``: ``metrics`` (default PML's P@1,
+    MAP@R, R-precision, NMI, AMI) plus Recall@K for every K of ``recall_ks`` (R@1 == P@1
+    exactly); ``kwargs`` go to the calculator (e.g. a re-ranking ``knn_func``)."""
     from ..evaluation import RecallAtKAccuracyCalculator
 
     ks = tuple(int(k) for k in recall_ks)
-    return RecallAtKAccuracyCalculator(
-        recall_at=ks,
-        include=BASE_METRICS + tuple(f"recall_at_{k}" for k in ks),
-        k="max_bin_count",
-    )
+    return RecallAtKAccuracyCalculator(recall_at=ks, k="max_bin_count", **kwargs,
+                                       include=tuple(metrics) + tuple(f"recall_at_{k}" for k in ks))
 
 
 class EmbeddingKeepingTester(testers.GlobalEmbeddingSpaceTester):
     """PML's tester deletes the embeddings after ``test``; keep the last ones (the retrieval grid
     and the saved test embeddings need them without reading the test images a second time)."""
 
-    def do_knn_and_accuracies(
-        self, accuracies, embeddings_and_labels, query_split_name, reference_split_names
-    ):
+    def do_knn_and_accuracies(self, accuracies, embeddings_and_labels, *args):
         self.kept_embeddings = dict(embeddings_and_labels)
-        return super().do_knn_and_accuracies(
-            accuracies, embeddings_and_labels, query_split_name, reference_split_names
-        )
+        return super().do_knn_and_accuracies(accuracies, embeddings_and_labels, *args)
 
 
-def _clean(accuracies: Dict[str, Any]) -> Dict[str, float]:
+def clean_accuracies(accuracies: Dict[str, Any]) -> Dict[str, float]:
     """``{"precision_at_1_level0": x, "epoch": e}`` -> ``{"precision_at_1": x}``."""
-    out = {}
-    for k, v in accuracies.items():
-        if k == "epoch":
-            continue
-        out[k.replace("_level0", "")] = float(v)
+    out = {k.replace("_level0", ""): float(v) for k, v in accuracies.items() if k != "epoch"}
     if "recall_at_1" not in out and "precision_at_1" in out:
         out["recall_at_1"] = out["precision_at_1"]  # identical by definition
     return out
 
 
+#: the optimizer choices of ``BenchmarkConfig.optimizer`` and their fixed arguments
+OPTIMIZERS = {"adam": (torch.optim.Adam, {}), "adamw": (torch.optim.AdamW, {}),
+              "radam": (torch.optim.RAdam, {}), "sgd": (torch.optim.SGD, {"momentum": 0.9})}
+
+
 def _optimizer(name: str, params, lr: float, weight_decay: float):
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "radam":
-        return torch.optim.RAdam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise ValueError(f"--optimizer must be adam, adamw, radam or sgd, got {name!r}")
+    cls, fixed = OPTIMIZERS[name]
+    return cls(params, lr=lr, weight_decay=weight_decay, **fixed)
 
 
 def read_history(path: str) -> pd.DataFrame:
@@ -179,7 +167,7 @@ class _Run:
         self.clock = time.time()
         rows = [{"epoch": trainer.epoch, "split": "time", "train_seconds": train_seconds}]
         if trainer.epoch % self.cfg.eval_every == 0:  # the hook evaluated and checkpointed
-            accuracies = {k: _clean(v) for k, v in self.tester.all_accuracies.items()}
+            accuracies = {k: clean_accuracies(v) for k, v in self.tester.all_accuracies.items()}
             if result is not False and self.on_validation is not None:
                 result = self.on_validation(trainer.epoch,
                                             accuracies["val"][self.cfg.primary_metric])
@@ -219,7 +207,7 @@ class _Run:
             np.savez_compressed(os.path.join(run_dir, "test_embeddings.npz"),
                                 embeddings=emb.cpu().numpy().astype(np.float32),
                                 labels=lab.cpu().numpy().ravel())
-        return _clean(self.tester.all_accuracies["test"])
+        return clean_accuracies(self.tester.all_accuracies["test"])
 
 
 def _selection_row(run: _Run, splits: Splits, seed: int, label: str) -> Dict[str, Any]:
