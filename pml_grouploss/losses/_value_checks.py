@@ -9,6 +9,9 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from .. import _validation as v
 from ..functional.anchors import _anchor_mask, as_anchor_mask
 
+# See ``_watch_scale``.
+SCALE_GROWTH_LIMIT = 1000.0
+
 
 class GroupLossChecksMixin:
     """Checks for :class:`~pml_grouploss.losses.GroupLoss` (``self.num_classes``,
@@ -65,12 +68,13 @@ class GroupLossChecksMixin:
         ``dtype``), finite logits, collapse."""
         row_max = x.abs().amax(dim=1)
         tiny = torch.finfo(dtype).tiny
-        flags = torch.stack(
+        *flags, scale = torch.stack(
             [
                 ~torch.isfinite(x).all(),
                 ((row_max > 0) & (row_max < tiny)).any(),
                 ~torch.isfinite(logits).all(),
                 (x.shape[0] > 1) & ((x - x[:1]).abs().amax() <= 1e-6 * row_max.amax()),
+                x.detach().norm(dim=1).mean(),
             ]
         ).tolist()
         if flags[0]:
@@ -95,6 +99,27 @@ class GroupLossChecksMixin:
                 "GroupLoss: every embedding in the batch is identical (the trunk has "
                 "collapsed); lower the trunk's learning rate (see docs/losses.md) and keep "
                 "normalize_embeddings=True",
+            )
+        self._watch_scale(scale)
+
+    def _watch_scale(self, scale: float) -> None:
+        """Warn once when the mean embedding norm exceeds ``SCALE_GROWTH_LIMIT`` times its
+        value at the first checked call. The loss sees only directions, so such growth comes
+        from the optimizer's step size on the trunk (measured in docs/losses.md: Adam 1e-2 on
+        ``Net`` + ``MLP`` with batches of 32 grew it ~22,000-fold and did not train; 1e-3 grew
+        it ~60-fold and trained)."""
+        first = getattr(self, "_first_scale", None)
+        if first is None or first <= 0:
+            self._first_scale = scale
+        elif scale > SCALE_GROWTH_LIMIT * first:
+            self._warn_once(
+                "scale",
+                f"GroupLoss: the embeddings' mean norm grew {scale / first:.0f}-fold since "
+                "the first batch. The loss sees only their directions, so this growth comes "
+                "from the optimizer's steps on the trunk: its learning rate is large for this "
+                "model (Adam 1e-2 on a trunk + MLP embedder with batches of 32 did not train, "
+                "1e-3 did: docs/losses.md). Lower the trunk's and embedder's learning rates "
+                "to 1e-3",
             )
 
     def _anchor_mask(self, labels: torch.Tensor, indices_tuple, validate: bool) -> torch.Tensor:

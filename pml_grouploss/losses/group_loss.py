@@ -58,7 +58,8 @@ class GroupLoss(
     trainers, as ``optimizers["metric_loss_optimizer"]`` (learning rates measured in PML's
     example settings: ``docs/losses.md``). If the classifier receives gradients but does not
     change over several steps, a warning names ``metric_loss_optimizer``; if every embedding
-    of a batch is identical (a collapsed trunk), a warning says what to change.
+    of a batch is identical (a collapsed trunk) or their mean norm has grown 1000-fold since
+    the first call (a trunk learning rate too large), a warning says what to change.
 
     **Batches** must hold several samples of each of a few classes: use PML's
     ``samplers.MPerClassSampler(labels, m=samples_per_class, batch_size=classes_per_batch *

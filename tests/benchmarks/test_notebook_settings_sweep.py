@@ -80,3 +80,25 @@ def test_normalized_classifier_input_prevents_trunk_collapse_at_notebook_lr():
     # every embedding equals fc1's bias after ~5 steps (measured at seeds 0-2); the loss warns.
     status, spread, warned = _embedding_spread(False, train, probe)
     assert status == "ok" and spread < 1e-6 and warned, (status, spread)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trunk_lr, warns", [(1e-2, True), (1e-3, False)])
+def test_metric_loss_only_split_warns_of_a_too_large_trunk_lr(trunk_lr, warns):
+    """The MetricLossOnly split (Net + MLP, batches of 32, PML's trainer): at trunk lr 1e-2,
+    where GroupLoss does not train in 4 epochs (docs/losses.md), the embedding norm grows
+    more than 1000-fold within 40 iterations and the loss says so once; at 1e-3 (trains) not."""
+    train = sweep.load_split("train")
+    test = sweep.load_split("test", limit=1)
+    run = dict(
+        method="grouploss", trunk="net+mlp", batches="m_per_class", batch_size=32,
+        trunk_lr=trunk_lr, classifier_lr=1e-3, seed=0, epochs=1, iterations=40,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = sweep.run_one(run, train, test)
+    assert result["status"] == "ok"
+    messages = [str(w.message) for w in caught if "mean norm grew" in str(w.message)]
+    assert len(messages) == (1 if warns else 0), messages
+    if warns:
+        assert "trunk's and embedder's learning rates to 1e-3" in messages[0]

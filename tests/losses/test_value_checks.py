@@ -1,0 +1,57 @@
+"""GroupLoss's value checks: the scale-growth warning (a trunk learning rate too large)."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from pml_grouploss.losses import GroupLoss
+from pml_grouploss.losses._value_checks import SCALE_GROWTH_LIMIT
+
+
+def _scale_warnings(loss, scales, validate_embeddings=None):
+    x = torch.randn(20, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(20) % 5
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = [loss(x * s, labels) for s in scales]
+    return values, [str(w.message) for w in caught if "mean norm grew" in str(w.message)]
+
+
+def test_warns_once_beyond_the_limit_and_never_below_it():
+    assert SCALE_GROWTH_LIMIT == 1000.0
+    loss = GroupLoss(num_classes=5, embedding_size=8)
+    values, messages = _scale_warnings(loss, [1.0, 999.0, 999.9])
+    assert messages == []
+    # the loss is scale-invariant: the warning is about the trunk, not the value
+    torch.testing.assert_close(values[1], values[0])
+    _, messages = _scale_warnings(loss, [1001.0, 5000.0])
+    assert len(messages) == 1
+    assert "grew 1001-fold" in messages[0]
+    assert "learning rates to 1e-3" in messages[0]
+
+
+def test_growth_is_measured_from_the_first_call_of_each_loss():
+    _, messages = _scale_warnings(GroupLoss(num_classes=5, embedding_size=8), [1e3 + 1.0])
+    assert messages == []  # the first call sets the reference
+    _, messages = _scale_warnings(GroupLoss(num_classes=5, embedding_size=8), [1e-3, 1.01])
+    assert len(messages) == 1 and "grew 1010-fold" in messages[0]
+
+
+def test_no_reads_no_warning_with_validate_false():
+    loss = GroupLoss(num_classes=5, embedding_size=8, validate=False)
+    _, messages = _scale_warnings(loss, [1.0, 1e6])
+    assert messages == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_reference_scale_in_every_dtype(dtype):
+    loss = GroupLoss(num_classes=5, embedding_size=8)
+    x = torch.randn(20, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(20) % 5
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss(x.to(dtype), labels)
+        loss((x * 2000).to(dtype), labels)
+    assert sum("mean norm grew" in str(w.message) for w in caught) == 1
