@@ -149,7 +149,8 @@ class BenchmarkConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigValueError(
-                unknown[0], f"unknown config keys {unknown}; valid keys: {', '.join(sorted(names))}")
+                unknown[0],
+                f"unknown config keys {unknown}; valid keys: {', '.join(sorted(names))}")
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
     def protocol_key(self) -> Dict[str, Any]:

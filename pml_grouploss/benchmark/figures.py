@@ -62,7 +62,8 @@ def _label(ax, xlabel: str, ylabel: str, title: str, legend: int = 8) -> None:
 def convergence_figure(output_dir: str, methods: List[str], metric="precision_at_1") -> str:
     fig, ax = plt.subplots(figsize=(6, 4))
     _curves(ax, load_histories(output_dir), "val", metric, methods)
-    _label(ax, "epoch", "validation R@1 (%)", "Convergence on the validation classes (mean ± 95% CI)")
+    _label(ax, "epoch", "validation R@1 (%)",
+           "Convergence on the validation classes (mean ± 95% CI)")
     return _save(fig, os.path.join(output_dir, "figures", "convergence.png"))
 
 

@@ -52,8 +52,9 @@ def _triplet(num_classes: int, embedding_size: int, type_of_triplets: str = "", 
 
 
 def _triplet_miner(params: Mapping[str, Any]):
-    return pml_miners.TripletMarginMiner(margin=params.get("margin", 0.05),
-                                         type_of_triplets=params.get("type_of_triplets", "semihard"))
+    return pml_miners.TripletMarginMiner(
+        margin=params.get("margin", 0.05),
+        type_of_triplets=params.get("type_of_triplets", "semihard"))
 
 
 def _proxy_anchor(num_classes: int, embedding_size: int, **params):
