@@ -2,18 +2,26 @@
 
 Usage::
 
-    python benchmarks/reranking_benchmark.py                      # 2k/5k/10k both, 50k/100k sparse
-    python benchmarks/reranking_benchmark.py --both 2000 --sparse   # N=2k only, both paths
+    python benchmarks/reranking_benchmark.py                     # every setting, N = 1k/2k/10k
+    python benchmarks/reranking_benchmark.py --settings CUB200 --both 2000 --sparse
+    python benchmarks/reranking_benchmark.py --settings default --both 2000 5000 10000 \\
+        --sparse 50000 100000                                     # the large-N scaling runs
+
+Settings (``--settings``): ``default`` (Zhong et al.'s k1=20, k2=6, lambda=0.3) and the four
+GL++ Table 7 settings (``pml_grouploss.inference.TABLE7_PRESETS``: CUB200 50/20/0.85,
+Cars196 50/20/0.9, InShop 4/2/0.7, SOP 50/20/0.94).
 
 Each measurement runs in a fresh subprocess. "peak memory" is the growth of the process's
 peak resident set size (``ru_maxrss``) over its resident size just before the call (after
-imports and data generation), so it counts numpy, scipy and faiss allocations alike.
-Data: 128-d clustered embeddings (float32, ~10 items per class), query set == gallery set
-(``ref_includes_query=True``, the deep-metric-learning protocol), k1=20, k2=6, lambda=0.3, top-10.
-The dense path is ``dense_re_ranking_knn`` (float64 cdist + the reference-convention
-``N x N`` algorithm); the sparse path is ``KReciprocalReRanker`` / ``sparse_re_ranking_knn``.
-Targets (issue 3): N=10k sparse >= 5x faster and <= 1/10 of the dense peak memory; N=100k
-sparse in <= 10 min and <= 4 GB on 2 CPU cores.
+imports and data generation), so it counts numpy, scipy and faiss allocations alike. Time is the
+median over ``--repeats`` subprocesses (the dense and sparse runs alternate, so a change of the
+machine's load hits both). Data: 128-d clustered embeddings (float32, ~10 items per class),
+query set == gallery set (``ref_includes_query=True``, the deep-metric-learning protocol), top-10.
+The dense path is ``dense_re_ranking_knn`` (float64 cdist + the reference-convention ``N x N``
+algorithm); the sparse path is ``sparse_re_ranking_knn`` (what ``KReciprocalReRanker`` runs).
+Targets: sparse at least as fast as dense at every setting for N >= 1,000 (issue 10); N=10k
+sparse >= 5x faster and <= 1/10 of the dense peak memory; N=100k sparse in <= 10 min and
+<= 4 GB on 2 CPU cores (issue 3).
 """
 
 from __future__ import annotations
@@ -21,10 +29,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 
 K = 10
+SETTINGS = {
+    "default": (20, 6, 0.3),
+    "CUB200": (50, 20, 0.85),
+    "Cars196": (50, 20, 0.9),
+    "InShop": (4, 2, 0.7),
+    "SOP": (50, 20, 0.94),
+}
 
 
 def _data(n: int, dim: int, seed: int = 0):
@@ -44,75 +61,112 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def _child(method: str, n: int, dim: int, out: str) -> None:
+def _child(method: str, n: int, setting: str, dim: int, out: str) -> None:
     import resource
-    import time
 
     import numpy as np
 
-    from pml_grouploss.functional.reranking import dense_re_ranking_knn, sparse_re_ranking_knn
+    from pml_grouploss.functional import dense_re_ranking_knn, sparse_re_ranking_knn
 
     x = _data(n, dim)
     fn = dense_re_ranking_knn if method == "dense" else sparse_re_ranking_knn
     base = _rss_mib()
     t = time.perf_counter()
-    d, i = fn(x, K, x, True, 20, 6, 0.3)
+    d, i = fn(x, K, x, True, *SETTINGS[setting])
     secs = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     np.save(out + ".npy", i)
     with open(out + ".json", "w") as f:
-        json.dump({"method": method, "n": n, "seconds": secs, "peak_mib": peak - base}, f)
+        json.dump({"seconds": secs, "peak_mib": peak - base}, f)
 
 
-def _run(method: str, n: int, dim: int, tmp: str) -> dict:
-    out = os.path.join(tmp, f"{method}_{n}")
-    cmd = [sys.executable, __file__, "--child", method, str(n), "--dim", str(dim), "--tmp", tmp]
-    subprocess.run(cmd, check=True)
+def _run(method: str, n: int, setting: str, dim: int, tmp: str) -> dict:
+    out = os.path.join(tmp, f"{setting}_{method}_{n}")
+    cmd = [sys.executable, __file__, "--child", method, str(n), setting, "--dim", str(dim)]
+    subprocess.run(cmd + ["--tmp", tmp], check=True)
     with open(out + ".json") as f:
         return json.load(f)
+
+
+def _median_runs(methods, n, setting, dim, tmp, repeats) -> dict:
+    """``{method: {"seconds": median, "peak_mib": max}}`` over alternating fresh runs."""
+    runs = {m: [] for m in methods}
+    for _ in range(repeats):
+        for m in methods:
+            runs[m].append(_run(m, n, setting, dim, tmp))
+    return {
+        m: {
+            "seconds": statistics.median(r["seconds"] for r in rs),
+            "peak_mib": max(r["peak_mib"] for r in rs),
+        }
+        for m, rs in runs.items()
+    }
+
+
+def machine() -> str:
+    """CPU model, torch's CPU capability, core count, date and load: the table's context."""
+    import torch
+
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    load = os.getloadavg()[0]
+    return (
+        f"{model}, torch.backends.cpu.get_cpu_capability()={torch.backends.cpu.get_cpu_capability()}, "
+        f"{os.cpu_count()} cores, load average {load:.1f} at start, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+
+
+def _row(setting, n, res, same) -> str:
+    k1, k2, lam = SETTINGS[setting]
+    s = res["sparse"]
+    if "dense" not in res:
+        return f"| {setting} | {k1}/{k2}/{lam} | {n} | - | - | {s['seconds']:.2f} | {s['peak_mib']:.0f} | - | - | - |"
+    d = res["dense"]
+    return (
+        f"| {setting} | {k1}/{k2}/{lam} | {n} | {d['seconds']:.2f} | {d['peak_mib']:.0f} | "
+        f"{s['seconds']:.2f} | {s['peak_mib']:.0f} | {d['seconds'] / s['seconds']:.1f}x | "
+        f"1/{d['peak_mib'] / max(s['peak_mib'], 1):.0f} | {100 * same:.2f}% |"
+    )
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--both", type=int, nargs="*", default=[2000, 5000, 10000])
-    p.add_argument("--sparse", type=int, nargs="*", default=[50000, 100000])
+    p.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--both", type=int, nargs="*", default=[1000, 2000, 10000])
+    p.add_argument("--sparse", type=int, nargs="*", default=[])
+    p.add_argument("--repeats", type=int, default=1, help="fresh runs per cell (median time)")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--tmp", default="/tmp/reranking_benchmark")
-    p.add_argument("--child", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=3, metavar=("METHOD", "N", "SETTING"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     os.makedirs(a.tmp, exist_ok=True)
     if a.child:
-        _child(
-            a.child[0], int(a.child[1]), a.dim, os.path.join(a.tmp, f"{a.child[0]}_{a.child[1]}")
-        )
+        method, n, setting = a.child
+        _child(method, int(n), setting, a.dim, os.path.join(a.tmp, f"{setting}_{method}_{n}"))
         return
     import numpy as np
 
-    rows = []
-    print(
-        "| N | dense time (s) | dense peak (MiB) | sparse time (s) | sparse peak (MiB) | speed-up | memory ratio | same top-10 |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for n in a.both:
-        s = _run("sparse", n, a.dim, a.tmp)
-        d = _run("dense", n, a.dim, a.tmp)
-        same = float(
-            np.mean(
-                np.load(os.path.join(a.tmp, f"dense_{n}.npy"))
-                == np.load(os.path.join(a.tmp, f"sparse_{n}.npy"))
+    print(f"Machine: {machine()}")
+    print("| setting | k1/k2/λ | N | dense time (s) | dense peak (MiB) | sparse time (s) | "
+          "sparse peak (MiB) | speed-up | memory ratio | same top-10 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for setting in a.settings:
+        for n in a.both:
+            res = _median_runs(("sparse", "dense"), n, setting, a.dim, a.tmp, a.repeats)
+            dense, sparse = (
+                np.load(os.path.join(a.tmp, f"{setting}_{m}_{n}.npy")) for m in ("dense", "sparse")
             )
-        )
-        print(
-            f"| {n} | {d['seconds']:.1f} | {d['peak_mib']:.0f} | {s['seconds']:.1f} | {s['peak_mib']:.0f} | "
-            f"{d['seconds'] / s['seconds']:.1f}x | 1/{d['peak_mib'] / max(s['peak_mib'], 1):.0f} | {100 * same:.2f}% |",
-            flush=True,
-        )
-        rows.append((n, d, s))
-    for n in a.sparse:
-        s = _run("sparse", n, a.dim, a.tmp)
-        print(f"| {n} | - | - | {s['seconds']:.1f} | {s['peak_mib']:.0f} | - | - | - |", flush=True)
+            print(_row(setting, n, res, float(np.mean(dense == sparse))), flush=True)
+        for n in a.sparse:
+            res = _median_runs(("sparse",), n, setting, a.dim, a.tmp, a.repeats)
+            print(_row(setting, n, res, None), flush=True)
 
 
 if __name__ == "__main__":
