@@ -108,13 +108,16 @@ def _losses(n: int, m: int, d: int) -> Dict[str, Callable[[], torch.nn.Module]]:
 
 def estimate_gib(name: str, n: int, m: int, d: int) -> float:
     """Rough working memory (GiB) of one step: ``n x m`` float tensors alive at the peak plus
-    a dense ``W.grad`` (from the issue's measurement: GroupLoss dense 8.1 GB at 128 x 1e6)."""
+    copies of ``W`` (a dense ``W.grad``; losses that normalise ``W`` every step hold several):
+    from the measurements of GroupLoss dense (8.1 GB at 128 x 1e6, issue 10) and
+    NormalizedSoftmax (11.7 GB at 32 x 1e6, run G); ProxyAnchor and ArcFace assumed alike."""
     nm = n * m * 4 / 2**30
     wd = m * d * 4 / 2**30
-    per_nm = {"GroupLoss dense": 10, "ProxyAnchor": 8, "NormalizedSoftmax": 4, "ArcFace": 6}
-    for prefix, k in per_nm.items():
+    per_loss = {"GroupLoss dense": (10, 1), "ProxyAnchor": (8, 6), "NormalizedSoftmax": (4, 6),
+                "ArcFace": (6, 6)}
+    for prefix, (k_nm, k_w) in per_loss.items():
         if name.startswith(prefix):
-            return k * nm + wd
+            return k_nm * nm + k_w * wd
     return 0.05
 
 
