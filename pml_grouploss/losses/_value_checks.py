@@ -8,6 +8,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from .. import _validation as v
 from ..functional.anchors import _anchor_mask, as_anchor_mask
+from ._classifier_guards import is_compiling
 
 # See ``_watch_scale``.
 SCALE_GROWTH_LIMIT = 1000.0
@@ -21,17 +22,26 @@ class GroupLossChecksMixin:
     *values* (label range, anchor range, NaN/inf, subnormal rows, overflowing logits, a
     collapsed batch) need a device read, a synchronisation on CUDA: they run when
     :meth:`_validating` says so (``validate=None``: every call on CPU tensors, where a read
-    costs microseconds, and the first call on other devices; ``True``: every call; ``False``:
-    never).
+    costs microseconds, and calls 1, 2, 4, 8, ... on other devices; ``True``: every call;
+    ``False``: never).
     """
 
     validate: Optional[bool]
-    _validated: bool = False
+    _calls: int = 0
 
     def _validating(self, embeddings: torch.Tensor) -> bool:
+        """Called once per forward. Off the CPU with ``validate=None``: the 1st, 2nd, 4th,
+        8th, ... eager call (20 reads in a million steps), so set-up mistakes show at once and
+        slow drifts (``_watch_scale``) later, without a per-step synchronisation; none inside
+        ``torch.compile``."""
         if self.validate is not None:
             return self.validate
-        return embeddings.device.type == "cpu" or not self._validated
+        if embeddings.device.type == "cpu":
+            return True
+        if is_compiling():  # a changing counter would be a guard: a recompile per step
+            return False
+        self._calls += 1
+        return self._calls & (self._calls - 1) == 0
 
     def _reject_ref_emb(self, embeddings, labels, ref_emb, ref_labels) -> None:
         if ref_emb is not embeddings or ref_labels is not labels:

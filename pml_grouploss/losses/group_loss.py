@@ -94,8 +94,9 @@ class GroupLoss(
     **Validation.** Shapes and dtypes are checked on every call. Value checks (label and
     anchor range, NaN/inf, subnormal rows, overflowing logits, a collapsed batch) read the
     device, a CUDA synchronisation: ``validate=None`` (default) runs them on every call for
-    CPU tensors (cheap there) and on the first call elsewhere (set-up mistakes show at
-    once; a GPU step stays asynchronous); ``True`` every call (debugging), ``False`` never.
+    CPU tensors (cheap there) and on calls 1, 2, 4, 8, ... elsewhere (set-up mistakes show at
+    once, ~20 reads in a million steps; the other GPU steps stay asynchronous); ``True``
+    every call (debugging), ``False`` never.
 
     The loss's parameters are kept out of record-keeper's logs: PML's logging hooks would
     otherwise copy ``W`` to a Python list at every logged step (its statistics are logged).
@@ -127,7 +128,8 @@ class GroupLoss(
         sparse_gradients: sparse gradients for ``W``/``bias`` (needs ``prior_classes=
             ce_classes="batch"`` and no ``weight_regularizer``). Default ``False``.
         validate: value checks every call (``True``), never (``False``), or ``None``
-            (default: every call on CPU, the first call on other devices).
+            (default: every call on CPU; calls 1, 2, 4, 8, ... on other devices, none there
+            under ``torch.compile``).
         **kwargs: PML's ``reducer``, ``distance`` (any similarity, ``is_inverted=True``),
             ``weight_regularizer``, ``weight_reg_weight``, ``weight_init_func``,
             ``embedding_regularizer``, ``collect_stats``.
@@ -293,7 +295,6 @@ class GroupLoss(
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             x = embeddings.to(dtype)
             logits, targets, ce = self._prior_logits(x, labels, embeddings.dtype, validate)
-            self._validated = True
             corr = self.distance(x)
             W = similarity_from_correlation(corr, self.negatives, self.zero_diagonal)
             out = refined_label_loss(

@@ -94,12 +94,12 @@ def test_validating_call_reads_the_device_and_catches_what_it_should():
         loss_fn(e, labels, (torch.tensor([0, 99]),))
 
 
-def test_validate_policy_first_call_only_off_the_cpu():
+def test_validate_policy_powers_of_two_off_the_cpu():
     off_cpu = torch.empty(0, device="meta")
     default = losses.GroupLoss(3, 4)
-    assert default._validating(torch.empty(0)) and default._validating(off_cpu)
-    default._validated = True  # what compute_loss sets after the first checked call
-    assert default._validating(torch.empty(0)) and not default._validating(off_cpu)
+    checked = [call for call in range(1, 1025) if default._validating(off_cpu)]
+    assert checked == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    assert all(default._validating(torch.empty(0)) for _ in range(5))  # CPU: every call
     assert losses.GroupLoss(3, 4, validate=True)._validating(off_cpu) is True
     assert losses.GroupLoss(3, 4, validate=False)._validating(torch.empty(0)) is False
 
