@@ -2,6 +2,7 @@
 functions, except k-reciprocal re-ranking (``re_ranking``, ``re_ranking_one_set``,
 ``dense_re_ranking_knn``, ``sparse_re_ranking_knn``): numpy/scipy/faiss on CPU."""
 from .anchors import select_anchors
+from .batch_classes import BatchClasses, batch_classes
 from .beta_normalization import beta_normalize
 from .class_centroids import class_centroids, mean_pairwise_distance, nearest_classes
 from .gradml import (
@@ -20,6 +21,7 @@ from .group_loss import (
     refined_label_loss,
 )
 from .rms_normalize import rms_normalize
+from .sparse_rows import gather_rows
 from .reranking import dense_re_ranking_knn, re_ranking, re_ranking_one_set
 from .reranking_sparse import sparse_re_ranking_knn
 from .pearson import (
@@ -39,7 +41,10 @@ from .replicator import (
 )
 
 __all__ = [
+    "BatchClasses",
     "LOG_EPSILON",
+    "batch_classes",
+    "gather_rows",
     "beta_normalize",
     "dense_re_ranking_knn",
     "mixed_pool2d",
