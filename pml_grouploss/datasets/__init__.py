@@ -4,6 +4,8 @@
   torchvision-layout directory, alphabet-disjoint split.
 - :class:`CUB`, :class:`Cars196`, :class:`StanfordOnlineProducts` — PML's dataset classes with
   contiguous labels, RGB images and errors that name the missing, damaged or malformed file.
+- :class:`NoisyLabels` — any of them (or any dataset with ``labels``) with symmetric label
+  noise on a fixed fraction of its samples, for training splits.
 
 Class ids are unique across splits by default, as in PML: train ``0..C_train-1``, test
 ``C_train..C_train+C_test-1`` (``unique_labels=False``: each split ``0..C-1``).
@@ -11,6 +13,7 @@ Class ids are unique across splits by default, as in PML: train ``0..C_train-1``
 
 from .cars196 import Cars196
 from .cub import CUB
+from .noisy_labels import NoisyLabels
 from .omniglot import (
     EMBEDDED_TEST_ALPHABETS,
     EMBEDDED_TRAIN_ALPHABETS,
@@ -23,6 +26,7 @@ __all__ = [
     "CUB",
     "Cars196",
     "StanfordOnlineProducts",
+    "NoisyLabels",
     "EMBEDDED_TRAIN_ALPHABETS",
     "EMBEDDED_TEST_ALPHABETS",
 ]
