@@ -1,9 +1,12 @@
 """Pearson correlation as a PML distance."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from pytorch_metric_learning.distances import BaseDistance
 
+from .. import _validation as v
 from ..functional.pearson import standardize_rows
 
 
@@ -18,24 +21,66 @@ class PearsonCorrelation(BaseDistance):
     embedding holding NaN or inf correlates NaN with everything, itself included (propagated,
     never hidden as a constant row).
 
+    **Sharper similarities: ``power``.** With ``power = p > 1`` the matrix is the *signed*
+    power ``sign(c) |c|^p`` of each correlation ``c`` (PML's own ``power`` would compute
+    ``c^p``, which is NaN or loses the sign for negative ``c``). It is a strictly increasing
+    map of ``c``, so every ranking — PML miners, ``CustomKNN`` neighbours, accuracies — is the
+    one of the plain correlation; what changes is the *contrast* between weak and strong
+    similarities. In :class:`~pml_grouploss.losses.GroupLoss` (``distance=
+    PearsonCorrelation(power=p)``) the replicator dynamics' matrix becomes ``W = relu(c)^p``
+    (``negatives="clamp"``, diagonal 1): since the dynamics ``X <- Q^-1 (X ⊙ W X)`` are
+    unchanged by a scaling of ``W``, a temperature (dividing ``W`` by a constant) would do
+    nothing; a power is what sharpens. Powers below 1 are refused: the gradient
+    ``p |c|^(p-1)`` is infinite at ``c = 0`` (every zero-variance embedding, every orthogonal
+    pair), and they flatten the similarities instead of sharpening them. For ``p >= 1`` the
+    gradient is finite everywhere (0 at ``c = 0`` for ``p > 1``); ``power=1`` (default) is the
+    plain correlation, bit for bit.
+
     Usable wherever PML takes a distance: losses (``ContrastiveLoss(distance=
     PearsonCorrelation())``), miners, ``CustomKNN(PearsonCorrelation())`` for
     ``AccuracyCalculator``. It is the default similarity of
     :class:`pml_grouploss.losses.GroupLoss`.
 
     The standardisation is what the distance is, so ``normalize_embeddings`` cannot be
-    turned off, and ``p``/``power`` other than their defaults are rejected.
+    turned off, and ``p`` other than its default is rejected.
+
+    Args:
+        power: exponent ``>= 1`` of the signed power ``sign(c) |c|^power`` (default 1.0: the
+            correlation itself). Recorded by record-keeper as PML's ``power``.
+        **kwargs: PML's ``collect_stats``.
     """
 
-    def __init__(self, **kwargs):
-        for name, default in (("normalize_embeddings", True), ("p", 2), ("power", 1)):
+    def __init__(self, power: float = 1.0, **kwargs):
+        for name, default in (("normalize_embeddings", True), ("p", 2)):
             if kwargs.get(name, default) != default:
                 raise ValueError(
                     f"PearsonCorrelation does not support {name}={kwargs[name]!r}: the "
                     "correlation standardises each embedding itself; remove the argument"
                 )
-        kwargs.update(normalize_embeddings=True, is_inverted=True)
+        power = v.check_number(
+            "power", power, minimum=1,
+            hint="powers below 1 have an infinite gradient at correlation 0 and flatten "
+            "the similarities; use power >= 1 (1 = the plain correlation)",
+        )
+        kwargs.update(normalize_embeddings=True, is_inverted=True, power=power)
         super().__init__(**kwargs)
+
+    def forward(self, query_emb: torch.Tensor, ref_emb: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        """``(n, r)`` matrix ``sign(c) |c|^power`` of the correlations ``c`` between the rows
+        of ``query_emb`` ``(n, d)`` and ``ref_emb`` ``(r, d)`` (``None``: ``query_emb``).
+
+        PML's ``BaseDistance.forward`` (stats, shape checks, normalisation) with the power
+        applied with its sign instead of PML's plain ``mat ** power``.
+        """
+        if self.power == 1:
+            return super().forward(query_emb, ref_emb)
+        power, self.power = self.power, 1  # PML's forward must not apply its own power
+        try:
+            correlation = super().forward(query_emb, ref_emb)
+        finally:
+            self.power = power
+        return self._signed_power(correlation)
 
     def normalize(self, embeddings: torch.Tensor, dim: int = 1, **kwargs) -> torch.Tensor:
         if dim != 1:
@@ -51,4 +96,13 @@ class PearsonCorrelation(BaseDistance):
         return query_emb @ ref_emb.transpose(0, 1)
 
     def pairwise_distance(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
-        return torch.sum(query_emb * ref_emb, dim=1)
+        """``sign(c) |c|^power`` of the correlation of each row pair of two *normalised*
+        ``(n, d)`` inputs (``self.normalize``): the diagonal of :meth:`forward`'s matrix."""
+        return self._signed_power(torch.sum(query_emb * ref_emb, dim=1))
+
+    def _signed_power(self, correlation: torch.Tensor) -> torch.Tensor:
+        if self.power == 1:
+            return correlation
+        # sign * |c|^p: its gradient p |c|^(p-1) is 0 at c = 0 for p > 1 (c * |c|^(p-1)
+        # would give 0 * inf = NaN there for p < 2)
+        return torch.sign(correlation) * correlation.abs().pow(self.power)

@@ -1,3 +1,6 @@
+"""PearsonCorrelation: numpy's row correlations, a PML similarity; with power=p the signed power
+sign(c)|c|^p (same rankings, W = relu(c)^p inside GroupLoss, finite gradients, power=1 bit for
+bit the plain correlation)."""
 import numpy as np
 import pytest
 import torch
@@ -6,6 +9,9 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN
 
 from pml_grouploss.distances import PearsonCorrelation
+from pml_grouploss.functional import replicator_dynamics, standardize_rows
+from pml_grouploss.functional.group_loss import refined_label_loss
+from pml_grouploss.losses import GroupLoss
 
 
 def test_matrix_is_corrcoef_and_inverted():
@@ -41,7 +47,7 @@ def test_usable_by_pml_losses():
     assert torch.isfinite(loss) and torch.isfinite(e.grad).all() and loss > 0
 
 
-@pytest.mark.parametrize("kwargs", [dict(normalize_embeddings=False), dict(p=1), dict(power=2)])
+@pytest.mark.parametrize("kwargs", [dict(normalize_embeddings=False), dict(p=1)])
 def test_rejects_options_that_change_its_meaning(kwargs):
     with pytest.raises(ValueError, match=list(kwargs)[0]):
         PearsonCorrelation(**kwargs)
@@ -65,3 +71,117 @@ def test_nan_row_is_not_hidden_from_knn_or_losses():
     assert torch.isnan(loss)
     distances, _ = CustomKNN(PearsonCorrelation())(e[2:3], 3, e, False)
     assert torch.isnan(distances).all()
+
+
+# -- power ----------------------------------------------------------------------------------
+def _x(n=10, d=7, seed=0):
+    return torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("power", [1.5, 2.0, 3.0, 4.5])
+def test_matrix_is_the_signed_power_of_corrcoef(power):
+    x, y = _x(6), _x(4, seed=1)
+    full = np.corrcoef(np.concatenate([x.numpy(), y.numpy()]))
+    signed = np.sign(full) * np.abs(full) ** power
+    d = PearsonCorrelation(power=power)
+    assert d.power == power  # recorded by record-keeper as PML's power
+    np.testing.assert_allclose(d(x).numpy(), signed[:6, :6], rtol=0, atol=1e-13)
+    np.testing.assert_allclose(d(x, y).numpy(), signed[:6, 6:], rtol=0, atol=1e-13)
+    assert (d(x).numpy()[full[:6, :6] < 0] < 0).all()  # the sign is kept
+    pair = d.pairwise_distance(d.normalize(x[:4]), d.normalize(y))
+    np.testing.assert_allclose(pair.numpy(), np.diag(signed[:4, 6:]), rtol=0, atol=1e-13)
+
+
+def test_power_one_is_bit_identical_to_the_plain_correlation():
+    x, y = _x(), _x(5, seed=1)
+    q, r = standardize_rows(x), standardize_rows(y)
+    assert torch.equal(PearsonCorrelation(power=1.0)(x), q @ q.T)
+    assert torch.equal(PearsonCorrelation(power=1)(x, y), q @ r.T)
+    assert torch.equal(PearsonCorrelation()(x), PearsonCorrelation(power=1.0)(x))
+    labels = torch.arange(5).repeat(2)
+    torch.manual_seed(3)
+    default = GroupLoss(5, 7, num_iterations=2).double()
+    explicit = GroupLoss(5, 7, num_iterations=2, distance=PearsonCorrelation(power=1.0)).double()
+    explicit.load_state_dict(default.state_dict())
+    e1, e2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    l1, l2 = default(e1, labels), explicit(e2, labels)
+    l1.backward()
+    l2.backward()
+    assert torch.equal(l1, l2) and torch.equal(e1.grad, e2.grad)
+
+
+def test_rankings_are_those_of_the_plain_correlation():
+    query, ref = _x(12, 16, seed=2).float(), _x(30, 16, seed=3).float()
+    _, plain = CustomKNN(PearsonCorrelation())(query, 5, ref, False)
+    _, sharp = CustomKNN(PearsonCorrelation(power=3.0))(query, 5, ref, False)
+    assert torch.equal(plain, sharp)
+
+
+@pytest.mark.parametrize("power", [2.0, 3.0])
+def test_grouploss_uses_w_relu_c_to_the_power(power):
+    """The loss value equals the refinement on W = relu(corrcoef)^p, diagonal 1 (by hand)."""
+    x = _x(12, 8, seed=4)
+    labels = torch.arange(4).repeat(3)
+    anchors = torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(0)
+    loss = GroupLoss(4, 8, temperature=2.0, num_iterations=3,
+                     distance=PearsonCorrelation(power=power)).double()
+    value = loss(x, labels, (anchors,))
+    c = np.corrcoef(x.numpy())
+    W = np.maximum(c, 0) ** power
+    np.fill_diagonal(W, 1.0)
+    hand = refined_label_loss(torch.from_numpy(W), loss.get_logits(x), labels, anchors,
+                              temperature=2.0, num_iterations=3)["loss"]
+    assert value.item() == pytest.approx(hand.item(), rel=1e-12)
+    torch.manual_seed(0)
+    plain = GroupLoss(4, 8, temperature=2.0, num_iterations=3).double()
+    assert abs(plain(x, labels, (anchors,)).item() - value.item()) > 1e-3  # the power acts
+
+
+def test_a_temperature_on_w_would_not_change_the_dynamics():
+    """Why a power: the replicator dynamics are invariant to scaling W."""
+    W = torch.relu(PearsonCorrelation()(_x(9, 6, seed=5)))
+    X = torch.softmax(_x(9, 4, seed=6), dim=1)
+    torch.testing.assert_close(replicator_dynamics(W / 7.0, X, 3), replicator_dynamics(W, X, 3),
+                               rtol=1e-14, atol=0)
+    assert not torch.allclose(replicator_dynamics(W**3, X, 3), replicator_dynamics(W, X, 3))
+
+
+@pytest.mark.parametrize("power", [1.0, 1.5, 2.0, 3.0])
+def test_gradcheck(power):
+    d = PearsonCorrelation(power=power)
+    x, y = _x(5, 6, seed=7).requires_grad_(True), _x(4, 6, seed=8).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: d(a, b), (x, y))
+    assert torch.autograd.gradgradcheck(lambda a: d(a), (x,))
+
+
+@pytest.mark.parametrize("power", [1.5, 2.0])
+def test_gradcheck_through_grouploss(power):
+    torch.manual_seed(0)
+    loss = GroupLoss(3, 6, temperature=2.0, num_iterations=2,
+                     distance=PearsonCorrelation(power=power)).double()
+    labels = torch.arange(3).repeat(3)
+    x = _x(9, 6, seed=9).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda e: loss(e, labels), (x,))
+
+
+@pytest.mark.parametrize("power", [1.5, 2.0, 3.0])
+def test_gradient_is_finite_at_zero_correlation(power):
+    # rows 0 and 1 are uncorrelated exactly; row 2 is constant (correlation 0 with everything)
+    x = torch.tensor([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0], [2.0, 2.0, 2.0, 2.0]],
+                     dtype=torch.float64, requires_grad=True)
+    mat = PearsonCorrelation(power=power)(x)
+    assert mat[0, 1] == 0 and (mat[2] == 0).all()
+    (grad,) = torch.autograd.grad(mat.sum(), x)
+    assert torch.isfinite(grad).all()
+    # d/dc sign(c)|c|^p = p|c|^(p-1) = 0 at c = 0: only the diagonal terms remain (their
+    # gradient is 0 for a correlation of a row with itself)
+    torch.testing.assert_close(grad, torch.zeros_like(grad), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("power,error", [(0.5, ValueError), (0.0, ValueError), (-2, ValueError),
+                                         (float("inf"), ValueError), (float("nan"), ValueError),
+                                         ("2", TypeError), (True, TypeError)])
+def test_bad_power_names_it(power, error):
+    with pytest.raises(error, match="power"):
+        PearsonCorrelation(power=power)
