@@ -63,7 +63,7 @@ ABLATIONS: Dict[str, Ablation] = {
 def ablation_variants(name: str, cfg: BenchmarkConfig) -> List[Variant]:
     """The grid variants of sweep ``name``: GroupLoss with the run's ``grouploss`` overrides plus
     the variant's, and its protocol changes (``batch_size`` follows them)."""
-    base = dict(cfg.overrides.get("grouploss", {}))
+    base = dict(cfg.run.overrides.get("grouploss", {}))
     out = []
     for label, overrides, changes, x in ABLATIONS[name].variants(cfg):
         run_dir = re.sub(r"[=(),]", "", label.replace(" ", "_").replace(",", "_"))

@@ -20,8 +20,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from .config import GROUPS, PAPER_CONFIGS, BenchmarkConfig
-from .validation import ConfigError, cli_message, check_output_dir
+from .config import PAPER_CONFIGS, SECTIONS, BenchmarkConfig, config_fields
+from .validation import ConfigError, check_output_dir, cli_message, cli_text
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -100,32 +100,32 @@ def load_params_file(path: str) -> Dict[str, Dict[str, Any]]:
 
 
 def _config_options(p: argparse.ArgumentParser, skip: Tuple[str, ...] = ()) -> None:
-    """One option per config field with a flag, from its metadata (help, choices, default)."""
-    groups = {k: p.add_argument_group(v) for k, v in GROUPS.items()}
+    """One option per config field with a flag, from its metadata (help, choices, default), in
+    one group per config section."""
+    groups = {k: p.add_argument_group(title) for k, (_, title) in SECTIONS.items()}
     groups["data"].add_argument(
         "--config", choices=sorted(PAPER_CONFIGS), default=None,
         help="start from a paper configuration (CUB/Cars/SOP settings of the Group Loss papers; "
         "needs --data-root and a GPU; not run by the authors of this package). Explicit options "
         "override it.")
-    hints = BenchmarkConfig.__annotations__
-    for f in dataclasses.fields(BenchmarkConfig):
-        flag, meta = f.metadata["flag"], f.metadata
+    for dotted, f in config_fields():
+        section, meta, kind = dotted.split(".")[0], f.metadata, str(f.type)
+        flag, default = meta["flag"], f.default
         if flag is None or "/" in flag or f.name in skip:
             continue
-        default = f.default
         kw: Dict[str, Any] = dict(default=None, help=meta["help"], choices=meta["choices"])
-        if hints[f.name] == "bool":
-            kw = dict(action="store_true", default=None, help=meta["help"])
+        if kind == "bool":
+            kw = dict(action="store_const", const=not default, default=None, help=meta["help"])
         elif f.name in ("seeds", "methods"):  # parsed in config_from_args: errors name the option
             default = len(default) if f.name == "seeds" else ",".join(default)
-        elif "int" in hints[f.name] or "float" in hints[f.name]:
-            kw["type"] = int if "int" in hints[f.name] else float
-        if default is not None and "(default" not in meta["help"] and not kw.get("action"):
+        elif "int" in kind or "float" in kind:
+            kw["type"] = int if "int" in kind else float
+        if default is not None and "(default" not in meta["help"] and "action" not in kw:
             kw["help"] += f" (default: {default})"
         flag = flag or "--" + f.name.replace("_", "-")
-        if not kw.get("action") and not kw["choices"]:
+        if "action" not in kw and not kw["choices"]:
             kw["metavar"] = flag[2:].replace("-", "_").upper()
-        groups[meta["group"]].add_argument(flag, dest=f.name, **kw)
+        groups[section].add_argument(flag, dest=f.name, **kw)
     for flag, kw in RUN_OPTIONS:
         groups["run"].add_argument(flag, **kw)
 
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="a GroupLoss ablation sweep from the papers")
     p.add_argument("sweep", choices=sorted(ABLATIONS), help="; ".join(
         f"{k}: {v.description}" for k, v in sorted(ABLATIONS.items())))
-    _config_options(p, skip=("methods",))
+    _config_options(p, skip=("methods", "final_test"))
     _method_options(p, params_file=False)
     p.add_argument("--test", action="store_true", help="also evaluate each variant on the test "
                    "classes (default: validation only, so ablations never feed back from test)")
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     """The run's config from parsed options (``--config`` first, explicit options override)."""
     base = dict(PAPER_CONFIGS[args.config]) if getattr(args, "config", None) else {}
-    for f in dataclasses.fields(BenchmarkConfig):
+    for _, f in config_fields():
         value = getattr(args, f.name, None)
         if value is not None:
             parse = {"methods": parse_losses, "seeds": parse_seeds}.get(f.name)
@@ -200,7 +200,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
             overrides.setdefault(k, {}).update(v)
     base["overrides"] = overrides
     cfg = BenchmarkConfig.from_dict(base)
-    unknown = sorted(set(cfg.overrides) - set(cfg.methods) - {"grouploss"})
+    unknown = sorted(set(cfg.run.overrides) - set(cfg.run.methods) - {"grouploss"})
     if unknown and args.command in ("run", "tune"):
         raise ValueError(f"--set/--params-file name methods that are not run: {unknown}; "
                          "add them to --losses")
@@ -236,7 +236,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as err:  # a config field: name its option
         parser.exit(2, f"pml-grouploss-bench: error: {cli_message(err)}\n")
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        parser.exit(2, f"pml-grouploss-bench: error: {err}\n")
+        parser.exit(2, f"pml-grouploss-bench: error: {cli_text(str(err))}\n")
 
 
 def _results_config(output_dir: str) -> BenchmarkConfig:

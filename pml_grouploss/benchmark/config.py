@@ -1,10 +1,13 @@
 """Benchmark configuration as data: every option once, with its help text, choices and bounds.
 
-:class:`BenchmarkConfig` is the single source of truth: the command line (``cli``) and its
-``--help`` are generated from the field metadata below, and the same metadata drives the
-validation (``validation``), which runs once, when a config is made, and raises errors that name
-the field (the CLI rewrites the field to its option). Defaults = the embedded Omniglot benchmark,
-sized to run in under 10 minutes on 2 CPU cores.
+:class:`BenchmarkConfig` is the single source of truth. It holds four typed sections
+(:class:`DataConfig`, :class:`ModelConfig`, :class:`OptimConfig`, :class:`RunConfig`); the
+command line (``cli``) and its ``--help`` (one group per section) are generated from the field
+metadata below, and the same metadata drives the validation (``validation``), which runs once,
+when a config is made, and raises errors that name the dotted field (``optim.epochs``; the CLI
+rewrites it to its option). Option names are flat (``--epochs``): field names are unique across
+the sections. Defaults = the embedded Omniglot benchmark, sized to run in under 10 minutes on
+2 CPU cores.
 """
 
 from __future__ import annotations
@@ -12,110 +15,126 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from .data import DATASET_NAMES
 from .methods import DEFAULT_METHODS, METHODS
 from .trunks import TRUNK_NAMES
 
-#: the option groups of ``--help``, in order
-GROUPS = {
-    "data": "data",
-    "model": "model and batches (the same for every method)",
-    "optim": "optimisation (the same for every method)",
-    "run": "run",
-}
 METRICS = ("precision_at_1", "mean_average_precision_at_r", "NMI", "r_precision")
 
 
 def option(
     default: Any,
     help: str,
-    group: str = "run",
     *,
     choices: Optional[Tuple[Any, ...]] = None,
-    minimum: Union[None, float, Callable[["BenchmarkConfig"], float]] = None,
+    minimum: Union[None, float, Callable[[Any], float]] = None,
     above: Optional[float] = None,
+    below: Optional[float] = None,
     hint: str = "",
     flag: Optional[str] = "",
     item: str = "",
 ) -> Any:
     """A config field with its command-line metadata. ``minimum``: ``>=`` bound (a callable gets
-    the config); ``above``: strict ``>`` bound; ``hint``: appended to a bound error; ``flag``:
-    the option (``""`` = ``--`` + field name with dashes, ``None`` = no option); ``item``: what a
-    tuple holds (its error says "must name at least one <item>")."""
-    meta = dict(help=help, group=group, choices=choices, minimum=minimum, above=above, hint=hint)
-    meta.update(flag=flag, item=item)
+    the section); ``above``/``below``: strict bounds; ``hint``: appended to a bound error;
+    ``flag``: the option (``""`` = ``--`` + field name with dashes, ``None`` = no option);
+    ``item``: what a tuple holds (its error says "must name at least one <item>")."""
+    meta = dict(help=help, choices=choices, minimum=minimum, above=above, below=below, hint=hint,
+                flag=flag, item=item)
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=meta)
     return field(default=default, metadata=meta)
 
 
 @dataclass
-class BenchmarkConfig:
-    """The protocol: everything that is the same for every method of a run. Invalid values raise
-    ``ConfigValueError``/``ConfigTypeError`` naming the field at construction."""
+class DataConfig:
+    """The dataset and its class-disjoint folds."""
 
     dataset: str = option(
         "omniglot-small", "omniglot-small = the subset embedded in the package (offline, "
         "default); omniglot = full Omniglot in torchvision's layout; cub, cars196, sop = PML's "
-        "dataset classes. All but omniglot-small need --data-root.", "data", choices=DATASET_NAMES)
+        "dataset classes. All but omniglot-small need --data-root.", choices=DATASET_NAMES)
     data_root: Optional[str] = option(
-        None, "directory holding the dataset (see docs/datasets.md for each layout)", "data")
-    download: bool = option(
-        False, "download the dataset into --data-root first (needs network)", "data")
+        None, "directory holding the dataset (see docs/datasets.md for each layout)")
+    download: bool = option(False, "download the dataset into --data-root first (needs network)")
     max_classes: Optional[int] = option(
-        None, "use only the first N training and N test classes (quick trials)", "data", minimum=1)
+        None, "use only the first N training and N test classes (quick trials)", minimum=1)
     num_folds: int = option(
         5, "the training classes are cut into this many class-disjoint folds; seed s validates "
-        "on fold s %% num_folds and trains on the others", "data", minimum=2,
+        "on fold s %% num_folds and trains on the others", minimum=2,
         hint="one fold of the training classes validates, the others train")
-    augment: str = option("none", "training augmentation, the same for every method", "data",
+    augment: str = option("none", "training augmentation, the same for every method",
                           choices=("none", "affine"))
+    label_noise: float = option(
+        0.0, "fraction of noisy training labels (pml_grouploss.datasets.NoisyLabels; "
+        "validation and test labels stay clean)", minimum=0, below=1)
+
+
+@dataclass
+class ModelConfig:
+    """Trunk, embedder and batches: the same for every method."""
+
     trunk: str = option(
         "cnn", "cnn = 4-block CNN for 28x28 inputs; torchvision trunks use the papers' "
-        "preprocessing (resize 256, crop 227)", "model", choices=TRUNK_NAMES)
+        "preprocessing (resize 256, crop 227)", choices=TRUNK_NAMES)
     pretrained: bool = option(
         False, "ImageNet weights for torchvision trunks (downloaded by torchvision; a clear "
-        "error when offline)", "model")
+        "error when offline)")
     embedder: str = option(
         "linear", "linear layer on the pooled features, or the pooled features themselves",
-        "model", choices=("linear", "identity"))
-    embedding_size: int = option(64, "embedding dimension", "model", minimum=1)
+        choices=("linear", "identity"))
+    embedding_size: int = option(64, "embedding dimension", minimum=1)
     image_size: int = option(
-        28, "input side for the small CNN", "model",
-        minimum=lambda cfg: 16 if cfg.trunk == "cnn" else 1,
+        28, "input side for the small CNN", minimum=lambda m: 16 if m.trunk == "cnn" else 1,
         hint="the cnn trunk halves its input four times")
-    classes_per_batch: int = option(15, "classes per MPerClassSampler batch", "model", minimum=1)
+    classes_per_batch: int = option(15, "classes per MPerClassSampler batch", minimum=1)
     samples_per_class: int = option(
-        8, "samples per class in a batch, MPerClassSampler's m", "model", minimum=1)
+        8, "samples per class in a batch, MPerClassSampler's m", minimum=1)
     batch_size: Optional[int] = option(
         None, "batch size; must be divisible by --samples-per-class (default: classes-per-batch "
-        "x samples-per-class)", "model", minimum=1,
-        hint="omit it for classes-per-batch x samples-per-class")
-    epochs: int = option(16, "epochs", "optim", minimum=1)
+        "x samples-per-class)", minimum=1, hint="omit it for classes-per-batch x samples-per-class")
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation and model selection: the same for every method."""
+
+    epochs: int = option(16, "epochs", minimum=1)
     iterations_per_epoch: Optional[int] = option(
-        None, "iterations per epoch (default: training images / batch size)", "optim", minimum=1,
+        None, "iterations per epoch (default: training images / batch size)", minimum=1,
         hint="omit it for one pass over the training images per epoch")
-    optimizer: str = option("adam", "optimizer of trunk, embedder and loss parameters", "optim",
+    optimizer: str = option("adam", "optimizer of trunk, embedder and loss parameters",
                             choices=("adam", "adamw", "radam", "sgd"))
     lr: float = option(
         1e-3, "learning rate of trunk and embedder; losses with parameters have their own (see "
-        "--set METHOD.loss_lr=...)", "optim", above=0)
-    weight_decay: float = option(1e-4, "weight decay", "optim", minimum=0)
+        "--set METHOD.loss_lr=...)", above=0)
+    weight_decay: float = option(1e-4, "weight decay", minimum=0)
     lr_decay_epoch: Optional[int] = option(
-        None, "multiply every learning rate by 0.1 every N epochs (papers: 30)", "optim",
-        minimum=1, hint="omit it for a constant learning rate")
+        None, "multiply every learning rate by 0.1 every N epochs (papers: 30)", minimum=1,
+        hint="omit it for a constant learning rate")
+    warmup_epochs: int = option(
+        0, "epochs of classification warm-up at the start (pml_grouploss.trainers."
+        "ClassificationWarmup, the papers' recipe; 0 = off)", minimum=0)
     eval_every: int = option(
         2, "evaluate validation and train classes every N epochs; --epochs must be a multiple",
-        "optim", minimum=1)
+        minimum=1)
     patience: Optional[int] = option(
         None, "early stopping: stop a training when the validation metric has not improved for "
-        "more than N epochs (default: off, train all --epochs)", "optim", minimum=0,
+        "more than N epochs (default: off, train all --epochs)", minimum=0,
         hint="0 stops at the first evaluation without improvement; omit it to train every epoch")
     primary_metric: str = option(
-        "precision_at_1", "validation metric that picks the checkpoint", "optim", choices=METRICS)
-    recall_ks: Tuple[int, ...] = option((1, 2, 4, 8), "K of Recall@K", minimum=1, flag=None)
+        "precision_at_1", "validation metric that picks the checkpoint", choices=METRICS)
+    train_eval_samples: Optional[int] = option(
+        None, "train R@1 on a random subset of this many training images (default: all)",
+        minimum=1)
+
+
+@dataclass
+class RunConfig:
+    """What runs (methods, seeds) and where (device, threads); not part of the protocol but
+    ``final_test``."""
+
     seeds: Tuple[int, ...] = option(
         (0, 1, 2), "number of seeds (e.g. 3 -> 0,1,2) or a comma list (e.g. 0,5,7)", minimum=0,
         item="seed", hint="e.g. seeds (0, 1, 2)")
@@ -126,54 +145,115 @@ class BenchmarkConfig:
         flag="--losses", item="method")
     overrides: Dict[str, Dict[str, Any]] = option(
         {}, "{method: {param: value}}", flag="--set/--params-file")
+    recall_ks: Tuple[int, ...] = option((1, 2, 4, 8), "K of Recall@K", minimum=1, flag=None)
+    final_test: bool = option(
+        True, "skip the final test evaluation (validation only)", flag="--no-test")
     threads: Optional[int] = option(None, "torch CPU threads", minimum=1)
     device: str = option("cpu", "torch device")
     log_freq: int = option(10, "record-keeper logging interval", minimum=1, flag=None)
     eval_batch_size: int = option(256, "tester batch size", minimum=1, flag=None)
     save_embeddings: bool = option(True, "write test_embeddings.npz", flag=None)
 
+
+#: the sections of a config and the titles of their ``--help`` groups, in order
+SECTIONS = {
+    "data": (DataConfig, "data"),
+    "model": (ModelConfig, "model and batches (the same for every method)"),
+    "optim": (OptimConfig, "optimisation (the same for every method)"),
+    "run": (RunConfig, "run"),
+}
+#: run settings that a resumed run may change (the rest must match its config.json)
+NOT_PROTOCOL = ("run.seeds", "run.methods", "run.threads", "run.log_freq", "run.eval_batch_size",
+                "run.save_embeddings", "data.download")
+
+
+def config_fields() -> Iterator[Tuple[str, dataclasses.Field]]:
+    """``("optim.epochs", field)`` for every field of every section, in order."""
+    for section, (cls, _) in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            yield f"{section}.{f.name}", f
+
+
+#: flat option name -> dotted field ("epochs" -> "optim.epochs")
+DOTTED = {dotted.split(".")[1]: dotted for dotted, _ in config_fields()}
+
+
+@dataclass
+class BenchmarkConfig:
+    """The protocol: everything that is the same for every method of a run. Invalid values raise
+    ``ConfigValueError``/``ConfigTypeError`` naming the dotted field at construction. Make one
+    from flat option names with :meth:`from_dict` (``{"epochs": 2}``) or change one with
+    :meth:`replace`."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
     def __post_init__(self) -> None:
         from .validation import validate_config
 
         validate_config(self)
 
+    def get(self, dotted: str) -> Any:
+        """The value of field ``"optim.epochs"``."""
+        section, name = dotted.split(".")
+        return getattr(getattr(self, section), name)
+
+    def to_dict(self) -> Dict[str, Dict[str, Any]]:
+        return dataclasses.asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "BenchmarkConfig":
-        """From ``config.json`` or a paper configuration; an unknown key is an error."""
+    def from_dict(cls, d: Mapping[str, Any]) -> "BenchmarkConfig":
+        """From ``config.json`` (nested, or the flat one of older versions), a paper
+        configuration or flat option names; sections and flat names may mix, a flat name wins.
+        An unknown key is an error."""
+        return cls().replace(**d)
+
+    def replace(self, **changes: Any) -> "BenchmarkConfig":
+        """A copy with ``changes``: flat option names (``epochs=2``) or whole sections
+        (``optim={"epochs": 2}``); validated again. An unknown key is an error."""
         from .validation import ConfigValueError
 
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        flat: Dict[str, Any] = {}
+        for key, value in changes.items():
+            if key in SECTIONS:
+                items = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+                flat.update({f"{key}.{k}": v for k, v in dict(items).items()})
+        flat.update({DOTTED.get(k, k): v for k, v in changes.items() if k not in SECTIONS})
+        unknown = sorted(set(flat) - set(DOTTED.values()))
         if unknown:
-            raise ConfigValueError(
-                unknown[0],
-                f"unknown config keys {unknown}; valid keys: {', '.join(sorted(names))}")
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+            raise ConfigValueError(unknown[0], f"unknown config keys {unknown}; valid keys: "
+                                   f"{', '.join(DOTTED)}")
+        sections = {}
+        for section in SECTIONS:
+            mine = {k.split(".")[1]: tuple(v) if isinstance(v, list) else v
+                    for k, v in flat.items() if k.startswith(section + ".")}
+            sections[section] = dataclasses.replace(getattr(self, section), **mine)
+        return BenchmarkConfig(**sections)
 
     def protocol_key(self) -> Dict[str, Any]:
         """The fields that must match for a resumed run to reuse finished seeds."""
-        d = dataclasses.asdict(self)
-        for k in ("seeds", "methods", "threads", "log_freq", "eval_batch_size",
-                  "save_embeddings", "download"):
-            d.pop(k)
-        return d
+        return {k: self.get(k) for k, _ in config_fields() if k not in NOT_PROTOCOL}
+
+
+#: the papers' common settings (the classifier shares the network's optimizer in the reference)
+PAPER_BASE: Dict[str, Any] = dict(
+    dataset="cub", trunk="googlenet", pretrained=True, embedder="identity", embedding_size=1024,
+    image_size=227, augment="affine", optimizer="radam", epochs=60, lr_decay_epoch=30,
+    eval_every=5, recall_ks=(1, 2, 4, 8))
 
 
 def _paper(dataset: str, classes: int, samples: int, lr: float, weight_decay: float,
            temperature: float, anchors: int, **changes: Any) -> Dict[str, Any]:
-    """The papers' common settings plus one dataset's (the classifier shares the network's
-    optimizer in the reference, hence ``loss_lr = lr``)."""
+    """:data:`PAPER_BASE` plus one dataset's settings (``loss_lr = lr`` as in the reference)."""
     grouploss = dict(temperature=temperature, num_iterations=1, num_anchors=anchors, loss_lr=lr)
-    paper = dict(
-        dataset=dataset, trunk="googlenet", pretrained=True, embedder="identity",
-        embedding_size=1024, image_size=227, augment="affine", optimizer="radam", epochs=60,
-        lr_decay_epoch=30, eval_every=5, recall_ks=(1, 2, 4, 8), classes_per_batch=classes,
-        samples_per_class=samples, lr=lr, weight_decay=weight_decay,
-        overrides={"grouploss": grouploss})
-    return {**paper, **changes}
+    return {**PAPER_BASE, "dataset": dataset, "classes_per_batch": classes,
+            "samples_per_class": samples, "lr": lr, "weight_decay": weight_decay,
+            "overrides": {"grouploss": grouploss}, **changes}
 
 
 #: The papers' settings for the big datasets. Sources: GL ECCV'20 §4.1 and GL++ §5 (GoogLeNet with

@@ -82,8 +82,8 @@ def class_folds(num_classes: int, num_folds: int, seed: int = FOLD_SEED) -> List
 
     if not 2 <= num_folds <= num_classes:
         raise ConfigValueError(
-            "num_folds", f"num_folds {num_folds} must be >= 2 (one fold validates) and at most "
-            f"the {num_classes} training classes (each fold needs a validation class)")
+            "data.num_folds", f"data.num_folds {num_folds} must be >= 2 (one fold validates) and "
+            f"at most the {num_classes} training classes (each fold needs a validation class)")
     perm = np.random.default_rng(seed).permutation(num_classes)
     return [np.sort(f) for f in np.array_split(perm, num_folds)]
 
@@ -98,8 +98,8 @@ def load_base(dataset: str, data_root: Optional[str], download: bool = False):
         return ds.Omniglot(split="train"), ds.Omniglot(split="test"), 1
     if data_root is None or not (download or os.path.isdir(data_root)):
         raise ConfigValueError(
-            "data_root", f"data_root {data_root!r} does not exist; point it at the {dataset} "
-            "directory (see docs/datasets.md) or add download")
+            "data.data_root", f"data.data_root {data_root!r} does not exist; point it at the "
+            f"{dataset} directory (see docs/datasets.md) or add data.download")
     if dataset == "omniglot":
         return (ds.Omniglot(data_root, split="train", download=download),
                 ds.Omniglot(data_root, split="test"), 1)
@@ -162,9 +162,11 @@ def build_splits(dataset: str, data_root: Optional[str], fold: int, num_folds: i
 def splits_for_fold(cfg: "BenchmarkConfig", fold: int, **changes) -> Splits:
     """:func:`build_splits` with the data settings of ``cfg`` (validation fold ``fold``), e.g.
     ``augment="none"`` for evaluation only."""
-    names = ("trunk", "image_size", "augment", "max_classes", "download")
-    settings = {**{k: getattr(cfg, k) for k in names}, **changes}
-    return build_splits(cfg.dataset, cfg.data_root, fold, cfg.num_folds, **settings)
+    data, model = cfg.data, cfg.model
+    settings = dict(trunk=model.trunk, image_size=model.image_size, augment=data.augment,
+                    max_classes=data.max_classes, download=data.download)
+    settings.update(changes)
+    return build_splits(data.dataset, data.data_root, fold, data.num_folds, **settings)
 
 
 def assert_disjoint(splits: Splits) -> None:

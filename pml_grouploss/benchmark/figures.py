@@ -92,7 +92,7 @@ def retrieval_grid_figure(output_dir: str, cfg: BenchmarkConfig, methods: List[s
     """Queries (left) and their top-``top_k`` test neighbours per method; green = same class."""
     from .data import splits_for_fold
 
-    seed = cfg.seeds[0] if seed is None else seed
+    seed = cfg.run.seeds[0] if seed is None else seed
     results = {}
     for m in methods:
         path = os.path.join(output_dir, "runs", m, f"seed{seed}", "test_embeddings.npz")
@@ -101,7 +101,7 @@ def retrieval_grid_figure(output_dir: str, cfg: BenchmarkConfig, methods: List[s
                 results[m] = (f["embeddings"], f["labels"])
     if not results:
         raise FileNotFoundError(f"no test_embeddings.npz under {output_dir}/runs/*/seed{seed}")
-    fold = seed % cfg.num_folds
+    fold = seed % cfg.data.num_folds
     splits = splits_for_fold(cfg, fold, trunk="cnn", augment="none", download=False)
     on_phase = on_phase or (lambda _: None)
     test = splits.test
@@ -207,8 +207,8 @@ def ablation_figure(per_seed: pd.DataFrame, ablation, fig_dir: str, name: str) -
 
 def make_all(output_dir: str, cfg: BenchmarkConfig, on_phase=None) -> List[str]:
     os.makedirs(os.path.join(output_dir, "figures"), exist_ok=True)
-    methods = [m for m in cfg.methods if os.path.isdir(os.path.join(output_dir, "runs", m))]
+    methods = [m for m in cfg.run.methods if os.path.isdir(os.path.join(output_dir, "runs", m))]
     paths = [convergence_figure(output_dir, methods), train_vs_test_figure(output_dir, methods)]
-    if cfg.save_embeddings:
+    if cfg.run.save_embeddings:
         paths.append(retrieval_grid_figure(output_dir, cfg, methods, on_phase=on_phase))
     return paths

@@ -35,8 +35,8 @@ ORDER = ("flip", "beta", "mixed_pooling", "leaky_relu", "re_ranking")
 
 
 def _load_best(cfg: BenchmarkConfig, run_dir: str, in_channels: int, device):
-    trunk, feat = build_trunk(cfg.trunk, in_channels, pretrained=False)
-    embedder = build_embedder(feat, cfg.embedding_size, cfg.embedder)
+    trunk, feat = build_trunk(cfg.model.trunk, in_channels, pretrained=False)
+    embedder = build_embedder(feat, cfg.model.embedding_size, cfg.model.embedder)
     folder = os.path.join(run_dir, "models")
     epoch, suffix = c_f.latest_version(folder, "trunk_*.pth", best=True)
     if suffix is None:
@@ -58,10 +58,10 @@ def _evaluate(cfg, trunk, embedder, dataset, settings: Dict[str, Any], device) -
     if "re_ranking" in settings:
         k1, k2, lam = settings["re_ranking"]
         kwargs["knn_func"] = KReciprocalReRanker(k1=k1, k2=k2, lambda_value=lam)
-    calc = make_accuracy_calculator(cfg.recall_ks, INFERENCE_METRICS, **kwargs)
+    calc = make_accuracy_calculator(cfg.run.recall_ks, INFERENCE_METRICS, **kwargs)
     tester = GroupLossPlusPlusTester(
         flip=bool(settings.get("flip", False)), beta=settings.get("beta"),
-        accuracy_calculator=calc, batch_size=cfg.eval_batch_size, dataloader_num_workers=0,
+        accuracy_calculator=calc, batch_size=cfg.run.eval_batch_size, dataloader_num_workers=0,
         data_device=device)
     acc = tester.test({"split": dataset}, 0, trunk, embedder, splits_to_eval=[("split", ["split"])])
     return clean_accuracies(acc["split"])
@@ -104,12 +104,12 @@ def run_inference_ablation(results_dir: str, method: str = "grouploss", log: Opt
     after every choice on the validation fold (``on_phase("final_test")``)."""
     with open(os.path.join(results_dir, "config.json")) as f:
         cfg = BenchmarkConfig.from_dict(json.load(f))
-    device = torch.device(cfg.device)
+    device = torch.device(cfg.run.device)
     grid = Grid(cfg, os.path.join(results_dir, f"inference_ablation_{method}"), log=log,
                 on_phase=on_phase, prepare=False)
     rows: List[Dict[str, Any]] = []
     chosen_all = {}
-    for seed in cfg.seeds:
+    for seed in cfg.run.seeds:
         run_dir = os.path.join(results_dir, "runs", method, f"seed{seed}")
         if not os.path.isfile(os.path.join(run_dir, "final.json")):
             grid.log(f"skip seed {seed}: {run_dir} is not finished")
@@ -125,7 +125,7 @@ def run_inference_ablation(results_dir: str, method: str = "grouploss", log: Opt
             finally:
                 grid.on_phase("idle")
 
-        chosen, notes = _choose(evaluate, cfg.primary_metric)
+        chosen, notes = _choose(evaluate, cfg.optim.primary_metric)
         chosen_all[seed] = {**chosen, **{f"{k}_note": v for k, v in notes.items()}}
         for label, settings in _table(chosen):
             acc = evaluate(settings, "test")

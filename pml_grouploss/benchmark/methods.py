@@ -132,7 +132,7 @@ def build_method(spec: MethodSpec, num_classes: int, embedding_size: int,
     for key, value in (("loss_lr", loss_lr), ("lr", lr)):
         if value is not None:
             check_number(f"{spec.name}.{key}", value, minimum=0, strict_minimum=True,
-                         hint=f"give a positive number, e.g. --set {spec.name}.{key}=0.01")
+                         hint=f"give a positive number, e.g. {spec.name}.{key}=0.01")
     try:
         loss = spec.build_loss(num_classes, embedding_size, **params)
     except (TypeError, ValueError) as err:  # a wrong or unknown parameter of the loss

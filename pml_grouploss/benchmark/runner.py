@@ -83,17 +83,17 @@ def seed_everything(seed: int) -> None:
 
 
 def _optimizers(cfg: BenchmarkConfig, trunk, embedder, loss, method) -> Dict[str, Any]:
-    """Trunk and embedder at the method's trunk lr (default ``cfg.lr``); a loss that owns
+    """Trunk and embedder at the method's trunk lr (default ``cfg.optim.lr``); a loss that owns
     parameters gets its own optimizer at ``loss_lr``."""
-    lr = method.lr if method.lr is not None else cfg.lr
-    optimizers = {"trunk_optimizer": _optimizer(cfg.optimizer, trunk.parameters(), lr,
-                                                cfg.weight_decay)}
+    lr = method.lr if method.lr is not None else cfg.optim.lr
+    optimizers = {"trunk_optimizer": _optimizer(cfg.optim.optimizer, trunk.parameters(), lr,
+                                                cfg.optim.weight_decay)}
     if any(p.requires_grad for p in embedder.parameters()):
         optimizers["embedder_optimizer"] = _optimizer(
-            cfg.optimizer, embedder.parameters(), lr, cfg.weight_decay)
+            cfg.optim.optimizer, embedder.parameters(), lr, cfg.optim.weight_decay)
     if method.loss_lr is not None:
         optimizers["metric_loss_optimizer"] = _optimizer(
-            cfg.optimizer, loss.parameters(), method.loss_lr, cfg.weight_decay)
+            cfg.optim.optimizer, loss.parameters(), method.loss_lr, cfg.optim.weight_decay)
     return optimizers
 
 
@@ -117,43 +117,44 @@ class _Run:
 
     def __init__(self, cfg: BenchmarkConfig, spec: MethodSpec, splits: Splits, run_dir: str,
                  label: str, overrides: Optional[Dict[str, Any]], on_validation) -> None:
-        self.cfg, self.device = cfg, torch.device(cfg.device)
+        self.cfg, self.device = cfg, torch.device(cfg.run.device)
         train_ds = splits.train
         batch_size = check_batch(cfg, train_ds.num_classes)
-        self.method = build_method(spec, train_ds.num_classes, cfg.embedding_size, overrides, label)
-        trunk, feat = build_trunk(cfg.trunk, splits.in_channels, cfg.pretrained)
-        embedder = build_embedder(feat, cfg.embedding_size, cfg.embedder)
+        self.method = build_method(spec, train_ds.num_classes, cfg.model.embedding_size,
+                                   overrides, label)
+        trunk, feat = build_trunk(cfg.model.trunk, splits.in_channels, cfg.model.pretrained)
+        embedder = build_embedder(feat, cfg.model.embedding_size, cfg.model.embedder)
         self.trunk, self.embedder = trunk.to(self.device), embedder.to(self.device)
         loss = self.method.loss.to(self.device)
         optimizers = _optimizers(cfg, self.trunk, self.embedder, loss, self.method)
         schedulers = None
-        if cfg.lr_decay_epoch:
+        if cfg.optim.lr_decay_epoch:
             schedulers = {k.replace("_optimizer", "_scheduler_by_epoch"):
-                          torch.optim.lr_scheduler.StepLR(opt, cfg.lr_decay_epoch, gamma=0.1)
+                          torch.optim.lr_scheduler.StepLR(opt, cfg.optim.lr_decay_epoch, gamma=0.1)
                           for k, opt in optimizers.items()}
         sampler = ResumableSampler(samplers.MPerClassSampler(  # remembers its place for resume
-            train_ds.labels, m=cfg.samples_per_class, batch_size=batch_size,
+            train_ds.labels, m=cfg.model.samples_per_class, batch_size=batch_size,
             length_before_new_iter=len(train_ds)))
         self.record_keeper, _, _ = logging_presets.get_record_keeper(
             os.path.join(run_dir, "logs"), os.path.join(run_dir, "tensorboard"))
         self.hooks = logging_presets.get_hook_container(
-            self.record_keeper, primary_metric=cfg.primary_metric, log_freq=cfg.log_freq)
+            self.record_keeper, primary_metric=cfg.optim.primary_metric, log_freq=cfg.run.log_freq)
         self.tester = EmbeddingKeepingTester(
             end_of_testing_hook=self.hooks.end_of_testing_hook,
-            accuracy_calculator=make_accuracy_calculator(cfg.recall_ks),
-            batch_size=cfg.eval_batch_size, dataloader_num_workers=0, data_device=self.device)
+            accuracy_calculator=make_accuracy_calculator(cfg.run.recall_ks),
+            batch_size=cfg.run.eval_batch_size, dataloader_num_workers=0, data_device=self.device)
         self.model_folder = os.path.join(run_dir, "models")
         self.history = os.path.join(run_dir, "history.jsonl")
         self.epoch_hook = self.hooks.end_of_epoch_hook(
             self.tester, {"val": splits.val, "train": splits.train_eval}, self.model_folder,
-            test_interval=cfg.eval_every, patience=cfg.patience,
+            test_interval=cfg.optim.eval_every, patience=cfg.optim.patience,
             splits_to_eval=[("val", ["val"]), ("train", ["train"])])
         self.on_validation, self.clock = on_validation, time.time()
         miners = {"tuple_miner": self.method.miner} if self.method.miner is not None else {}
         self.trainer = ResumableTrainer(
             models={"trunk": self.trunk, "embedder": self.embedder}, optimizers=optimizers,
             batch_size=batch_size, loss_funcs={"metric_loss": loss}, mining_funcs=miners,
-            dataset=train_ds, sampler=sampler, iterations_per_epoch=cfg.iterations_per_epoch,
+            dataset=train_ds, sampler=sampler, iterations_per_epoch=cfg.optim.iterations_per_epoch,
             dataloader_num_workers=0, lr_schedulers=schedulers,
             end_of_iteration_hook=self.hooks.end_of_iteration_hook,
             end_of_epoch_hook=self.end_of_epoch)
@@ -166,19 +167,19 @@ class _Run:
         result = self.epoch_hook(trainer)
         self.clock = time.time()
         rows = [{"epoch": trainer.epoch, "split": "time", "train_seconds": train_seconds}]
-        if trainer.epoch % self.cfg.eval_every == 0:  # the hook evaluated and checkpointed
+        if trainer.epoch % self.cfg.optim.eval_every == 0:  # the hook evaluated and checkpointed
             accuracies = {k: clean_accuracies(v) for k, v in self.tester.all_accuracies.items()}
             if result is not False and self.on_validation is not None:
                 result = self.on_validation(trainer.epoch,
-                                            accuracies["val"][self.cfg.primary_metric])
-            previous = trainer.epoch - self.cfg.eval_every
+                                            accuracies["val"][self.cfg.optim.primary_metric])
+            previous = trainer.epoch - self.cfg.optim.eval_every
             save_state(trainer, self.model_folder, trainer.epoch, previous, result is False)
             rows += [{"epoch": trainer.epoch, "split": k, **v} for k, v in accuracies.items()]
         _append_history(self.history, rows)
         return result
 
     def train(self, on_phase) -> None:
-        """Train from the latest checkpoint (if any) to ``cfg.epochs`` or an early stop."""
+        """Train from the latest checkpoint (if any) to ``cfg.optim.epochs`` or an early stop."""
         start = self.hooks.load_latest_saved_models(self.trainer, self.model_folder, self.device)
         if start > 1:  # random-number and sampler state, restored when training starts
             self.trainer.resume_state = load_state(self.model_folder, start - 1)
@@ -187,8 +188,8 @@ class _Run:
         _trim_history(self.history, start)
         on_phase("train")
         try:
-            if start <= self.cfg.epochs and not stopped:  # an early stop: resume = test only
-                self.trainer.train(start_epoch=start, num_epochs=self.cfg.epochs)
+            if start <= self.cfg.optim.epochs and not stopped:  # an early stop: resume = test only
+                self.trainer.train(start_epoch=start, num_epochs=self.cfg.optim.epochs)
         finally:
             on_phase("idle")
 
@@ -202,7 +203,7 @@ class _Run:
         finally:
             on_phase("idle")
         self.record_keeper.save_records()
-        if self.cfg.save_embeddings:
+        if self.cfg.run.save_embeddings:
             emb, lab = self.tester.kept_embeddings["test"]
             np.savez_compressed(os.path.join(run_dir, "test_embeddings.npz"),
                                 embeddings=emb.cpu().numpy().astype(np.float32),
@@ -215,9 +216,9 @@ def _selection_row(run: _Run, splits: Splits, seed: int, label: str) -> Dict[str
     metric) and its validation and train metrics."""
     hist = read_history(run.history)
     val = hist[hist.split == "val"].sort_values("epoch")
-    best_epoch = int(val.loc[val[run.cfg.primary_metric].idxmax(), "epoch"])
+    best_epoch = int(val.loc[val[run.cfg.optim.primary_metric].idxmax(), "epoch"])
     row: Dict[str, Any] = {
-        "method": label, "seed": seed, "fold": int(seed % run.cfg.num_folds),
+        "method": label, "seed": seed, "fold": int(seed % run.cfg.data.num_folds),
         "best_epoch": best_epoch,
         "seconds_per_epoch": float(hist[hist.split == "time"].train_seconds.mean()),
         "num_train_classes": splits.train.num_classes, "num_val_classes": splits.val.num_classes,

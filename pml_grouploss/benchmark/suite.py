@@ -9,7 +9,6 @@ line each (finished runs are reused: resume), and writes ``per_seed.csv``, ``sum
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -67,20 +66,21 @@ def check_dependencies() -> None:
 
 def check_data(cfg: BenchmarkConfig) -> None:
     """The checks that need the dataset's class list (before any output is created)."""
-    train_base, _, _ = load_base(cfg.dataset, cfg.data_root, cfg.download)
+    data = cfg.data
+    train_base, _, _ = load_base(data.dataset, data.data_root, data.download)
     n_train = len(set(train_base.labels))
-    n_train = min(n_train, cfg.max_classes or n_train)
-    if cfg.num_folds > n_train:
+    n_train = min(n_train, data.max_classes or n_train)
+    if data.num_folds > n_train:
         raise ConfigValueError(
-            "num_folds", f"num_folds {cfg.num_folds} exceeds the {n_train} training classes; "
-            "lower it (each fold needs a validation class)")
-    check_batch(cfg, n_train - -(-n_train // cfg.num_folds))  # classes left by the largest fold
+            "data.num_folds", f"data.num_folds {data.num_folds} exceeds the {n_train} training "
+            "classes; lower it (each fold needs a validation class)")
+    check_batch(cfg, n_train - -(-n_train // data.num_folds))  # classes left by the largest fold
 
 
 def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -> None:
     """Create ``output_dir``; refuse to mix runs of different protocol settings. A path that
     cannot be a writable directory raises ``ValueError`` (naming ``output_dir``) first.
-    ``cfg.threads`` sets torch's CPU threads here, before ``environment.json`` records them."""
+    ``cfg.run.threads`` sets torch's CPU threads here, before ``environment.json`` records them."""
     path = os.path.join(output_dir, "config.json")
     check_output_dir(output_dir)
     try:
@@ -97,15 +97,15 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
         diff = sorted(k for k, v in cfg.protocol_key().items() if old.get(k) != v)
         if diff:
             raise ValueError(
-                f"--output-dir {output_dir!r} holds a run with different settings "
-                f"({', '.join(diff)}); use another --output-dir, or --fresh to delete it and "
+                f"output_dir {output_dir!r} holds a run with different settings "
+                f"({', '.join(diff)}); use another output_dir, or fresh=True to delete it and "
                 "start over")
     with open(path, "w") as f:
         f.write(cfg.to_json())
-    if cfg.threads is not None:
+    if cfg.run.threads is not None:
         import torch
 
-        torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(cfg.run.threads)
     with open(os.path.join(output_dir, "environment.json"), "w") as f:
         json.dump(environment(), f, indent=2)
 
@@ -171,7 +171,7 @@ class Grid:
 
     def splits(self, seed: int, **changes: Any) -> Splits:
         """The splits of the validation fold of ``seed`` (cached per fold and changes)."""
-        key = (seed % self.cfg.num_folds, tuple(sorted(changes.items())))
+        key = (seed % self.cfg.data.num_folds, tuple(sorted(changes.items())))
         if key not in self._splits:
             self._splits[key] = splits_for_fold(self.cfg, key[0], **changes)
         return self._splits[key]
@@ -179,7 +179,7 @@ class Grid:
     def train(self, variant: Variant, seed: int, final_test: bool = True,
               on_validation: Optional[Callable[[int, float], bool]] = None) -> Dict[str, Any]:
         """Train (or reuse) one (variant, seed); the row of ``per_seed.csv``."""
-        cfg = dataclasses.replace(self.cfg, **variant.changes) if variant.changes else self.cfg
+        cfg = self.cfg.replace(**variant.changes) if variant.changes else self.cfg
         run_dir = os.path.join(self.output_dir, "runs", variant.run_dir or variant.label,
                                f"seed{seed}")
         self.reused = os.path.isfile(os.path.join(run_dir, "final.json"))
@@ -194,8 +194,8 @@ class Grid:
         ``execute(variant, seed)`` makes a row (default: :meth:`train`)."""
         execute = execute or (lambda v, s: self.train(v, s, final_test))
         rows: List[Dict[str, Any]] = []
-        total = len(variants) * len(self.cfg.seeds)
-        for seed in self.cfg.seeds:
+        total = len(variants) * len(self.cfg.run.seeds)
+        for seed in self.cfg.run.seeds:
             for variant in variants:
                 t0, self.reused = time.time(), False
                 rows.append(execute(variant, seed))
@@ -236,7 +236,7 @@ def run_benchmark(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
     """The main job: every method x seed, then tables and figures in ``output_dir``."""
     grid = Grid(cfg, output_dir, fresh, log, on_phase)
     t0 = time.time()
-    variants = [Variant(m, m, dict(cfg.overrides.get(m, {}))) for m in cfg.methods]
+    variants = [Variant(m, m, dict(cfg.run.overrides.get(m, {}))) for m in cfg.run.methods]
     per_seed = grid.run(variants)
     grid.write(per_seed, "Test classes (touched once), mean ± 95% CI over seeds")
     if figures:

@@ -58,13 +58,13 @@ def build_trunk(name: str, in_channels: int, pretrained: bool) -> Tuple[nn.Modul
     if name == "cnn":
         if pretrained:
             raise ValueError(
-                "--pretrained: the small CNN has no pretrained weights; use --trunk "
-                "resnet50, googlenet or densenet121, or drop --pretrained"
+                "pretrained: the small CNN has no pretrained weights; use trunk resnet50, "
+                "googlenet or densenet121, or pretrained=False"
             )
         trunk = SmallCNN(in_channels=in_channels)
         return trunk, trunk.output_size
     if name not in TORCHVISION_TRUNKS:
-        raise ValueError(f"--trunk: unknown trunk {name!r}; choose one of {', '.join(TRUNK_NAMES)}")
+        raise ValueError(f"name: unknown trunk {name!r}; choose one of {', '.join(TRUNK_NAMES)}")
     import torchvision
 
     builder = getattr(torchvision.models, name)
@@ -74,10 +74,10 @@ def build_trunk(name: str, in_channels: int, pretrained: bool) -> Tuple[nn.Modul
         model = builder(weights=weights, **kwargs)
     except Exception as err:  # URLError / HTTPError / hash mismatch when offline
         raise RuntimeError(
-            f"--pretrained: could not get the ImageNet weights of {name} ({err!r}). They are "
+            f"pretrained: could not get the ImageNet weights of {name} ({err!r}). They are "
             "downloaded by torchvision into the torch hub cache (TORCH_HOME); connect to the "
             "network once, copy the .pth file into $TORCH_HOME/hub/checkpoints/, or run without "
-            "--pretrained."
+            "pretrained weights."
         ) from err
     if name == "densenet121":
         model.classifier = nn.Identity()
@@ -95,8 +95,8 @@ def build_embedder(feature_size: int, embedding_size: int, kind: str = "linear")
     if kind == "identity":
         if feature_size != embedding_size:
             raise ValueError(
-                f"--embedder identity needs --embedding-size equal to the trunk's feature size "
+                f"kind identity needs embedding_size equal to the trunk's feature size "
                 f"({feature_size}); got {embedding_size}"
             )
         return nn.Identity()
-    raise ValueError(f"--embedder must be 'linear' or 'identity', got {kind!r}")
+    raise ValueError(f"kind must be 'linear' or 'identity', got {kind!r}")

@@ -38,7 +38,8 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 def default_trial(name: str, cfg: BenchmarkConfig) -> Dict[str, Any]:
     """The method's own defaults, as far as they are values of its search space."""
     spec = get_method(name)
-    defaults = {**spec.params, "loss_lr": spec.loss_lr, "lr": cfg.lr, **cfg.overrides.get(name, {})}
+    defaults = {**spec.params, "loss_lr": spec.loss_lr, "lr": cfg.optim.lr,
+                **cfg.run.overrides.get(name, {})}
     return {k: defaults[k] for k, choices in spec.search_space.items()
             if k in defaults and defaults[k] in choices}
 
@@ -48,7 +49,7 @@ def _variant(name: str, trial: optuna.trial.BaseTrial, cfg: BenchmarkConfig) -> 
     conf = {k: trial.suggest_categorical(k, list(space[k])) for k in sorted(space)}
     key = json.dumps(conf, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]  # retried trials reuse their runs
-    return Variant(f"{name}#{trial.number}", name, {**cfg.overrides.get(name, {}), **conf},
+    return Variant(f"{name}#{trial.number}", name, {**cfg.run.overrides.get(name, {}), **conf},
                    extra={"method_name": name, "conf": key}, run_dir=f"{name}/{digest}")
 
 
@@ -57,19 +58,19 @@ def _objective(grid: Grid, name: str, pruner_epochs: int):
 
     def objective(trial: optuna.Trial) -> float:
         variant, rows = _variant(name, trial, cfg), []
-        for i, seed in enumerate(cfg.seeds):
+        for i, seed in enumerate(cfg.run.seeds):
             def report(epoch: int, value: float, offset: int = i * pruner_epochs) -> bool:
                 trial.report(value, offset + epoch)
                 return not trial.should_prune()
 
             t0 = time.time()
             rows.append(grid.train(variant, seed, final_test=False, on_validation=report))
-            grid.progress(len(rows), len(cfg.seeds), variant.label, seed, rows[-1],
+            grid.progress(len(rows), len(cfg.run.seeds), variant.label, seed, rows[-1],
                           time.time() - t0)
             trial.set_user_attr("rows", rows)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        return float(pd.DataFrame(rows)[f"val_{cfg.primary_metric}"].mean())
+        return float(pd.DataFrame(rows)[f"val_{cfg.optim.primary_metric}"].mean())
 
     return objective
 
@@ -81,7 +82,7 @@ def tune_method(grid: Grid, name: str, budget: int, storage: str) -> optuna.Stud
         pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
     if not study.trials:
         study.enqueue_trial(default_trial(name, grid.cfg))
-    objective = _objective(grid, name, grid.cfg.epochs)
+    objective = _objective(grid, name, grid.cfg.optim.epochs)
     while True:
         trials = study.get_trials(deepcopy=False)
         finished = sum(t.state in FINISHED for t in trials)
@@ -107,12 +108,12 @@ def run_tuning(cfg: BenchmarkConfig, output_dir: str, budget: int = 6, fresh: bo
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows: List[Dict[str, Any]] = []
     best: Dict[str, Dict[str, Any]] = {}
-    for name in cfg.methods:
+    for name in cfg.run.methods:
         study = tune_method(grid, name, budget, storage)
         trials = [t for t in study.trials if t.state in FINISHED][:budget]
         for t in trials:
             rows += [{**r, "trial_state": t.state.name} for r in t.user_attrs.get("rows", [])]
-        best[name] = {**cfg.overrides.get(name, {}), **study.best_trial.params}
+        best[name] = {**cfg.run.overrides.get(name, {}), **study.best_trial.params}
     per_seed = pd.DataFrame(rows)
     confs = dict(zip(per_seed.method, per_seed.conf))
     winners = json.dumps(best, indent=2, sort_keys=True)

@@ -2,9 +2,10 @@
 
 The per-field checks come from the field metadata of ``config`` (type, choices, bounds); the
 checks that relate fields follow. Every problem raises :class:`ConfigValueError` or
-:class:`ConfigTypeError` (subclasses of ``ValueError`` / ``TypeError``) naming the config field;
-:func:`cli_message` rewrites field names to command-line options. Checks that need the data
-(classes per batch vs training classes: :func:`check_batch`) run before training in ``suite``.
+:class:`ConfigTypeError` (subclasses of ``ValueError`` / ``TypeError``) naming the dotted config
+field (``optim.epochs``); :func:`cli_message` rewrites field names to command-line options.
+Checks that need the data (classes per batch vs training classes: :func:`check_batch`) run
+before training in ``suite``.
 """
 
 from __future__ import annotations
@@ -60,16 +61,18 @@ def _check_scalar(name: str, value: Any, kind: type, meta: Dict[str, Any], minim
         check_int(name, value, minimum)
     elif kind is float:
         strict = meta["above"] is not None
-        check_number(name, value, minimum=meta["above"] if strict else minimum,
-                     strict_minimum=strict)
+        number = check_number(name, value, minimum=meta["above"] if strict else minimum,
+                              strict_minimum=strict)
+        if meta["below"] is not None and not number < meta["below"]:
+            raise ValueError(f"{name} must be < {meta['below']:g}, got {value!r}")
     elif kind is str and not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {value!r}")
 
 
-def _check_field(cfg: "BenchmarkConfig", f: dataclasses.Field, kind: Any) -> None:
-    """The checks of one field from its type and metadata."""
-    meta, value = f.metadata, getattr(cfg, f.name)
-    minimum = meta["minimum"](cfg) if callable(meta["minimum"]) else meta["minimum"]
+def _check_field(name: str, section: Any, f: dataclasses.Field, kind: Any) -> None:
+    """The checks of field ``name`` (dotted) of ``section`` from its type and metadata."""
+    meta, value = f.metadata, getattr(section, f.name)
+    minimum = meta["minimum"](section) if callable(meta["minimum"]) else meta["minimum"]
     args = typing.get_args(kind)
     if type(None) in args:  # Optional[X]
         if value is None:
@@ -78,114 +81,135 @@ def _check_field(cfg: "BenchmarkConfig", f: dataclasses.Field, kind: Any) -> Non
     origin = typing.get_origin(kind)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigTypeError(f.name, f"{f.name} must be a dict, got {value!r}")
+            raise ConfigTypeError(name, f"{name} must be a dict, got {value!r}")
     elif origin is tuple:
         if not isinstance(value, tuple) or not value:
             what = meta["item"] or "K"
-            raise ConfigValueError(f.name, f"{f.name} must name at least one {what}, got {value!r}")
+            raise ConfigValueError(name, f"{name} must name at least one {what}, got {value!r}")
         for v in value:
-            _as_field(f.name, lambda: _check_scalar(f.name, v, args[0], meta, minimum),
-                      meta["hint"])
+            _as_field(name, lambda: _check_scalar(name, v, args[0], meta, minimum), meta["hint"])
         if len(set(value)) != len(value):
-            raise ConfigValueError(f.name, f"{f.name} must be distinct, got {list(value)}")
+            raise ConfigValueError(name, f"{name} must be distinct, got {list(value)}")
     else:
-        _as_field(f.name, lambda: _check_scalar(f.name, value, kind, meta, minimum), meta["hint"])
+        _as_field(name, lambda: _check_scalar(name, value, kind, meta, minimum), meta["hint"])
 
 
 def validate_config(cfg: "BenchmarkConfig") -> None:
     """Raise a Config error for the first invalid field of ``cfg``."""
+    from .config import SECTIONS, config_fields
     from .trunks import feature_size
 
-    hints = typing.get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        _check_field(cfg, f, hints[f.name])
+    for section, (cls, _) in SECTIONS.items():
+        if not isinstance(getattr(cfg, section), cls):
+            raise ConfigTypeError(section, f"{section} must be a {cls.__name__}, got "
+                                  f"{getattr(cfg, section)!r}")
+    hints = {s: typing.get_type_hints(cls) for s, (cls, _) in SECTIONS.items()}
+    for name, f in config_fields():
+        section = name.split(".")[0]
+        _check_field(name, getattr(cfg, section), f, hints[section][f.name])
+    data, model, optim, run = cfg.data, cfg.model, cfg.optim, cfg.run
     rules = [
-        ("data_root", cfg.dataset != "omniglot-small" and not cfg.data_root,
-         f"data_root: dataset {cfg.dataset} needs data_root DIR (see docs/datasets.md)"),
-        ("epochs", cfg.epochs % cfg.eval_every != 0,
-         f"epochs {cfg.epochs} must be a multiple of eval_every {cfg.eval_every} so that the "
-         "last epoch is evaluated"),
-        ("max_classes", cfg.max_classes is not None and cfg.max_classes < cfg.num_folds,
-         f"max_classes {cfg.max_classes} leaves fewer training classes than the {cfg.num_folds}"
-         " validation folds (num_folds); raise max_classes or lower num_folds"),
-        ("seeds", any(s >= 2**32 for s in cfg.seeds), "seeds must be < 2**32 (NumPy's limit)"),
-        ("pretrained", cfg.pretrained and cfg.trunk == "cnn",
-         "pretrained: the small CNN has no pretrained weights; use trunk resnet50, googlenet or "
-         "densenet121, or drop pretrained"),
-        ("embedding_size", cfg.embedder == "identity"
-         and feature_size(cfg.trunk) != cfg.embedding_size,
-         f"embedding_size must equal the {cfg.trunk} trunk's feature size "
-         f"{feature_size(cfg.trunk)} with embedder identity, got {cfg.embedding_size}"),
-        ("batch_size", cfg.batch_size is not None and cfg.batch_size % cfg.samples_per_class,
-         f"batch_size {cfg.batch_size} is not divisible by samples_per_class "
-         f"{cfg.samples_per_class}; use a multiple such as "
-         f"{cfg.samples_per_class * ((cfg.batch_size or 0) // cfg.samples_per_class or 1)}"),
+        ("data.data_root", data.dataset != "omniglot-small" and not data.data_root,
+         f"data.data_root: dataset {data.dataset} needs data.data_root DIR (see "
+         "docs/datasets.md)"),
+        ("optim.epochs", optim.epochs % optim.eval_every != 0,
+         f"optim.epochs {optim.epochs} must be a multiple of optim.eval_every "
+         f"{optim.eval_every} so that the last epoch is evaluated"),
+        ("data.max_classes", data.max_classes is not None and data.max_classes < data.num_folds,
+         f"data.max_classes {data.max_classes} leaves fewer training classes than the "
+         f"{data.num_folds} validation folds (data.num_folds); raise data.max_classes or lower "
+         "data.num_folds"),
+        ("run.seeds", any(s >= 2**32 for s in run.seeds), "run.seeds must be < 2**32 (NumPy's "
+         "limit)"),
+        ("model.pretrained", model.pretrained and model.trunk == "cnn",
+         "model.pretrained: the small CNN has no pretrained weights; use model.trunk resnet50, "
+         "googlenet or densenet121, or drop model.pretrained"),
+        ("model.embedding_size", model.embedder == "identity"
+         and feature_size(model.trunk) != model.embedding_size,
+         f"model.embedding_size must equal the {model.trunk} trunk's feature size "
+         f"{feature_size(model.trunk)} with model.embedder identity, got {model.embedding_size}"),
+        ("model.batch_size", model.batch_size is not None
+         and model.batch_size % model.samples_per_class,
+         f"model.batch_size {model.batch_size} is not divisible by model.samples_per_class "
+         f"{model.samples_per_class}; use a multiple such as "
+         f"{model.samples_per_class * ((model.batch_size or 0) // model.samples_per_class or 1)}"),
     ]
     for name, failed, message in rules:
         if failed:
             raise ConfigValueError(name, message)
     _validate_methods(cfg)
-    _validate_device(cfg)
+    _validate_device(cfg.run.device)
 
 
 def _validate_methods(cfg: "BenchmarkConfig") -> None:
     from .methods import build_method, get_method
 
-    for name in cfg.methods:
-        _as_field("methods", lambda: get_method(name))
-    for name, params in cfg.overrides.items():
+    for name in cfg.run.methods:
+        _as_field("run.methods", lambda: get_method(name))
+    for name, params in cfg.run.overrides.items():
         if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
             raise ConfigTypeError(
-                "overrides", f"overrides[{name!r}] must map parameter names to values, got "
-                f"{params!r}")
-        spec = _as_field("overrides", lambda: get_method(name))
-        _as_field("overrides", lambda: build_method(spec, 2, cfg.embedding_size, params))
+                "run.overrides", f"run.overrides[{name!r}] must map parameter names to values, "
+                f"got {params!r}")
+        spec = _as_field("run.overrides", lambda: get_method(name))
+        _as_field("run.overrides", lambda: build_method(spec, 2, cfg.model.embedding_size, params))
 
 
-def _validate_device(cfg: "BenchmarkConfig") -> None:
+def _validate_device(name: str) -> None:
     import torch
 
     try:
-        device = torch.device(cfg.device)
+        device = torch.device(name)
     except (RuntimeError, TypeError) as err:
-        raise ConfigValueError("device", f"device {cfg.device!r} is not a torch device ({err})")
+        raise ConfigValueError("run.device", f"run.device {name!r} is not a torch device ({err})")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigValueError("device", f"device {cfg.device!r}: no CUDA device; use cpu")
+        raise ConfigValueError("run.device", f"run.device {name!r}: no CUDA device; use cpu")
 
 
 def check_batch(cfg: "BenchmarkConfig", num_train_classes: int) -> int:
     """The batch size of ``cfg``; raise unless its classes fit the training classes."""
-    batch_size = cfg.batch_size or cfg.classes_per_batch * cfg.samples_per_class
-    classes = batch_size // cfg.samples_per_class
+    model = cfg.model
+    batch_size = model.batch_size or model.classes_per_batch * model.samples_per_class
+    classes = batch_size // model.samples_per_class
     if classes > num_train_classes:
         raise ConfigValueError(
-            "classes_per_batch", f"classes_per_batch: {classes} classes per batch but only "
-            f"{num_train_classes} training classes (after removing the validation fold); lower "
-            "classes_per_batch or batch_size, or use fewer folds")
+            "model.classes_per_batch", f"model.classes_per_batch: {classes} classes per batch but"
+            f" only {num_train_classes} training classes (after removing the validation fold); "
+            "lower model.classes_per_batch or model.batch_size, or use fewer folds")
     return batch_size
 
 
-def _flag(f: dataclasses.Field) -> Optional[str]:
-    flag = f.metadata["flag"]
-    return "--" + f.name.replace("_", "-") if flag == "" else flag
+def flags() -> Dict[str, Optional[str]]:
+    """Dotted config field -> its command-line option (None: no option)."""
+    from .config import config_fields
+
+    return {name: ("--" + f.name.replace("_", "-") if f.metadata["flag"] == ""
+                   else f.metadata["flag"]) for name, f in config_fields()}
+
+
+#: library arguments that are options of the command line, not config fields
+CLI_ARGUMENTS = {"output_dir": "--output-dir", "fresh=True": "--fresh", "budget": "--budget"}
+
+
+def cli_text(text: str) -> str:
+    """``text`` with every dotted config field (and :data:`CLI_ARGUMENTS`) replaced by its
+    command-line option."""
+    for name, option in {**flags(), **CLI_ARGUMENTS}.items():
+        text = re.sub(rf"(?<![\w/.-]){re.escape(name)}(?![\w/])", option or name, text)
+    return text
 
 
 def cli_message(err: ConfigError) -> str:
     """``err``'s message with config field names replaced by the command-line options."""
-    from .config import BenchmarkConfig
-
-    flags = {f.name: _flag(f) for f in dataclasses.fields(BenchmarkConfig)}
-    if err.field in flags and flags[err.field] is None:
+    flag = flags().get(err.field, err.field)
+    if flag is None:
         return f"config field {err}"
-    text, flag = str(err), flags.get(err.field) or err.field
+    text = str(err)
     for prefix in (err.field + ": ", err.field + " "):
         if text.startswith(prefix):
             text = text[len(prefix):]
             break
-    for name, option in flags.items():  # other fields named in the message: multi-word only
-        if option and "_" in name:
-            text = re.sub(rf"\b{name}\b", option, text)
-    return f"argument {flag}: {text}"
+    return f"argument {flag}: {cli_text(text)}"
 
 
 def check_output_dir(path: Any, name: str = "output_dir") -> None:

@@ -111,18 +111,23 @@ def test_config_from_args_parses_everything(tmp_path):
         ]
     )
     cfg = cli.config_from_args(args)
-    assert cfg.methods == ("grouploss", "triplet") and cfg.seeds == (0, 1, 2, 3)
-    assert cfg.overrides == {
+    assert cfg.run.methods == ("grouploss", "triplet") and cfg.run.seeds == (0, 1, 2, 3)
+    assert cfg.run.overrides == {
         "grouploss": {"temperature": 10, "loss_lr": 0.3},
         "triplet": {"margin": 0.2},
     }
-    assert cfg.epochs == 6
+    assert cfg.optim.epochs == 6
     args = cli.build_parser().parse_args(
         ["run", "--seeds", "3,7", "--config", "cub-paper", "--data-root", str(tmp_path)]
     )
     cfg = cli.config_from_args(args)
-    assert cfg.seeds == (3, 7) and cfg.dataset == "cub" and cfg.classes_per_batch == 6
-    assert cfg.samples_per_class == 9 and cfg.overrides["grouploss"]["num_anchors"] == 2
+    assert cfg.run.seeds == (3, 7) and cfg.data.dataset == "cub"
+    assert cfg.model.classes_per_batch == 6
+    assert cfg.model.samples_per_class == 9 and cfg.run.overrides["grouploss"]["num_anchors"] == 2
+    args = cli.build_parser().parse_args(["run", "--no-test", "--label-noise", "0.2"])
+    cfg = cli.config_from_args(args)
+    assert cfg.run.final_test is False and cfg.data.label_noise == 0.2
+    assert cli.config_from_args(cli.build_parser().parse_args(["run"])).run.final_test is True
 
 
 def test_missing_logging_dependencies_fail_at_once(capsys, monkeypatch, tmp_path):

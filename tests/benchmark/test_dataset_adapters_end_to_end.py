@@ -25,7 +25,7 @@ def _tree(name, root):
 def test_tiny_run_on_fixture_tree(tmp_path, dataset):
     root = str(tmp_path / "data")
     _tree(dataset, root)
-    cfg = BenchmarkConfig(
+    cfg = BenchmarkConfig().replace(
         dataset=dataset,
         data_root=root,
         epochs=1,

@@ -52,7 +52,7 @@ def test_no_test_sample_reaches_training_or_selection(tmp_path, monkeypatch):
         return original(self, i)
 
     monkeypatch.setattr(ClassSubset, "__getitem__", spy)
-    cfg = BenchmarkConfig(
+    cfg = BenchmarkConfig().replace(
         epochs=2,
         eval_every=1,
         max_classes=12,
@@ -105,7 +105,7 @@ def test_no_test_sample_reaches_training_or_selection(tmp_path, monkeypatch):
 def test_resume_after_interrupt_keeps_finished_seeds(tmp_path, monkeypatch):
     from pytorch_metric_learning import trainers
 
-    cfg = BenchmarkConfig(
+    cfg = BenchmarkConfig().replace(
         epochs=3,
         eval_every=1,
         max_classes=10,
@@ -151,7 +151,7 @@ def test_resume_after_interrupt_keeps_finished_seeds(tmp_path, monkeypatch):
     # a different protocol in the same directory is refused
     with pytest.raises(ValueError, match="different settings.*epochs"):
         run_benchmark(
-            BenchmarkConfig(**{**cfg.__dict__, "epochs": 4}),
+            cfg.replace(epochs=4),
             str(tmp_path),
             figures=False,
             log=lambda *_: None,
@@ -179,7 +179,7 @@ def test_ablate_tune_and_inference_read_test_images_only_in_their_final_evaluati
 
     monkeypatch.setattr(ClassSubset, "__getitem__", spy)
     observe = dict(log=lambda *_: None, on_phase=lambda p: phase.__setitem__(0, p))
-    cfg = BenchmarkConfig(epochs=2, eval_every=1, max_classes=10, seeds=(0,),
+    cfg = BenchmarkConfig().replace(epochs=2, eval_every=1, max_classes=10, seeds=(0,),
                           methods=("grouploss",), classes_per_batch=4, samples_per_class=4)
     per_seed = run_ablation("negatives", cfg, str(tmp_path / "ablate"), final_test=True,
                             figures=False, **observe)

@@ -27,7 +27,7 @@ def one_thread():
 #: epoch, so the checkpoint of epoch 1 is in the middle of a pass and that of epoch 2 at its end.
 #: Augmentation (torch RNG), MPerClassSampler (NumPy RNG, its shuffled label order), random
 #: GroupLoss anchors (the loss's own generator), Adam state and a StepLR schedule all matter.
-TINY = BenchmarkConfig(
+TINY = BenchmarkConfig().replace(
     epochs=3,
     eval_every=1,
     iterations_per_epoch=5,
@@ -208,7 +208,7 @@ def test_run_stopped_early_is_not_trained_again_on_resume(tmp_path, monkeypatch,
 
     monkeypatch.setattr(trainers.MetricLossOnly, "train", train)
     monkeypatch.setattr(runner.EmbeddingKeepingTester, "test", test)
-    cfg = dataclasses.replace(TINY, patience=0, save_embeddings=False)
+    cfg = TINY.replace(patience=0, save_embeddings=False)
     phase = ["idle"]
     with pytest.raises(KeyboardInterrupt):
         run_benchmark(cfg, str(tmp_path), figures=False, log=lambda *_: None,

@@ -9,7 +9,7 @@ from pml_grouploss.benchmark.suite import prepare_output
 
 
 def test_prepare_output_records_config_and_environment(tmp_path):
-    cfg = BenchmarkConfig(seeds=(0,), epochs=2)
+    cfg = BenchmarkConfig().replace(seeds=(0,), epochs=2)
     prepare_output(cfg, str(tmp_path))
     assert BenchmarkConfig.from_dict(json.loads((tmp_path / "config.json").read_text())) == cfg
     env = json.loads((tmp_path / "environment.json").read_text())
@@ -24,8 +24,27 @@ def test_threads_option_sets_torch_threads(tmp_path):
     before = torch.get_num_threads()
     target = 1 if before != 1 else 2
     try:
-        prepare_output(BenchmarkConfig(seeds=(0,), epochs=2, threads=target), str(tmp_path))
+        cfg = BenchmarkConfig().replace(seeds=(0,), epochs=2, threads=target)
+        prepare_output(cfg, str(tmp_path))
         assert torch.get_num_threads() == target
         assert json.loads((tmp_path / "environment.json").read_text())["torch_threads"] == target
     finally:
         torch.set_num_threads(before)
+
+
+def test_old_flat_config_json_resumes(tmp_path):
+    """An output directory of an older version (flat config.json) resumes with the same settings
+    and refuses other ones; config.json is then rewritten nested."""
+    import os
+    import shutil
+
+    import pytest
+
+    old = os.path.join(os.path.dirname(__file__), "data", "flat_config.json")
+    shutil.copy(old, tmp_path / "config.json")
+    with open(old) as f:
+        cfg = BenchmarkConfig.from_dict(json.load(f))
+    with pytest.raises(ValueError, match=r"different settings \(optim.epochs\)"):
+        prepare_output(cfg.replace(epochs=8), str(tmp_path))
+    prepare_output(cfg.replace(seeds=(0,)), str(tmp_path))  # seeds may change on resume
+    assert json.loads((tmp_path / "config.json").read_text())["run"]["seeds"] == [0]

@@ -54,7 +54,7 @@ def test_ablation_variants_match_the_papers():
 
 
 def test_ablation_run_writes_table_and_figure(tmp_path):
-    cfg = BenchmarkConfig(seeds=(0,), **TINY)
+    cfg = BenchmarkConfig().replace(seeds=(0,), **TINY)
     per_seed = run_ablation("negatives", cfg, str(tmp_path), **quiet)
     assert per_seed.method.tolist() == ["clamp", "shift"]
     assert "precision_at_1" not in per_seed.columns  # validation only by default
@@ -67,7 +67,7 @@ def test_ablation_run_writes_table_and_figure(tmp_path):
 
 @pytest.mark.slow
 def test_tuning_gives_every_method_the_same_budget(tmp_path):
-    cfg = BenchmarkConfig(seeds=(0,), methods=("grouploss", "triplet"), **TINY)
+    cfg = BenchmarkConfig().replace(seeds=(0,), methods=("grouploss", "triplet"), **TINY)
     best = run_tuning(cfg, str(tmp_path), budget=2, **quiet)
     per_seed = pd.read_csv(tmp_path / "per_seed.csv")
     assert per_seed.groupby("method_name").size().to_dict() == {"grouploss": 2, "triplet": 2}
@@ -78,7 +78,7 @@ def test_tuning_gives_every_method_the_same_budget(tmp_path):
 
 @pytest.mark.slow
 def test_inference_ablation_on_finished_run(tmp_path, capsys):
-    cfg = BenchmarkConfig(seeds=(0,), methods=("grouploss",), **TINY)
+    cfg = BenchmarkConfig().replace(seeds=(0,), methods=("grouploss",), **TINY)
     run_benchmark(cfg, str(tmp_path), figures=False, **quiet)
     assert cli.main(["inference", str(tmp_path)]) == 0
     out = tmp_path / "inference_ablation_grouploss"
@@ -95,7 +95,7 @@ def test_inference_ablation_on_finished_run(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_gradml_and_pml_losses_by_name(tmp_path):
-    cfg = BenchmarkConfig(
+    cfg = BenchmarkConfig().replace(
         seeds=(0,), methods=("gradml", "MultiSimilarityLoss", "NormalizedSoftmaxLoss"), **TINY
     )
     per_seed = run_benchmark(cfg, str(tmp_path), figures=False, **quiet)

@@ -23,7 +23,7 @@ def test_torchvision_trunk_without_weights_and_offline_error(monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torchvision.models, "densenet121", offline)
-    with pytest.raises(RuntimeError, match="--pretrained: could not get the ImageNet weights"):
+    with pytest.raises(RuntimeError, match="^pretrained: could not get the ImageNet weights"):
         build_trunk("densenet121", 3, pretrained=True)
     with pytest.raises(ValueError, match="no pretrained weights"):
         build_trunk("cnn", 1, pretrained=True)
@@ -34,5 +34,5 @@ def test_torchvision_trunk_without_weights_and_offline_error(monkeypatch):
 def test_embedders():
     assert isinstance(build_embedder(64, 32, "linear"), torch.nn.Linear)
     assert isinstance(build_embedder(64, 64, "identity"), torch.nn.Identity)
-    with pytest.raises(ValueError, match="--embedding-size equal"):
+    with pytest.raises(ValueError, match="needs embedding_size equal"):
         build_embedder(64, 32, "identity")

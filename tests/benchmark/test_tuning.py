@@ -14,14 +14,14 @@ from pml_grouploss.benchmark import suite
 from pml_grouploss.benchmark.config import BenchmarkConfig
 from pml_grouploss.benchmark.tuning import default_trial, run_tuning
 
-CFG = BenchmarkConfig(epochs=4, eval_every=1, max_classes=10, classes_per_batch=4,
+CFG = BenchmarkConfig().replace(epochs=4, eval_every=1, max_classes=10, classes_per_batch=4,
                       samples_per_class=4, num_folds=5, seeds=(0, 1), methods=("triplet",))
 
 
 def curve(overrides):
     """Validation P@1 per epoch: better for larger margins and 'semihard', rising with epochs."""
     top = 0.4 + overrides["margin"] + (0.2 if overrides["type_of_triplets"] == "semihard" else 0)
-    return [top * e / CFG.epochs for e in range(1, CFG.epochs + 1)]
+    return [top * e / CFG.optim.epochs for e in range(1, CFG.optim.epochs + 1)]
 
 
 class FakeTraining:

@@ -2,10 +2,11 @@
 
 import dataclasses
 import json
+import os
 
 import pytest
 
-from pml_grouploss.benchmark.config import PAPER_CONFIGS, BenchmarkConfig
+from pml_grouploss.benchmark.config import PAPER_CONFIGS, BenchmarkConfig, config_fields
 from pml_grouploss.benchmark.suite import prepare_output, run_benchmark
 from pml_grouploss.benchmark.validation import (
     ConfigTypeError,
@@ -18,63 +19,95 @@ from pml_grouploss.benchmark.validation import (
 @pytest.mark.parametrize(
     "changes, error, field, message",
     [
-        ({"iterations_per_epoch": 0}, ValueError, "iterations_per_epoch", "must be an int >= 1"),
-        ({"patience": -1}, ValueError, "patience", "patience must be an int >= 0, got -1"),
-        ({"num_folds": 1}, ValueError, "num_folds", "num_folds must be an int >= 2, got 1"),
-        ({"image_size": 0}, ValueError, "image_size", "image_size must be an int >= 16"),
-        ({"seeds": (0, -1)}, ValueError, "seeds", "seeds must be an int >= 0, got -1"),
-        ({"seeds": ()}, ValueError, "seeds", "seeds must name at least one seed"),
-        ({"methods": ()}, ValueError, "methods", "methods must name at least one method"),
-        ({"methods": ("triplet", "triplet")}, ValueError, "methods", "must be distinct"),
-        ({"epochs": 5, "eval_every": 2}, ValueError, "epochs", "must be a multiple of"),
-        ({"lr": float("inf")}, ValueError, "lr", "lr must be a finite number > 0, got inf"),
-        ({"weight_decay": -1e-4}, ValueError, "weight_decay", "must be a finite number >= 0"),
-        ({"max_classes": 4}, ValueError, "max_classes", "fewer training classes than the 5"),
-        ({"epochs": 2.5}, TypeError, "epochs", "epochs must be an int, got float 2.5"),
-        ({"optimizer": "adagrad"}, ValueError, "optimizer", "optimizer must be one of"),
-        ({"overrides": {"grouploss": {"loss_lr": "abc"}}}, TypeError, "overrides", "loss_lr"),
-        ({"overrides": {"grouploss": 3}}, TypeError, "overrides", "must map parameter names"),
-        ({"overrides": {"grouploss": {"num_anchors": -1}}}, ValueError, "overrides", "num_anch"),
-        ({"overrides": {"triplet": {"no_such": 1}}}, ValueError, "overrides", "'no_such'"),
-        ({"recall_ks": (1, 0)}, ValueError, "recall_ks", "recall_ks must be an int >= 1, got 0"),
+        ({"iterations_per_epoch": 0}, ValueError, "optim.iterations_per_epoch", "an int >= 1"),
+        ({"patience": -1}, ValueError, "optim.patience", "optim.patience must be an int >= 0"),
+        ({"num_folds": 1}, ValueError, "data.num_folds", "data.num_folds must be an int >= 2"),
+        ({"image_size": 0}, ValueError, "model.image_size", "model.image_size must be an int"),
+        ({"seeds": (0, -1)}, ValueError, "run.seeds", "run.seeds must be an int >= 0, got -1"),
+        ({"seeds": ()}, ValueError, "run.seeds", "run.seeds must name at least one seed"),
+        ({"methods": ()}, ValueError, "run.methods", "run.methods must name at least one method"),
+        ({"methods": ("triplet", "triplet")}, ValueError, "run.methods", "must be distinct"),
+        ({"epochs": 5, "eval_every": 2}, ValueError, "optim.epochs", "must be a multiple of"),
+        ({"lr": float("inf")}, ValueError, "optim.lr", "optim.lr must be a finite number > 0"),
+        ({"weight_decay": -1e-4}, ValueError, "optim.weight_decay", "must be a finite number >= 0"),
+        ({"max_classes": 4}, ValueError, "data.max_classes", "fewer training classes than the 5"),
+        ({"epochs": 2.5}, TypeError, "optim.epochs", "optim.epochs must be an int, got float 2.5"),
+        ({"optimizer": "adagrad"}, ValueError, "optim.optimizer", "optim.optimizer must be one of"),
+        ({"overrides": {"grouploss": {"loss_lr": "abc"}}}, TypeError, "run.overrides", "loss_lr"),
+        ({"overrides": {"grouploss": 3}}, TypeError, "run.overrides", "must map parameter names"),
+        ({"overrides": {"grouploss": {"num_anchors": -1}}}, ValueError, "run.overrides", "num_a"),
+        ({"overrides": {"triplet": {"no_such": 1}}}, ValueError, "run.overrides", "'no_such'"),
+        ({"recall_ks": (1, 0)}, ValueError, "run.recall_ks", "run.recall_ks must be an int >= 1"),
+        ({"label_noise": 1.0}, ValueError, "data.label_noise", "data.label_noise must be < 1"),
+        ({"label_noise": -0.1}, ValueError, "data.label_noise", "must be a finite number >= 0"),
+        ({"warmup_epochs": -1}, ValueError, "optim.warmup_epochs", "must be an int >= 0"),
+        ({"train_eval_samples": 0}, ValueError, "optim.train_eval_samples", "an int >= 1"),
+        ({"final_test": 1}, TypeError, "run.final_test", "run.final_test must be a bool"),
     ],
 )
 def test_invalid_field_raises_naming_it(changes, error, field, message):
     with pytest.raises(error) as info:
-        BenchmarkConfig(**changes)
+        BenchmarkConfig().replace(**changes)
     assert isinstance(info.value, (ConfigValueError, ConfigTypeError))
     assert info.value.field == field and message in str(info.value)
-    # and the same check when a valid config is changed
+    # and the same check when a section of a valid config is changed
+    section = field.split(".")[0]
+    cfg = BenchmarkConfig()
+    sections = {**cfg.__dict__, section: dataclasses.replace(getattr(cfg, section), **changes)}
     with pytest.raises(error, match=message.split(",")[0].replace("(", r"\(")):
-        dataclasses.replace(BenchmarkConfig(), **changes)
+        BenchmarkConfig(**sections)
 
 
 def test_valid_configs_still_construct():
-    assert BenchmarkConfig().methods == ("grouploss", "grouploss_ce", "triplet", "proxyanchor")
+    assert BenchmarkConfig().run.methods == ("grouploss", "grouploss_ce", "triplet", "proxyanchor")
     for name, fields in PAPER_CONFIGS.items():
         cfg = BenchmarkConfig.from_dict({**fields, "data_root": "/data"})
-        assert cfg.image_size == 227 and cfg.epochs % cfg.eval_every == 0, name
+        assert cfg.model.image_size == 227 and cfg.optim.epochs % cfg.optim.eval_every == 0, name
         assert BenchmarkConfig.from_dict(json.loads(cfg.to_json())) == cfg  # config.json
-    cfg = BenchmarkConfig(patience=0, iterations_per_epoch=1, image_size=16, seeds=(7, 0))
-    assert (cfg.patience, cfg.iterations_per_epoch, cfg.seeds) == (0, 1, (7, 0))
-    assert BenchmarkConfig(trunk="resnet50", image_size=1).image_size == 1  # crops 227 itself
+    cfg = BenchmarkConfig().replace(patience=0, iterations_per_epoch=1, image_size=16, seeds=(7, 0))
+    assert (cfg.optim.patience, cfg.optim.iterations_per_epoch, cfg.run.seeds) == (0, 1, (7, 0))
+    assert BenchmarkConfig().replace(trunk="resnet50", image_size=1).model.image_size == 1
+
+
+def test_unknown_keys_and_nested_or_flat_dicts():
+    cfg = BenchmarkConfig.from_dict({"optim": {"epochs": 4}, "seeds": [3], "label_noise": 0.2})
+    assert (cfg.optim.epochs, cfg.run.seeds, cfg.data.label_noise) == (4, (3,), 0.2)
+    assert json.loads(cfg.to_json())["optim"]["epochs"] == 4  # config.json is nested
+    assert BenchmarkConfig.from_dict(cfg.to_dict()) == cfg
+    for bad, key in (({"epoch": 4}, "epoch"), ({"optim": {"dataset": "cub"}}, "optim.dataset")):
+        with pytest.raises(ConfigValueError, match="unknown config keys") as info:
+            BenchmarkConfig.from_dict(bad)
+        assert info.value.field == key
+
+
+def test_old_flat_config_json_still_loads():
+    """docs/results/*/config.json and old output directories were written flat."""
+    path = os.path.join(os.path.dirname(__file__), "data", "flat_config.json")
+    with open(path) as f:
+        flat = json.load(f)
+    cfg = BenchmarkConfig.from_dict(flat)
+    assert (cfg.optim.epochs, cfg.model.samples_per_class, cfg.run.seeds) == (16, 8, (0, 1, 2))
+    assert cfg.run.overrides == flat["overrides"] and cfg.data.label_noise == 0.0
+    for dotted, f in config_fields():  # every flat key lands in its section
+        value = flat.get(f.name, f.default)
+        assert cfg.get(dotted) == (tuple(value) if isinstance(value, list) else value), dotted
 
 
 def test_cli_message_names_the_option():
     def message(**changes):
         with pytest.raises((ConfigValueError, ConfigTypeError)) as info:
-            BenchmarkConfig(**changes)
+            BenchmarkConfig().replace(**changes)
         return cli_message(info.value)
 
     assert message(iterations_per_epoch=0).startswith(
         "argument --iterations-per-epoch: must be an int >= 1, got 0; omit it"
     )
     assert message(methods=()).startswith("argument --losses: must name at least one method")
-    assert message(methods=("NoSuchLoss",)).startswith("argument --losses: unknown loss 'NoSuchLoss'")
+    assert message(methods=("NoSuchLoss",)).startswith("argument --losses: unknown loss 'NoSu")
     assert message(overrides={"gradml": {"lr": 0}}).startswith(
         "argument --set/--params-file: gradml.lr must be a finite number > 0, got 0"
     )
-    assert message(log_freq=0) == "config field log_freq must be an int >= 1, got 0"
+    assert message(log_freq=0) == "config field run.log_freq must be an int >= 1, got 0"
 
 
 def test_output_dir_checks_create_nothing(tmp_path):
@@ -89,11 +122,11 @@ def test_output_dir_checks_create_nothing(tmp_path):
 
 
 def test_more_folds_than_training_classes_is_named(tmp_path):
-    assert BenchmarkConfig(max_classes=6, num_folds=6).num_folds == 6
+    assert BenchmarkConfig().replace(max_classes=6, num_folds=6).data.num_folds == 6
     with pytest.raises(ValueError, match="max_classes 5 leaves fewer training classes"):
-        BenchmarkConfig(max_classes=5, num_folds=6)
+        BenchmarkConfig().replace(max_classes=5, num_folds=6)
     with pytest.raises(ValueError, match="num_folds 200 exceeds the 135 training classes"):
-        run_benchmark(BenchmarkConfig(num_folds=200), str(tmp_path), log=lambda *_: None)
+        run_benchmark(BenchmarkConfig().replace(num_folds=200), str(tmp_path), log=lambda *_: None)
     assert not (tmp_path / "config.json").exists()
 
 
