@@ -1,9 +1,10 @@
 """Classification warm-up before Group Loss (GL++ §5), for PML's trainers."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 from pytorch_metric_learning.utils import common_functions as c_f
+from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
 
 from .. import _validation as v
 from ..losses import GroupLoss
@@ -44,8 +45,9 @@ class ClassificationWarmup:
 
     Args:
         loss: a :class:`~pml_grouploss.losses.GroupLoss` (or subclass): the warm-up trains
-            its classifier. A loss without one (e.g. PML's ``ProxyAnchorLoss``) raises a
-            ``TypeError``.
+            its classifier; a (Parametric)``DistributedLossWrapper`` around one is accepted
+            (its ``loss`` is used). A loss without a classifier (e.g. PML's
+            ``ProxyAnchorLoss``) raises a ``TypeError``.
         epochs: warm-up epochs, ``>= 0`` (the papers: 10; 0 = no warm-up).
         start_epoch: the first epoch the trainer will run (PML's ``train(start_epoch=...)``,
             1-based), ``>= 1``.
@@ -59,8 +61,10 @@ class ClassificationWarmup:
     """
 
     def __init__(
-        self, loss: GroupLoss, epochs: int = 10, start_epoch: int = 1, ce_weight: float = 1.0
+        self, loss: Union[GroupLoss, DistributedLossWrapper], epochs: int = 10, start_epoch: int = 1, ce_weight: float = 1.0
     ) -> None:
+        if isinstance(loss, DistributedLossWrapper):  # e.g. ParametricDistributedLossWrapper
+            loss = loss.loss
         if not isinstance(loss, GroupLoss):
             raise TypeError(
                 f"loss must be a GroupLoss (or a subclass): the warm-up trains its classifier "

@@ -15,7 +15,7 @@ from pytorch_metric_learning import samplers
 from pytorch_metric_learning.utils import logging_presets
 
 from pml_grouploss import trainers
-from pml_grouploss.losses import GroupLoss
+from pml_grouploss.losses import GroupLoss, ParametricDistributedLossWrapper
 from pml_grouploss.trainers import ClassificationWarmup
 
 NUM_CLASSES, PER_CLASS, DIM_IN, DIM_EMB, BATCH, ITERATIONS = 4, 6, 6, 5, 12, 2
@@ -196,3 +196,11 @@ def test_bad_arguments_name_themselves(bad, match):
 def test_a_loss_without_classifier_is_a_type_error():
     with pytest.raises(TypeError, match="loss must be a GroupLoss.*ProxyAnchorLoss"):
         ClassificationWarmup(pml_losses.ProxyAnchorLoss(NUM_CLASSES, DIM_EMB))
+
+
+def test_a_distributed_wrapper_around_grouploss_is_unwrapped():
+    loss = _loss()
+    warmup = ClassificationWarmup(ParametricDistributedLossWrapper(loss), epochs=1)
+    assert warmup.loss is loss and loss.nll_weight == 0.0
+    warmup.set_epoch(2)
+    assert loss.nll_weight == 1.0
