@@ -14,27 +14,49 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import json
 import os
+import re
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from .config import PAPER_CONFIGS, SECTIONS, BenchmarkConfig, config_fields
-from .validation import ConfigError, check_output_dir, cli_message, cli_text
+from .validation import ConfigError, check_output_dir
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
 SUBCOMMANDS = ("run", "ablate", "tune", "inference", "figures")
+VERBOSE = ("--verbose", dict(action="store_true", help="PML's INFO logging"))
 #: options that are not config fields (the rest of the parser is generated from the config)
 RUN_OPTIONS = (
-    ("--output-dir", dict(default=None, help="results directory; rerunning the same command "
-                          "resumes in it (default: results/main, results/tune, "
-                          "results/ablate_<sweep>)")),
+    ("--output-dir", dict(help="results directory; rerunning the same command resumes in it "
+                          "(default: results/main, results/tune, results/ablate_<sweep>)")),
     ("--fresh", dict(action="store_true", help="delete --output-dir first instead of resuming")),
-    ("--no-figures", dict(action="store_true", help="skip the matplotlib figures")),
-    ("--verbose", dict(action="store_true", help="PML's INFO logging")),
+    ("--no-figures", dict(action="store_true", help="skip the matplotlib figures")), VERBOSE,
+    ("--set", dict(action="append", default=[], metavar="METHOD.PARAM=VALUE", help="override a "
+                   "loss parameter, e.g. --set grouploss.temperature=10 --set proxyanchor."
+                   "loss_lr=0.03 (loss_lr = lr of the loss's own parameters, lr = trunk lr for "
+                   "this method). Repeatable.")),
+    ("--params-file", dict(help="JSON {method: {param: value}} of overrides, e.g. the "
+                           "best_params.json written by `tune`")),
 )
+#: per subcommand: (help, arguments, config fields without an option)
+COMMANDS = {
+    "run": ("the main benchmark (default)", (), ()),
+    "ablate": ("a GroupLoss ablation sweep from the papers", (
+        ("--test", dict(action="store_true", help="also evaluate each variant on the test "
+                        "classes (default: validation only, so ablations never feed back from "
+                        "test)")),), ("methods", "final_test", "params_file")),
+    "tune": ("equal-budget Optuna search (TPE, median pruning) on validation folds", (
+        ("--budget", dict(type=int, default=6, help="trials per method, the same for every "
+                          "method (default: 6; the first trial is the method's defaults)")),
+        ("--storage", dict(help="Optuna storage of the study (default: sqlite:///<output-dir>/"
+                           "optuna.db, so an interrupted tune resumes); an RDB URL such as "
+                           "postgresql://user:pass@host/db lets processes on several machines "
+                           "share the trials"))), ("final_test",)),
+}
+#: library arguments that are options of the command line, not config fields
+CLI_ARGUMENTS = {"output_dir": "--output-dir", "fresh=True": "--fresh", "budget": "--budget"}
 
 
 def parse_seeds(text: str) -> Tuple[int, ...]:
@@ -42,7 +64,7 @@ def parse_seeds(text: str) -> Tuple[int, ...]:
     try:
         seeds = [int(x) for x in (p.strip() for p in text.split(",")) if x]
     except ValueError:
-        seeds = None
+        seeds = []
     if not seeds:
         raise ValueError(f"--seeds: expected a count (e.g. 3) or a comma list of integers "
                          f"(e.g. 0,5,7), got {text!r}")
@@ -53,24 +75,15 @@ def parse_seeds(text: str) -> Tuple[int, ...]:
     return tuple(seeds)
 
 
-def parse_losses(text: str) -> Tuple[str, ...]:
-    """``"grouploss,triplet"`` -> a tuple; ``""`` and ``","`` are errors, not the default."""
-    names = tuple(m.strip() for m in text.split(",") if m.strip())
-    if not names:
-        raise ValueError("argument --losses: must name at least one method, e.g. --losses "
-                         "grouploss,triplet (omit --losses for the default methods)")
-    return names
-
-
-def parse_overrides(items) -> Dict[str, Dict[str, Any]]:
+def parse_overrides(items: List[str]) -> Dict[str, Dict[str, Any]]:
     """``["grouploss.temperature=10", "proxyanchor.loss_lr=0.03"]`` -> nested dict. Values are
     Python literals (``ast.literal_eval``), or plain strings when not a literal."""
     out: Dict[str, Dict[str, Any]] = {}
-    for item in items or ():
-        if "=" not in item or "." not in item.split("=", 1)[0]:
+    for item in items:
+        key, _, raw = item.partition("=")
+        method, _, param = key.partition(".")
+        if not raw or not param:
             raise ValueError(f"--set: expected METHOD.PARAM=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        method, param = key.split(".", 1)
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -99,23 +112,50 @@ def load_params_file(path: str) -> Dict[str, Dict[str, Any]]:
     return data
 
 
-def _config_options(p: argparse.ArgumentParser, skip: Tuple[str, ...] = ()) -> None:
+PARSERS = {"seeds": parse_seeds,
+           "methods": lambda text: tuple(m.strip() for m in text.split(",") if m.strip())}
+
+
+def flags() -> Dict[str, Optional[str]]:
+    """Dotted config field -> its command-line option (None: no option)."""
+    return {name: ("--" + f.name.replace("_", "-") if f.metadata["flag"] == ""
+                   else f.metadata["flag"]) for name, f in config_fields()}
+
+
+def cli_text(text: str) -> str:
+    """``text`` with every dotted config field (and :data:`CLI_ARGUMENTS`) replaced by its
+    command-line option."""
+    for name, option in {**flags(), **CLI_ARGUMENTS}.items():
+        text = re.sub(rf"(?<![\w/.-]){re.escape(name)}(?![\w/])", option or name, text)
+    return text
+
+
+def cli_message(err: ConfigError) -> str:
+    """``err``'s message with config field names replaced by the command-line options."""
+    flag = flags().get(err.field, err.field)
+    if flag is None:
+        return f"config field {err}"
+    text = str(err)
+    for prefix in (err.field + ": ", err.field + " "):
+        text = text[len(prefix):] if text.startswith(prefix) else text
+    return f"argument {flag}: {cli_text(text)}"
+
+
+def _config_options(p: argparse.ArgumentParser, skip: Tuple[str, ...]) -> None:
     """One option per config field with a flag, from its metadata (help, choices, default), in
-    one group per config section."""
+    one group per config section; then :data:`RUN_OPTIONS` but ``skip``."""
     groups = {k: p.add_argument_group(title) for k, (_, title) in SECTIONS.items()}
     groups["data"].add_argument(
-        "--config", choices=sorted(PAPER_CONFIGS), default=None,
-        help="start from a paper configuration (CUB/Cars/SOP settings of the Group Loss papers; "
-        "needs --data-root and a GPU; not run by the authors of this package). Explicit options "
-        "override it.")
+        "--config", choices=sorted(PAPER_CONFIGS), help="start from a paper configuration "
+        "(CUB/Cars/SOP settings of the Group Loss papers; needs --data-root and a GPU; not run by"
+        " the authors of this package). Explicit options override it.")
     for dotted, f in config_fields():
-        section, meta, kind = dotted.split(".")[0], f.metadata, str(f.type)
-        flag, default = meta["flag"], f.default
+        meta, kind, flag, default = f.metadata, str(f.type), f.metadata["flag"], f.default
         if flag is None or "/" in flag or f.name in skip:
             continue
-        kw: Dict[str, Any] = dict(default=None, help=meta["help"], choices=meta["choices"])
+        kw: Dict[str, Any] = dict(help=meta["help"], choices=meta["choices"])
         if kind == "bool":
-            kw = dict(action="store_const", const=not default, default=None, help=meta["help"])
+            kw = dict(action="store_const", const=not default, help=meta["help"])
         elif f.name in ("seeds", "methods"):  # parsed in config_from_args: errors name the option
             default = len(default) if f.name == "seeds" else ",".join(default)
         elif "int" in kind or "float" in kind:
@@ -125,21 +165,10 @@ def _config_options(p: argparse.ArgumentParser, skip: Tuple[str, ...] = ()) -> N
         flag = flag or "--" + f.name.replace("_", "-")
         if "action" not in kw and not kw["choices"]:
             kw["metavar"] = flag[2:].replace("-", "_").upper()
-        groups[section].add_argument(flag, dest=f.name, **kw)
+        groups[dotted.split(".")[0]].add_argument(flag, dest=f.name, **kw)
     for flag, kw in RUN_OPTIONS:
-        groups["run"].add_argument(flag, **kw)
-
-
-def _method_options(p: argparse.ArgumentParser, params_file: bool = True) -> None:
-    p.add_argument(
-        "--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
-        help="override a loss parameter, e.g. --set grouploss.temperature=10 --set "
-        "proxyanchor.loss_lr=0.03 (loss_lr = lr of the loss's own parameters, lr = trunk lr "
-        "for this method). Repeatable.")
-    if params_file:
-        p.add_argument("--params-file", default=None,
-                       help="JSON {method: {param: value}} of overrides, e.g. the "
-                       "best_params.json written by `tune`")
+        if flag[2:].replace("-", "_") not in skip:
+            groups["run"].add_argument(flag, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,34 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
         "class-disjoint validation folds for model selection, test classes touched once, "
         "mean ± 95% CI over seeds. Without a subcommand, `run` is assumed.",
         epilog=__doc__.split("\n\n", 1)[1])
-    sub = parser.add_subparsers(dest="command", metavar="{run,ablate,tune,inference,figures}")
-    p = sub.add_parser("run", help="the main benchmark (default)")
-    _config_options(p)
-    _method_options(p)
-    p = sub.add_parser("ablate", help="a GroupLoss ablation sweep from the papers")
-    p.add_argument("sweep", choices=sorted(ABLATIONS), help="; ".join(
-        f"{k}: {v.description}" for k, v in sorted(ABLATIONS.items())))
-    _config_options(p, skip=("methods", "final_test"))
-    _method_options(p, params_file=False)
-    p.add_argument("--test", action="store_true", help="also evaluate each variant on the test "
-                   "classes (default: validation only, so ablations never feed back from test)")
-    p = sub.add_parser("tune", help="equal-budget Optuna search (TPE, median pruning) on "
-                       "validation folds")
-    _config_options(p)
-    _method_options(p)
-    p.add_argument("--budget", type=int, default=6, help="trials per method, the same for every "
-                   "method (default: 6; the first trial is the method's defaults)")
-    p.add_argument("--storage", default=None, help="Optuna storage of the study (default: "
-                   "sqlite:///<output-dir>/optuna.db, so an interrupted tune resumes); an RDB URL "
-                   "such as postgresql://user:pass@host/db lets processes on several machines "
-                   "share the trials")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for name, (text, arguments, skip) in COMMANDS.items():
+        p = sub.add_parser(name, help=text)
+        if name == "ablate":
+            p.add_argument("sweep", choices=sorted(ABLATIONS), help="; ".join(
+                f"{k}: {v.description}" for k, v in sorted(ABLATIONS.items())))
+        _config_options(p, skip)
+        for flag, kw in arguments:
+            p.add_argument(flag, **kw)
     p = sub.add_parser("inference", help="GroupLoss++ inference ablation on a finished run's "
                        "GroupLoss models (GL++ Tables 3-4)")
     p.add_argument("output_dir", nargs="?", default=os.path.join("results", "main"),
                    help="a results directory written by `run` (default: results/main)")
     p.add_argument("--method", default="grouploss",
                    help="which method's checkpoints to evaluate (default: grouploss)")
-    p.add_argument("--verbose", action="store_true", help="PML's INFO logging")
+    p.add_argument(VERBOSE[0], **VERBOSE[1])
     p = sub.add_parser("figures", help="redraw the figures of a results directory")
     p.add_argument("output_dir", help="a results directory written by `run`")
     return parser
@@ -187,34 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     """The run's config from parsed options (``--config`` first, explicit options override)."""
-    base = dict(PAPER_CONFIGS[args.config]) if getattr(args, "config", None) else {}
+    base = dict(PAPER_CONFIGS[args.config]) if args.config else {}
     for _, f in config_fields():
         value = getattr(args, f.name, None)
         if value is not None:
-            parse = {"methods": parse_losses, "seeds": parse_seeds}.get(f.name)
-            base[f.name] = parse(value) if parse else value
+            base[f.name] = PARSERS[f.name](value) if f.name in PARSERS else value
     overrides = {k: dict(v) for k, v in base.get("overrides", {}).items()}
     sources = [load_params_file(args.params_file)] if getattr(args, "params_file", None) else []
-    for source in sources + [parse_overrides(getattr(args, "set", []))]:
+    for source in sources + [parse_overrides(args.set)]:
         for k, v in source.items():
             overrides.setdefault(k, {}).update(v)
-    base["overrides"] = overrides
-    cfg = BenchmarkConfig.from_dict(base)
+    cfg = BenchmarkConfig.from_dict({**base, "overrides": overrides})
     unknown = sorted(set(cfg.run.overrides) - set(cfg.run.methods) - {"grouploss"})
     if unknown and args.command in ("run", "tune"):
         raise ValueError(f"--set/--params-file name methods that are not run: {unknown}; "
                          "add them to --losses")
-    if args.command == "tune" and args.budget < 1:
-        raise ValueError(f"--budget must be >= 1 (trials per method), got {args.budget}")
     return cfg
-
-
-def output_dir_from_args(args: argparse.Namespace) -> str:
-    """``--output-dir`` or the subcommand's default, checked writable (nothing is created)."""
-    default = {"run": "main", "tune": "tune"}.get(args.command) or f"ablate_{args.sweep}"
-    out = args.output_dir or os.path.join("results", default)
-    check_output_dir(out, "--output-dir")
-    return out
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -249,35 +254,30 @@ def _results_config(output_dir: str) -> BenchmarkConfig:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from . import ablations, figures, inference_ablation, suite, tuning
     from .runner import quiet_pml
 
-    if args.command == "figures":
-        from . import figures
-
-        figures.make_all(args.output_dir, _results_config(args.output_dir))
-        print(f"figures written to {os.path.join(args.output_dir, 'figures')}")
+    if args.command in ("figures", "inference"):
+        cfg = _results_config(args.output_dir)
+        if args.command == "figures":
+            figures.make_all(args.output_dir, cfg)
+            print(f"figures written to {os.path.join(args.output_dir, 'figures')}")
+            return 0
+        quiet_pml(args.verbose)
+        inference_ablation.run_inference_ablation(args.output_dir, method=args.method)
         return 0
     quiet_pml(args.verbose)
-    if args.command == "inference":
-        from .inference_ablation import run_inference_ablation
-
-        _results_config(args.output_dir)
-        run_inference_ablation(args.output_dir, method=args.method)
-        return 0
-    cfg, out = config_from_args(args), output_dir_from_args(args)
+    cfg = config_from_args(args)
+    default = {"run": "main", "tune": "tune"}.get(args.command) or f"ablate_{args.sweep}"
+    out = args.output_dir or os.path.join("results", default)
+    check_output_dir(out)
     if args.command == "run":
-        from .suite import run_benchmark
-
-        run_benchmark(cfg, out, fresh=args.fresh, figures=not args.no_figures)
+        suite.run_benchmark(cfg, out, fresh=args.fresh, figures=not args.no_figures)
     elif args.command == "ablate":
-        from .ablations import run_ablation
-
-        run_ablation(args.sweep, cfg, out, fresh=args.fresh, final_test=args.test,
-                     figures=not args.no_figures)
+        ablations.run_ablation(args.sweep, cfg, out, fresh=args.fresh, final_test=args.test,
+                               figures=not args.no_figures)
     else:
-        from .tuning import run_tuning
-
-        run_tuning(cfg, out, budget=args.budget, fresh=args.fresh, storage=args.storage)
+        tuning.run_tuning(cfg, out, budget=args.budget, fresh=args.fresh, storage=args.storage)
     return 0
 
 

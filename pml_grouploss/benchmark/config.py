@@ -67,8 +67,8 @@ class DataConfig:
     augment: str = option("none", "training augmentation, the same for every method",
                           choices=("none", "affine"))
     label_noise: float = option(
-        0.0, "fraction of noisy training labels (pml_grouploss.datasets.NoisyLabels; "
-        "validation and test labels stay clean)", minimum=0, below=1)
+        0.0, "symmetric noise on the training labels only: this fraction of them is replaced "
+        "by another class (pml_grouploss.datasets.NoisyLabels)", minimum=0, below=1)
 
 
 @dataclass
@@ -91,6 +91,10 @@ class ModelConfig:
     classes_per_batch: int = option(15, "classes per MPerClassSampler batch", minimum=1)
     samples_per_class: int = option(
         8, "samples per class in a batch, MPerClassSampler's m", minimum=1)
+    sampler: str = option(
+        "m_per_class", "m_per_class = PML's MPerClassSampler; nearest_class = pml_grouploss "
+        "NearestClassSampler, hard batches of a seed class and its nearest classes by centroid "
+        "(GL++ §5.1)", choices=("m_per_class", "nearest_class"))
     batch_size: Optional[int] = option(
         None, "batch size; must be divisible by --samples-per-class (default: classes-per-batch "
         "x samples-per-class)", minimum=1, hint="omit it for classes-per-batch x samples-per-class")
@@ -116,6 +120,10 @@ class OptimConfig:
     warmup_epochs: int = option(
         0, "epochs of classification warm-up at the start (pml_grouploss.trainers."
         "ClassificationWarmup, the papers' recipe; 0 = off)", minimum=0)
+    lr_plateau_patience: Optional[int] = option(
+        None, "multiply every learning rate by 0.1 when the validation metric has not improved "
+        "for N epochs (PyTorch's ReduceLROnPlateau, stepped by PML's HookContainer at each "
+        "evaluation; a multiple of --eval-every); default: off", minimum=1)
     eval_every: int = option(
         2, "evaluate validation and train classes every N epochs; --epochs must be a multiple",
         minimum=1)
@@ -125,8 +133,9 @@ class OptimConfig:
         hint="0 stops at the first evaluation without improvement; omit it to train every epoch")
     primary_metric: str = option(
         "precision_at_1", "validation metric that picks the checkpoint", choices=METRICS)
-    train_eval_samples: Optional[int] = option(
-        None, "train R@1 on a random subset of this many training images (default: all)",
+    train_eval_classes: Optional[int] = option(
+        None, "train R@1 is measured on this many training classes (a fixed draw), default as "
+        "many as the validation fold, so train and validation R@1 have the same gallery size",
         minimum=1)
 
 
@@ -137,17 +146,19 @@ class RunConfig:
 
     seeds: Tuple[int, ...] = option(
         (0, 1, 2), "number of seeds (e.g. 3 -> 0,1,2) or a comma list (e.g. 0,5,7)", minimum=0,
-        item="seed", hint="e.g. seeds (0, 1, 2)")
+        below=2**32, item="seed", hint="e.g. seeds (0, 1, 2); NumPy takes seeds < 2**32")
     methods: Tuple[str, ...] = option(
         DEFAULT_METHODS, "comma-separated methods. Built in: " + ", ".join(
             f"{k} ({v.description})" for k, v in METHODS.items()) + ". Any PML loss class name "
         "also works (e.g. MultiSimilarityLoss, NormalizedSoftmaxLoss) with PML's defaults.",
-        flag="--losses", item="method")
+        flag="--losses", item="method",
+        hint="e.g. run.methods grouploss,triplet (omit run.methods for the default methods)")
     overrides: Dict[str, Dict[str, Any]] = option(
         {}, "{method: {param: value}}", flag="--set/--params-file")
     recall_ks: Tuple[int, ...] = option((1, 2, 4, 8), "K of Recall@K", minimum=1, flag=None)
     final_test: bool = option(
-        True, "skip the final test evaluation (validation only)", flag="--no-test")
+        True, "validation only: no test image is read; the tables show validation metrics",
+        flag="--no-test")
     threads: Optional[int] = option(None, "torch CPU threads", minimum=1)
     device: str = option("cpu", "torch device")
     log_freq: int = option(10, "record-keeper logging interval", minimum=1, flag=None)

@@ -208,7 +208,9 @@ def ablation_figure(per_seed: pd.DataFrame, ablation, fig_dir: str, name: str) -
 def make_all(output_dir: str, cfg: BenchmarkConfig, on_phase=None) -> List[str]:
     os.makedirs(os.path.join(output_dir, "figures"), exist_ok=True)
     methods = [m for m in cfg.run.methods if os.path.isdir(os.path.join(output_dir, "runs", m))]
-    paths = [convergence_figure(output_dir, methods), train_vs_test_figure(output_dir, methods)]
-    if cfg.run.save_embeddings:
+    paths = [convergence_figure(output_dir, methods)]
+    if cfg.run.final_test:  # the others show test numbers
+        paths.append(train_vs_test_figure(output_dir, methods))
+    if cfg.run.final_test and cfg.run.save_embeddings:
         paths.append(retrieval_grid_figure(output_dir, cfg, methods, on_phase=on_phase))
     return paths

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pandas as pd
 
-from .aggregate import TABLE_METRICS, format_table, summarize, to_markdown
+from .aggregate import TABLE_METRICS, VAL_METRICS, format_table, summarize, to_markdown
 from .config import BenchmarkConfig
 from .data import Splits, load_base, splits_for_fold
 from .methods import get_method
@@ -233,12 +233,16 @@ class Grid:
 def run_benchmark(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
                   figures: bool = True, log: Optional[Log] = None,
                   on_phase: Optional[OnPhase] = None) -> pd.DataFrame:
-    """The main job: every method x seed, then tables and figures in ``output_dir``."""
+    """The main job: every method x seed, then tables and figures in ``output_dir``. With
+    ``cfg.run.final_test`` False no test image is read: validation tables, convergence figure."""
     grid = Grid(cfg, output_dir, fresh, log, on_phase)
     t0 = time.time()
     variants = [Variant(m, m, dict(cfg.run.overrides.get(m, {}))) for m in cfg.run.methods]
-    per_seed = grid.run(variants)
-    grid.write(per_seed, "Test classes (touched once), mean ± 95% CI over seeds")
+    test = cfg.run.final_test
+    per_seed = grid.run(variants, final_test=test)
+    title = "Test classes (touched once)" if test else "Validation folds only (no test image read)"
+    grid.write(per_seed, f"{title}, mean ± 95% CI over seeds",
+               metrics=TABLE_METRICS if test else VAL_METRICS)
     if figures:
         from . import figures as figs
 

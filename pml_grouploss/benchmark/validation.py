@@ -3,16 +3,14 @@
 The per-field checks come from the field metadata of ``config`` (type, choices, bounds); the
 checks that relate fields follow. Every problem raises :class:`ConfigValueError` or
 :class:`ConfigTypeError` (subclasses of ``ValueError`` / ``TypeError``) naming the dotted config
-field (``optim.epochs``); :func:`cli_message` rewrites field names to command-line options.
+field (``optim.epochs``); ``cli.cli_message`` rewrites field names to command-line options.
 Checks that need the data (classes per batch vs training classes: :func:`check_batch`) run
 before training in ``suite``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import re
 import tempfile
 import typing
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
@@ -24,21 +22,19 @@ if TYPE_CHECKING:
 
 
 class ConfigError(Exception):
-    """Mixin: the invalid config ``field``."""
+    """Mixin: the invalid config ``field`` (dotted, e.g. ``"optim.epochs"``)."""
 
-    field: str = ""
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ConfigValueError(ConfigError, ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+    """A config field has an invalid value."""
 
 
 class ConfigTypeError(ConfigError, TypeError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+    """A config field has a value of the wrong type."""
 
 
 def _as_field(name: str, check: Callable[[], Any], hint: str = "") -> Any:
@@ -51,47 +47,31 @@ def _as_field(name: str, check: Callable[[], Any], hint: str = "") -> Any:
         raise ConfigValueError(name, f"{err}{'; ' + hint if hint else ''}") from None
 
 
-def _check_scalar(name: str, value: Any, kind: type, meta: Dict[str, Any], minimum: Any) -> None:
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be a bool, got {value!r}")
-    elif meta["choices"] is not None:
-        check_choice(name, value, meta["choices"])
-    elif kind is int:
-        check_int(name, value, minimum)
-    elif kind is float:
-        strict = meta["above"] is not None
-        number = check_number(name, value, minimum=meta["above"] if strict else minimum,
-                              strict_minimum=strict)
-        if meta["below"] is not None and not number < meta["below"]:
-            raise ValueError(f"{name} must be < {meta['below']:g}, got {value!r}")
-    elif kind is str and not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, got {value!r}")
-
-
-def _check_field(name: str, section: Any, f: dataclasses.Field, kind: Any) -> None:
-    """The checks of field ``name`` (dotted) of ``section`` from its type and metadata."""
-    meta, value = f.metadata, getattr(section, f.name)
-    minimum = meta["minimum"](section) if callable(meta["minimum"]) else meta["minimum"]
+def _check_value(name: str, value: Any, kind: Any, meta: Dict[str, Any], minimum: Any) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``value`` fits type ``kind`` and ``meta``."""
     args = typing.get_args(kind)
     if type(None) in args:  # Optional[X]
         if value is None:
             return
         kind = next(a for a in args if a is not type(None))
     origin = typing.get_origin(kind)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigTypeError(name, f"{name} must be a dict, got {value!r}")
-    elif origin is tuple:
+    if origin is tuple:
         if not isinstance(value, tuple) or not value:
-            what = meta["item"] or "K"
-            raise ConfigValueError(name, f"{name} must name at least one {what}, got {value!r}")
+            raise ValueError(f"{name} must name at least one {meta['item'] or 'K'}, got {value!r}")
         for v in value:
-            _as_field(name, lambda: _check_scalar(name, v, args[0], meta, minimum), meta["hint"])
+            _check_value(name, v, typing.get_args(kind)[0], meta, minimum)
         if len(set(value)) != len(value):
-            raise ConfigValueError(name, f"{name} must be distinct, got {list(value)}")
-    else:
-        _as_field(name, lambda: _check_scalar(name, value, kind, meta, minimum), meta["hint"])
+            raise ValueError(f"{name} must be distinct, got {list(value)}")
+    elif meta["choices"] is not None:
+        check_choice(name, value, meta["choices"])
+    elif kind in (int, float):
+        strict = meta["above"] is not None
+        number = check_int(name, value, minimum) if kind is int else check_number(
+            name, value, minimum=meta["above"] if strict else minimum, strict_minimum=strict)
+        if meta["below"] is not None and not number < meta["below"]:
+            raise ValueError(f"{name} must be < {meta['below']:g}, got {value!r}")
+    elif not isinstance(value, origin or kind):  # bool, str, dict
+        raise TypeError(f"{name} must be a {(origin or kind).__name__}, got {value!r}")
 
 
 def validate_config(cfg: "BenchmarkConfig") -> None:
@@ -105,9 +85,12 @@ def validate_config(cfg: "BenchmarkConfig") -> None:
                                   f"{getattr(cfg, section)!r}")
     hints = {s: typing.get_type_hints(cls) for s, (cls, _) in SECTIONS.items()}
     for name, f in config_fields():
-        section = name.split(".")[0]
-        _check_field(name, getattr(cfg, section), f, hints[section][f.name])
-    data, model, optim, run = cfg.data, cfg.model, cfg.optim, cfg.run
+        section, meta = getattr(cfg, name.split(".")[0]), f.metadata
+        minimum = meta["minimum"](section) if callable(meta["minimum"]) else meta["minimum"]
+        kind = hints[name.split(".")[0]][f.name]
+        _as_field(name, lambda: _check_value(name, getattr(section, f.name), kind, meta, minimum),
+                  meta["hint"])
+    data, model, optim = cfg.data, cfg.model, cfg.optim
     rules = [
         ("data.data_root", data.dataset != "omniglot-small" and not data.data_root,
          f"data.data_root: dataset {data.dataset} needs data.data_root DIR (see "
@@ -115,12 +98,13 @@ def validate_config(cfg: "BenchmarkConfig") -> None:
         ("optim.epochs", optim.epochs % optim.eval_every != 0,
          f"optim.epochs {optim.epochs} must be a multiple of optim.eval_every "
          f"{optim.eval_every} so that the last epoch is evaluated"),
+        ("optim.lr_plateau_patience", (optim.lr_plateau_patience or 0) % optim.eval_every,
+         f"optim.lr_plateau_patience {optim.lr_plateau_patience} must be a multiple of "
+         f"optim.eval_every {optim.eval_every} (the plateau is judged at evaluations)"),
         ("data.max_classes", data.max_classes is not None and data.max_classes < data.num_folds,
          f"data.max_classes {data.max_classes} leaves fewer training classes than the "
          f"{data.num_folds} validation folds (data.num_folds); raise data.max_classes or lower "
          "data.num_folds"),
-        ("run.seeds", any(s >= 2**32 for s in run.seeds), "run.seeds must be < 2**32 (NumPy's "
-         "limit)"),
         ("model.pretrained", model.pretrained and model.trunk == "cnn",
          "model.pretrained: the small CNN has no pretrained weights; use model.trunk resnet50, "
          "googlenet or densenet121, or drop model.pretrained"),
@@ -177,39 +161,6 @@ def check_batch(cfg: "BenchmarkConfig", num_train_classes: int) -> int:
             f" only {num_train_classes} training classes (after removing the validation fold); "
             "lower model.classes_per_batch or model.batch_size, or use fewer folds")
     return batch_size
-
-
-def flags() -> Dict[str, Optional[str]]:
-    """Dotted config field -> its command-line option (None: no option)."""
-    from .config import config_fields
-
-    return {name: ("--" + f.name.replace("_", "-") if f.metadata["flag"] == ""
-                   else f.metadata["flag"]) for name, f in config_fields()}
-
-
-#: library arguments that are options of the command line, not config fields
-CLI_ARGUMENTS = {"output_dir": "--output-dir", "fresh=True": "--fresh", "budget": "--budget"}
-
-
-def cli_text(text: str) -> str:
-    """``text`` with every dotted config field (and :data:`CLI_ARGUMENTS`) replaced by its
-    command-line option."""
-    for name, option in {**flags(), **CLI_ARGUMENTS}.items():
-        text = re.sub(rf"(?<![\w/.-]){re.escape(name)}(?![\w/])", option or name, text)
-    return text
-
-
-def cli_message(err: ConfigError) -> str:
-    """``err``'s message with config field names replaced by the command-line options."""
-    flag = flags().get(err.field, err.field)
-    if flag is None:
-        return f"config field {err}"
-    text = str(err)
-    for prefix in (err.field + ": ", err.field + " "):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-            break
-    return f"argument {flag}: {cli_text(text)}"
 
 
 def check_output_dir(path: Any, name: str = "output_dir") -> None:

@@ -202,3 +202,25 @@ def test_ablate_tune_and_inference_read_test_images_only_in_their_final_evaluati
     # the baseline row is the selected checkpoint: the ablation's own test number
     clamp = per_seed[per_seed.method == "clamp"].iloc[0]
     assert table.precision_at_1.iloc[0] == pytest.approx(clamp.precision_at_1)
+
+
+@pytest.mark.slow
+def test_no_test_reads_no_test_image(tmp_path, monkeypatch):
+    """``run --no-test`` (``final_test=False``): not one test image is read, the tables hold the
+    validation metrics and only the convergence figure is drawn."""
+    splits_read = []
+    original = ClassSubset.__getitem__
+
+    def spy(self, i):
+        splits_read.append(self.split_name)
+        return original(self, i)
+
+    monkeypatch.setattr(ClassSubset, "__getitem__", spy)
+    cfg = BenchmarkConfig().replace(epochs=1, eval_every=1, max_classes=10, seeds=(0,),
+                                    methods=("triplet",), classes_per_batch=4,
+                                    samples_per_class=4, final_test=False)
+    per_seed = run_benchmark(cfg, str(tmp_path), log=lambda *_: None)
+    assert splits_read and "test" not in splits_read
+    assert "precision_at_1" not in per_seed.columns and per_seed.val_precision_at_1.notna().all()
+    assert "val R@1" in (tmp_path / "results.md").read_text()
+    assert sorted(os.listdir(tmp_path / "figures")) == ["convergence.png"]

@@ -8,12 +8,8 @@ import pytest
 
 from pml_grouploss.benchmark.config import PAPER_CONFIGS, BenchmarkConfig, config_fields
 from pml_grouploss.benchmark.suite import prepare_output, run_benchmark
-from pml_grouploss.benchmark.validation import (
-    ConfigTypeError,
-    ConfigValueError,
-    check_output_dir,
-    cli_message,
-)
+from pml_grouploss.benchmark.cli import cli_message
+from pml_grouploss.benchmark.validation import ConfigTypeError, ConfigValueError, check_output_dir
 
 
 @pytest.mark.parametrize(
@@ -40,8 +36,9 @@ from pml_grouploss.benchmark.validation import (
         ({"recall_ks": (1, 0)}, ValueError, "run.recall_ks", "run.recall_ks must be an int >= 1"),
         ({"label_noise": 1.0}, ValueError, "data.label_noise", "data.label_noise must be < 1"),
         ({"label_noise": -0.1}, ValueError, "data.label_noise", "must be a finite number >= 0"),
-        ({"warmup_epochs": -1}, ValueError, "optim.warmup_epochs", "must be an int >= 0"),
-        ({"train_eval_samples": 0}, ValueError, "optim.train_eval_samples", "an int >= 1"),
+        ({"train_eval_classes": 0}, ValueError, "optim.train_eval_classes", "an int >= 1"),
+        ({"lr_plateau_patience": 3}, ValueError, "optim.lr_plateau_patience", "multiple of"),
+        ({"sampler": "x"}, ValueError, "model.sampler", "model.sampler must be one of"),
         ({"final_test": 1}, TypeError, "run.final_test", "run.final_test must be a bool"),
     ],
 )
