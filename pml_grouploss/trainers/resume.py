@@ -1,0 +1,188 @@
+"""Exact resume of a PML trainer: the random-number and sampler state saved next to PML's
+checkpoints.
+
+PML's ``HookContainer`` checkpoints models, optimizers, learning-rate schedulers, losses and
+miners. That is not enough for a resumed run to continue the uninterrupted one: the batches
+(the sampler's NumPy draws and its shuffled label order, where the data loader stood in the
+current pass), the augmentation (torch's global generator), random anchors (``GroupLoss.generator``)
+and anything using Python's ``random`` would restart from other states. :func:`capture_state`
+records all of them right after each checkpoint and :class:`ResumableTrainer` puts them back at
+the point where the uninterrupted run would continue, so the two are bit-identical (same machine,
+same environment). Files are loadable with ``torch.load(..., weights_only=True)``.
+
+Recipe: wrap the sampler (``ResumableSampler(MPerClassSampler(...))``), train with
+:class:`ResumableTrainer` (``num_workers=0``), call :func:`save_state` after each checkpoint of
+``HookContainer`` (e.g. in ``end_of_epoch_hook``), and before resuming from the checkpoint of epoch
+``e`` set ``trainer.resume_state = load_state(model_folder, e)``. The benchmark
+(``pml_grouploss.benchmark.runner``) does exactly this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import warnings
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+from pytorch_metric_learning import trainers
+from pytorch_metric_learning.utils import common_functions as c_f
+from torch.utils.data import Sampler
+
+STATE_FILE = "resume_state_{epoch}.pth"
+
+
+class ResumableSampler(Sampler):
+    """Wrap a sampler whose ``__iter__`` draws a whole pass at once (PML's ``MPerClassSampler``)
+    and remember that pass and how many of its indices the data loader has taken.
+
+    The indices and the random draws are exactly the wrapped sampler's; only the position is
+    added. Exact with ``num_workers=0`` (no prefetching), as the benchmark runs.
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+        self.indices: List[int] = []
+        self.position = 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    @property
+    def exhausted(self) -> bool:
+        """The current pass is used up: the next batch starts a new pass (and a new iterator)."""
+        return self.position >= len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.exhausted:
+            self.indices = [int(i) for i in self.sampler]
+            self.position = 0
+        while self.position < len(self.indices):
+            index = self.indices[self.position]
+            self.position += 1
+            yield index
+
+    def state_dict(self) -> Dict[str, Any]:
+        state: Dict[str, Any] = {"indices": torch.tensor(self.indices, dtype=torch.int64),
+                                 "position": self.position}
+        labels = getattr(self.sampler, "labels", None)
+        if isinstance(labels, list):  # MPerClassSampler shuffles this list in place every batch
+            state["labels"] = [int(x) for x in labels]
+        generator = getattr(self.sampler, "generator", None)
+        if isinstance(generator, torch.Generator):
+            state["generator"] = generator.get_state()
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.indices = [int(i) for i in state["indices"].tolist()]
+        self.position = int(state["position"])
+        if "labels" in state:
+            by_value = {int(x): x for x in self.sampler.labels}  # keep the label objects' types
+            self.sampler.labels = [by_value[int(x)] for x in state["labels"]]
+        if "generator" in state:
+            self.sampler.generator.set_state(state["generator"])
+
+
+def _numpy_state(rng: Any) -> Dict[str, Any]:
+    """A NumPy ``RandomState`` (or the ``np.random`` module) or ``Generator`` as plain types."""
+    if isinstance(rng, np.random.Generator):
+        return {"json": json.dumps(rng.bit_generator.state)}
+    name, keys, pos, has_gauss, cached = rng.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_numpy_state(rng: Any, state: Dict[str, Any]) -> None:
+    if "json" in state:
+        rng.bit_generator.state = json.loads(state["json"])
+        return
+    keys = state["keys"].numpy().astype(np.uint32)
+    rng.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]))
+
+
+def capture_state(trainer: trainers.BaseTrainer) -> Dict[str, Any]:
+    """Every random-number and sampler state of ``trainer``'s run, as tensors and plain types."""
+    version, internal, gauss_next = random.getstate()
+    python = {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+              "gauss_next": gauss_next}
+    state: Dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": _numpy_state(np.random),
+                             "python": python}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if c_f.NUMPY_RANDOM is not np.random:  # PML's samplers and miners draw from this one
+        state["pml_numpy"] = _numpy_state(c_f.NUMPY_RANDOM)
+    if isinstance(trainer.sampler, ResumableSampler):
+        state["sampler"] = trainer.sampler.state_dict()
+    generator = getattr(getattr(trainer, "dataloader", None), "generator", None)
+    if generator is not None:
+        state["dataloader_generator"] = generator.get_state()
+    for name, loss in trainer.loss_funcs.items():
+        if isinstance(getattr(loss, "generator", None), torch.Generator):  # GroupLoss(seed=...)
+            state[f"generator:{name}"] = loss.generator.get_state()
+    return state
+
+
+def restore_state(trainer: trainers.BaseTrainer, state: Dict[str, Any]) -> None:
+    """Inverse of :func:`capture_state`."""
+    torch.set_rng_state(state["torch"])
+    _set_numpy_state(np.random, state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"].tolist()), py["gauss_next"]))
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "pml_numpy" in state:
+        _set_numpy_state(c_f.NUMPY_RANDOM, state["pml_numpy"])
+    if "sampler" in state:
+        trainer.sampler.load_state_dict(state["sampler"])
+    if "dataloader_generator" in state:
+        trainer.dataloader.generator.set_state(state["dataloader_generator"])
+    for name, loss in trainer.loss_funcs.items():
+        if f"generator:{name}" in state:
+            loss.generator.set_state(state[f"generator:{name}"])
+
+
+def save_state(trainer: trainers.BaseTrainer, folder: str, epoch: int, previous: int,
+               stopped_early: bool = False) -> None:
+    """Write the state after the checkpoint of ``epoch`` (``stopped_early``: early stopping ended
+    the training there); delete that of epoch ``previous``."""
+    state = {**capture_state(trainer), "stopped_early": bool(stopped_early)}
+    torch.save(state, os.path.join(folder, STATE_FILE.format(epoch=epoch)))
+    old = os.path.join(folder, STATE_FILE.format(epoch=previous))
+    if os.path.exists(old):
+        os.remove(old)
+
+
+def load_state(folder: str, epoch: int) -> Optional[Dict[str, Any]]:
+    """The state saved with the checkpoint of ``epoch``; None for checkpoints written before
+    states were saved (such a run resumes, but not bit-identically)."""
+    path = os.path.join(folder, STATE_FILE.format(epoch=epoch))
+    if not os.path.isfile(path):
+        warnings.warn(
+            f"{path} is missing (a checkpoint from an older version, or an interruption while "
+            "it was written): this run resumes, but not bit-identically to an uninterrupted one"
+        )
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class ResumableTrainer(trainers.MetricLossOnly):
+    """PML's ``MetricLossOnly`` that restores a :func:`capture_state` when training starts.
+
+    ``train`` creates a new data-loader iterator, which draws from torch's generator; the
+    uninterrupted run either kept iterating its current pass (no draw) or, with the pass used
+    up, creates its new iterator at the first batch. Restoring *after* the iterator exists and,
+    for a used-up pass, leaving the new iterator to the first batch reproduces both.
+    """
+
+    resume_state: Optional[Dict[str, Any]] = None
+
+    def initialize_dataloader(self) -> None:
+        super().initialize_dataloader()
+        if self.resume_state is None:
+            return
+        restore_state(self, self.resume_state)
+        self.resume_state = None
+        if isinstance(self.sampler, ResumableSampler) and self.sampler.exhausted:
+            self.dataloader_iter = iter(())  # the first batch makes the iterator, as uninterrupted
