@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -27,12 +27,14 @@ FOLD_SEED = 12345
 class ClassSubset(Dataset):
     """The samples of ``base`` whose label is in ``classes``, labels remapped to ``0..C-1``.
 
-    ``base[i]`` must return ``(PIL image, label)``; ``transform`` is applied here.
+    ``base[i]`` must return ``(PIL image, label)``; ``transform`` is applied here, once per
+    image with ``cache=True`` (for a deterministic transform of small images: the embedded
+    Omniglot's 28x28 tensors are then read without a PIL round-trip after the first epoch).
     ``identities`` are globally unique class names (used to assert disjointness).
     """
 
     def __init__(self, base: Dataset, classes: Sequence[int], transform: Optional[Callable],
-                 split_name: str) -> None:
+                 split_name: str, cache: bool = False) -> None:
         labels = np.asarray(base.labels)
         classes = sorted(int(c) for c in classes)
         index = {c: i for i, c in enumerate(classes)}
@@ -42,6 +44,7 @@ class ClassSubset(Dataset):
         self.labels: List[int] = [index[int(labels[i])] for i in self.indices]
         self.base_classes: List[int] = classes
         self.transform = transform
+        self._cache: Optional[Dict[int, Any]] = {} if cache else None
         names = getattr(base, "classes", None)
         tag = f"{type(base).__name__}:{getattr(base, 'split', '')}"
         offset = getattr(base, "label_offset", 0)  # the class of label c is names[c - offset]
@@ -61,16 +64,20 @@ class ClassSubset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
+        if self._cache is not None and i in self._cache:
+            return self._cache[i], self.labels[i]
         img, _ = self.base[self.indices[i]]
         if self.transform is not None:
             img = self.transform(img)
+        if self._cache is not None:
+            self._cache[i] = img
         return img, self.labels[i]
 
 
 @dataclass
 class Splits:
-    train: ClassSubset  # training classes minus the validation fold (augmented)
-    train_eval: ClassSubset  # the same images without augmentation (train R@1)
+    train: Dataset  # training classes minus the validation fold (augmented, noisy labels)
+    train_eval: ClassSubset  # as many of those classes as validates, clean (train R@1)
     val: ClassSubset  # validation fold (model selection)
     test: ClassSubset  # unseen test classes (touched once)
     in_channels: int
@@ -135,9 +142,16 @@ def build_transforms(trunk: str, in_channels: int, image_size: int,
 
 def build_splits(dataset: str, data_root: Optional[str], fold: int, num_folds: int,
                  trunk: str = "cnn", image_size: int = 28, augment: str = "none",
-                 max_classes: Optional[int] = None, download: bool = False) -> Splits:
+                 max_classes: Optional[int] = None, download: bool = False,
+                 label_noise: float = 0.0, train_eval_classes: Optional[int] = None) -> Splits:
     """Load the data and carve validation fold ``fold`` (of ``num_folds``) from the training
-    classes. ``max_classes`` keeps only the first training/test classes (for quick runs)."""
+    classes. ``max_classes`` keeps only the first training/test classes (for quick runs).
+
+    ``label_noise``: that fraction of the *training* labels is replaced by another class
+    (:class:`~pml_grouploss.datasets.NoisyLabels`, seeded by the fold); ``train_eval``,
+    validation and test keep their labels. ``train_eval`` holds ``train_eval_classes`` of the
+    training classes (a fixed draw; default as many as the validation fold, so that train and
+    validation R@1 search galleries of the same size)."""
     train_base, test_base, in_channels = load_base(dataset, data_root, download)
     n_train = len(set(train_base.labels))
     test_classes = sorted(set(test_base.labels))  # ids unique across splits: after the train ids
@@ -148,11 +162,20 @@ def build_splits(dataset: str, data_root: Optional[str], fold: int, num_folds: i
     val_classes = folds[fold % num_folds]
     train_classes = np.setdiff1d(np.arange(n_train), val_classes)
     tr_tf, ev_tf = build_transforms(trunk, in_channels, image_size, augment)
+    small = trunk == "cnn"  # 28x28 inputs: caching the deterministic transforms costs ~10 MB
+    n_eval = min(len(train_classes), train_eval_classes or len(val_classes))
+    draw = np.random.default_rng(FOLD_SEED + fold).permutation(len(train_classes))[:n_eval]
+    train: Dataset = ClassSubset(train_base, train_classes, tr_tf, "train",
+                                 small and augment == "none")
+    if label_noise > 0:
+        from ..datasets import NoisyLabels
+
+        train = NoisyLabels(train, label_noise, seed=FOLD_SEED + fold)
     splits = Splits(
-        train=ClassSubset(train_base, train_classes, tr_tf, "train"),
-        train_eval=ClassSubset(train_base, train_classes, ev_tf, "train"),
-        val=ClassSubset(train_base, val_classes, ev_tf, "val"),
-        test=ClassSubset(test_base, test_classes[:n_test], ev_tf, "test"),
+        train=train,
+        train_eval=ClassSubset(train_base, train_classes[draw], ev_tf, "train", small),
+        val=ClassSubset(train_base, val_classes, ev_tf, "val", small),
+        test=ClassSubset(test_base, test_classes[:n_test], ev_tf, "test", small),
         in_channels=in_channels,
     )
     assert_disjoint(splits)
@@ -164,7 +187,8 @@ def splits_for_fold(cfg: "BenchmarkConfig", fold: int, **changes) -> Splits:
     ``augment="none"`` for evaluation only."""
     data, model = cfg.data, cfg.model
     settings = dict(trunk=model.trunk, image_size=model.image_size, augment=data.augment,
-                    max_classes=data.max_classes, download=data.download)
+                    max_classes=data.max_classes, download=data.download,
+                    label_noise=data.label_noise, train_eval_classes=cfg.optim.train_eval_classes)
     settings.update(changes)
     return build_splits(data.dataset, data.data_root, fold, data.num_folds, **settings)
 

@@ -35,9 +35,14 @@ class MethodSpec:
     search_space: Mapping[str, Tuple[Any, ...]] = field(default_factory=dict)
 
 
-def _group_loss(num_classes: int, embedding_size: int, **params):
+def _group_loss(num_classes: int, embedding_size: int, similarity_power: float = 1.0, **params):
+    """``similarity_power`` p: the similarity ``relu(corr)^p`` (``PearsonCorrelation(power=p)``;
+    a scale of W would change nothing in the replicator dynamics, a power sharpens them)."""
+    from ..distances import PearsonCorrelation
     from ..losses import GroupLoss
 
+    if similarity_power != 1.0:
+        params["distance"] = PearsonCorrelation(power=similarity_power)
     return GroupLoss(num_classes=num_classes, embedding_size=embedding_size, **params)
 
 

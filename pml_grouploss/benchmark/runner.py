@@ -22,7 +22,10 @@ import torch
 from pytorch_metric_learning import samplers, testers
 from pytorch_metric_learning.utils import logging_presets
 
-from .config import BenchmarkConfig
+from ..losses import GroupLoss
+from ..samplers import NearestClassSampler
+from ..trainers import ClassificationWarmup
+from .config import BenchmarkConfig, OptimConfig
 from .data import Splits
 from .methods import MethodSpec, build_method
 from .resume import ResumableSampler, ResumableTrainer, load_state, save_state
@@ -112,11 +115,39 @@ def _trim_history(path: str, start_epoch: int) -> None:
                                 for r in hist[hist.epoch < start_epoch].to_dict("records")])
 
 
+def _schedulers(optim: OptimConfig, optimizers: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """PML's ``lr_schedulers``: x0.1 every ``lr_decay_epoch`` epochs (stepped by the trainer)
+    and/or x0.1 after ``lr_plateau_patience`` epochs without a better validation metric
+    (``ReduceLROnPlateau``, stepped by PML's HookContainer at each evaluation)."""
+    schedulers = {}
+    for key, opt in optimizers.items():
+        name = key.replace("_optimizer", "_scheduler_by_")
+        if optim.lr_decay_epoch:
+            schedulers[name + "epoch"] = torch.optim.lr_scheduler.StepLR(
+                opt, optim.lr_decay_epoch, gamma=0.1)
+        if optim.lr_plateau_patience:  # reduced at the evaluation `patience` epochs after the best
+            schedulers[name + "plateau"] = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="max", factor=0.1,
+                patience=optim.lr_plateau_patience // optim.eval_every - 1)
+    return schedulers or None
+
+
+def _sampler(cfg: BenchmarkConfig, train_ds, batch_size: int, seed: int) -> ResumableSampler:
+    """PML's ``MPerClassSampler`` or the GL++ ``NearestClassSampler`` (its centroids refreshed
+    after every epoch), wrapped to remember its place for resume."""
+    m, n = cfg.model.samples_per_class, len(train_ds)
+    if cfg.model.sampler == "nearest_class":
+        return ResumableSampler(NearestClassSampler(train_ds.labels, m, batch_size, n, seed=seed))
+    return ResumableSampler(samplers.MPerClassSampler(
+        train_ds.labels, m=m, batch_size=batch_size, length_before_new_iter=n))
+
+
 class _Run:
     """The PML objects of one (method, seed) run: trainer, tester, hooks, record keeper."""
 
     def __init__(self, cfg: BenchmarkConfig, spec: MethodSpec, splits: Splits, run_dir: str,
-                 label: str, overrides: Optional[Dict[str, Any]], on_validation) -> None:
+                 label: str, overrides: Optional[Dict[str, Any]], on_validation,
+                 seed: int = 0) -> None:
         self.cfg, self.device = cfg, torch.device(cfg.run.device)
         train_ds = splits.train
         batch_size = check_batch(cfg, train_ds.num_classes)
@@ -127,14 +158,7 @@ class _Run:
         self.trunk, self.embedder = trunk.to(self.device), embedder.to(self.device)
         loss = self.method.loss.to(self.device)
         optimizers = _optimizers(cfg, self.trunk, self.embedder, loss, self.method)
-        schedulers = None
-        if cfg.optim.lr_decay_epoch:
-            schedulers = {k.replace("_optimizer", "_scheduler_by_epoch"):
-                          torch.optim.lr_scheduler.StepLR(opt, cfg.optim.lr_decay_epoch, gamma=0.1)
-                          for k, opt in optimizers.items()}
-        sampler = ResumableSampler(samplers.MPerClassSampler(  # remembers its place for resume
-            train_ds.labels, m=cfg.model.samples_per_class, batch_size=batch_size,
-            length_before_new_iter=len(train_ds)))
+        self.sampler = _sampler(cfg, train_ds, batch_size, seed)
         self.record_keeper, _, _ = logging_presets.get_record_keeper(
             os.path.join(run_dir, "logs"), os.path.join(run_dir, "tensorboard"))
         self.hooks = logging_presets.get_hook_container(
@@ -154,8 +178,8 @@ class _Run:
         self.trainer = ResumableTrainer(
             models={"trunk": self.trunk, "embedder": self.embedder}, optimizers=optimizers,
             batch_size=batch_size, loss_funcs={"metric_loss": loss}, mining_funcs=miners,
-            dataset=train_ds, sampler=sampler, iterations_per_epoch=cfg.optim.iterations_per_epoch,
-            dataloader_num_workers=0, lr_schedulers=schedulers,
+            dataset=train_ds, sampler=self.sampler, iterations_per_epoch=cfg.optim.iterations_per_epoch,
+            dataloader_num_workers=0, lr_schedulers=_schedulers(cfg.optim, optimizers),
             end_of_iteration_hook=self.hooks.end_of_iteration_hook,
             end_of_epoch_hook=self.end_of_epoch)
 
@@ -164,7 +188,11 @@ class _Run:
         ``on_validation(epoch, metric)`` callback (False stops the training: pruning)."""
         start_eval = time.time()
         train_seconds = start_eval - self.clock
+        if isinstance(self.sampler.sampler, NearestClassSampler):  # hard batches: new centroids
+            self.sampler.sampler.end_of_epoch_hook(trainer)
         result = self.epoch_hook(trainer)
+        if self.warmup is not None:
+            self.warmup.set_epoch(trainer.epoch + 1)
         self.clock = time.time()
         rows = [{"epoch": trainer.epoch, "split": "time", "train_seconds": train_seconds}]
         if trainer.epoch % self.cfg.optim.eval_every == 0:  # the hook evaluated and checkpointed
@@ -183,8 +211,15 @@ class _Run:
         start = self.hooks.load_latest_saved_models(self.trainer, self.model_folder, self.device)
         if start > 1:  # random-number and sampler state, restored when training starts
             self.trainer.resume_state = load_state(self.model_folder, start - 1)
+            if isinstance(self.sampler.sampler, NearestClassSampler):  # not in the saved state:
+                self.sampler.sampler.set_epoch(start - 1)  # the pass count and the centroids
+                self.sampler.sampler.end_of_epoch_hook(self.trainer)  # of the loaded models
         state = self.trainer.resume_state
         stopped = state is not None and state["stopped_early"]
+        self.warmup = None
+        if self.cfg.optim.warmup_epochs and isinstance(self.method.loss, GroupLoss):
+            self.warmup = ClassificationWarmup(self.method.loss, self.cfg.optim.warmup_epochs,
+                                               start_epoch=start)
         _trim_history(self.history, start)
         on_phase("train")
         try:
@@ -249,7 +284,7 @@ def run_one(cfg: BenchmarkConfig, spec: MethodSpec, seed: int, splits: Splits, r
     os.makedirs(run_dir, exist_ok=True)
     on_phase = on_phase or (lambda _: None)
     seed_everything(seed)
-    run = _Run(cfg, spec, splits, run_dir, label, overrides, on_validation)
+    run = _Run(cfg, spec, splits, run_dir, label, overrides, on_validation, seed)
     run.train(on_phase)
     row = _selection_row(run, splits, seed, label)
     if final_test:
