@@ -159,6 +159,9 @@ class RunConfig:
     final_test: bool = option(
         True, "validation only: no test image is read; the tables show validation metrics",
         flag="--no-test")
+    workers: int = option(
+        2, "processes that train (method, seed) runs in parallel, each with --threads torch "
+        "threads (default: 1 per worker); 1 = in this process", minimum=1)
     threads: Optional[int] = option(None, "torch CPU threads", minimum=1)
     device: str = option("cpu", "torch device")
     log_freq: int = option(10, "record-keeper logging interval", minimum=1, flag=None)
@@ -174,8 +177,8 @@ SECTIONS = {
     "run": (RunConfig, "run"),
 }
 #: run settings that a resumed run may change (the rest must match its config.json)
-NOT_PROTOCOL = ("run.seeds", "run.methods", "run.threads", "run.log_freq", "run.eval_batch_size",
-                "run.save_embeddings", "data.download")
+NOT_PROTOCOL = ("run.seeds", "run.methods", "run.workers", "run.threads", "run.log_freq",
+                "run.eval_batch_size", "run.save_embeddings", "data.download")
 
 
 def config_fields() -> Iterator[Tuple[str, dataclasses.Field]]:

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -106,8 +106,11 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
         import torch
 
         torch.set_num_threads(cfg.run.threads)
+    env = {**environment(), "workers": cfg.run.workers}
+    if cfg.run.workers > 1:
+        env["torch_threads_per_worker"] = cfg.run.threads or 1
     with open(os.path.join(output_dir, "environment.json"), "w") as f:
-        json.dump(environment(), f, indent=2)
+        json.dump(env, f, indent=2)
 
 
 #: packages whose versions decide the numbers (kernels, samplers, k-NN, logging)
@@ -132,7 +135,21 @@ def environment() -> Dict[str, Any]:
     cuda = torch.version.cuda if torch.cuda.is_available() else None
     return {"git_commit": _git_commit(), "python": platform.python_version(),
             "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "cuda": cuda, "packages": versions}
+            "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cuda": cuda,
+            "packages": versions}
+
+
+def _cpu_model() -> Optional[str]:
+    """The first ``model name`` of /proc/cpuinfo, else ``platform.processor()``; None if unknown."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return (names[0] if names else platform.processor()) or None
 
 
 def _git_commit() -> Optional[str]:
@@ -190,17 +207,43 @@ class Grid:
 
     def run(self, variants: Sequence[Variant], final_test: bool = True,
             execute: Optional[Callable[[Variant, int], Dict[str, Any]]] = None) -> pd.DataFrame:
-        """Every variant for every seed, seed-major (finished seeds are complete comparisons);
-        ``execute(variant, seed)`` makes a row (default: :meth:`train`)."""
-        execute = execute or (lambda v, s: self.train(v, s, final_test))
-        rows: List[Dict[str, Any]] = []
-        total = len(variants) * len(self.cfg.run.seeds)
-        for seed in self.cfg.run.seeds:
-            for variant in variants:
-                t0, self.reused = time.time(), False
-                rows.append(execute(variant, seed))
-                self.progress(len(rows), total, variant.label, seed, rows[-1], time.time() - t0)
+        """Every variant for every seed, rows seed-major (finished seeds are complete
+        comparisons); ``execute(variant, seed)`` makes a row (default: :meth:`train`). With
+        ``cfg.run.workers`` > 1 and the default ``execute``, the trainings run in that many
+        spawned processes (``cfg.run.threads or 1`` torch threads each; every run seeds itself,
+        so the rows are the same); ``on_phase`` is not called across processes."""
+        jobs = [(v, s) for s in self.cfg.run.seeds for v in variants]
+        if execute is None and min(self.cfg.run.workers, len(jobs)) > 1:
+            results = self._in_processes(jobs, final_test)
+        else:
+            results = (self._timed(execute or (lambda v, s: self.train(v, s, final_test)), i, v, s)
+                       for i, (v, s) in enumerate(jobs))
+        rows: List[Dict[str, Any]] = [{} for _ in jobs]
+        for done, (i, row, self.reused, seconds) in enumerate(results, 1):
+            rows[i] = row
+            self.progress(done, len(jobs), jobs[i][0].label, jobs[i][1], row, seconds)
         return pd.DataFrame(rows)
+
+    def _timed(self, execute: Callable, i: int, variant: Variant, seed: int) -> Tuple:
+        t0, self.reused = time.time(), False
+        row = execute(variant, seed)
+        return i, row, self.reused, time.time() - t0
+
+    def _in_processes(self, jobs: List[Tuple[Variant, int]], final_test: bool) -> Iterator[Tuple]:
+        """``(index, row, reused, seconds)`` of every job as its worker process finishes it."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        pool = ProcessPoolExecutor(
+            min(self.cfg.run.workers, len(jobs)), multiprocessing.get_context("spawn"),
+            initializer=_start_worker, initargs=(self.cfg.run.threads or 1,))
+        try:
+            futures = {pool.submit(_train_in_worker, self.cfg, self.output_dir, v, s, final_test): i
+                       for i, (v, s) in enumerate(jobs)}
+            for future in as_completed(futures):
+                yield (futures[future], *future.result())
+        finally:
+            pool.shutdown(cancel_futures=True)
 
     def progress(self, done: int, total: int, label: str, seed: int, row: Dict[str, Any],
                  seconds: float) -> None:
@@ -228,6 +271,24 @@ class Grid:
             f.write(f"# {title}\n\n{md}{note}")
         self.log("\n" + md)
         return md
+
+
+def _start_worker(threads: int) -> None:
+    import torch
+
+    from .runner import quiet_pml
+
+    torch.set_num_threads(threads)
+    quiet_pml(False)
+
+
+def _train_in_worker(cfg: BenchmarkConfig, output_dir: str, variant: Variant, seed: int,
+                     final_test: bool) -> Tuple[Dict[str, Any], bool, float]:
+    """:meth:`Grid.train` in a worker process: ``(row, reused, seconds)``."""
+    grid = Grid(cfg, output_dir, prepare=False)
+    t0 = time.time()
+    row = grid.train(variant, seed, final_test)
+    return row, grid.reused, time.time() - t0
 
 
 def run_benchmark(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,

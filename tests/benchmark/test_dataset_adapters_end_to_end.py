@@ -37,6 +37,7 @@ def test_tiny_run_on_fixture_tree(tmp_path, dataset):
         samples_per_class=2,
         num_folds=4,
         image_size=28,
+        workers=1,
     )
     per_seed = run_benchmark(cfg, str(tmp_path / "out"), figures=False, log=lambda *_: None)
     assert len(per_seed) == 2

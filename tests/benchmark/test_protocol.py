@@ -61,6 +61,7 @@ def test_no_test_sample_reaches_training_or_selection(tmp_path, monkeypatch):
         classes_per_batch=4,
         samples_per_class=4,
         num_folds=3,
+        workers=1,  # the spy and on_phase observe this process
     )
     per_seed = run_benchmark(cfg, str(tmp_path), figures=True, log=lambda *_: None,
                              on_phase=lambda p: phase.__setitem__(0, p))
@@ -113,6 +114,7 @@ def test_resume_after_interrupt_keeps_finished_seeds(tmp_path, monkeypatch):
         methods=("grouploss", "proxyanchor"),
         classes_per_batch=4,
         samples_per_class=4,
+        workers=1,  # the interruption is monkeypatched into this process
         num_folds=5,
         save_embeddings=False,
     )
@@ -180,7 +182,8 @@ def test_ablate_tune_and_inference_read_test_images_only_in_their_final_evaluati
     monkeypatch.setattr(ClassSubset, "__getitem__", spy)
     observe = dict(log=lambda *_: None, on_phase=lambda p: phase.__setitem__(0, p))
     cfg = BenchmarkConfig().replace(epochs=2, eval_every=1, max_classes=10, seeds=(0,),
-                          methods=("grouploss",), classes_per_batch=4, samples_per_class=4)
+                                    methods=("grouploss",), classes_per_batch=4,
+                                    samples_per_class=4, workers=1)
     per_seed = run_ablation("negatives", cfg, str(tmp_path / "ablate"), final_test=True,
                             figures=False, **observe)
     reads = [(s, p) for s, p in log if s == "test"]
@@ -218,7 +221,7 @@ def test_no_test_reads_no_test_image(tmp_path, monkeypatch):
     monkeypatch.setattr(ClassSubset, "__getitem__", spy)
     cfg = BenchmarkConfig().replace(epochs=1, eval_every=1, max_classes=10, seeds=(0,),
                                     methods=("triplet",), classes_per_batch=4,
-                                    samples_per_class=4, final_test=False)
+                                    samples_per_class=4, final_test=False, workers=1)
     per_seed = run_benchmark(cfg, str(tmp_path), log=lambda *_: None)
     assert splits_read and "test" not in splits_read
     assert "precision_at_1" not in per_seed.columns and per_seed.val_precision_at_1.notna().all()

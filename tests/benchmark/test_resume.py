@@ -40,6 +40,7 @@ TINY = BenchmarkConfig().replace(
     seeds=(0,),
     methods=("grouploss",),
     overrides={"grouploss": {"anchor_selection": "random", "seed": 7}},
+    workers=1,  # interruptions are monkeypatched into this process
 )
 
 

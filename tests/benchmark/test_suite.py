@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from pml_grouploss.benchmark.config import BenchmarkConfig
@@ -16,6 +17,9 @@ def test_prepare_output_records_config_and_environment(tmp_path):
     assert env["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert env["packages"]["pytorch-metric-learning"].startswith("2.")
     assert env["torch_threads"] == torch.get_num_threads()
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["cpu_model"] is None or len(env["cpu_model"]) > 2
+    assert env["workers"] == 2 and env["torch_threads_per_worker"] == 1
     commit = env["git_commit"]
     assert commit is None or len(commit.split("+")[0]) == 40
 
@@ -38,7 +42,6 @@ def test_old_flat_config_json_resumes(tmp_path):
     import os
     import shutil
 
-    import pytest
 
     old = os.path.join(os.path.dirname(__file__), "data", "flat_config.json")
     shutil.copy(old, tmp_path / "config.json")
@@ -48,3 +51,27 @@ def test_old_flat_config_json_resumes(tmp_path):
         prepare_output(cfg.replace(epochs=8), str(tmp_path))
     prepare_output(cfg.replace(seeds=(0,)), str(tmp_path))  # seeds may change on resume
     assert json.loads((tmp_path / "config.json").read_text())["run"]["seeds"] == [0]
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_rows(tmp_path):
+    """``workers=2`` (spawned processes, one torch thread each) and ``workers=1`` (in process,
+    one thread) write the same per_seed.csv (but the timings) and the same test embeddings."""
+    import numpy as np
+
+    from pml_grouploss.benchmark.suite import run_benchmark
+
+    cfg = BenchmarkConfig().replace(epochs=1, eval_every=1, max_classes=10, seeds=(0, 1),
+                                    methods=("grouploss", "triplet"), classes_per_batch=4,
+                                    samples_per_class=4, threads=1)
+    before = torch.get_num_threads()
+    try:
+        rows = {w: run_benchmark(cfg.replace(workers=w), str(tmp_path / f"w{w}"), figures=False,
+                                 log=lambda *_: None).drop(columns="seconds_per_epoch")
+                for w in (1, 2)}
+    finally:
+        torch.set_num_threads(before)
+    assert rows[1].method.tolist() == ["grouploss", "triplet"] * 2 and rows[1].equals(rows[2])
+    for run in ("grouploss/seed1", "triplet/seed0"):
+        a, b = (np.load(tmp_path / f"w{w}/runs/{run}/test_embeddings.npz") for w in (1, 2))
+        assert a["embeddings"].tobytes() == b["embeddings"].tobytes()

@@ -22,6 +22,7 @@ TINY = dict(
     samples_per_class=4,
     num_folds=5,
     save_embeddings=False,
+    workers=1,
 )
 quiet = dict(log=lambda *_: None)
 

@@ -15,7 +15,8 @@ from pml_grouploss.benchmark.config import BenchmarkConfig
 from pml_grouploss.benchmark.tuning import default_trial, run_tuning
 
 CFG = BenchmarkConfig().replace(epochs=4, eval_every=1, max_classes=10, classes_per_batch=4,
-                      samples_per_class=4, num_folds=5, seeds=(0, 1), methods=("triplet",))
+                                samples_per_class=4, num_folds=5, seeds=(0, 1),
+                                methods=("triplet",))
 
 
 def curve(overrides):
