@@ -28,7 +28,7 @@ from ..trainers import ClassificationWarmup
 from .config import BenchmarkConfig, OptimConfig
 from .data import Splits
 from .methods import MethodSpec, build_method
-from .resume import ResumableSampler, ResumableTrainer, load_state, save_state
+from ..trainers.resume import ResumableSampler, ResumableTrainer, load_state, save_state
 from .trunks import build_embedder, build_trunk
 from .validation import check_batch
 
