@@ -1,13 +1,10 @@
 """Benchmark configuration as data: every option once, with its help text, choices and bounds.
 
-:class:`BenchmarkConfig` is the single source of truth. It holds four typed sections
-(:class:`DataConfig`, :class:`ModelConfig`, :class:`OptimConfig`, :class:`RunConfig`); the
-command line (``cli``) and its ``--help`` (one group per section) are generated from the field
-metadata below, and the same metadata drives the validation (``validation``), which runs once,
-when a config is made, and raises errors that name the dotted field (``optim.epochs``; the CLI
-rewrites it to its option). Option names are flat (``--epochs``): field names are unique across
-the sections. Defaults = the embedded Omniglot benchmark, sized to run in under 10 minutes on
-2 CPU cores.
+:class:`BenchmarkConfig` holds four typed sections (data, model, optim, run). The command line
+(``cli``, one ``--help`` group per section, flat option names: field names are unique across
+sections) and the validation (``validation``: once, when a config is made, errors naming the
+dotted field ``optim.epochs``) are generated from the field metadata below. Defaults = the
+embedded Omniglot benchmark, sized to run in under 10 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -24,25 +21,17 @@ from .trunks import TRUNK_NAMES
 METRICS = ("precision_at_1", "mean_average_precision_at_r", "NMI", "r_precision")
 
 
-def option(
-    default: Any,
-    help: str,
-    *,
-    choices: Optional[Tuple[Any, ...]] = None,
-    minimum: Union[None, float, Callable[[Any], float]] = None,
-    above: Optional[float] = None,
-    below: Optional[float] = None,
-    hint: str = "",
-    flag: Optional[str] = "",
-    item: str = "",
-) -> Any:
+def option(default: Any, help: str, *, choices: Optional[Tuple[Any, ...]] = None,
+           minimum: Union[None, float, Callable[[Any], float]] = None,
+           above: Optional[float] = None, below: Optional[float] = None, hint: str = "",
+           flag: Optional[str] = "", item: str = "") -> Any:
     """A config field with its command-line metadata. ``minimum``: ``>=`` bound (a callable gets
     the section); ``above``/``below``: strict bounds; ``hint``: appended to a bound error;
     ``flag``: the option (``""`` = ``--`` + field name with dashes, ``None`` = no option);
     ``item``: what a tuple holds (its error says "must name at least one <item>")."""
     meta = dict(help=help, choices=choices, minimum=minimum, above=above, below=below, hint=hint,
                 flag=flag, item=item)
-    if isinstance(default, dict):
+    if isinstance(default, dict):  # a mutable default
         return field(default_factory=dict, metadata=meta)
     return field(default=default, metadata=meta)
 
@@ -104,7 +93,9 @@ class ModelConfig:
 class OptimConfig:
     """Optimisation and model selection: the same for every method."""
 
-    epochs: int = option(16, "epochs", minimum=1)
+    epochs: int = option(
+        40, "the most epochs a training runs; with --patience it stops earlier, once its "
+        "validation curve has plateaued", minimum=1)
     iterations_per_epoch: Optional[int] = option(
         None, "iterations per epoch (default: training images / batch size)", minimum=1,
         hint="omit it for one pass over the training images per epoch")
@@ -119,17 +110,18 @@ class OptimConfig:
         hint="omit it for a constant learning rate")
     warmup_epochs: int = option(
         0, "epochs of classification warm-up at the start (pml_grouploss.trainers."
-        "ClassificationWarmup, the papers' recipe; 0 = off)", minimum=0)
+        "ClassificationWarmup, the papers' recipe) for the GroupLoss-family methods; the others "
+        "ignore it; 0 = off", minimum=0)
     lr_plateau_patience: Optional[int] = option(
-        None, "multiply every learning rate by 0.1 when the validation metric has not improved "
+        4, "multiply every learning rate by 0.1 when the validation metric has not improved "
         "for N epochs (PyTorch's ReduceLROnPlateau, stepped by PML's HookContainer at each "
-        "evaluation; a multiple of --eval-every); default: off", minimum=1)
+        "evaluation; a multiple of --eval-every)", minimum=1)
     eval_every: int = option(
         2, "evaluate validation and train classes every N epochs; --epochs must be a multiple",
         minimum=1)
     patience: Optional[int] = option(
-        None, "early stopping: stop a training when the validation metric has not improved for "
-        "more than N epochs (default: off, train all --epochs)", minimum=0,
+        8, "early stopping: stop a training when the validation metric has not improved for "
+        "more than N epochs (the same rule for every method)", minimum=0,
         hint="0 stops at the first evaluation without improvement; omit it to train every epoch")
     primary_metric: str = option(
         "precision_at_1", "validation metric that picks the checkpoint", choices=METRICS)
@@ -215,6 +207,7 @@ class BenchmarkConfig:
         return getattr(getattr(self, section), name)
 
     def to_dict(self) -> Dict[str, Dict[str, Any]]:
+        """``{"data": {...}, "model": {...}, ...}``, as ``config.json`` (:meth:`to_json`)."""
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
@@ -232,22 +225,16 @@ class BenchmarkConfig:
         (``optim={"epochs": 2}``); validated again. An unknown key is an error."""
         from .validation import ConfigValueError
 
-        flat: Dict[str, Any] = {}
-        for key, value in changes.items():
-            if key in SECTIONS:
-                items = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-                flat.update({f"{key}.{k}": v for k, v in dict(items).items()})
+        flat = {f"{key}.{k}": v for key, value in changes.items() if key in SECTIONS for k, v in (
+            dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value).items()}
         flat.update({DOTTED.get(k, k): v for k, v in changes.items() if k not in SECTIONS})
         unknown = sorted(set(flat) - set(DOTTED.values()))
         if unknown:
             raise ConfigValueError(unknown[0], f"unknown config keys {unknown}; valid keys: "
                                    f"{', '.join(DOTTED)}")
-        sections = {}
-        for section in SECTIONS:
-            mine = {k.split(".")[1]: tuple(v) if isinstance(v, list) else v
-                    for k, v in flat.items() if k.startswith(section + ".")}
-            sections[section] = dataclasses.replace(getattr(self, section), **mine)
-        return BenchmarkConfig(**sections)
+        return BenchmarkConfig(**{section: dataclasses.replace(getattr(self, section), **{
+            k.split(".")[1]: tuple(v) if isinstance(v, list) else v
+            for k, v in flat.items() if k.startswith(section + ".")}) for section in SECTIONS})
 
     def protocol_key(self) -> Dict[str, Any]:
         """The fields that must match for a resumed run to reuse finished seeds."""
@@ -258,7 +245,8 @@ class BenchmarkConfig:
 PAPER_BASE: Dict[str, Any] = dict(
     dataset="cub", trunk="googlenet", pretrained=True, embedder="identity", embedding_size=1024,
     image_size=227, augment="affine", optimizer="radam", epochs=60, lr_decay_epoch=30,
-    eval_every=5, recall_ks=(1, 2, 4, 8))
+    warmup_epochs=10, lr_plateau_patience=None, patience=None, eval_every=5,
+    recall_ks=(1, 2, 4, 8))
 
 
 def _paper(dataset: str, classes: int, samples: int, lr: float, weight_decay: float,
@@ -272,9 +260,9 @@ def _paper(dataset: str, classes: int, samples: int, lr: float, weight_decay: fl
 
 #: The papers' settings for the big datasets. Sources: GL ECCV'20 §4.1 and GL++ §5 (GoogLeNet with
 #: BN pretrained on ImageNet, resize 256 / random crop 227 / centre crop, RAdam, 60 epochs with the
-#: learning rate x0.1 after 30) and the reference train.py defaults per dataset (classes x samples
-#: per batch, anchors, lr, weight decay, temperature, 1 refinement step). Not reproduced: the 10
-#: epochs of classification warm-up and the reference's best-on-test checkpoint reloads. NOT RUN
+#: learning rate x0.1 after 30, 10 epochs of classification warm-up) and the reference train.py
+#: defaults per dataset (classes x samples per batch, anchors, lr, weight decay, temperature, 1
+#: refinement step). Not reproduced: the reference's best-on-test checkpoint reloads. NOT RUN
 #: HERE (no GPU, no data); start from ``pml-grouploss-bench --config cub-paper --data-root DIR``.
 PAPER_CONFIGS: Dict[str, Dict[str, Any]] = {
     "cub-paper": _paper("cub", 6, 9, 1.563663718906821e-4, 6.059722614369727e-6, 24.0, 2),
