@@ -17,19 +17,16 @@ from .aggregate import TABLE_METRICS, VAL_METRICS
 from .config import BenchmarkConfig
 from .suite import Grid, Log, OnPhase, Variant
 
-#: (label, GroupLoss parameter overrides, protocol changes, x value(s) for the figure)
-AblationVariant = Tuple[str, Dict[str, Any], Dict[str, Any], Any]
-
 
 @dataclass(frozen=True)
 class Ablation:
-    description: str
-    grid: Tuple[AblationVariant, ...]
-    kind: str  # "line", "bar" or "heatmap"
-    x_label: str
+    """A sweep: ``grid`` of (label, GroupLoss parameter overrides, protocol changes, x value(s)
+    for the figure); ``kind`` of figure: "line", "bar" or "heatmap"."""
 
-    def variants(self, cfg: BenchmarkConfig) -> List[AblationVariant]:
-        return list(self.grid)
+    description: str
+    grid: Tuple[Tuple[str, Dict[str, Any], Dict[str, Any], Any], ...]
+    kind: str
+    x_label: str
 
 
 ABLATIONS: Dict[str, Ablation] = {
@@ -64,12 +61,9 @@ def ablation_variants(name: str, cfg: BenchmarkConfig) -> List[Variant]:
     """The grid variants of sweep ``name``: GroupLoss with the run's ``grouploss`` overrides plus
     the variant's, and its protocol changes (``batch_size`` follows them)."""
     base = dict(cfg.run.overrides.get("grouploss", {}))
-    out = []
-    for label, overrides, changes, x in ABLATIONS[name].variants(cfg):
-        run_dir = re.sub(r"[=(),]", "", label.replace(" ", "_").replace(",", "_"))
-        out.append(Variant(label, "grouploss", {**base, **overrides},
-                           {**changes, "batch_size": None}, {"x": str(x)}, run_dir))
-    return out
+    return [Variant(label, "grouploss", {**base, **overrides}, {**changes, "batch_size": None},
+                    {"x": str(x)}, re.sub(r"[=(),]", "", re.sub("[ ,]", "_", label)))
+            for label, overrides, changes, x in ABLATIONS[name].grid]
 
 
 def run_ablation(name: str, cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,

@@ -64,15 +64,9 @@ def format_table(summary: pd.DataFrame, group: str = "method", percent: bool = T
         if f"{m}_mean" not in summary.columns or summary[f"{m}_mean"].isna().all():
             continue
         scale = 100.0 if percent and m != "seconds_per_epoch" else 1.0
-        cells = []
-        for mean, ci in zip(summary[f"{m}_mean"], summary[f"{m}_ci"]):
-            if math.isnan(mean):
-                cells.append("–")
-            elif math.isnan(ci):
-                cells.append(f"{mean * scale:.1f}")
-            else:
-                cells.append(f"{mean * scale:.1f} ± {ci * scale:.1f}")
-        out[title] = cells
+        out[title] = ["–" if math.isnan(mean) else f"{mean * scale:.1f}" + (
+            "" if math.isnan(ci) else f" ± {ci * scale:.1f}")
+            for mean, ci in zip(summary[f"{m}_mean"], summary[f"{m}_ci"])]
     out["seeds"] = summary["n_seeds"].tolist()
     return pd.DataFrame(out)
 

@@ -135,9 +135,7 @@ def cli_message(err: ConfigError) -> str:
     flag = flags().get(err.field, err.field)
     if flag is None:
         return f"config field {err}"
-    text = str(err)
-    for prefix in (err.field + ": ", err.field + " "):
-        text = text[len(prefix):] if text.startswith(prefix) else text
+    text = re.sub(rf"^{re.escape(err.field)}:? ", "", str(err))
     return f"argument {flag}: {cli_text(text)}"
 
 
@@ -244,21 +242,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.exit(2, f"pml-grouploss-bench: error: {cli_text(str(err))}\n")
 
 
-def _results_config(output_dir: str) -> BenchmarkConfig:
-    path = os.path.join(output_dir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{output_dir!r} is not a results directory of `run` (no "
-                                "config.json); run the benchmark first")
-    with open(path) as f:
-        return BenchmarkConfig.from_dict(json.load(f))
-
-
 def _dispatch(args: argparse.Namespace) -> int:
     from . import ablations, figures, inference_ablation, suite, tuning
     from .runner import quiet_pml
 
     if args.command in ("figures", "inference"):
-        cfg = _results_config(args.output_dir)
+        path = os.path.join(args.output_dir, "config.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{args.output_dir!r} is not a results directory of `run` "
+                                    "(no config.json); run the benchmark first")
+        with open(path) as f:
+            cfg = BenchmarkConfig.from_dict(json.load(f))
         if args.command == "figures":
             figures.make_all(args.output_dir, cfg)
             print(f"figures written to {os.path.join(args.output_dir, 'figures')}")

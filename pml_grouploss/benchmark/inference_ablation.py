@@ -73,17 +73,12 @@ def _choose(evaluate: Callable, metric: str) -> Tuple[Dict[str, Any], Dict[str, 
     chosen: Dict[str, Any] = {"flip": True}
     notes: Dict[str, str] = {}
     for name, grid in GRIDS.items():
-        best: Optional[Tuple[float, Any]] = None
-        for value in grid:
-            try:
-                score = evaluate({name: value}, "val")[metric]
-            except Exception as err:  # surgery not applicable to this trunk
-                notes[name] = f"not applicable: {type(err).__name__}: {err}"[:160]
-                break
-            if best is None or score > best[0]:
-                best = (score, value)
-        if best is not None and name not in notes:
-            chosen[name] = best[1]
+        try:
+            scores = [evaluate({name: value}, "val")[metric] for value in grid]
+        except Exception as err:  # surgery not applicable to this trunk
+            notes[name] = f"not applicable: {type(err).__name__}: {err}"[:160]
+            continue
+        chosen[name] = grid[scores.index(max(scores))]  # the first of equal scores
     return chosen, notes
 
 

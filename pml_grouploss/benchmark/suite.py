@@ -9,6 +9,7 @@ line each (finished runs are reused: resume), and writes ``per_seed.csv``, ``sum
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -27,15 +28,14 @@ from .validation import ConfigValueError, check_batch, check_output_dir
 Log = Callable[..., None]
 #: told the protocol phase ("train", "final_test", "figures", "idle"); the tests observe it
 OnPhase = Callable[[str], None]
+#: packages whose versions decide the numbers (kernels, samplers, k-NN, logging)
+ENVIRONMENT_PACKAGES = ("torch", "torchvision", "pytorch-metric-learning", "numpy", "scipy",
+                        "scikit-learn", "faiss-cpu", "faiss-gpu", "record-keeper", "pml_grouploss")
 
 
-def say(*args) -> None:
+def say(*args: Any) -> None:
     """Progress line on stdout, flushed (the run may be logged to a file)."""
     print(*args, flush=True)
-
-
-def _nothing(*_: Any) -> None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -51,46 +51,38 @@ class Variant:
     run_dir: str = ""
 
 
-def check_dependencies() -> None:
-    """The benchmark logs through record-keeper/tensorboard and searches neighbours with faiss
-    (PML's ``with-hooks-cpu`` extra); say so at once instead of failing after training."""
+def check_before_output(cfg: BenchmarkConfig) -> None:
+    """What needs the installed extras or the dataset's class list, before any output exists:
+    record-keeper/tensorboard/faiss (PML's ``with-hooks-cpu`` extra), the folds and the batch."""
     import importlib.util
 
-    wanted = ("record_keeper", "tensorboard", "faiss")
-    missing = [m for m in wanted if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("record_keeper", "tensorboard", "faiss")
+               if importlib.util.find_spec(m) is None]
     if missing:
-        raise RuntimeError(
-            f"the benchmark needs {', '.join(missing)}: pip install "
-            "'pml_grouploss[with-hooks-cpu]' (or [with-hooks] with faiss-gpu)")
-
-
-def check_data(cfg: BenchmarkConfig) -> None:
-    """The checks that need the dataset's class list (before any output is created)."""
-    data = cfg.data
-    train_base, _, _ = load_base(data.dataset, data.data_root, data.download)
-    n_train = len(set(train_base.labels))
-    n_train = min(n_train, data.max_classes or n_train)
-    if data.num_folds > n_train:
+        raise RuntimeError(f"the benchmark needs {', '.join(missing)}: pip install "
+                           "'pml_grouploss[with-hooks-cpu]' (or [with-hooks] with faiss-gpu)")
+    train_base = load_base(cfg.data.dataset, cfg.data.data_root, cfg.data.download)[0]
+    n_train = min(len(set(train_base.labels)), cfg.data.max_classes or len(train_base.labels))
+    if cfg.data.num_folds > n_train:
         raise ConfigValueError(
-            "data.num_folds", f"data.num_folds {data.num_folds} exceeds the {n_train} training "
-            "classes; lower it (each fold needs a validation class)")
-    check_batch(cfg, n_train - -(-n_train // data.num_folds))  # classes left by the largest fold
+            "data.num_folds", f"data.num_folds {cfg.data.num_folds} exceeds the {n_train} "
+            "training classes; lower it (each fold needs a validation class)")
+    check_batch(cfg, n_train - -(-n_train // cfg.data.num_folds))  # left by the largest fold
 
 
 def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -> None:
     """Create ``output_dir``; refuse to mix runs of different protocol settings. A path that
     cannot be a writable directory raises ``ValueError`` (naming ``output_dir``) first.
     ``cfg.run.threads`` sets torch's CPU threads here, before ``environment.json`` records them."""
+    import shutil
+
+    import torch
+
     path = os.path.join(output_dir, "config.json")
     check_output_dir(output_dir)
-    try:
-        if fresh and os.path.isdir(output_dir):
-            import shutil
-
-            shutil.rmtree(output_dir)
-        os.makedirs(output_dir, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"output_dir {output_dir!r} cannot be created ({err})") from None
+    if fresh and os.path.isdir(output_dir):
+        shutil.rmtree(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
     if os.path.isfile(path):
         with open(path) as f:
             old = BenchmarkConfig.from_dict(json.load(f)).protocol_key()
@@ -103,8 +95,6 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
     with open(path, "w") as f:
         f.write(cfg.to_json())
     if cfg.run.threads is not None:
-        import torch
-
         torch.set_num_threads(cfg.run.threads)
     env = {**environment(), "workers": cfg.run.workers}
     if cfg.run.workers > 1:
@@ -113,14 +103,10 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
         json.dump(env, f, indent=2)
 
 
-#: packages whose versions decide the numbers (kernels, samplers, k-NN, logging)
-ENVIRONMENT_PACKAGES = ("torch", "torchvision", "pytorch-metric-learning", "numpy", "scipy",
-                        "scikit-learn", "faiss-cpu", "faiss-gpu", "record-keeper", "pml_grouploss")
-
-
 def environment() -> Dict[str, Any]:
     """Versions, threads and machine of this process: CPU training is deterministic for a fixed
-    environment, but another torch build or thread count gives other roundings."""
+    environment, but another torch build or thread count gives other roundings. Packages that
+    are not installed (e.g. faiss-gpu beside faiss-cpu) are left out."""
     import platform
     from importlib import metadata
 
@@ -128,45 +114,33 @@ def environment() -> Dict[str, Any]:
 
     versions = {}
     for name in ENVIRONMENT_PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue  # not installed (e.g. faiss-gpu beside faiss-cpu): nothing to record
-    cuda = torch.version.cuda if torch.cuda.is_available() else None
+    cpu = None  # the first "model name" of /proc/cpuinfo, else platform.processor()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                   None)
     return {"git_commit": _git_commit(), "python": platform.python_version(),
             "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cuda": cuda,
+            "cpu_count": os.cpu_count(), "cpu_model": cpu or platform.processor() or None,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
             "packages": versions}
-
-
-def _cpu_model() -> Optional[str]:
-    """The first ``model name`` of /proc/cpuinfo, else ``platform.processor()``; None if unknown."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return (names[0] if names else platform.processor()) or None
 
 
 def _git_commit() -> Optional[str]:
     """The checkout's commit (with ``+dirty`` for uncommitted changes), None outside git."""
     import subprocess
 
-    def git(*args: str) -> subprocess.CompletedProcess:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
-
+    here = os.path.dirname(os.path.abspath(__file__))
     try:
-        commit, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "-uno")
+        commit, dirty = (subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                                        timeout=10)
+                         for args in (("rev-parse", "HEAD"), ("status", "--porcelain", "-uno")))
     except (OSError, subprocess.SubprocessError):
         return None
-    if commit.returncode != 0:
-        return None
-    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return None if commit.returncode else (
+        commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else ""))
 
 
 class Grid:
@@ -177,12 +151,11 @@ class Grid:
                  log: Optional[Log] = None, on_phase: Optional[OnPhase] = None,
                  prepare: bool = True) -> None:
         self.cfg, self.output_dir = cfg, output_dir
-        self.log, self.on_phase = log or say, on_phase or _nothing
+        self.log, self.on_phase = log or say, on_phase or (lambda _: None)
         self._splits: Dict[Any, Splits] = {}
         self.reused = False  # the last run was finished before (its final.json reused)
         if prepare:
-            check_dependencies()
-            check_data(cfg)
+            check_before_output(cfg)
             prepare_output(cfg, output_dir, fresh)
         os.makedirs(output_dir, exist_ok=True)
 
@@ -216,18 +189,13 @@ class Grid:
         if execute is None and min(self.cfg.run.workers, len(jobs)) > 1:
             results = self._in_processes(jobs, final_test)
         else:
-            results = (self._timed(execute or (lambda v, s: self.train(v, s, final_test)), i, v, s)
-                       for i, (v, s) in enumerate(jobs))
+            execute = execute or (lambda v, s: self.train(v, s, final_test))
+            results = ((i, *_timed(self, execute, v, s)) for i, (v, s) in enumerate(jobs))
         rows: List[Dict[str, Any]] = [{} for _ in jobs]
         for done, (i, row, self.reused, seconds) in enumerate(results, 1):
             rows[i] = row
             self.progress(done, len(jobs), jobs[i][0].label, jobs[i][1], row, seconds)
         return pd.DataFrame(rows)
-
-    def _timed(self, execute: Callable, i: int, variant: Variant, seed: int) -> Tuple:
-        t0, self.reused = time.time(), False
-        row = execute(variant, seed)
-        return i, row, self.reused, time.time() - t0
 
     def _in_processes(self, jobs: List[Tuple[Variant, int]], final_test: bool) -> Iterator[Tuple]:
         """``(index, row, reused, seconds)`` of every job as its worker process finishes it."""
@@ -273,6 +241,13 @@ class Grid:
         return md
 
 
+def _timed(grid: Grid, execute: Callable, variant: Variant, seed: int) -> Tuple:
+    """``(row, reused, seconds)`` of ``execute(variant, seed)``."""
+    t0, grid.reused = time.time(), False
+    row = execute(variant, seed)
+    return row, grid.reused, time.time() - t0
+
+
 def _start_worker(threads: int) -> None:
     import torch
 
@@ -283,12 +258,10 @@ def _start_worker(threads: int) -> None:
 
 
 def _train_in_worker(cfg: BenchmarkConfig, output_dir: str, variant: Variant, seed: int,
-                     final_test: bool) -> Tuple[Dict[str, Any], bool, float]:
-    """:meth:`Grid.train` in a worker process: ``(row, reused, seconds)``."""
+                     final_test: bool) -> Tuple:
+    """:func:`_timed` :meth:`Grid.train` in a worker process."""
     grid = Grid(cfg, output_dir, prepare=False)
-    t0 = time.time()
-    row = grid.train(variant, seed, final_test)
-    return row, grid.reused, time.time() - t0
+    return _timed(grid, lambda v, s: grid.train(v, s, final_test), variant, seed)
 
 
 def run_benchmark(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,

@@ -1,18 +1,14 @@
 """Equal-budget hyperparameter search with Optuna on validation folds (never on test classes).
 
-Every method gets one Optuna study with the same number of trials (``budget``): the first trial
-is the method's defaults, the others are drawn by a TPE sampler (seeded; TPE samples at random
-for its first ten trials) from ``MethodSpec.search_space`` (the trunk ``lr`` is part of every
-space). A trial trains the configuration with every seed of the run (seed s validates on class
-fold s mod num_folds); its value is the mean validation ``primary_metric``. Every validation is
-reported to Optuna (step = seed index x epochs + epoch) and a ``MedianPruner`` stops a trial
-whose curve is below the median of earlier trials at the same step. The studies live in
-``--storage`` (default ``sqlite:///<output_dir>/optuna.db``): an interrupted ``tune`` resumes
-(the interrupted trial is retried with its configuration, whose finished seeds and checkpoints
-are reused), and several processes, or machines with an RDB URL, can share the trials. The
-sampler is re-seeded from the number of finished trials before each trial, so one process gives
-the same trials with or without interruptions. The winners go to ``best_params.json`` for
-``pml-grouploss-bench run --params-file``.
+Every method gets one study of ``budget`` trials: the first is the method's defaults, the others
+come from a seeded TPE sampler over ``MethodSpec.search_space`` (the trunk ``lr`` included). A
+trial trains with every seed of the run; its value is the mean validation ``primary_metric``;
+each validation is reported (step = seed index x epochs + epoch) to a ``MedianPruner``. The
+studies live in ``storage`` (default ``sqlite:///<output_dir>/optuna.db``): an interrupted tune
+resumes (the interrupted trial is retried, reusing its finished runs) and several processes or
+machines can share trials. The sampler is re-seeded from the number of finished trials, so one
+process gives the same trials with or without interruptions. The winners go to
+``best_params.json`` (for ``run --params-file``); details in docs/benchmark.md.
 """
 
 from __future__ import annotations

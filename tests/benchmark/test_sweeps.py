@@ -29,14 +29,14 @@ quiet = dict(log=lambda *_: None)
 
 def test_ablation_variants_match_the_papers():
     cfg = BenchmarkConfig()
-    steps = ABLATIONS["steps"].variants(cfg)
+    steps = ABLATIONS["steps"].grid
     assert [v[1] for v in steps[:6]] == [{"num_iterations": t} for t in range(6)]
     assert steps[6][1] == {"nll_weight": 0.0}
-    anchors = ABLATIONS["anchors"].variants(cfg)
+    anchors = ABLATIONS["anchors"].grid
     assert len(anchors) == 30 and {v[3] for v in anchors} == {
         (a, m) for a in range(5) for m in range(5, 11)
     }
-    assert [v[2]["classes_per_batch"] for v in ABLATIONS["classes"].variants(cfg)] == [
+    assert [v[2]["classes_per_batch"] for v in ABLATIONS["classes"].grid] == [
         3,
         5,
         8,
@@ -44,11 +44,11 @@ def test_ablation_variants_match_the_papers():
         15,
         20,
     ]
-    assert [v[1] for v in ABLATIONS["negatives"].variants(cfg)] == [
+    assert [v[1] for v in ABLATIONS["negatives"].grid] == [
         {"negatives": "clamp"},
         {"negatives": "shift"},
     ]
-    assert [v[1] for v in ABLATIONS["diagonal"].variants(cfg)] == [
+    assert [v[1] for v in ABLATIONS["diagonal"].grid] == [
         {"zero_diagonal": False},
         {"zero_diagonal": True},
     ]
