@@ -62,17 +62,13 @@ CLI_ARGUMENTS = {"output_dir": "--output-dir", "fresh=True": "--fresh", "budget"
 def parse_seeds(text: str) -> Tuple[int, ...]:
     """``"3"`` -> ``(0, 1, 2)``; ``"0,5,7"`` -> ``(0, 5, 7)`` (range checks: the config)."""
     try:
-        seeds = [int(x) for x in (p.strip() for p in text.split(",")) if x]
+        seeds = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        seeds = []
+        seeds = ()
     if not seeds:
         raise ValueError(f"--seeds: expected a count (e.g. 3) or a comma list of integers "
                          f"(e.g. 0,5,7), got {text!r}")
-    if len(seeds) == 1 and "," not in text:
-        if seeds[0] < 1:
-            raise ValueError(f"--seeds must be >= 1, got {seeds[0]}")
-        return tuple(range(seeds[0]))
-    return tuple(seeds)
+    return tuple(range(seeds[0])) if len(seeds) == 1 and "," not in text else seeds
 
 
 def parse_overrides(items: List[str]) -> Dict[str, Dict[str, Any]]:
@@ -246,21 +242,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     from . import ablations, figures, inference_ablation, suite, tuning
     from .runner import quiet_pml
 
-    if args.command in ("figures", "inference"):
-        path = os.path.join(args.output_dir, "config.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{args.output_dir!r} is not a results directory of `run` "
-                                    "(no config.json); run the benchmark first")
-        with open(path) as f:
-            cfg = BenchmarkConfig.from_dict(json.load(f))
-        if args.command == "figures":
-            figures.make_all(args.output_dir, cfg)
-            print(f"figures written to {os.path.join(args.output_dir, 'figures')}")
-            return 0
-        quiet_pml(args.verbose)
-        inference_ablation.run_inference_ablation(args.output_dir, method=args.method)
+    if args.command == "figures":
+        figures.make_all(args.output_dir, suite.results_config(args.output_dir))
+        print(f"figures written to {os.path.join(args.output_dir, 'figures')}")
         return 0
     quiet_pml(args.verbose)
+    if args.command == "inference":
+        inference_ablation.run_inference_ablation(args.output_dir, method=args.method)
+        return 0
     cfg = config_from_args(args)
     default = {"run": "main", "tune": "tune"}.get(args.command) or f"ablate_{args.sweep}"
     out = args.output_dir or os.path.join("results", default)

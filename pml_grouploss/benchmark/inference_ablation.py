@@ -20,7 +20,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from .config import BenchmarkConfig
 from .runner import clean_accuracies, make_accuracy_calculator
-from .suite import Grid, Log, OnPhase
+from .suite import Grid, Log, OnPhase, results_config
 from .trunks import build_embedder, build_trunk
 
 #: validation grids (GL++ Table 7 values included)
@@ -97,8 +97,7 @@ def run_inference_ablation(results_dir: str, method: str = "grouploss", log: Opt
     """The GL++ inference ablation on ``method``'s checkpoints in ``results_dir``, written to
     ``results_dir/inference_ablation_<method>``; test classes are read only for the table rows,
     after every choice on the validation fold (``on_phase("final_test")``)."""
-    with open(os.path.join(results_dir, "config.json")) as f:
-        cfg = BenchmarkConfig.from_dict(json.load(f))
+    cfg = results_config(results_dir)
     device = torch.device(cfg.run.device)
     grid = Grid(cfg, os.path.join(results_dir, f"inference_ablation_{method}"), log=log,
                 on_phase=on_phase, prepare=False)

@@ -1,15 +1,15 @@
 """The grid runner that ``run``, ``tune``, ``ablate`` and ``inference`` share, and ``run`` itself.
 
-:class:`Grid` owns a results directory: it checks the settings against the data before anything
-is created, records ``config.json`` and ``environment.json`` (a resumed run must match the first),
-caches the splits of each validation fold, runs every (variant, seed) seed-major with a progress
-line each (finished runs are reused: resume), and writes ``per_seed.csv``, ``summary.csv`` and
-``results.md``. The subcommands only produce the variants.
+:class:`Grid` owns a results directory: it checks the settings before creating anything, records
+``config.json`` (a resumed run must match it) and ``environment.json``, caches the splits per
+validation fold, runs (variant, seed) pairs seed-major with a progress line each, reusing finished
+runs (resume), and writes ``per_seed.csv``, ``summary.csv`` and ``results.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -31,11 +31,6 @@ OnPhase = Callable[[str], None]
 #: packages whose versions decide the numbers (kernels, samplers, k-NN, logging)
 ENVIRONMENT_PACKAGES = ("torch", "torchvision", "pytorch-metric-learning", "numpy", "scipy",
                         "scikit-learn", "faiss-cpu", "faiss-gpu", "record-keeper", "pml_grouploss")
-
-
-def say(*args: Any) -> None:
-    """Progress line on stdout, flushed (the run may be logged to a file)."""
-    print(*args, flush=True)
 
 
 @dataclass(frozen=True)
@@ -103,6 +98,16 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
         json.dump(env, f, indent=2)
 
 
+def results_config(output_dir: str) -> BenchmarkConfig:
+    """The config of a finished results directory (its ``config.json``)."""
+    path = os.path.join(output_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{output_dir!r} is not a results directory of `run` (no "
+                                "config.json); run the benchmark first")
+    with open(path) as f:
+        return BenchmarkConfig.from_dict(json.load(f))
+
+
 def environment() -> Dict[str, Any]:
     """Versions, threads and machine of this process: CPU training is deterministic for a fixed
     environment, but another torch build or thread count gives other roundings. Packages that
@@ -132,15 +137,13 @@ def _git_commit() -> Optional[str]:
     """The checkout's commit (with ``+dirty`` for uncommitted changes), None outside git."""
     import subprocess
 
-    here = os.path.dirname(os.path.abspath(__file__))
     try:
-        commit, dirty = (subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
-                                        timeout=10)
-                         for args in (("rev-parse", "HEAD"), ("status", "--porcelain", "-uno")))
+        out = subprocess.run(["git", "describe", "--always", "--abbrev=40", "--dirty=+dirty",
+                              "--exclude=*"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                             capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return None if commit.returncode else (
-        commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else ""))
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 class Grid:
@@ -151,7 +154,9 @@ class Grid:
                  log: Optional[Log] = None, on_phase: Optional[OnPhase] = None,
                  prepare: bool = True) -> None:
         self.cfg, self.output_dir = cfg, output_dir
-        self.log, self.on_phase = log or say, on_phase or (lambda _: None)
+        # progress lines on stdout, flushed (the run may be logged to a file)
+        self.log = log or functools.partial(print, flush=True)
+        self.on_phase = on_phase or (lambda _: None)
         self._splits: Dict[Any, Splits] = {}
         self.reused = False  # the last run was finished before (its final.json reused)
         if prepare:

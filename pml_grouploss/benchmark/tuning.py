@@ -49,19 +49,19 @@ def _variant(name: str, trial: optuna.trial.BaseTrial, cfg: BenchmarkConfig) -> 
                    extra={"method_name": name, "conf": key}, run_dir=f"{name}/{digest}")
 
 
-def _objective(grid: Grid, name: str, pruner_epochs: int):
+def _objective(grid: Grid, name: str):
     cfg = grid.cfg
 
     def objective(trial: optuna.Trial) -> float:
         variant, rows = _variant(name, trial, cfg), []
         for i, seed in enumerate(cfg.run.seeds):
-            def report(epoch: int, value: float, offset: int = i * pruner_epochs) -> bool:
+            def report(epoch: int, value: float, offset: int = i * cfg.optim.epochs) -> bool:
                 trial.report(value, offset + epoch)
                 return not trial.should_prune()
 
             t0 = time.time()
             rows.append(grid.train(variant, seed, final_test=False, on_validation=report))
-            grid.progress(len(rows), len(cfg.run.seeds), variant.label, seed, rows[-1],
+            grid.progress(i + 1, len(cfg.run.seeds), variant.label, seed, rows[-1],
                           time.time() - t0)
             trial.set_user_attr("rows", rows)
             if trial.should_prune():
@@ -78,7 +78,7 @@ def tune_method(grid: Grid, name: str, budget: int, storage: str) -> optuna.Stud
         pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
     if not study.trials:
         study.enqueue_trial(default_trial(name, grid.cfg))
-    objective = _objective(grid, name, grid.cfg.optim.epochs)
+    objective = _objective(grid, name)
     while True:
         trials = study.get_trials(deepcopy=False)
         finished = sum(t.state in FINISHED for t in trials)

@@ -168,16 +168,13 @@ def check_output_dir(path: Any, name: str = "output_dir") -> None:
     created as one. Creates nothing (a probe directory is made and removed)."""
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ValueError(f"{name} must be a directory path, got {path!r}")
-    full = os.path.abspath(os.fspath(path))
-    if os.path.exists(full) and not os.path.isdir(full):
-        raise ValueError(f"{name} {str(path)!r} is a file, not a directory; choose another {name}")
-    existing = full
+    full = existing = os.path.abspath(os.fspath(path))
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise ValueError(
-            f"{name} {str(path)!r} cannot be created: {existing!r} is a file, not a directory; "
-            f"choose another {name}")
+        why = "is" if existing == full else f"cannot be created: {existing!r} is"
+        raise ValueError(f"{name} {str(path)!r} {why} a file, not a directory; choose another "
+                         f"{name}")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".pml-grouploss-write-test-", dir=existing))
     except OSError as err:
