@@ -25,10 +25,10 @@ from pytorch_metric_learning.utils import logging_presets
 from ..losses import GroupLoss
 from ..samplers import NearestClassSampler
 from ..trainers import ClassificationWarmup
+from ..trainers.resume import ResumableSampler, ResumableTrainer, load_state, save_state
 from .config import BenchmarkConfig, OptimConfig
 from .data import Splits
 from .methods import MethodSpec, build_method
-from ..trainers.resume import ResumableSampler, ResumableTrainer, load_state, save_state
 from .trunks import build_embedder, build_trunk
 from .validation import check_batch
 
@@ -68,11 +68,6 @@ OPTIMIZERS = {"adam": (torch.optim.Adam, {}), "adamw": (torch.optim.AdamW, {}),
               "radam": (torch.optim.RAdam, {}), "sgd": (torch.optim.SGD, {"momentum": 0.9})}
 
 
-def _optimizer(name: str, params, lr: float, weight_decay: float):
-    cls, fixed = OPTIMIZERS[name]
-    return cls(params, lr=lr, weight_decay=weight_decay, **fixed)
-
-
 def read_history(path: str) -> pd.DataFrame:
     """The per-epoch rows of a run (``split`` = time / val / train), last write wins."""
     hist = pd.read_json(path, lines=True)
@@ -89,15 +84,12 @@ def _optimizers(cfg: BenchmarkConfig, trunk, embedder, loss, method) -> Dict[str
     """Trunk and embedder at the method's trunk lr (default ``cfg.optim.lr``); a loss that owns
     parameters gets its own optimizer at ``loss_lr``."""
     lr = method.lr if method.lr is not None else cfg.optim.lr
-    optimizers = {"trunk_optimizer": _optimizer(cfg.optim.optimizer, trunk.parameters(), lr,
-                                                cfg.optim.weight_decay)}
-    if any(p.requires_grad for p in embedder.parameters()):
-        optimizers["embedder_optimizer"] = _optimizer(
-            cfg.optim.optimizer, embedder.parameters(), lr, cfg.optim.weight_decay)
-    if method.loss_lr is not None:
-        optimizers["metric_loss_optimizer"] = _optimizer(
-            cfg.optim.optimizer, loss.parameters(), method.loss_lr, cfg.optim.weight_decay)
-    return optimizers
+    cls, fixed = OPTIMIZERS[cfg.optim.optimizer]
+    parts = {"trunk": (trunk, lr), "embedder": (embedder, lr), "metric_loss": (loss, method.loss_lr)}
+    return {f"{name}_optimizer": cls(module.parameters(), lr=rate,
+                                     weight_decay=cfg.optim.weight_decay, **fixed)
+            for name, (module, rate) in parts.items()
+            if rate is not None and any(p.requires_grad for p in module.parameters())}
 
 
 def _append_history(path: str, rows) -> None:
