@@ -110,6 +110,16 @@ def load_params_file(path: str) -> Dict[str, Dict[str, Any]]:
 
 PARSERS = {"seeds": parse_seeds,
            "methods": lambda text: tuple(m.strip() for m in text.split(",") if m.strip())}
+NONE = "none"  #: the value of an Optional option that turns it off (``--patience none``)
+
+
+def _or_none(kind: type):
+    """argparse ``type``: ``kind(text)``, or :data:`NONE` for "none" (any case)."""
+    def parse(text: str) -> Any:
+        return NONE if text.lower() == NONE else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
+    return parse
 
 
 def flags() -> Dict[str, Optional[str]]:
@@ -154,6 +164,9 @@ def _config_options(p: argparse.ArgumentParser, skip: Tuple[str, ...]) -> None:
             default = len(default) if f.name == "seeds" else ",".join(default)
         elif "int" in kind or "float" in kind:
             kw["type"] = int if "int" in kind else float
+        if kind.startswith("Optional"):
+            kw["type"] = _or_none(kw.get("type", str))
+            kw["help"] += "; none turns it off"
         if default is not None and "(default" not in meta["help"] and "action" not in kw:
             kw["help"] += f" (default: {default})"
         flag = flag or "--" + f.name.replace("_", "-")
@@ -202,7 +215,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     for _, f in config_fields():
         value = getattr(args, f.name, None)
         if value is not None:
-            base[f.name] = PARSERS[f.name](value) if f.name in PARSERS else value
+            base[f.name] = None if value is NONE else PARSERS.get(f.name, lambda v: v)(value)
     overrides = {k: dict(v) for k, v in base.get("overrides", {}).items()}
     sources = [load_params_file(args.params_file)] if getattr(args, "params_file", None) else []
     for source in sources + [parse_overrides(args.set)]:

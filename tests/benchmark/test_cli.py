@@ -128,6 +128,12 @@ def test_config_from_args_parses_everything(tmp_path):
     cfg = cli.config_from_args(args)
     assert cfg.run.final_test is False and cfg.data.label_noise == 0.2
     assert cli.config_from_args(cli.build_parser().parse_args(["run"])).run.final_test is True
+    # every Optional option can be turned off, whatever its default
+    args = cli.build_parser().parse_args(["run", "--patience", "None", "--lr-plateau-patience",
+                                          "none", "--max-classes", "12", "--batch-size", "none"])
+    cfg = cli.config_from_args(args)
+    assert (cfg.optim.patience, cfg.optim.lr_plateau_patience, cfg.model.batch_size) == (
+        None, None, None) and cfg.data.max_classes == 12
 
 
 def test_missing_logging_dependencies_fail_at_once(capsys, monkeypatch, tmp_path):
