@@ -20,10 +20,10 @@ import pandas as pd
 
 from .aggregate import TABLE_METRICS, VAL_METRICS, format_table, summarize, to_markdown
 from .config import BenchmarkConfig
-from .data import Splits, load_base, splits_for_fold
+from .data import Splits, class_folds, load_base, splits_for_fold
 from .methods import get_method
 from .runner import run_one
-from .validation import ConfigValueError, check_batch, check_output_dir
+from .validation import check_batch, check_output_dir
 
 Log = Callable[..., None]
 #: told the protocol phase ("train", "final_test", "figures", "idle"); the tests observe it
@@ -58,11 +58,8 @@ def check_before_output(cfg: BenchmarkConfig) -> None:
                            "'pml_grouploss[with-hooks-cpu]' (or [with-hooks] with faiss-gpu)")
     train_base = load_base(cfg.data.dataset, cfg.data.data_root, cfg.data.download)[0]
     n_train = min(len(set(train_base.labels)), cfg.data.max_classes or len(train_base.labels))
-    if cfg.data.num_folds > n_train:
-        raise ConfigValueError(
-            "data.num_folds", f"data.num_folds {cfg.data.num_folds} exceeds the {n_train} "
-            "training classes; lower it (each fold needs a validation class)")
-    check_batch(cfg, n_train - -(-n_train // cfg.data.num_folds))  # left by the largest fold
+    largest = max(len(fold) for fold in class_folds(n_train, cfg.data.num_folds))
+    check_batch(cfg, n_train - largest)
 
 
 def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -> None:
