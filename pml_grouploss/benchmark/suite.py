@@ -206,7 +206,7 @@ class Grid:
 
         pool = ProcessPoolExecutor(
             min(self.cfg.run.workers, len(jobs)), multiprocessing.get_context("spawn"),
-            initializer=_start_worker, initargs=(self.cfg.run.threads or 1,))
+            initializer=_start_worker, initargs=(self.cfg.run.threads or 1, os.getpid()))
         try:
             futures = {pool.submit(_train_in_worker, self.cfg, self.output_dir, v, s, final_test): i
                        for i, (v, s) in enumerate(jobs)}
@@ -250,11 +250,21 @@ def _timed(grid: Grid, execute: Callable, variant: Variant, seed: int) -> Tuple:
     return row, grid.reused, time.time() - t0
 
 
-def _start_worker(threads: int) -> None:
+def _start_worker(threads: int, parent: int) -> None:
+    """Torch threads and quiet PML in a worker; it exits when its parent process is gone (e.g.
+    killed by SIGTERM), instead of training on as an orphan."""
+    import threading
+
     import torch
 
     from .runner import quiet_pml
 
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
     torch.set_num_threads(threads)
     quiet_pml(False)
 
