@@ -11,67 +11,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
 import numpy as np
 from torch.utils.data import Dataset
+
+from ..datasets.class_subset import FOLD_SEED, ClassSubset, assert_disjoint, class_folds
+
+__all__ = ["ClassSubset", "Splits", "assert_disjoint", "build_splits", "class_folds",
+           "splits_for_fold"]  # the first, third and fifth: pml_grouploss.datasets.class_subset
 
 if TYPE_CHECKING:
     from .config import BenchmarkConfig
 
 DATASET_NAMES = ("omniglot-small", "omniglot", "cub", "cars196", "sop")
-#: permutation seed of the class folds: fixed, so every method and seed sees the same folds
-FOLD_SEED = 12345
-
-
-class ClassSubset(Dataset):
-    """The samples of ``base`` whose label is in ``classes``, labels remapped to ``0..C-1``.
-
-    ``base[i]`` must return ``(PIL image, label)``; ``transform`` is applied here, once per
-    image with ``cache=True`` (for a deterministic transform of small images: the embedded
-    Omniglot's 28x28 tensors are then read without a PIL round-trip after the first epoch).
-    ``identities`` are globally unique class names (used to assert disjointness).
-    """
-
-    def __init__(self, base: Dataset, classes: Sequence[int], transform: Optional[Callable],
-                 split_name: str, cache: bool = False) -> None:
-        labels = np.asarray(base.labels)
-        classes = sorted(int(c) for c in classes)
-        index = {c: i for i, c in enumerate(classes)}
-        self.base = base
-        self.split_name = split_name
-        self.indices: List[int] = [int(i) for i in np.flatnonzero(np.isin(labels, classes))]
-        self.labels: List[int] = [index[int(labels[i])] for i in self.indices]
-        self.base_classes: List[int] = classes
-        self.transform = transform
-        self._cache: Optional[Dict[int, Any]] = {} if cache else None
-        names = getattr(base, "classes", None)
-        tag = f"{type(base).__name__}:{getattr(base, 'split', '')}"
-        offset = getattr(base, "label_offset", 0)  # the class of label c is names[c - offset]
-        self.identities: List[str] = [
-            names[c - offset] if names is not None else f"{tag}:{c}" for c in classes
-        ]
-        ids = getattr(base, "original_labels", None)
-        if names is None and ids is not None:  # PML adapters: ids are global across splits
-            orig = {int(labels[i]): int(ids[i]) for i in self.indices}
-            self.identities = [f"{type(base).__name__}:{orig[c]}" for c in classes]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.base_classes)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        if self._cache is not None and i in self._cache:
-            return self._cache[i], self.labels[i]
-        img, _ = self.base[self.indices[i]]
-        if self.transform is not None:
-            img = self.transform(img)
-        if self._cache is not None:
-            self._cache[i] = img
-        return img, self.labels[i]
 
 
 @dataclass
@@ -81,18 +34,6 @@ class Splits:
     val: ClassSubset  # validation fold (model selection)
     test: ClassSubset  # unseen test classes (touched once)
     in_channels: int
-
-
-def class_folds(num_classes: int, num_folds: int, seed: int = FOLD_SEED) -> List[np.ndarray]:
-    """Split ``0..num_classes-1`` into ``num_folds`` disjoint folds of (almost) equal size."""
-    from .validation import ConfigValueError
-
-    if not 2 <= num_folds <= num_classes:
-        raise ConfigValueError(
-            "data.num_folds", f"data.num_folds {num_folds} must be >= 2 (one fold validates) and "
-            f"at most the {num_classes} training classes (each fold needs a validation class)")
-    perm = np.random.default_rng(seed).permutation(num_classes)
-    return [np.sort(f) for f in np.array_split(perm, num_folds)]
 
 
 def load_base(dataset: str, data_root: Optional[str], download: bool = False):
@@ -178,7 +119,7 @@ def build_splits(dataset: str, data_root: Optional[str], fold: int, num_folds: i
         test=ClassSubset(test_base, test_classes[:n_test], ev_tf, "test", small),
         in_channels=in_channels,
     )
-    assert_disjoint(splits)
+    assert_disjoint(splits.train, splits.val, splits.test)
     return splits
 
 
@@ -191,15 +132,3 @@ def splits_for_fold(cfg: "BenchmarkConfig", fold: int, **changes) -> Splits:
                     label_noise=data.label_noise, train_eval_classes=cfg.optim.train_eval_classes)
     settings.update(changes)
     return build_splits(data.dataset, data.data_root, fold, data.num_folds, **settings)
-
-
-def assert_disjoint(splits: Splits) -> None:
-    """Raise ``AssertionError`` unless train, validation and test share no class and no image."""
-    tr, va, te = (set(s.identities) for s in (splits.train, splits.val, splits.test))
-    if tr & va or tr & te or va & te:
-        raise AssertionError(f"class overlap: train&val={sorted(tr & va)[:5]}, "
-                             f"train&test={sorted(tr & te)[:5]}, val&test={sorted(va & te)[:5]}")
-    if splits.train.base is splits.val.base and set(splits.train.indices) & set(splits.val.indices):
-        raise AssertionError("train and validation share images")
-    if splits.train.base is splits.test.base:
-        raise AssertionError("the test split must come from the dataset's own test split")

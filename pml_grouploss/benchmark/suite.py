@@ -23,7 +23,7 @@ from .config import BenchmarkConfig
 from .data import Splits, class_folds, load_base, splits_for_fold
 from .methods import get_method
 from .runner import run_one
-from .validation import check_batch, check_output_dir
+from .validation import ConfigValueError, check_batch, check_output_dir
 
 Log = Callable[..., None]
 #: told the protocol phase ("train", "final_test", "figures", "idle"); the tests observe it
@@ -58,7 +58,10 @@ def check_before_output(cfg: BenchmarkConfig) -> None:
                            "'pml_grouploss[with-hooks-cpu]' (or [with-hooks] with faiss-gpu)")
     train_base = load_base(cfg.data.dataset, cfg.data.data_root, cfg.data.download)[0]
     n_train = min(len(set(train_base.labels)), cfg.data.max_classes or len(train_base.labels))
-    largest = max(len(fold) for fold in class_folds(n_train, cfg.data.num_folds))
+    try:
+        largest = max(len(fold) for fold in class_folds(n_train, cfg.data.num_folds))
+    except ValueError as err:  # too many folds for the training classes
+        raise ConfigValueError("data.num_folds", f"data.{err}") from None
     check_batch(cfg, n_train - largest)
 
 

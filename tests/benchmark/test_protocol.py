@@ -39,7 +39,7 @@ def test_embedded_splits_are_class_disjoint(fold):
     # assert_disjoint really checks
     s.val.identities = s.val.identities[:-1] + [s.test.identities[0]]
     with pytest.raises(AssertionError, match="val&test"):
-        assert_disjoint(s)
+        assert_disjoint(s.train, s.val, s.test)
 
 
 @pytest.mark.slow

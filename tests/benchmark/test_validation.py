@@ -122,7 +122,7 @@ def test_more_folds_than_training_classes_is_named(tmp_path):
     assert BenchmarkConfig().replace(max_classes=6, num_folds=6).data.num_folds == 6
     with pytest.raises(ValueError, match="max_classes 5 leaves fewer training classes"):
         BenchmarkConfig().replace(max_classes=5, num_folds=6)
-    with pytest.raises(ValueError, match="num_folds 200 must be >= 2 .* at most the 135 training classes"):
+    with pytest.raises(ValueError, match="num_folds 200 must be >= 2 .* at most the 135 classes"):
         run_benchmark(BenchmarkConfig().replace(num_folds=200), str(tmp_path), log=lambda *_: None)
     assert not (tmp_path / "config.json").exists()
 

@@ -1,0 +1,62 @@
+"""``datasets.class_subset``: class-disjoint subsets and the validation folds of the benchmark."""
+
+import numpy as np
+import pytest
+
+from pml_grouploss.datasets import ClassSubset, Omniglot, assert_disjoint, class_folds
+
+
+class Toy:
+    """Six samples of classes 3, 3, 5, 7, 7, 7 (``classes`` names them)."""
+
+    labels = [3, 3, 5, 7, 7, 7]
+    classes = {3: "c", 5: "e", 7: "g"}
+
+    def __getitem__(self, i):
+        return float(i), self.labels[i]
+
+
+def test_class_folds_partition_is_fixed_and_checked():
+    folds = class_folds(10, 3)
+    assert [f.tolist() for f in folds] == [f.tolist() for f in class_folds(10, 3)]
+    assert sorted(np.concatenate(folds).tolist()) == list(range(10))
+    assert sorted(len(f) for f in folds) == [3, 3, 4]
+    assert [f.tolist() for f in class_folds(10, 3, seed=1)] != [f.tolist() for f in folds]
+    for bad in (1, 11):
+        with pytest.raises(ValueError, match=f"num_folds {bad} must be >= 2 .* at most the 10"):
+            class_folds(10, bad)
+    with pytest.raises(TypeError, match="num_folds must be an int"):
+        class_folds(10, 2.0)
+
+
+def test_class_subset_remaps_labels_and_caches_the_transform():
+    calls = []
+
+    def transform(x):
+        calls.append(x)
+        return 10 * x
+
+    base = Toy()
+    base.classes = ["c", "e", "g", "h", "i", "j", "k", "l"]  # the class of label c: classes[c]
+    sub = ClassSubset(base, [7, 3], transform, "train", cache=True)
+    assert (sub.indices, sub.labels, sub.num_classes, len(sub)) == ([0, 1, 3, 4, 5],
+                                                                     [0, 0, 1, 1, 1], 2, 5)
+    assert sub.identities == ["h", "l"] and sub.split_name == "train"
+    assert sub[2] == (30.0, 1) and sub[2] == (30.0, 1) and calls == [3.0]  # transformed once
+    uncached = ClassSubset(base, [5], transform, "val")
+    assert uncached[0] == (20.0, 0) and uncached[0] == (20.0, 0) and calls == [3.0, 2.0, 2.0]
+
+
+def test_assert_disjoint_on_the_embedded_omniglot():
+    train_base, test_base = Omniglot(split="train"), Omniglot(split="test")
+    val_classes = class_folds(135, 5)[0]
+    train = ClassSubset(train_base, np.setdiff1d(np.arange(135), val_classes), None, "train")
+    val = ClassSubset(train_base, val_classes, None, "val")
+    test = ClassSubset(test_base, sorted(set(test_base.labels)), None, "test")
+    assert_disjoint(train, val, test)
+    assert (train.num_classes, val.num_classes, test.num_classes) == (108, 27, 107)
+    with pytest.raises(AssertionError, match="class overlap"):
+        assert_disjoint(train, train, test)
+    fewer = ClassSubset(train_base, train.base_classes[:-1], None, "train")
+    with pytest.raises(AssertionError, match="own test split"):  # disjoint, but the same base
+        assert_disjoint(fewer, val, ClassSubset(train_base, train.base_classes[-1:], None, "t"))
