@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torchvision import transforms as T
 
 from pml_grouploss import losses
-from pml_grouploss.benchmark.trunks import SmallCNN
+from pml_grouploss.trunks import SmallCNN
 from pml_grouploss.datasets import Omniglot
 
 

@@ -15,7 +15,7 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from torchvision import transforms as T
 
 from pml_grouploss import losses, miners, samplers, testers, trainers  # <- was pytorch_metric_learning
-from pml_grouploss.benchmark.trunks import SmallCNN
+from pml_grouploss.trunks import SmallCNN
 from pml_grouploss.datasets import Omniglot
 
 torch.manual_seed(0)

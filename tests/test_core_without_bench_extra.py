@@ -15,7 +15,7 @@ import pytest
 
 BENCH_ONLY = ("pandas", "matplotlib", "optuna")
 CORE = ("losses", "functional", "inference", "evaluation", "datasets", "samplers", "miners",
-        "distances")
+        "distances", "trainers", "trunks")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BLOCKER = textwrap.dedent(

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Unio
 
 from .data import DATASET_NAMES
 from .methods import DEFAULT_METHODS, METHODS
-from .trunks import TRUNK_NAMES
+from ..trunks import TRUNK_NAMES
 
 METRICS = ("precision_at_1", "mean_average_precision_at_r", "NMI", "r_precision")
 

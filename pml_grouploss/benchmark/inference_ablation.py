@@ -21,7 +21,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from .config import BenchmarkConfig
 from .runner import clean_accuracies, make_accuracy_calculator
 from .suite import Grid, Log, OnPhase, results_config
-from .trunks import build_embedder, build_trunk
+from ..trunks import build_embedder, build_trunk
 
 #: validation grids (GL++ Table 7 values included)
 GRIDS: Dict[str, Tuple[Any, ...]] = {

@@ -29,7 +29,7 @@ from ..trainers.resume import ResumableSampler, ResumableTrainer, load_state, sa
 from .config import BenchmarkConfig, OptimConfig
 from .data import Splits
 from .methods import MethodSpec, build_method
-from .trunks import build_embedder, build_trunk
+from ..trunks import build_embedder, build_trunk
 from .validation import check_batch
 
 BASE_METRICS = ("precision_at_1", "mean_average_precision_at_r", "r_precision", "NMI", "AMI")

@@ -77,7 +77,7 @@ def _check_value(name: str, value: Any, kind: Any, meta: Dict[str, Any], minimum
 def validate_config(cfg: "BenchmarkConfig") -> None:
     """Raise a Config error for the first invalid field of ``cfg``."""
     from .config import SECTIONS, config_fields
-    from .trunks import feature_size
+    from ..trunks import feature_size
 
     for section, (cls, _) in SECTIONS.items():
         if not isinstance(getattr(cfg, section), cls):

@@ -1,4 +1,9 @@
-"""Trunks and embedders shared by every method of the benchmark."""
+"""Trunks and embedders for PML's trainers: the small Omniglot CNN and torchvision trunks by name.
+
+PML's recipe is a ``trunk`` (images -> pooled features) and an ``embedder`` (features ->
+embedding) passed to its trainers as ``models={"trunk": ..., "embedder": ...}``. The benchmark
+builds every method's networks with these functions.
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from pml_grouploss.benchmark.trunks import SmallCNN, build_embedder, build_trunk
+from pml_grouploss.trunks import SmallCNN, build_embedder, build_trunk
 
 
 def test_small_cnn_shapes():
