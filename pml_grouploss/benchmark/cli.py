@@ -166,7 +166,7 @@ def _config_options(p: argparse.ArgumentParser, skip: Tuple[str, ...]) -> None:
             kw["type"] = int if "int" in kind else float
         if kind.startswith("Optional"):
             kw["type"] = _or_none(kw.get("type", str))
-            kw["help"] += "; none turns it off"
+            kw["help"] += "; none unsets it"
         if default is not None and "(default" not in meta["help"] and "action" not in kw:
             kw["help"] += f" (default: {default})"
         flag = flag or "--" + f.name.replace("_", "-")

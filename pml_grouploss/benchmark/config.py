@@ -152,8 +152,8 @@ class RunConfig:
         True, "validation only: no test image is read; the tables show validation metrics",
         flag="--no-test")
     workers: int = option(
-        2, "processes that train (method, seed) runs in parallel, each with --threads torch "
-        "threads (default: 1 per worker); 1 = in this process", minimum=1)
+        2, "processes that train (method, seed) runs in parallel (default: 2), each with "
+        "--threads torch threads (1 if not given); 1 = in this process", minimum=1)
     threads: Optional[int] = option(None, "torch CPU threads", minimum=1)
     device: str = option("cpu", "torch device")
     log_freq: int = option(10, "record-keeper logging interval", minimum=1, flag=None)
