@@ -1,0 +1,55 @@
+"""benchmarks/regime_search.py: every regime command runs end to end (tiny), on validation
+only, and the report pairs GroupLoss with each comparison per seed."""
+
+import importlib.util
+import os
+import sys
+
+import pandas as pd
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+spec = importlib.util.spec_from_file_location(
+    "regime_search", os.path.join(HERE, "..", "..", "benchmarks", "regime_search.py"))
+regime_search = importlib.util.module_from_spec(spec)
+sys.modules["regime_search"] = regime_search  # its dataclass looks its module up
+spec.loader.exec_module(regime_search)
+
+
+def test_commands_are_validation_only_and_name_their_directory():
+    args = regime_search.command("label_noise_20", 5, "R", test=False, tiny=False)
+    assert args[:5] == ["run", "--seeds", "5", "--output-dir", os.path.join("R", "label_noise_20")]
+    assert "--no-test" in args and args[args.index("--label-noise") + 1] == "0.2"
+    test_args = regime_search.command("warmup_4", 5, "R", test=True, tiny=False)
+    assert "--no-test" not in test_args and os.path.join("R", "test_warmup_4") in test_args
+    assert test_args[test_args.index("--losses") + 1] == ",".join(regime_search.ALL)
+
+
+def test_paired_differences_per_seed():
+    rows = pd.DataFrame({
+        "method": ["grouploss", "grouploss_ce", "triplet", "proxyanchor"] * 2,
+        "seed": [0] * 4 + [1] * 4,
+        "val_precision_at_1": [0.80, 0.78, 0.79, 0.70, 0.90, 0.86, 0.85, 0.80]})
+    diffs = regime_search.paired(rows, "val_precision_at_1")
+    assert diffs["grouploss_ce"][0] == pytest.approx(3.0)  # (+2, +4) points
+    assert diffs["grouploss_ce"][1] == pytest.approx(12.706, rel=1e-3)  # t(0.975, 1) * 1.41 / 1.41
+    assert diffs["triplet"][0] == pytest.approx(3.0) and diffs["better"] == diffs["triplet"]
+    assert diffs["proxyanchor"][0] == pytest.approx(10.0)
+
+
+@pytest.mark.slow
+def test_every_regime_runs_tiny_and_reports(tmp_path, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    root = str(tmp_path)
+    assert regime_search.main(["validate", "--all", "--tiny", "--seeds", "2", "--root", root]) == 0
+    for name, regime in regime_search.REGIMES.items():
+        rows = pd.read_csv(os.path.join(root, name, "per_seed.csv"))
+        assert sorted(rows.method.unique()) == sorted(regime.methods)
+        assert "precision_at_1" not in rows.columns  # no test evaluation
+    md = regime_search.report(root)
+    assert all(f"| {name} | 2 |" in md for name in regime_search.REGIMES)
+    assert regime_search.main(["test", "--tiny", "--seeds", "2", "--root", root]) == 0
+    chosen = [d for d in os.listdir(root) if d.startswith("test_")]
+    assert len(chosen) == 1
+    assert "precision_at_1" in pd.read_csv(os.path.join(root, chosen[0], "per_seed.csv"))
+    assert "Test classes" in regime_search.report(root)
