@@ -31,14 +31,20 @@ def load_histories(output_dir: str) -> pd.DataFrame:
 
 
 def _curves(ax, hist: pd.DataFrame, split: str, methods: List[str], style: str = "-") -> None:
-    """Mean ± 95% CI of R@1 per epoch on ``split``, one colour per method."""
+    """Mean ± 95% CI of R@1 per epoch on ``split``, one colour per method. A run that stopped
+    early keeps its last value (its final model) up to the method's last epoch; x = a stop."""
     for i, m in enumerate(methods):
         part = hist[(hist.method == m) & (hist.split == split)] if len(hist) else hist
         if part.empty:
             continue
-        stats = [(e, *mean_ci(g["precision_at_1"].tolist())) for e, g in part.groupby("epoch")]
-        e, mu, ci = (np.array(x, dtype=float) for x in zip(*stats))
+        wide = part.pivot_table(index="epoch", columns="seed", values="precision_at_1")
+        stops = [e for e in wide.apply(pd.Series.last_valid_index) if e < wide.index.max()]
+        wide = wide.ffill()
+        e = wide.index.to_numpy(dtype=float)
+        mu, ci = (np.array(x, dtype=float) for x in zip(*(
+            mean_ci(row.dropna().tolist()) for _, row in wide.iterrows())))
         ax.plot(e, 100 * mu, style, color=f"C{i}", label=f"{m} ({split})")
+        ax.plot(stops, 100 * mu[np.searchsorted(e, stops)], "x", color=f"C{i}")
         ci = np.nan_to_num(ci)
         ax.fill_between(e, 100 * (mu - ci), 100 * (mu + ci), color=f"C{i}", alpha=0.2)
 
@@ -60,7 +66,8 @@ def convergence_figure(output_dir: str, methods: List[str]) -> str:
     _curves(ax, load_histories(output_dir), "val", methods)
     ax.legend(fontsize=8)
     return _save(fig, os.path.join(output_dir, "figures", "convergence.png"), ax,
-                 title="Convergence on the validation classes (mean ± 95% CI)", xlabel="epoch",
+                 title="Convergence on the validation classes (mean ± 95% CI)\n"
+                 "x: a run stopped early (it keeps its last value)", xlabel="epoch",
                  ylabel="validation R@1 (%)")
 
 

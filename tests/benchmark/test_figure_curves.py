@@ -1,0 +1,22 @@
+"""The convergence curves with early-stopped runs: a stopped run keeps its last value."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from pml_grouploss.benchmark.figures import _curves  # noqa: E402
+
+
+def test_a_stopped_run_is_carried_forward_and_marked():
+    hist = pd.DataFrame({
+        "method": ["gl"] * 5, "split": ["val"] * 5, "seed": [0, 0, 1, 1, 1],
+        "epoch": [2, 4, 2, 4, 6], "precision_at_1": [0.5, 0.7, 0.6, 0.8, 0.9]})
+    fig, ax = plt.subplots()
+    _curves(ax, hist, "val", ["gl"])
+    line, stops = ax.lines
+    assert list(line.get_xdata()) == [2, 4, 6]
+    assert list(line.get_ydata()) == pytest.approx([55.0, 75.0, 80.0])  # seed 0 keeps 0.7
+    assert list(stops.get_xdata()) == [4] and list(stops.get_ydata()) == pytest.approx([75.0])
+    plt.close(fig)
