@@ -148,11 +148,14 @@ def report(root: str) -> str:
     text = ["# Regime search (issue 13)", "",
             "GroupLoss minus each comparison, paired per seed (same fold and seed), mean ± 95% CI "
             "over seeds, in points. Validation folds only (no test image read):", "", val]
-    text += [f"- `{k}`: {r.description}; `{' '.join(command(k, 5, root, False, False))}`"
+    text += [f"- `{k}`: {r.description}; `python benchmarks/regime_search.py validate {k}`"
+             + ("" if per_seed(k, root, False) is not None else " (**not run yet**)")
              for k, r in REGIMES.items()]
-    if chosen is not None:
+    if len(scores) > 1:
         text += ["", f"Chosen on validation (largest smallest lower bound, {scores[chosen]:+.1f}): "
                  f"**{chosen}**."]
+    elif scores:
+        text += ["", f"Only `{chosen}` has run: there is no regime to choose yet."]
     test, _ = table(root, test=True)
     if test.count("\n") > 2:
         text += ["", "Test classes, the chosen regime run once:", "", test]
