@@ -4,7 +4,8 @@
 (``cli``, one ``--help`` group per section, flat option names: field names are unique across
 sections) and the validation (``validation``: once, when a config is made, errors naming the
 dotted field ``optim.epochs``) are generated from the field metadata below. Defaults = the
-embedded Omniglot benchmark, sized to run in under 10 minutes on 2 CPU cores.
+embedded Omniglot benchmark, each method trained until its validation curve plateaus (about 16
+minutes on 2 CPU cores, docs/benchmark.md "Run time").
 """
 
 from __future__ import annotations
