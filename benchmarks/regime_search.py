@@ -69,6 +69,9 @@ REGIMES: Dict[str, Regime] = {
     "similarity_power_2": Regime("a sharper similarity: W = relu(corr)^2",
                                  ("--set", "grouploss.similarity_power=2"), ("grouploss",)),
     "embedding_256": Regime("larger embeddings: 256", ("--embedding-size", "256")),
+    "warmup_4_power_2": Regime("warm-up and a sharper similarity together (the two best above)",
+                               ("--warmup-epochs", "4", "--set", "grouploss.similarity_power=2"),
+                               ("grouploss",)),
 }
 #: options that make a regime command a seconds-long smoke run (the tests)
 TINY = ("--max-classes", "80", "--epochs", "2", "--iterations-per-epoch", "1", "--workers", "1",
