@@ -69,6 +69,11 @@ REGIMES: Dict[str, Regime] = {
     "similarity_power_2": Regime("a sharper similarity: W = relu(corr)^2",
                                  ("--set", "grouploss.similarity_power=2"), ("grouploss",)),
     "embedding_256": Regime("larger embeddings: 256", ("--embedding-size", "256")),
+    "steps_3": Regime("three refinement steps (T=3; the one interval above 0 of the old steps "
+                      "ablation)", ("--set", "grouploss.num_iterations=3"), ("grouploss",)),
+    "nll_only": Regime("the refined-label NLL without the auxiliary CE (ce_weight=0; preferred "
+                       "by the old loss-terms ablation)", ("--set", "grouploss.ce_weight=0"),
+                       ("grouploss",)),
     "warmup_4_power_2": Regime("warm-up and a sharper similarity together (the two best above)",
                                ("--warmup-epochs", "4", "--set", "grouploss.similarity_power=2"),
                                ("grouploss",)),
