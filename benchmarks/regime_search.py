@@ -77,6 +77,13 @@ REGIMES: Dict[str, Regime] = {
     "warmup_4_power_2": Regime("warm-up and a sharper similarity together (the two best above)",
                                ("--warmup-epochs", "4", "--set", "grouploss.similarity_power=2"),
                                ("grouploss",)),
+    "nll_only_power_2": Regime("the NLL alone over the sharper similarity",
+                               ("--set", "grouploss.ce_weight=0",
+                                "--set", "grouploss.similarity_power=2"), ("grouploss",)),
+    "nll_only_warmup_4_power_2": Regime(
+        "warm-up, then the NLL alone over the sharper similarity",
+        ("--warmup-epochs", "4", "--set", "grouploss.ce_weight=0",
+         "--set", "grouploss.similarity_power=2"), ("grouploss",)),
 }
 #: options that make a regime command a seconds-long smoke run (the tests)
 TINY = ("--max-classes", "80", "--epochs", "2", "--iterations-per-epoch", "1", "--workers", "1",
