@@ -20,9 +20,30 @@ def test_commands_are_validation_only_and_name_their_directory():
     args = regime_search.command("label_noise_20", 5, "R", test=False, tiny=False)
     assert args[:5] == ["run", "--seeds", "5", "--output-dir", os.path.join("R", "label_noise_20")]
     assert "--no-test" in args and args[args.index("--label-noise") + 1] == "0.2"
-    test_args = regime_search.command("warmup_4", 5, "R", test=True, tiny=False)
+    test_args = regime_search.command("warmup_4", 5, "R", test=True, tiny=False,
+                                      methods=["grouploss"])
     assert "--no-test" not in test_args and os.path.join("R", "test_warmup_4") in test_args
-    assert test_args[test_args.index("--losses") + 1] == ",".join(regime_search.ALL)
+    assert test_args[test_args.index("--losses") + 1] == "grouploss"
+
+
+def _write_val(root, name, rows):
+    os.makedirs(os.path.join(root, name))
+    pd.DataFrame(rows, columns=["method", "seed", "val_precision_at_1",
+                                "val_mean_average_precision_at_r"]).to_csv(
+        os.path.join(root, name, "per_seed.csv"), index=False)
+
+
+def test_each_method_gets_its_best_trained_regime_and_never_a_noise_condition(tmp_path):
+    root = str(tmp_path)
+    _write_val(root, "default", [(m, 0, 0.80, 0.50) for m in regime_search.ALL])
+    # best for triplet by R@1 + MAP@R (0.83 + 0.49 > 0.80 + 0.50), also trains the others
+    _write_val(root, "classes_40x3", [("triplet", 0, 0.83, 0.49), ("grouploss", 0, 0.70, 0.4),
+                                      ("grouploss_ce", 0, 0.70, 0.4), ("proxyanchor", 0, 0.7, 0.4)])
+    _write_val(root, "nll_only", [("grouploss", 0, 0.81, 0.52)])  # GroupLoss only
+    # the best numbers of all, but label noise is a condition: never chosen
+    _write_val(root, "label_noise_20", [(m, 0, 0.99, 0.99) for m in regime_search.ALL])
+    assert regime_search.choose(root) == {"grouploss": "nll_only", "grouploss_ce": "default",
+                                          "triplet": "classes_40x3", "proxyanchor": "default"}
 
 
 def test_paired_differences_per_seed():
@@ -49,7 +70,20 @@ def test_every_regime_runs_tiny_and_reports(tmp_path, monkeypatch):
     md = regime_search.report(root)
     assert all(f"| {name} | 2 |" in md for name in regime_search.REGIMES)
     assert regime_search.main(["test", "--tiny", "--seeds", "2", "--root", root]) == 0
-    chosen = [d for d in os.listdir(root) if d.startswith("test_")]
-    assert len(chosen) == 1
-    assert "precision_at_1" in pd.read_csv(os.path.join(root, chosen[0], "per_seed.csv"))
+    chosen = regime_search.choose(root)
+    assert sorted(os.path.join(root, d) for d in os.listdir(root) if d.startswith("test_")) == \
+        sorted({os.path.join(root, "test_" + r) for r in chosen.values()})
+    rows = regime_search.test_rows(root)  # each method trained once, in its chosen regime
+    assert sorted(rows.method) == sorted(list(regime_search.ALL) * 2)
+    assert "precision_at_1" in rows
     assert "Test classes" in regime_search.report(root)
+
+
+def test_a_grouploss_only_regime_pairs_with_the_runs_of_its_base(tmp_path):
+    root = str(tmp_path)
+    _write_val(root, "default", [(m, 0, 0.80, 0.50) for m in regime_search.ALL])
+    _write_val(root, "label_noise_20", [(m, 0, 0.60, 0.30) for m in regime_search.ALL])
+    _write_val(root, "label_noise_20_nll_only", [("grouploss", 0, 0.65, 0.35)])
+    rows = regime_search.per_seed("label_noise_20_nll_only", root).set_index("method")
+    assert rows.loc["grouploss", "val_precision_at_1"] == 0.65
+    assert (rows.drop("grouploss")["val_precision_at_1"] == 0.60).all()  # noisy, not default
