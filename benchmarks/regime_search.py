@@ -5,7 +5,8 @@ Usage::
     python benchmarks/regime_search.py validate default label_noise_20   # validation runs
     python benchmarks/regime_search.py validate --all                     # every regime
     python benchmarks/regime_search.py report                             # paired table
-    python benchmarks/regime_search.py test                               # the chosen regime, once
+    python benchmarks/regime_search.py test                               # clean data, once
+    python benchmarks/regime_search.py test label_noise_20                # under 20% noise
 
 Each regime is the benchmark's main command (``pml-grouploss-bench run``) with a few options
 changed, run on the **validation folds only** (``--no-test``: no test image is read) with
@@ -17,10 +18,11 @@ the same folds, seeds, protocol and noise).
 ``report`` pairs every regime's per-seed validation R@1 and MAP@R: GroupLoss - plain CE on the
 same classifier (``grouploss_ce``), GroupLoss - ProxyAnchor, GroupLoss - Triplet and GroupLoss -
 the better of the two by mean; mean and Student-t 95% CI over the seeds (``aggregate.mean_ci``).
-``test`` then picks each method's regime on validation (the largest mean validation R@1 + MAP@R
-among the regimes that trained it; label noise is a condition of the data, not a choice, and is
-never picked), trains each method once more in it with the test classes (same seeds), and
-reports the same paired differences on test. Everything lands in
+``test CONDITION`` then picks each method's regime on validation among the regimes of one
+condition of the data (``clean``, or a label-noise level: noise is a condition, not a setting a
+user picks), by the largest mean validation R@1 + MAP@R among those that trained the method;
+trains each method once more in it with the test classes (same seeds); and reports the same
+paired differences on test. Everything lands in
 ``docs/results/regimes/README.md``.
 """
 
@@ -49,8 +51,9 @@ class Regime:
     description: str
     args: Tuple[str, ...] = ()
     methods: Tuple[str, ...] = ALL
-    #: a condition of the data (label noise), not a setting a user picks: never chosen for test
-    condition: bool = False
+    #: the condition of the data it trains under (``"clean"``, or a label-noise regime's name):
+    #: a method's test regime is chosen among the regimes of one condition, never across them
+    condition: str = "clean"
     #: the regime whose runs stand in for the methods this one does not retrain
     base: str = "default"
 
@@ -65,11 +68,11 @@ REGIMES: Dict[str, Regime] = {
     "nearest_class": Regime("hard batches: NearestClassSampler (GL++ §5.1), 15 x 8",
                             ("--sampler", "nearest_class")),
     "label_noise_10": Regime("symmetric noise on 10% of the training labels",
-                             ("--label-noise", "0.1"), condition=True),
+                             ("--label-noise", "0.1"), condition="label_noise_10"),
     "label_noise_20": Regime("symmetric noise on 20% of the training labels",
-                             ("--label-noise", "0.2"), condition=True),
+                             ("--label-noise", "0.2"), condition="label_noise_20"),
     "label_noise_40": Regime("symmetric noise on 40% of the training labels",
-                             ("--label-noise", "0.4"), condition=True),
+                             ("--label-noise", "0.4"), condition="label_noise_40"),
     "warmup_4": Regime("the papers' recipe: 4 epochs of classification warm-up",
                        ("--warmup-epochs", "4"), ("grouploss",)),
     "similarity_power_2": Regime("a sharper similarity: W = relu(corr)^2",
@@ -93,8 +96,10 @@ REGIMES: Dict[str, Regime] = {
     "label_noise_20_nll_only": Regime(
         "20% label noise, GroupLoss with the NLL alone (is the refinement what resists noise?)",
         ("--label-noise", "0.2", "--set", "grouploss.ce_weight=0"), ("grouploss",),
-        condition=True, base="label_noise_20"),
+        condition="label_noise_20", base="label_noise_20"),
 }
+#: the conditions of the data, in the order of REGIMES
+CONDITIONS = tuple(dict.fromkeys(r.condition for r in REGIMES.values()))
 #: options that make a regime command a seconds-long smoke run (the tests)
 TINY = ("--max-classes", "80", "--epochs", "2", "--iterations-per-epoch", "1", "--workers", "1",
         "--eval-every", "1", "--patience", "1")
@@ -170,15 +175,16 @@ def validation_rows(root: str) -> Dict[str, pd.DataFrame]:
     return {name: r for name, r in rows.items() if r is not None}
 
 
-def choose(root: str) -> Dict[str, str]:
-    """Each method's regime for the test run: among the regimes that trained it on validation
-    (label-noise conditions excluded), the one with the largest mean validation R@1 + MAP@R."""
+def choose(root: str, condition: str = "clean") -> Dict[str, str]:
+    """Each method's regime for the test run under ``condition``: among that condition's regimes
+    that trained it on validation, the one with the largest mean validation R@1 + MAP@R."""
     chosen: Dict[str, str] = {}
     for method in ALL:
         best = -1.0
         for name, regime in REGIMES.items():
             path = os.path.join(root, name, "per_seed.csv")
-            if regime.condition or method not in regime.methods or not os.path.isfile(path):
+            if regime.condition != condition or method not in regime.methods \
+                    or not os.path.isfile(path):
                 continue
             own = pd.read_csv(path)
             own = own[own.method == method]
@@ -188,10 +194,12 @@ def choose(root: str) -> Dict[str, str]:
     return chosen
 
 
-def test_rows(root: str) -> Optional[pd.DataFrame]:
-    """The test runs (each method once, in the directory of its chosen regime), or None."""
-    frames = [pd.read_csv(os.path.join(root, d, "per_seed.csv")) for d in sorted(os.listdir(root))
-              if d.startswith("test_") and os.path.isfile(os.path.join(root, d, "per_seed.csv"))]
+def test_rows(root: str, condition: str = "clean") -> Optional[pd.DataFrame]:
+    """The test runs under ``condition`` (each method once, in the directory of its chosen
+    regime), or None."""
+    paths = [os.path.join(root, "test_" + name, "per_seed.csv")
+             for name, regime in REGIMES.items() if regime.condition == condition]
+    frames = [pd.read_csv(p) for p in paths if os.path.isfile(p)]
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
@@ -205,28 +213,30 @@ def report(root: str) -> str:
     text += [f"- `{k}`: {r.description}; `python benchmarks/regime_search.py validate {k}`"
              + ("" if per_seed(k, root) is not None else " (**not run yet**)")
              for k, r in REGIMES.items()]
-    chosen = choose(root)
-    if chosen:
-        text += ["", "Each method's regime for the test run (largest mean validation R@1 + MAP@R "
-                 "among the regimes that trained it, label-noise conditions excluded): "
-                 + ", ".join(f"{m} `{r}`" for m, r in chosen.items()) + "."]
-    rows = test_rows(root)
-    if rows is not None and set(ALL) <= set(rows.method):
-        test, _ = table({"each method's chosen regime": rows}, "")
-        text += ["", "Test classes, run once:", "", test]
+    for condition in CONDITIONS:
+        chosen = choose(root, condition)
+        if chosen:
+            text += ["", f"Test regimes under `{condition}` (each method's largest mean validation "
+                     "R@1 + MAP@R among the regimes of that condition that trained it): "
+                     + ", ".join(f"{m} `{r}`" for m, r in chosen.items()) + "."]
+        rows = test_rows(root, condition)
+        if rows is not None and set(ALL) <= set(rows.method):
+            test, _ = table({condition: rows}, "")
+            text += ["", f"Test classes under `{condition}`, run once:", "", test]
     md = "\n".join(text) + "\n"
     with open(os.path.join(root, "README.md"), "w") as f:
         f.write(md)
     return md
 
 
-def run_test(root: str, seeds: int, tiny: bool) -> int:
-    """Train every method once more, in its chosen regime, and evaluate on the test classes
-    (one run of the benchmark per distinct regime)."""
-    chosen = choose(root)
+def run_test(root: str, condition: str, seeds: int, tiny: bool) -> int:
+    """Train every method once more, in its regime chosen on validation under ``condition``,
+    and evaluate on the test classes (one run of the benchmark per distinct regime)."""
+    chosen = choose(root, condition)
     missing = sorted(set(ALL) - set(chosen))
     if missing:
-        raise SystemExit(f"no validation results for {missing}: run `validate default` first")
+        raise SystemExit(f"no validation results under {condition} for {missing}: run "
+                         f"`validate {'default' if condition == 'clean' else condition}` first")
     for name in dict.fromkeys(chosen.values()):
         methods = [m for m in ALL if chosen[m] == name]
         code = bench(command(name, seeds, root, test=True, tiny=tiny, methods=methods))
@@ -238,7 +248,8 @@ def run_test(root: str, seeds: int, tiny: bool) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("validate", "report", "test"))
-    parser.add_argument("regimes", nargs="*", help="of: " + ", ".join(REGIMES))
+    parser.add_argument("regimes", nargs="*", help="validate: of " + ", ".join(REGIMES)
+                        + "; test: conditions, of " + ", ".join(CONDITIONS) + " (default clean)")
     parser.add_argument("--all", action="store_true", help="every regime")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--root", default=ROOT)
@@ -248,9 +259,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(report(args.root))
         return 0
     if args.action == "test":
-        if args.regimes or args.all:
-            parser.error("test takes no regimes: each method's is chosen on validation")
-        return run_test(args.root, args.seeds, args.tiny)
+        conditions = args.regimes or ["clean"]
+        wrong = sorted(set(conditions) - set(CONDITIONS))
+        if wrong or args.all:
+            parser.error(f"test takes conditions ({', '.join(CONDITIONS)}), not {wrong}: each "
+                         "method's regime under a condition is chosen on validation")
+        for condition in conditions:
+            code = run_test(args.root, condition, args.seeds, args.tiny)
+            if code:
+                return code
+        return 0
     names = list(REGIMES) if args.all else list(args.regimes)
     unknown = sorted(set(names) - set(REGIMES))
     if unknown:

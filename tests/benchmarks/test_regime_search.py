@@ -33,17 +33,22 @@ def _write_val(root, name, rows):
         os.path.join(root, name, "per_seed.csv"), index=False)
 
 
-def test_each_method_gets_its_best_trained_regime_and_never_a_noise_condition(tmp_path):
+def test_each_method_gets_its_best_trained_regime_within_one_condition(tmp_path):
     root = str(tmp_path)
     _write_val(root, "default", [(m, 0, 0.80, 0.50) for m in regime_search.ALL])
     # best for triplet by R@1 + MAP@R (0.83 + 0.49 > 0.80 + 0.50), also trains the others
     _write_val(root, "classes_40x3", [("triplet", 0, 0.83, 0.49), ("grouploss", 0, 0.70, 0.4),
                                       ("grouploss_ce", 0, 0.70, 0.4), ("proxyanchor", 0, 0.7, 0.4)])
     _write_val(root, "nll_only", [("grouploss", 0, 0.81, 0.52)])  # GroupLoss only
-    # the best numbers of all, but label noise is a condition: never chosen
+    # the best numbers of all, but under label noise: another condition, never chosen for clean
     _write_val(root, "label_noise_20", [(m, 0, 0.99, 0.99) for m in regime_search.ALL])
     assert regime_search.choose(root) == {"grouploss": "nll_only", "grouploss_ce": "default",
                                           "triplet": "classes_40x3", "proxyanchor": "default"}
+    _write_val(root, "label_noise_20_nll_only", [("grouploss", 0, 0.98, 0.99)])
+    assert regime_search.choose(root, "label_noise_20") == {
+        "grouploss": "label_noise_20", "grouploss_ce": "label_noise_20",
+        "triplet": "label_noise_20", "proxyanchor": "label_noise_20"}  # 1.98 > 1.97
+    assert regime_search.CONDITIONS[:2] == ("clean", "label_noise_10")
 
 
 def test_paired_differences_per_seed():
@@ -69,14 +74,18 @@ def test_every_regime_runs_tiny_and_reports(tmp_path, monkeypatch):
         assert "precision_at_1" not in rows.columns  # no test evaluation
     md = regime_search.report(root)
     assert all(f"| {name} | 2 |" in md for name in regime_search.REGIMES)
-    assert regime_search.main(["test", "--tiny", "--seeds", "2", "--root", root]) == 0
-    chosen = regime_search.choose(root)
+    assert regime_search.main(["test", "clean", "label_noise_20", "--tiny", "--seeds", "2",
+                               "--root", root]) == 0
+    chosen = {**regime_search.choose(root), **{
+        "noisy " + m: r for m, r in regime_search.choose(root, "label_noise_20").items()}}
     assert sorted(os.path.join(root, d) for d in os.listdir(root) if d.startswith("test_")) == \
         sorted({os.path.join(root, "test_" + r) for r in chosen.values()})
-    rows = regime_search.test_rows(root)  # each method trained once, in its chosen regime
-    assert sorted(rows.method) == sorted(list(regime_search.ALL) * 2)
-    assert "precision_at_1" in rows
-    assert "Test classes" in regime_search.report(root)
+    for condition in ("clean", "label_noise_20"):  # each method trained once, in its regime
+        rows = regime_search.test_rows(root, condition)
+        assert sorted(rows.method) == sorted(list(regime_search.ALL) * 2)
+        assert "precision_at_1" in rows
+    md = regime_search.report(root)
+    assert "Test classes under `clean`" in md and "Test classes under `label_noise_20`" in md
 
 
 def test_a_grouploss_only_regime_pairs_with_the_runs_of_its_base(tmp_path):
