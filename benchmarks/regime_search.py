@@ -148,29 +148,25 @@ def _cell(mean_half: Tuple[float, float]) -> str:
     return f"{mean:+.1f} ± {half:.1f}" if half == half else f"{mean:+.1f}"
 
 
-def table(rows_by_label: Dict[str, pd.DataFrame], prefix: str) -> Tuple[str, Dict[str, float]]:
-    """The paired table (Markdown, a line per label) and each label's score (the smallest lower
-    CI bound of GroupLoss - CE and GroupLoss - better, on R@1 and MAP@R); ``prefix`` is
-    ``"val_"`` or ``""`` (test columns)."""
+def table(rows_by_label: Dict[str, pd.DataFrame], prefix: str) -> str:
+    """The paired table (Markdown, a line per label); ``prefix`` is ``"val_"`` or ``""`` (test
+    columns)."""
     head = ["regime", "n", "GroupLoss R@1"] + [f"− {t} {m}" for _, m in METRICS for _, t in PAIRS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    scores: Dict[str, float] = {}
     for name, rows in rows_by_label.items():
-        cells, bounds = [], []
+        cells = []
         for metric, _ in METRICS:
             diffs = paired(rows, prefix + metric)
             cells += [_cell(diffs[o]) for o, _ in PAIRS]
-            bounds += [diffs[o][0] - diffs[o][1] for o in ("grouploss_ce", "better")]
         gl = mean_ci((100 * rows[rows.method == "grouploss"][prefix + "precision_at_1"]).tolist())
         n = int((rows.method == "grouploss").sum())
         lines.append(f"| {name} | {n} | {gl[0]:.1f} ± {gl[1]:.1f} | " + " | ".join(cells) + " |")
-        scores[name] = min(bounds)
-    return "\n".join(lines) + "\n", scores
+    return "\n".join(lines) + "\n"
 
 
 def validation_rows(root: str) -> Dict[str, pd.DataFrame]:
-    """Every regime that has run on validation: its rows (with ``default``'s for the methods
-    it does not retrain)."""
+    """Every regime that has run on validation: its rows (with its base's for the methods it
+    does not retrain)."""
     rows = {name: per_seed(name, root) for name in REGIMES}
     return {name: r for name, r in rows.items() if r is not None}
 
@@ -206,7 +202,7 @@ def test_rows(root: str, condition: str = "clean") -> Optional[pd.DataFrame]:
 def report(root: str) -> str:
     """Write ``root/README.md``: the validation table, each method's chosen regime, and the
     test table once ``test`` has run."""
-    val, _ = table(validation_rows(root), "val_")
+    val = table(validation_rows(root), "val_")
     text = ["# Regime search (issue 13)", "",
             "GroupLoss minus each comparison, paired per seed (same fold and seed), mean ± 95% CI "
             "over seeds, in points. Validation folds only (no test image read):", "", val]
@@ -221,7 +217,7 @@ def report(root: str) -> str:
                      + ", ".join(f"{m} `{r}`" for m, r in chosen.items()) + "."]
         rows = test_rows(root, condition)
         if rows is not None and set(ALL) <= set(rows.method):
-            test, _ = table({condition: rows}, "")
+            test = table({condition: rows}, "")
             text += ["", f"Test classes under `{condition}`, run once:", "", test]
     md = "\n".join(text) + "\n"
     with open(os.path.join(root, "README.md"), "w") as f:
