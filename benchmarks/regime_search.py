@@ -97,6 +97,14 @@ REGIMES: Dict[str, Regime] = {
         "20% label noise, GroupLoss with the NLL alone (is the refinement what resists noise?)",
         ("--label-noise", "0.2", "--set", "grouploss.ce_weight=0"), ("grouploss",),
         condition="label_noise_20", base="label_noise_20"),
+    "label_noise_10_nll_only": Regime(
+        "10% label noise, GroupLoss with the NLL alone",
+        ("--label-noise", "0.1", "--set", "grouploss.ce_weight=0"), ("grouploss",),
+        condition="label_noise_10", base="label_noise_10"),
+    "label_noise_40_nll_only": Regime(
+        "40% label noise, GroupLoss with the NLL alone",
+        ("--label-noise", "0.4", "--set", "grouploss.ce_weight=0"), ("grouploss",),
+        condition="label_noise_40", base="label_noise_40"),
 }
 #: the conditions of the data, in the order of REGIMES
 CONDITIONS = tuple(dict.fromkeys(r.condition for r in REGIMES.values()))
