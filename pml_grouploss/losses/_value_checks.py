@@ -73,9 +73,12 @@ class GroupLossChecksMixin:
                 )
         return labels
 
-    def _check_values(self, x: torch.Tensor, logits: torch.Tensor, dtype: torch.dtype) -> None:
+    def _check_values(
+        self, x: torch.Tensor, logits: torch.Tensor, dtype: torch.dtype, anchors: torch.Tensor
+    ) -> None:
         """One device read: finite input, no subnormal-scale row (in the embeddings' own
-        ``dtype``), finite logits, collapse."""
+        ``dtype``), finite logits, collapse, a batch of anchors only (``anchors``: ``(n,)``
+        boolean mask)."""
         row_max = x.abs().amax(dim=1)
         tiny = torch.finfo(dtype).tiny
         *flags, scale = torch.stack(
@@ -84,6 +87,7 @@ class GroupLossChecksMixin:
                 ((row_max > 0) & (row_max < tiny)).any(),
                 ~torch.isfinite(logits).all(),
                 (x.shape[0] > 1) & ((x - x[:1]).abs().amax() <= 1e-6 * row_max.amax()),
+                (x.shape[0] > 1) & anchors.all(),
                 x.detach().norm(dim=1).mean(),
             ]
         ).tolist()
@@ -109,6 +113,15 @@ class GroupLossChecksMixin:
                 "GroupLoss: every embedding in the batch is identical (the trunk has "
                 "collapsed); lower the trunk's learning rate (see docs/losses.md) and keep "
                 "normalize_embeddings=True",
+            )
+        if flags[4]:
+            self._warn_once(
+                "all anchors",
+                "GroupLoss: every sample of the batch is an anchor (num_anchors per class >= "
+                "the samples per class), so the refinement has no sample to relabel and the "
+                "loss is the auxiliary cross-entropy alone (zero with ce_weight=0); sample more "
+                "per class "
+                "(MPerClassSampler m > num_anchors) or lower num_anchors",
             )
         self._watch_scale(scale)
 

@@ -59,7 +59,10 @@ class GroupLoss(
     example settings: ``docs/losses.md``). If the classifier receives gradients but does not
     change over several steps, a warning names ``metric_loss_optimizer``; if every embedding
     of a batch is identical (a collapsed trunk) or their mean norm has grown 1000-fold since
-    the first call (a trunk learning rate too large), a warning says what to change.
+    the first call (a trunk learning rate too large), a warning says what to change. So it
+    does when every sample of a batch is an anchor (``num_anchors`` >= the samples per class,
+    e.g. ``MPerClassSampler(m=2)`` with the default 2): nothing is left to refine, and the loss
+    is the auxiliary cross-entropy alone (zero with ``ce_weight=0``).
 
     **Batches** must hold several samples of each of a few classes: use PML's
     ``samplers.MPerClassSampler(labels, m=samples_per_class, batch_size=classes_per_batch *
@@ -92,8 +95,8 @@ class GroupLoss(
     torch.optim.SparseAdam(loss.parameters(), lr=1e-3)`` in PML trainers.
 
     **Validation.** Shapes and dtypes are checked on every call. Value checks (label and
-    anchor range, NaN/inf, subnormal rows, overflowing logits, a collapsed batch) read the
-    device, a CUDA synchronisation: ``validate=None`` (default) runs them on every call for
+    anchor range, NaN/inf, subnormal rows, overflowing logits, a collapsed or all-anchor
+    batch) read the device, a CUDA synchronisation: ``validate=None`` (default) runs them on every call for
     CPU tensors (cheap there) and on calls 1, 2, 4, 8, ... elsewhere (set-up mistakes show at
     once, ~20 reads in a million steps; the other GPU steps stay asynchronous); ``True``
     every call (debugging), ``False`` never.
@@ -294,7 +297,9 @@ class GroupLoss(
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             x = embeddings.to(dtype)
-            logits, targets, ce = self._prior_logits(x, labels, embeddings.dtype, validate)
+            logits, targets, ce = self._prior_logits(
+                x, labels, embeddings.dtype, validate, anchors
+            )
             corr = self.distance(x)
             W = similarity_from_correlation(corr, self.negatives, self.zero_diagonal)
             out = refined_label_loss(
@@ -352,14 +357,14 @@ class GroupLoss(
         """``n`` padded slots off the CPU (no device read); exactly the ``k`` classes on it."""
         return x.device.type != "cpu"
 
-    def _prior_logits(self, x, labels, dtype, validate):
+    def _prior_logits(self, x, labels, dtype, validate, anchors):
         """``(prior logits, targets, CE logits or None)``: over all ``m`` classes, or over
         the batch's classes (``-inf`` in the padding slots of
         :func:`~pml_grouploss.functional.batch_classes.batch_classes`, targets = slots)."""
         if self.prior_classes == "all":
             logits = self.get_logits(x)
             if validate:
-                self._check_values(x, logits, dtype)
+                self._check_values(x, logits, dtype, anchors)
             return logits, labels, None
         padded = self._pads_batch_classes(x)
         slots = batch_classes(labels, pad=padded)
@@ -369,7 +374,7 @@ class GroupLoss(
         else:
             full, logits = None, self.get_batch_logits(x, slots.classes)
         if validate:
-            self._check_values(x, logits if full is None else full, dtype)
+            self._check_values(x, logits if full is None else full, dtype, anchors)
         if padded:
             logits = logits.masked_fill(~slots.valid, -math.inf)
         return logits, slots.targets, full

@@ -132,7 +132,8 @@ def test_frozen_classifier_warns_once_naming_the_optimizer():
 def test_optimized_classifier_does_not_warn():
     loss_fn = losses.GroupLoss(3, 4)
     opt = torch.optim.SGD(loss_fn.parameters(), lr=0.1)
-    e, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    # 3 samples per class: with 2 (= num_anchors) every sample is an anchor, which warns
+    e, labels = torch.randn(9, 4), torch.tensor([0, 1, 2] * 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for _ in range(6):
@@ -143,11 +144,31 @@ def test_optimized_classifier_does_not_warn():
 
 def test_collapsed_batch_warns_once():
     loss_fn = losses.GroupLoss(3, 4)
+    labels = torch.tensor([0, 1, 2] * 3)
     with pytest.warns(UserWarning, match="collapsed"):
-        loss_fn(torch.ones(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]))
+        loss_fn(torch.ones(9, 4), labels)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        loss_fn(torch.ones(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]))
+        loss_fn(torch.ones(9, 4), labels)
+
+
+@pytest.mark.parametrize("ce_weight", [1.0, 0.0])
+def test_all_anchor_batch_warns_once_that_nothing_is_refined(ce_weight):
+    """2 samples per class with num_anchors=2 (MPerClassSampler(m=2)): every row of X(0) is
+    one-hot, the NLL is -log(1 + 1e-12) for every sample, and the loss is the CE alone."""
+    torch.manual_seed(0)
+    e, labels = torch.randn(6, 4), torch.tensor([0, 1, 2] * 2)
+    loss_fn = losses.GroupLoss(3, 4, ce_weight=ce_weight)
+    with pytest.warns(UserWarning, match="every sample of the batch is an anchor") as caught:
+        loss = loss_fn(e, labels)
+    assert "m > num_anchors" in str(caught[0].message)
+    ce = torch.nn.functional.cross_entropy(loss_fn.get_logits(e), labels)
+    assert torch.allclose(loss, ce_weight * ce, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_fn(e, labels)  # once per loss
+        losses.GroupLoss(3, 4, num_anchors=1)(e, labels)  # one free sample per class
+        losses.GroupLoss(3, 4)(e[:1], labels[:1])  # a single sample is no batch to refine
 
 
 def test_float16_subnormal_rows_are_rejected_by_the_float16_limit():
