@@ -12,8 +12,8 @@ Each regime is the benchmark's main command (``pml-grouploss-bench run``) with a
 changed, run on the **validation folds only** (``--no-test``: no test image is read) with
 ``--seeds 5`` (seed s validates on class fold s), into ``docs/results/regimes/<regime>/``.
 Regimes that change only GroupLoss (warm-up, a sharper similarity) train only GroupLoss and pair
-it with the other methods' runs of their ``base`` regime (``default``, or ``label_noise_20``:
-the same folds, seeds, protocol and noise).
+it with the other methods' runs of their ``base`` regime (``default``, or the ``label_noise_*``
+regime of the same level: the same folds, seeds, protocol and noise).
 
 ``report`` pairs every regime's per-seed validation R@1 and MAP@R: GroupLoss - plain CE on the
 same classifier (``grouploss_ce``), GroupLoss - ProxyAnchor, GroupLoss - Triplet and GroupLoss -

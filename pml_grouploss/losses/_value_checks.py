@@ -120,8 +120,7 @@ class GroupLossChecksMixin:
                 "GroupLoss: every sample of the batch is an anchor (num_anchors per class >= "
                 "the samples per class), so the refinement has no sample to relabel and the "
                 "loss is the auxiliary cross-entropy alone (zero with ce_weight=0); sample more "
-                "per class "
-                "(MPerClassSampler m > num_anchors) or lower num_anchors",
+                "per class (MPerClassSampler m > num_anchors) or lower num_anchors",
             )
         self._watch_scale(scale)
 

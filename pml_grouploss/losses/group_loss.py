@@ -96,8 +96,8 @@ class GroupLoss(
 
     **Validation.** Shapes and dtypes are checked on every call. Value checks (label and
     anchor range, NaN/inf, subnormal rows, overflowing logits, a collapsed or all-anchor
-    batch) read the device, a CUDA synchronisation: ``validate=None`` (default) runs them on every call for
-    CPU tensors (cheap there) and on calls 1, 2, 4, 8, ... elsewhere (set-up mistakes show at
+    batch) read the device, a CUDA synchronisation: ``validate=None`` (default) runs them on
+    every call for CPU tensors (cheap there) and on calls 1, 2, 4, 8, ... elsewhere (set-up mistakes show at
     once, ~20 reads in a million steps; the other GPU steps stay asynchronous); ``True``
     every call (debugging), ``False`` never.
 
