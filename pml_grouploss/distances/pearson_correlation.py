@@ -7,7 +7,7 @@ import torch
 from pytorch_metric_learning.distances import BaseDistance
 
 from .. import _validation as v
-from ..functional.pearson import standardize_rows
+from ..functional.pearson import gram, standardize_rows
 
 
 class PearsonCorrelation(BaseDistance):
@@ -93,6 +93,8 @@ class PearsonCorrelation(BaseDistance):
         return torch.linalg.vector_norm(centred, dim=dim, **kwargs)
 
     def compute_mat(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
+        if query_emb is ref_emb:  # a batch against itself: the symmetric backward
+            return gram(query_emb)
         return query_emb @ ref_emb.transpose(0, 1)
 
     def pairwise_distance(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:

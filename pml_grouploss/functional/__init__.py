@@ -25,6 +25,7 @@ from .sparse_rows import gather_rows
 from .reranking import dense_re_ranking_knn, re_ranking, re_ranking_one_set
 from .reranking_sparse import sparse_re_ranking_knn
 from .pearson import (
+    gram,
     pearson_correlation,
     pearson_similarity,
     similarity_from_correlation,
@@ -45,6 +46,7 @@ __all__ = [
     "LOG_EPSILON",
     "batch_classes",
     "gather_rows",
+    "gram",
     "beta_normalize",
     "dense_re_ranking_knn",
     "mixed_pool2d",

@@ -7,6 +7,7 @@ from typing import List
 import torch
 
 from .. import _validation as v
+from ._double_backward import differentiable_backward
 
 
 def replicator_step(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -58,17 +59,7 @@ def log_replicator_step(W: torch.Tensor, log_X: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(n, m)`` ``log X(t+1)``.
     """
-    return _log_step(_scale_by_power_of_two(W), log_X)
-
-
-def _log_step(W: torch.Tensor, log_X: torch.Tensor) -> torch.Tensor:
-    """:func:`log_replicator_step` on an already scaled ``W`` (the dynamics scale it once)."""
-    log_payoff = torch.log(torch.clamp(W @ torch.exp(log_X), min=torch.finfo(W.dtype).tiny))
-    log_numerator = log_X + log_payoff
-    log_support = torch.logsumexp(log_numerator, dim=1, keepdim=True)
-    has_support = log_support > math.log(torch.finfo(W.dtype).eps)
-    safe_log_support = torch.where(has_support, log_support, 0.0)
-    return torch.where(has_support, log_numerator - safe_log_support, log_X)
+    return log_replicator_dynamics(W, log_X, 1)
 
 
 def log_replicator_dynamics(
@@ -78,6 +69,9 @@ def log_replicator_dynamics(
 
     What :class:`~pml_grouploss.losses.GroupLoss` uses: finite values and gradients for any
     ``T`` in float32 (``exp`` of the result equals :func:`replicator_dynamics` to rounding).
+    The backward pass is written out (per step: ``g_N = g - X(t+1) sum(g)`` on supported
+    rows, ``g_Pi = g_N / Pi``, ``g_W += g_Pi X(t)^T``, ``g <- g_N + (W^T g_Pi) ⊙ X(t)``;
+    ``create_graph=True`` differentiates the steps with autograd instead).
 
     Args:
         W: ``(n, n)``; log_X: ``(n, m)`` ``log X(0)``; num_iterations: ``T >= 0``.
@@ -86,12 +80,62 @@ def log_replicator_dynamics(
         ``(n, m)``.
     """
     _check_dynamics_args(W, log_X, num_iterations)
-    if num_iterations:
-        # scaled once: the step's own scaling of a scaled W divides by 1 (bit-identical)
-        W = _scale_by_power_of_two(W)
+    if not num_iterations:
+        return log_X
+    # scaled once: the step is invariant to the scale of W
+    return _LogReplicatorDynamics.apply(_scale_by_power_of_two(W), log_X, num_iterations)
+
+
+def _log_dynamics(W: torch.Tensor, log_X: torch.Tensor, num_iterations: int):
+    """``log X(T)`` on an already scaled ``W``, and per step ``[X(t), W X(t), no support,
+    log X(t+1)]`` for the backward pass."""
+    tiny = torch.finfo(W.dtype).tiny
+    log_eps = math.log(torch.finfo(W.dtype).eps)
+    saved = []
     for _ in range(num_iterations):
-        log_X = _log_step(W, log_X)
-    return log_X
+        X = torch.exp(log_X)
+        payoff = W @ X
+        log_numerator = log_X + torch.log(torch.clamp(payoff, min=tiny))
+        log_support = torch.logsumexp(log_numerator, dim=1, keepdim=True)
+        no_support = log_support <= log_eps
+        # (masked_fill: cheaper than where with a Python scalar; -inf support would be NaN)
+        safe_log_support = log_support.masked_fill(no_support, 0.0)
+        log_X = torch.where(no_support, log_X, log_numerator - safe_log_support)
+        saved += [X, payoff, no_support, log_X]
+    return log_X, saved
+
+
+class _LogReplicatorDynamics(torch.autograd.Function):
+    # Hand-written backward: per-call work dominates GroupLoss at small batches (issue 10).
+    @staticmethod
+    def forward(ctx, W: torch.Tensor, log_X: torch.Tensor, num_iterations: int) -> torch.Tensor:
+        log_XT, saved = _log_dynamics(W, log_X, num_iterations)
+        ctx.num_iterations = num_iterations
+        ctx.save_for_backward(W, log_X, *saved)
+        return log_XT
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        W, log_X0, *saved = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return differentiable_backward(
+                lambda W, L: _log_dynamics(W, L, ctx.num_iterations)[0], (W, log_X0),
+                ctx.needs_input_grad[:2], grad) + (None,)
+        tiny = torch.finfo(W.dtype).tiny
+        grad_W = torch.zeros_like(W) if ctx.needs_input_grad[0] else None
+        for t in reversed(range(ctx.num_iterations)):
+            X, payoff, no_support, log_X_next = saved[4 * t: 4 * t + 4]
+            # d/dN of N - logsumexp(N) on supported rows: g - softmax(N) sum(g)
+            grad_numerator = torch.addcmul(
+                grad, torch.exp(log_X_next), grad.sum(dim=1, keepdim=True), value=-1
+            ).masked_fill_(no_support, 0.0)
+            grad_payoff = (grad_numerator / payoff).masked_fill_(payoff < tiny, 0.0)
+            if grad_W is not None:
+                grad_W.addmm_(grad_payoff, X.transpose(0, 1))
+            grad = torch.where(no_support, grad, grad_numerator).addcmul_(
+                W.transpose(0, 1) @ grad_payoff, X
+            )
+        return grad_W, grad, None
 
 
 def replicator_dynamics(

@@ -1,7 +1,11 @@
 """Scale-free classifier input: each embedding rescaled to unit root-mean-square."""
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
+
+from ._double_backward import differentiable_backward
 
 
 def rms_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -15,7 +19,8 @@ def rms_normalize(x: torch.Tensor) -> torch.Tensor:
 
     Rows are first divided by the power of two at or below their largest magnitude (exact),
     so norms neither overflow at ~1e38 nor underflow; an all-zero row stays zero with a finite
-    gradient.
+    gradient. The backward pass is the closed form ``sqrt(d) (g - y (y . g) / d) / ||x||``
+    (``create_graph=True`` differentiates the forward formula with autograd instead).
 
     Args:
         x: ``(n, d)`` embeddings, floating point.
@@ -23,11 +28,37 @@ def rms_normalize(x: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(n, d)``, same dtype and device.
     """
+    return _RmsNormalize.apply(x)
+
+
+def _rms_normalize(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(y, sqrt(d) / ||x||)`` of :func:`rms_normalize` (0 for zero rows)."""
     _, exponent = torch.frexp(x.detach().abs().amax(dim=1, keepdim=True))
     # max|x| = mantissa * 2**e with mantissa in [0.5, 1): divide by 2**(e-1), which is finite
     # even at float32's largest values (2**e would be 2**128 = inf); zero rows: e = 0.
-    x = x / torch.ldexp(torch.ones_like(exponent, dtype=x.dtype), exponent - 1)
+    power = torch.ldexp(torch.ones_like(exponent, dtype=x.dtype), exponent - 1)
+    x = x / power
     norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    nonzero = norm > 0
-    safe_norm = torch.where(nonzero, norm, 1.0)
-    return torch.where(nonzero, x * (x.shape[1] ** 0.5) / safe_norm, 0.0)
+    # 0 for zero rows, whose denominator is 1 so that autograd of this formula has no 0 * inf
+    # (n x 1 operations; ``norm * power`` would overflow at ~1e38)
+    zero = norm == 0
+    inverse = (x.shape[1] ** 0.5 / norm.masked_fill(zero, 1.0)).masked_fill(zero, 0.0)
+    return x * inverse, inverse / power
+
+
+class _RmsNormalize(torch.autograd.Function):
+    # Hand-written backward: per-call work dominates GroupLoss at small batches (issue 10).
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y, factor = _rms_normalize(x)
+        ctx.save_for_backward(x, y, factor)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, y, factor = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return differentiable_backward(
+                lambda x: _rms_normalize(x)[0], (x,), ctx.needs_input_grad, grad)[0]
+        along = (y * grad).sum(dim=1, keepdim=True) / y.shape[1]
+        return torch.addcmul(grad, y, along, value=-1).mul_(factor)

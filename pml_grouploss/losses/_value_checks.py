@@ -1,6 +1,7 @@
 """GroupLoss's input checks: host-side ones always, value ones (device reads) when validating."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -79,18 +80,25 @@ class GroupLossChecksMixin:
         """One device read: finite input, no subnormal-scale row (in the embeddings' own
         ``dtype``), finite logits, collapse, a batch of anchors only (``anchors``: ``(n,)``
         boolean mask)."""
+        x = x.detach()
         row_max = x.abs().amax(dim=1)
-        tiny = torch.finfo(dtype).tiny
-        *flags, scale = torch.stack(
+        # Reductions only, compared on the host after one read: amax propagates NaN, and a
+        # sum of logits is finite iff they all are (short of ~1e38 logits, which overflow
+        # exp anyway); zero rows are not subnormal.
+        top, smallest, logit_sum, spread, all_anchors, scale = torch.stack(
             [
-                ~torch.isfinite(x).all(),
-                ((row_max > 0) & (row_max < tiny)).any(),
-                ~torch.isfinite(logits).all(),
-                (x.shape[0] > 1) & ((x - x[:1]).abs().amax() <= 1e-6 * row_max.amax()),
-                (x.shape[0] > 1) & anchors.all(),
-                x.detach().norm(dim=1).mean(),
+                row_max.amax(),
+                row_max.masked_fill(row_max == 0, math.inf).amin(),
+                logits.detach().sum(),
+                (x - x[:1]).abs().amax(),
+                anchors.all(),
+                torch.linalg.vector_norm(x, dim=1).mean(),
             ]
         ).tolist()
+        tiny = torch.finfo(dtype).tiny
+        collapsed = x.shape[0] > 1 and spread <= 1e-6 * top
+        flags = [not math.isfinite(top), smallest < tiny, not math.isfinite(logit_sum),
+                 collapsed, x.shape[0] > 1 and all_anchors]
         if flags[0]:
             raise ValueError(
                 "embeddings contain NaN or inf; check the model's output (learning rate, "
