@@ -18,7 +18,9 @@ from .group_loss import (
     group_loss,
     initial_assignment,
     log_initial_assignment,
+    RefinedLabelTerms,
     refined_label_loss,
+    refined_label_terms,
 )
 from .rms_normalize import rms_normalize
 from .sparse_rows import gather_rows
@@ -70,7 +72,9 @@ __all__ = [
     "log_replicator_step",
     "pearson_correlation",
     "pearson_similarity",
+    "RefinedLabelTerms",
     "refined_label_loss",
+    "refined_label_terms",
     "replicator_dynamics",
     "replicator_history",
     "replicator_step",

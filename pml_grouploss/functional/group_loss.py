@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,43 @@ def initial_assignment(
     return torch.exp(log_initial_assignment(logits, labels, anchors, temperature))
 
 
+class RefinedLabelTerms(NamedTuple):
+    """Per-sample terms of :func:`refined_label_terms`: ``nll`` and ``ce`` ``(n,)``,
+    ``log_prior`` ``log X(0)`` and ``log_probabilities`` ``log X(T)`` ``(n, m)``."""
+
+    nll: torch.Tensor
+    ce: torch.Tensor
+    log_prior: torch.Tensor
+    log_probabilities: torch.Tensor
+
+
+def refined_label_terms(
+    W: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    anchors: torch.Tensor,
+    *,
+    temperature: float,
+    num_iterations: int,
+    ce_logits: Optional[torch.Tensor] = None,
+    ce_labels: Optional[torch.Tensor] = None,
+) -> RefinedLabelTerms:
+    """The per-sample losses of :func:`refined_label_loss`, and ``log X(0)``, ``log X(T)``,
+    without the means and the exponentials (what :class:`~pml_grouploss.losses.GroupLoss`
+    needs: PML's reducers average, and ``X`` is read only for stats)."""
+    labels = labels.long()
+    log_X0 = log_initial_assignment(logits, labels, anchors, temperature)
+    log_XT = log_replicator_dynamics(W, log_X0, num_iterations)
+    log_true = log_XT.gather(1, labels.view(-1, 1)).squeeze(1)
+    nll = -torch.logaddexp(log_true, log_true.new_full((), math.log(LOG_EPSILON)))
+    ce = F.cross_entropy(
+        logits if ce_logits is None else ce_logits,
+        labels if ce_labels is None else ce_labels.long(),
+        reduction="none",
+    )
+    return RefinedLabelTerms(nll, ce, log_X0, log_XT)
+
+
 def refined_label_loss(
     W: torch.Tensor,
     logits: torch.Tensor,
@@ -96,26 +133,19 @@ def refined_label_loss(
     Returns:
         the dict described in :func:`group_loss` (``similarity`` is ``W``).
     """
-    labels = labels.long()
-    log_X0 = log_initial_assignment(logits, labels, anchors, temperature)
-    log_XT = log_replicator_dynamics(W, log_X0, num_iterations)
-    log_true = log_XT.gather(1, labels.view(-1, 1)).squeeze(1)
-    nll = -torch.logaddexp(log_true, log_true.new_full((), math.log(LOG_EPSILON)))
-    ce = F.cross_entropy(
-        logits if ce_logits is None else ce_logits,
-        labels if ce_labels is None else ce_labels.long(),
-        reduction="none",
+    terms = refined_label_terms(
+        W, logits, labels, anchors, temperature=temperature, num_iterations=num_iterations,
+        ce_logits=ce_logits, ce_labels=ce_labels,
     )
-    group = nll.mean()
-    ce_mean = ce.mean()
+    group, ce_mean = terms.nll.mean(), terms.ce.mean()
     return {
         "loss": nll_weight * group + ce_weight * ce_mean,
         "group_loss": group,
         "ce_loss": ce_mean,
-        "group_loss_per_sample": nll,
-        "ce_loss_per_sample": ce,
-        "probabilities": torch.exp(log_XT),
-        "prior": torch.exp(log_X0),
+        "group_loss_per_sample": terms.nll,
+        "ce_loss_per_sample": terms.ce,
+        "probabilities": torch.exp(terms.log_probabilities),
+        "prior": torch.exp(terms.log_prior),
         "similarity": W,
     }
 

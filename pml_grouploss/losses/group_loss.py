@@ -13,7 +13,7 @@ from .. import _validation as v
 from ..distances import PearsonCorrelation
 from ..functional.anchors import ANCHOR_SELECTIONS, AnchorSelection
 from ..functional.batch_classes import batch_classes
-from ..functional.group_loss import refined_label_loss
+from ..functional.group_loss import refined_label_terms
 from ..functional.pearson import NEGATIVE_MODES, Negatives, similarity_from_correlation
 from ..functional.rms_normalize import rms_normalize
 from ..functional.sparse_rows import gather_rows
@@ -302,7 +302,7 @@ class GroupLoss(
             )
             corr = self.distance(x)
             W = similarity_from_correlation(corr, self.negatives, self.zero_diagonal)
-            out = refined_label_loss(
+            terms = refined_label_terms(
                 W,
                 logits,
                 targets,
@@ -314,17 +314,17 @@ class GroupLoss(
             )
         self._warn_if_classifier_frozen()
         if self.collect_stats:
-            self._set_stats(corr, out, targets, anchors)
+            self._set_stats(corr, terms, targets, anchors)
         indices = c_f.torch_arange_from_size(embeddings)
         loss_dict = {
             "group_loss": {
-                "losses": self.nll_weight * out["group_loss_per_sample"],
+                "losses": _weighted(self.nll_weight, terms.nll),
                 "indices": indices,
                 "reduction_type": "element",
                 "divisor": embeddings.shape[0],  # for PML's DivisorReducer: the mean
             },
             "ce_loss": {
-                "losses": self.ce_weight * out["ce_loss_per_sample"],
+                "losses": _weighted(self.ce_weight, terms.ce),
                 "indices": indices,
                 "reduction_type": "element",
                 "divisor": embeddings.shape[0],
@@ -379,13 +379,13 @@ class GroupLoss(
             logits = logits.masked_fill(~slots.valid, -math.inf)
         return logits, slots.targets, full
 
-    def _set_stats(self, corr, out, labels, anchors) -> None:
+    def _set_stats(self, corr, terms, labels, anchors) -> None:
         """Host values (device reads), only with ``collect_stats``; ``labels`` are the
         columns of the prior, ``anchors`` a mask."""
         with torch.no_grad():
             n = labels.shape[0]
             free = ~anchors
-            X, X0 = out["probabilities"], out["prior"]
+            X, X0 = terms.log_probabilities.exp(), terms.log_prior.exp()
             self.num_anchors_used = int(anchors.sum())
             if free.any():
                 y = labels[free].view(-1, 1)
@@ -395,3 +395,8 @@ class GroupLoss(
             off_diagonal = ~torch.eye(n, dtype=torch.bool, device=corr.device)
             if n > 1:
                 self.fraction_negative_similarities = float((corr[off_diagonal] < 0).float().mean())
+
+
+def _weighted(weight: float, losses: torch.Tensor) -> torch.Tensor:
+    """``weight * losses``; the default weight 1 costs no operation (forward or backward)."""
+    return losses if weight == 1 else weight * losses
