@@ -5,7 +5,7 @@ from typing import Literal, Optional, Tuple
 
 import torch
 
-from ._double_backward import differentiable_backward
+from ._closed_form_backward import row_map_function
 
 Negatives = Literal["clamp", "shift"]
 NEGATIVE_MODES = ("clamp", "shift")
@@ -49,23 +49,14 @@ def _standardize(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return centred * inverse_norm, inverse_norm / safe_scale
 
 
-class _StandardizeRows(torch.autograd.Function):
-    # Hand-written backward: per-call work dominates GroupLoss at small batches (issue 10).
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        z, factor = _standardize(x)
-        ctx.save_for_backward(x, z, factor)
-        return z
+def _standardize_backward(z: torch.Tensor, factor: torch.Tensor, grad: torch.Tensor):
+    along = (z * grad).sum(dim=1, keepdim=True)
+    centred = torch.addcmul(grad, z, along, value=-1).mul_(factor)
+    return centred - centred.mean(dim=1, keepdim=True)
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        x, z, factor = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            return differentiable_backward(
-                lambda x: _standardize(x)[0], (x,), ctx.needs_input_grad, grad)[0]
-        along = (z * grad).sum(dim=1, keepdim=True)
-        centred = torch.addcmul(grad, z, along, value=-1).mul_(factor)
-        return centred - centred.mean(dim=1, keepdim=True)
+
+# Hand-written backward: per-call work dominates GroupLoss at small batches (issue 10).
+_StandardizeRows = row_map_function(_standardize, _standardize_backward, "_StandardizeRows")
 
 
 def gram(z: torch.Tensor) -> torch.Tensor:

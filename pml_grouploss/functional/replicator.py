@@ -7,7 +7,7 @@ from typing import List
 import torch
 
 from .. import _validation as v
-from ._double_backward import differentiable_backward
+from ._closed_form_backward import differentiable_backward
 
 
 def replicator_step(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:

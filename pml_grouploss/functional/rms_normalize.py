@@ -5,7 +5,7 @@ from typing import Tuple
 
 import torch
 
-from ._double_backward import differentiable_backward
+from ._closed_form_backward import row_map_function
 
 
 def rms_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -46,19 +46,10 @@ def _rms_normalize(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return x * inverse, inverse / power
 
 
-class _RmsNormalize(torch.autograd.Function):
-    # Hand-written backward: per-call work dominates GroupLoss at small batches (issue 10).
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        y, factor = _rms_normalize(x)
-        ctx.save_for_backward(x, y, factor)
-        return y
+def _rms_normalize_backward(y: torch.Tensor, factor: torch.Tensor, grad: torch.Tensor):
+    along = (y * grad).sum(dim=1, keepdim=True) / y.shape[1]
+    return torch.addcmul(grad, y, along, value=-1).mul_(factor)
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        x, y, factor = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            return differentiable_backward(
-                lambda x: _rms_normalize(x)[0], (x,), ctx.needs_input_grad, grad)[0]
-        along = (y * grad).sum(dim=1, keepdim=True) / y.shape[1]
-        return torch.addcmul(grad, y, along, value=-1).mul_(factor)
+
+# Hand-written backward: per-call work dominates GroupLoss at small batches (issue 10).
+_RmsNormalize = row_map_function(_rms_normalize, _rms_normalize_backward, "_RmsNormalize")
