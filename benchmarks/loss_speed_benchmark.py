@@ -20,9 +20,10 @@ before it as PML's trainers do; no optimizer step. Embeddings ``(n, d)`` are ran
 ``MPerClassSampler`` batch).
 
 "work MiB" is the growth of the process's peak resident set during one step over its resident
-size just before it (``/proc/self/clear_refs``; glibc is told to return every block of 64 KiB
-or more to the OS, so freed memory is not reused unnoticed): it counts the step's tensors and
-the gradients (a dense ``W.grad`` is ``m x d`` floats), not the parameters themselves.
+size just before it (``/proc/self/clear_refs``; for that step only glibc is told to return
+every block of 64 KiB or more to the OS, so freed memory is not reused unnoticed; the timed
+steps run with blocks reused, as in training): it counts the step's tensors and the gradients
+(a dense ``W.grad`` is ``m x d`` floats), not the parameters themselves.
 
 Losses whose estimated working memory exceeds ``--max-gb`` are skipped (the estimate is
 printed). GroupLoss "batch" is ``prior_classes="batch", sparse_gradients=True``.
@@ -50,12 +51,20 @@ QUICK_M = (100, 11_318)
 REFERENCE = "NormalizedSoftmax"
 
 
-def _malloc_returns_memory() -> None:
-    """Fixed mmap threshold: blocks >= 64 KiB are mmapped and unmapped on free (glibc)."""
+def _malloc_returns_memory(returns: bool) -> None:
+    """glibc's thresholds. ``True`` (memory steps): blocks >= 64 KiB are mmapped and unmapped
+    on free, so the peak resident size sees every tensor. ``False`` (timing): 32 MiB, the
+    ceiling glibc's own adaptive threshold reaches in a long-running process, so blocks are
+    reused as in training. Timing with ``True`` page-faults every tensor of 64 KiB or more on
+    each step: it doubled the steps at n = 120, m = 100 and compressed their ratios (GroupLoss
+    1.46x NormalizedSoftmaxLoss against 1.9x; docs/results/loss_speed, runs H and M)."""
+    mmap_threshold, trim_threshold = (64 << 10, 128 << 10) if returns else (32 << 20, 64 << 20)
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, trim_threshold)  # M_TRIM_THRESHOLD
+        if returns:
+            libc.malloc_trim(0)  # the free blocks the timed steps left in the heap
     except OSError:
         pass
 
@@ -149,11 +158,15 @@ def _work_mib(loss, e, labels) -> Optional[float]:
     for p in loss.parameters():
         p.grad = None
     e.grad = None
-    before = _status_kib("VmRSS")
-    if not _reset_peak():
-        return None
-    _step(loss, e, labels)
-    return (_status_kib("VmHWM") - before) / 1024
+    _malloc_returns_memory(True)
+    try:
+        before = _status_kib("VmRSS")
+        if not _reset_peak():
+            return None
+        _step(loss, e, labels)
+        return (_status_kib("VmHWM") - before) / 1024
+    finally:
+        _malloc_returns_memory(False)
 
 
 def measure(n: int, m: int, d: int, repeats: int, max_gb: float, names=None) -> List[dict]:
@@ -318,7 +331,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                              "MultiSimilarity), ratios to the smallest m")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    _malloc_returns_memory()
+    _malloc_returns_memory(False)
     ns = args.n or (QUICK_N if args.quick else GRID_N)
     ms = args.m or (QUICK_M if args.quick else GRID_M)
     repeats = 5 if args.quick and args.repeats == 15 else args.repeats
