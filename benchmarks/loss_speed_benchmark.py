@@ -57,7 +57,7 @@ def _malloc_returns_memory(returns: bool) -> None:
     ceiling glibc's own adaptive threshold reaches in a long-running process, so blocks are
     reused as in training. Timing with ``True`` page-faults every tensor of 64 KiB or more on
     each step: it doubled the steps at n = 120, m = 100 and compressed their ratios (GroupLoss
-    1.46x NormalizedSoftmaxLoss against 1.9x; docs/results/loss_speed, runs H and M)."""
+    1.46x NormalizedSoftmaxLoss against 1.97x; docs/results/loss_speed, runs H and M)."""
     mmap_threshold, trim_threshold = (64 << 10, 128 << 10) if returns else (32 << 20, 64 << 20)
     try:
         libc = ctypes.CDLL("libc.so.6")
