@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from pml_grouploss.functional import group_loss, initial_assignment, select_anchors
+from pml_grouploss.functional import (
+    group_loss,
+    initial_assignment,
+    pearson_similarity,
+    refined_label_terms,
+    select_anchors,
+)
 
 from ..conftest import fixture_paths
 
@@ -158,6 +164,21 @@ def test_weights_and_plain_cross_entropy():
                          nll_weight=0.0)
     expected = torch.nn.functional.cross_entropy(logits, labels).item()
     assert ce_only["loss"].item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_refined_label_terms_are_the_losses_per_sample_in_log_space():
+    """GroupLoss's path (no means, no exponentials) against the fixture-tested dict."""
+    z = np.load(GTG[0])
+    e, logits = torch.tensor(z["embeddings"]), torch.tensor(z["logits"])
+    labels = torch.tensor(z["labels"])
+    a = select_anchors(labels, 2)
+    out = group_loss(e, logits, labels, a, temperature=24.0, num_iterations=3)
+    terms = refined_label_terms(pearson_similarity(e), logits, labels, a, temperature=24.0,
+                                num_iterations=3)
+    assert torch.equal(terms.nll, out["group_loss_per_sample"])
+    assert torch.equal(terms.ce, out["ce_loss_per_sample"])
+    assert torch.equal(torch.exp(terms.log_probabilities), out["probabilities"])
+    assert torch.equal(torch.exp(terms.log_prior), out["prior"])
 
 
 def test_zero_iterations_is_prior():
