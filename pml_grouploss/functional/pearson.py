@@ -6,6 +6,7 @@ from typing import Literal, Optional, Tuple
 import torch
 
 from ._closed_form_backward import row_map_function
+from .rms_normalize import row_power_of_two
 
 Negatives = Literal["clamp", "shift"]
 NEGATIVE_MODES = ("clamp", "shift")
@@ -31,22 +32,31 @@ def standardize_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _standardize(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(z, 1 / (||c|| s))`` of :func:`standardize_rows` (0 for constant rows)."""
-    # Correlation is invariant to the scale of each row: divide by the row's largest magnitude
-    # (a constant, so the gradient is unchanged) to keep squares away from overflow/underflow.
-    scale = x.detach().abs().amax(dim=1, keepdim=True)
-    safe_scale = scale.masked_fill(scale == 0, 1.0)
-    x = x / safe_scale
-    centred = x - x.mean(dim=1, keepdim=True)
+    """``(z, 1 / ||c||)`` of :func:`standardize_rows` (0 for constant rows), ``c`` the centred
+    row of ``x``."""
+    # Correlation is invariant to the scale of each row: divide by a power of two near the
+    # row's largest magnitude (exact; a constant, so the gradient is unchanged) to keep squares
+    # away from overflow/underflow.
+    power = row_power_of_two(x)
+    z, inverse_norm = standardize_scaled(x / power)
+    return z, inverse_norm / power
+
+
+def standardize_scaled(xs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(z, 1 / ||c||)`` for rows already divided by
+    :func:`~pml_grouploss.functional.rms_normalize.row_power_of_two` (largest magnitude in
+    ``[1, 2)``)."""
+    centred = xs - xs.mean(dim=1, keepdim=True)
     norm = torch.linalg.vector_norm(centred, dim=1, keepdim=True)
-    # A row is "constant" when its centred norm is at rounding level (rows now have max |x| = 1):
-    # dividing such residue by its own norm would turn rounding noise into a unit vector.
-    floor = 8 * torch.finfo(x.dtype).eps * (x.shape[1] ** 0.5)
-    # NaN/inf rows (norm NaN, not <= floor) are kept: NaN propagates instead of becoming a
-    # constant row. Constant rows divide by 1, then get 0 (autograd of this sees no 0 * inf).
+    # A row is "constant" when its centred norm is at rounding level (rows now have max |x| in
+    # [1, 2)): dividing such residue by its own norm would turn rounding noise into a unit
+    # vector. NaN/inf rows (norm NaN, not <= floor) are kept: NaN propagates instead of
+    # becoming a constant row. Constant rows divide by 1, then get 0 (autograd of this sees
+    # no 0 * inf).
+    floor = 16 * torch.finfo(xs.dtype).eps * (xs.shape[1] ** 0.5)
     constant = norm <= floor
     inverse_norm = (1 / norm.masked_fill(constant, 1.0)).masked_fill(constant, 0.0)
-    return centred * inverse_norm, inverse_norm / safe_scale
+    return centred * inverse_norm, inverse_norm
 
 
 def _standardize_backward(z: torch.Tensor, factor: torch.Tensor, grad: torch.Tensor):
