@@ -67,18 +67,16 @@ def _anchor_mask(
     device = labels.device
     if n == 0 or k == 0:
         return torch.zeros(n, dtype=torch.bool, device=device)
-    if selection == "first":
-        order = slice(None)
-    else:
-        order = torch.randperm(n, generator=generator).to(device)
-    # Rank of each sample among the samples of its class, in `order`: how many samples of its
-    # class come before it. O(n^2) booleans, like the loss's n x n similarities, in 5 tensor
-    # operations (a stable sort by label needs ~20, and their per-call cost dominates at the
-    # batch sizes of metric learning: issue 10).
-    permuted_labels = labels[order]
-    same = permuted_labels.view(-1, 1) == permuted_labels.view(1, -1)
-    first_k = same.tril_(-1).sum(dim=1) < k
-    if selection == "first":
+    order = None if selection == "first" else torch.randperm(n, generator=generator).to(device)
+    permuted_labels = labels if order is None else labels[order]
+    # Rank of each sample among the samples of its class, in `order`: its place in a stable
+    # sort by label minus the place of its class's first sample there. Six operations on
+    # (n,) tensors (the broadcast comparison of all pairs cost twice as much at n = 120, and
+    # per-call cost dominates at the batch sizes of metric learning: issue 10).
+    sorted_labels, sort_order = torch.sort(permuted_labels, stable=True)
+    rank = torch.arange(n, device=device) - torch.searchsorted(sorted_labels, sorted_labels)
+    first_k = torch.empty(n, dtype=torch.bool, device=device).scatter_(0, sort_order, rank < k)
+    if order is None:
         return first_k
     return torch.empty_like(first_k).scatter_(0, order, first_k)
 
