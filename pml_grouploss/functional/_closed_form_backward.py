@@ -1,7 +1,8 @@
 """Hand-written backward passes, and their ``create_graph=True`` path.
 
-:func:`standardize_rows`, :func:`gram`, :func:`rms_normalize` and
-:func:`log_replicator_dynamics` are ``torch.autograd.Function`` s whose backward is a closed form
+:func:`standardize_rows`, :func:`gram`, :func:`rms_normalize`,
+:func:`log_replicator_dynamics` and GroupLoss's two fused nodes (``_similarity_and_logits``,
+``_refined_labels``) are ``torch.autograd.Function`` s whose backward is a closed form
 (a few tensor passes instead of autograd's dozens: issue 10's per-call cost). A closed form
 computed from saved intermediates is not itself differentiable with respect to the inputs, so
 when autograd asks for a differentiable backward (``create_graph=True``: gradient penalties,
@@ -9,23 +10,28 @@ meta-learning), the forward formula is re-run with autograd and differentiated i
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple, Type
+from typing import Callable, Optional, Sequence, Tuple, Type, Union
 
 import torch
 
 
 def differentiable_backward(
-    forward: Callable[..., torch.Tensor],
+    forward: Callable[..., Union[torch.Tensor, Sequence[torch.Tensor]]],
     inputs: Sequence[torch.Tensor],
     needs_input_grad: Sequence[bool],
-    grad: torch.Tensor,
-) -> Tuple[torch.Tensor, ...]:
+    grad: Union[torch.Tensor, Sequence[Optional[torch.Tensor]]],
+) -> Tuple[Optional[torch.Tensor], ...]:
     """``d forward(*inputs) / d inputs`` contracted with ``grad``, as a differentiable graph;
-    ``None`` for inputs without ``needs_input_grad``."""
+    ``None`` for inputs without ``needs_input_grad``. ``forward`` may return several tensors,
+    then ``grad`` holds one gradient per output (``None``: that output is not used)."""
     wanted = [x for x, need in zip(inputs, needs_input_grad) if need]
     with torch.enable_grad():
         out = forward(*inputs)
-        grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True, allow_unused=True))
+        if torch.is_tensor(out):
+            out, grad = (out,), (grad,)
+        used = [(o, g) for o, g in zip(out, grad) if g is not None]
+        grads = iter(torch.autograd.grad([o for o, _ in used], wanted, [g for _, g in used],
+                                         create_graph=True, allow_unused=True))
     return tuple(next(grads) if need else None for need in needs_input_grad)
 
 

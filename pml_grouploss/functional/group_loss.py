@@ -1,43 +1,14 @@
 """The Group Loss (ECCV'20 Algorithm 1; Group Loss++ §3) as a pure tensor function."""
 from __future__ import annotations
 
-import math
 from typing import Dict, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
 from .pearson import Negatives, pearson_similarity
-from .replicator import log_replicator_dynamics
-
-#: Added to the refined probabilities before the log, as the authors' training loop does.
-LOG_EPSILON = 1e-12
-
-
-def log_initial_assignment(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    anchors: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """``log X(0)``: the log of :func:`initial_assignment` (anchors' rows ``0`` / ``-inf``).
-
-    Args: as :func:`initial_assignment`.
-
-    Returns:
-        ``(n, m)``.
-    """
-    log_prior = torch.log_softmax(logits / temperature, dim=1)
-    if anchors.dtype == torch.bool:
-        is_anchor = anchors.view(-1, 1)
-    elif anchors.numel() == 0:
-        return log_prior
-    else:
-        is_anchor = torch.zeros(logits.shape[0], 1, dtype=torch.bool, device=logits.device)
-        is_anchor[anchors] = True
-    labels = labels.long().view(-1, 1)
-    log_one_hot = torch.full_like(log_prior, -math.inf).scatter(1, labels, 0.0)
-    return torch.where(is_anchor, log_one_hot, log_prior)
+from ._refined_labels import LOG_EPSILON, log_initial_assignment, refined_labels
+from .replicator import check_dynamics_args
 
 
 def initial_assignment(
@@ -83,20 +54,25 @@ def refined_label_terms(
     num_iterations: int,
     ce_logits: Optional[torch.Tensor] = None,
     ce_labels: Optional[torch.Tensor] = None,
+    unit_bounded: bool = False,
 ) -> RefinedLabelTerms:
     """The per-sample losses of :func:`refined_label_loss`, and ``log X(0)``, ``log X(T)``,
     without the means and the exponentials (what :class:`~pml_grouploss.losses.GroupLoss`
-    needs: PML's reducers average, and ``X`` is read only for stats)."""
+    needs: PML's reducers average, and ``X`` is read only for stats). One autograd node with a
+    closed-form backward for the prior, the dynamics, the NLL and (on ``logits``) the CE.
+    ``unit_bounded=True`` promises ``0 <= W < 2`` (e.g. a clamped correlation) and skips the
+    rescaling of ``W`` that guards arbitrary similarities."""
     labels = labels.long()
-    log_X0 = log_initial_assignment(logits, labels, anchors, temperature)
-    log_XT = log_replicator_dynamics(W, log_X0, num_iterations)
-    log_true = log_XT.gather(1, labels.view(-1, 1)).squeeze(1)
-    nll = -torch.logaddexp(log_true, log_true.new_full((), math.log(LOG_EPSILON)))
-    ce = F.cross_entropy(
-        logits if ce_logits is None else ce_logits,
-        labels if ce_labels is None else ce_labels.long(),
-        reduction="none",
-    )
+    if anchors.dtype != torch.bool:
+        anchors = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device).index_fill(
+            0, anchors.long().reshape(-1), True)
+    check_dynamics_args(W, logits, num_iterations)
+    nll, ce, log_X0, log_XT = refined_labels(
+        W, logits, labels, anchors, temperature, num_iterations, with_ce=ce_logits is None,
+        unit_bounded=unit_bounded)
+    if ce_logits is not None:
+        ce = F.cross_entropy(ce_logits, labels if ce_labels is None else ce_labels.long(),
+                             reduction="none")
     return RefinedLabelTerms(nll, ce, log_X0, log_XT)
 
 

@@ -79,7 +79,7 @@ def log_replicator_dynamics(
     Returns:
         ``(n, m)``.
     """
-    _check_dynamics_args(W, log_X, num_iterations)
+    check_dynamics_args(W, log_X, num_iterations)
     if not num_iterations:
         return log_X
     # scaled once: the step is invariant to the scale of W
@@ -121,21 +121,30 @@ class _LogReplicatorDynamics(torch.autograd.Function):
             return differentiable_backward(
                 lambda W, L: _log_dynamics(W, L, ctx.num_iterations)[0], (W, log_X0),
                 ctx.needs_input_grad[:2], grad) + (None,)
-        tiny = torch.finfo(W.dtype).tiny
-        grad_W = torch.zeros_like(W) if ctx.needs_input_grad[0] else None
-        for t in reversed(range(ctx.num_iterations)):
-            X, payoff, no_support, log_X_next = saved[4 * t: 4 * t + 4]
-            # d/dN of N - logsumexp(N) on supported rows: g - softmax(N) sum(g)
-            grad_numerator = torch.addcmul(
-                grad, torch.exp(log_X_next), grad.sum(dim=1, keepdim=True), value=-1
-            ).masked_fill_(no_support, 0.0)
-            grad_payoff = (grad_numerator / payoff).masked_fill_(payoff < tiny, 0.0)
-            if grad_W is not None:
-                grad_W.addmm_(grad_payoff, X.transpose(0, 1))
-            grad = torch.where(no_support, grad, grad_numerator).addcmul_(
-                W.transpose(0, 1) @ grad_payoff, X
-            )
+        grad_W, grad = log_dynamics_backward(W, saved, grad, ctx.needs_input_grad[0])
         return grad_W, grad, None
+
+
+def log_dynamics_backward(W: torch.Tensor, saved, grad: torch.Tensor, needs_grad_W: bool):
+    """``(d/dW, d/d log X(0))`` of :func:`_log_dynamics` on the scaled ``W``, from its ``saved``
+    per-step tensors and ``grad`` ``(n, m)`` with respect to ``log X(T)`` (``d/dW`` is ``None``
+    unless ``needs_grad_W``). Per step: ``g_N = g - X(t+1) sum(g)`` on supported rows,
+    ``g_Pi = g_N / Pi``, ``g_W += g_Pi X(t)^T``, ``g <- g_N + (W^T g_Pi) ⊙ X(t)``."""
+    tiny = torch.finfo(W.dtype).tiny
+    grad_W = torch.zeros_like(W) if needs_grad_W else None
+    for t in reversed(range(len(saved) // 4)):
+        X, payoff, no_support, log_X_next = saved[4 * t: 4 * t + 4]
+        # d/dN of N - logsumexp(N) on supported rows: g - softmax(N) sum(g)
+        grad_numerator = torch.addcmul(
+            grad, torch.exp(log_X_next), grad.sum(dim=1, keepdim=True), value=-1
+        ).masked_fill_(no_support, 0.0)
+        grad_payoff = (grad_numerator / payoff).masked_fill_(payoff < tiny, 0.0)
+        if grad_W is not None:
+            grad_W.addmm_(grad_payoff, X.transpose(0, 1))
+        grad = torch.where(no_support, grad, grad_numerator).addcmul_(
+            W.transpose(0, 1) @ grad_payoff, X
+        )
+    return grad_W, grad
 
 
 def replicator_dynamics(
@@ -163,7 +172,7 @@ def replicator_history(
     W: torch.Tensor, X: torch.Tensor, num_iterations: int
 ) -> List[torch.Tensor]:
     """``[X(0), X(1), ..., X(T)]`` of :func:`replicator_dynamics` (each ``(n, m)``)."""
-    _check_dynamics_args(W, X, num_iterations)
+    check_dynamics_args(W, X, num_iterations)
     history = [X]
     for _ in range(num_iterations):
         X = replicator_step(W, X)
@@ -172,15 +181,18 @@ def replicator_history(
 
 
 def _scale_by_power_of_two(W: torch.Tensor) -> torch.Tensor:
-    """``W / 2**(e-1)``, the power of two at or below ``max|W|`` (exact; 0 -> W / 0.5).
+    """``W / 2**(e-1)``, the power of two at or below ``max|W|`` (exact; 0 -> W / 0.5)."""
+    return W / _power_of_two_at_or_below_max(W)
 
-    ``max|W| = mantissa * 2**e`` with mantissa in ``[0.5, 1)``; ``2**e`` itself would be
-    ``inf`` for float32 values above ``2**127``."""
+
+def _power_of_two_at_or_below_max(W: torch.Tensor) -> torch.Tensor:
+    """``2**(e-1)`` ``()`` for ``max|W| = mantissa * 2**e``, mantissa in ``[0.5, 1)``; ``2**e``
+    itself would be ``inf`` for float32 values above ``2**127``."""
     _, exponent = torch.frexp(W.detach().abs().amax())
-    return W / torch.ldexp(torch.ones((), dtype=W.dtype, device=W.device), exponent - 1)
+    return torch.ldexp(torch.ones((), dtype=W.dtype, device=W.device), exponent - 1)
 
 
-def _check_dynamics_args(W: torch.Tensor, X: torch.Tensor, num_iterations: int) -> None:
+def check_dynamics_args(W: torch.Tensor, X: torch.Tensor, num_iterations: int) -> None:
     """Host-side checks (shapes, ``num_iterations``), once per public call, not per step."""
     v.check_int("num_iterations", num_iterations, minimum=0)
     if W.dim() != 2 or W.shape[0] != W.shape[1] or W.shape[0] != X.shape[0]:
