@@ -90,7 +90,7 @@ class GroupLossChecksMixin:
                 row_max.amax(),
                 row_max.masked_fill(row_max == 0, math.inf).amin(),
                 logits.detach().sum(),
-                (x - x[:1]).abs().amax(),
+                (x - x[:1]).abs_().amax(),
                 anchors.all(),
                 torch.linalg.vector_norm(x, dim=1).mean(),
             ]

@@ -12,22 +12,20 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from .. import _validation as v
 from ..distances import PearsonCorrelation
 from ..functional.anchors import ANCHOR_SELECTIONS, AnchorSelection
-from ..functional.batch_classes import batch_classes
 from ..functional.group_loss import refined_label_terms
-from ..functional.pearson import NEGATIVE_MODES, Negatives, similarity_from_correlation
+from ..functional.pearson import NEGATIVE_MODES, Negatives
 from ..functional.rms_normalize import rms_normalize
-from ..functional.sparse_rows import gather_rows
-from ._classifier_guards import ClassifierGuardsMixin, is_compiling
+from ._classifier_guards import ClassifierGuardsMixin
+from ._classifier_prior import PRIOR_CLASSES, ClassifierPriorMixin, PriorClasses
 from ._unlogged_parameters import hide_parameters_from_record_keeper
 from ._value_checks import GroupLossChecksMixin
 from .distributed_loss_wrapper import check_distributed_use
 
-PriorClasses = Literal["all", "batch"]
-PRIOR_CLASSES = ("all", "batch")
 
 
 class GroupLoss(
-    GroupLossChecksMixin, ClassifierGuardsMixin, WeightRegularizerMixin, BaseMetricLossFunction
+    GroupLossChecksMixin, ClassifierPriorMixin, ClassifierGuardsMixin, WeightRegularizerMixin,
+    BaseMetricLossFunction,
 ):
     """The Group Loss: cross-entropy on soft labels refined over the whole batch.
 
@@ -86,7 +84,7 @@ class GroupLoss(
     prior puts no mass outside the batch's classes (``T = 0``: it is the cross-entropy over
     the batch's classes, never above the dense one). The cost is O(n^2 d) instead of O(n m d),
     whatever ``m``. ``ce_classes`` chooses the auxiliary CE's classes: ``"all"`` (exact, but
-    O(n m d) again) or ``"batch"`` (a sampled softmax over the batch's classes: it omits the
+    O(n m d) again) or ``"batch"`` (with ``prior_classes="batch"`` only; a sampled softmax over the batch's classes: it omits the
     other classes from the partition function, so it is a lower bound of the full CE and
     never pushes absent classes' logits down; unbiased only in the limit where they carry no
     mass). ``sparse_gradients=True`` makes the gradients of ``W`` and ``bias`` sparse COO
@@ -126,8 +124,8 @@ class GroupLoss(
         seed: seed for ``anchor_selection="random"``.
         prior_classes: ``"all"`` (default, the papers' dense prior over ``m`` classes) or
             ``"batch"`` (the batch's classes only, GL++ §8.3).
-        ce_classes: classes of the auxiliary CE: ``"all"``, ``"batch"``, or ``None``
-            (default: as ``prior_classes``).
+        ce_classes: classes of the auxiliary CE: ``"all"``, ``"batch"`` (needs
+            ``prior_classes="batch"``), or ``None`` (default: as ``prior_classes``).
         sparse_gradients: sparse gradients for ``W``/``bias`` (needs ``prior_classes=
             ce_classes="batch"`` and no ``weight_regularizer``). Default ``False``.
         validate: value checks every call (``True``), never (``False``), or ``None``
@@ -269,19 +267,10 @@ class GroupLoss(
         """Classifier outputs ``(n, k)`` of the classes ``classes`` ``(k,)`` (``None``: all
         ``m``); the rows of ``W`` and ``bias`` are gathered first, with sparse gradients if
         ``sparse_gradients``."""
-        self.cast_types(embeddings.device)
         if self.normalize_embeddings:
             embeddings = rms_normalize(embeddings)
-        W, bias = self.W, self.bias
-        if classes is not None:
-            W = gather_rows(W, classes, self.sparse_gradients)
-            bias = gather_rows(bias, classes, self.sparse_gradients)
-        logits = torch.nn.functional.linear(
-            embeddings, W.to(embeddings.dtype), bias.to(embeddings.dtype)
-        )
-        if logits.requires_grad and self.W.requires_grad and not is_compiling():
-            logits.register_hook(self._classifier_got_gradient)
-        return logits
+        logits = torch.nn.functional.linear(embeddings, *self._classifier(embeddings, classes))
+        return self._watch_classifier(logits)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         c_f.labels_required(labels)
@@ -297,11 +286,9 @@ class GroupLoss(
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             x = embeddings.to(dtype)
-            logits, targets, ce = self._prior_logits(
+            W, corr, logits, targets, ce = self._prior_logits(
                 x, labels, embeddings.dtype, validate, anchors
             )
-            corr = self.distance(x)
-            W = similarity_from_correlation(corr, self.negatives, self.zero_diagonal)
             terms = refined_label_terms(
                 W,
                 logits,
@@ -311,6 +298,7 @@ class GroupLoss(
                 num_iterations=self.num_iterations,
                 ce_logits=ce,
                 ce_labels=None if ce is None else labels,
+                unit_bounded=self._default_similarity(),
             )
         self._warn_if_classifier_frozen()
         if self.collect_stats:
@@ -332,52 +320,6 @@ class GroupLoss(
         }
         self.add_weight_regularization_to_loss_dict(loss_dict, self.W)
         return loss_dict
-
-    # -- classes of the prior --------------------------------------------------------------
-    def _init_class_options(self, prior_classes, ce_classes, sparse_gradients, validate):
-        v.check_choice("prior_classes", prior_classes, PRIOR_CLASSES)
-        ce_classes = prior_classes if ce_classes is None else ce_classes
-        v.check_choice("ce_classes", ce_classes, PRIOR_CLASSES)
-        if not isinstance(sparse_gradients, bool) or validate not in (None, True, False):
-            raise TypeError("sparse_gradients must be a bool and validate None or a bool")
-        if sparse_gradients and (prior_classes, ce_classes) != ("batch", "batch"):
-            raise ValueError(
-                "sparse_gradients=True needs prior_classes='batch' and ce_classes='batch' "
-                "(over all classes every row of W gets a gradient)"
-            )
-        if sparse_gradients and self.weight_regularizer is not None:
-            raise ValueError(
-                "sparse_gradients=True cannot be combined with a weight_regularizer: it acts "
-                "on all of W and makes the gradient dense"
-            )
-        self.prior_classes, self.ce_classes = prior_classes, ce_classes
-        self.sparse_gradients, self.validate = sparse_gradients, validate
-
-    def _pads_batch_classes(self, x: torch.Tensor) -> bool:
-        """``n`` padded slots off the CPU (no device read); exactly the ``k`` classes on it."""
-        return x.device.type != "cpu"
-
-    def _prior_logits(self, x, labels, dtype, validate, anchors):
-        """``(prior logits, targets, CE logits or None)``: over all ``m`` classes, or over
-        the batch's classes (``-inf`` in the padding slots of
-        :func:`~pml_grouploss.functional.batch_classes.batch_classes`, targets = slots)."""
-        if self.prior_classes == "all":
-            logits = self.get_logits(x)
-            if validate:
-                self._check_values(x, logits, dtype, anchors)
-            return logits, labels, None
-        padded = self._pads_batch_classes(x)
-        slots = batch_classes(labels, pad=padded)
-        if self.ce_classes == "all":
-            full = self.get_logits(x)
-            logits = full.gather(1, slots.classes.expand(x.shape[0], -1))
-        else:
-            full, logits = None, self.get_batch_logits(x, slots.classes)
-        if validate:
-            self._check_values(x, logits if full is None else full, dtype, anchors)
-        if padded:
-            logits = logits.masked_fill(~slots.valid, -math.inf)
-        return logits, slots.targets, full
 
     def _set_stats(self, corr, terms, labels, anchors) -> None:
         """Host values (device reads), only with ``collect_stats``; ``labels`` are the

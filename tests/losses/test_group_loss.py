@@ -8,11 +8,22 @@ from pytorch_metric_learning import distances as pml_distances
 from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning import reducers, regularizers
 
-from pml_grouploss import functional, losses, miners
+from pml_grouploss import distances, functional, losses, miners
 
 from ..conftest import cuda_or_skip, fixture_paths
 
 GTG = fixture_paths("gtg_n*.npz")
+
+
+def _use_logits(loss_fn, logits, monkeypatch):
+    """The fixture's logits in place of the classifier's; the similarity as in training."""
+    similarity_and_logits = loss_fn._similarity_and_logits
+
+    def patched(x, classes):
+        W, corr, _ = similarity_and_logits(x, classes)
+        return W, corr, logits
+
+    monkeypatch.setattr(loss_fn, "_similarity_and_logits", patched)
 
 
 def _loss_for(z, **kwargs):
@@ -33,7 +44,7 @@ def test_pml_forward_reproduces_reference(path, monkeypatch):
     loss_fn = _loss_for(z)
     e = torch.tensor(z["embeddings"], requires_grad=True)
     logits = torch.tensor(z["logits"], requires_grad=True)
-    monkeypatch.setattr(loss_fn, "get_logits", lambda emb: logits)
+    _use_logits(loss_fn, logits, monkeypatch)
     loss = loss_fn(e, torch.tensor(z["labels"]))
     grad_e, grad_logits = torch.autograd.grad(loss, [e, logits])
     tol = dict(rtol=1e-9, atol=1e-12)
@@ -281,10 +292,39 @@ def test_paper_variants_through_pml_forward(path, variant, kwargs, monkeypatch):
     loss_fn = _loss_for(z, **kwargs)
     e = torch.tensor(z["embeddings"], requires_grad=True)
     logits = torch.tensor(z["logits"], requires_grad=True)
-    monkeypatch.setattr(loss_fn, "get_logits", lambda emb: logits)
+    _use_logits(loss_fn, logits, monkeypatch)
     loss = loss_fn(e, torch.tensor(z["labels"]))
     grad_e, grad_logits = torch.autograd.grad(loss, [e, logits])
     tol = dict(rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(loss.item(), z[f"{variant}_loss_total"], **tol)
     np.testing.assert_allclose(grad_e.numpy(), z[f"{variant}_grad_embeddings"], **tol)
     np.testing.assert_allclose(grad_logits.numpy(), z[f"{variant}_grad_logits"], **tol)
+
+
+class _ComposedPearson(distances.PearsonCorrelation):
+    """The same similarity through PML's distance path (not the fused autograd node)."""
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(), dict(num_iterations=3), dict(zero_diagonal=True), dict(normalize_embeddings=False),
+    dict(prior_classes="batch"), dict(prior_classes="batch", ce_classes="all"),
+    dict(ce_weight=0.0), dict(num_iterations=0),
+])
+def test_fused_default_similarity_equals_the_composed_path(kwargs):
+    """The default PearsonCorrelation + clamp runs as one autograd node with a closed-form
+    backward; any other distance is composed from PML's distance. Both give the same loss and
+    gradients (float64)."""
+    torch.manual_seed(0)
+    fused = losses.GroupLoss(9, 12, **kwargs).double()
+    composed = losses.GroupLoss(9, 12, distance=_ComposedPearson(), **kwargs).double()
+    composed.load_state_dict(fused.state_dict())
+    e = 3 * torch.randn(24, 12, dtype=torch.float64)
+    e[5] = 1.5  # a constant embedding
+    labels = torch.arange(24) % 6
+    results = []
+    for loss_fn in (fused, composed):
+        x = e.clone().requires_grad_()
+        loss = loss_fn(x, labels)
+        results.append([loss] + list(torch.autograd.grad(loss, [x, loss_fn.W, loss_fn.bias])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

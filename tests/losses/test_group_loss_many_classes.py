@@ -178,6 +178,7 @@ def test_pml_trainer_style_zero_grad_then_sparse_steps():
           weight_regularizer=regularizers.LpRegularizer()), "weight_regularizer"),
     (dict(prior_classes="present"), "prior_classes"),
     (dict(ce_classes="some"), "ce_classes"),
+    (dict(ce_classes="batch"), "ce_classes='batch' needs prior_classes='batch'"),
     (dict(sparse_gradients=1), "sparse_gradients"),
     (dict(validate="yes"), "validate"),
 ])
