@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .pearson import Negatives, pearson_similarity
-from ._refined_labels import LOG_EPSILON, log_initial_assignment, refined_labels
+from ._refined_labels import LOG_EPSILON, log_initial_assignment, refined_labels  # noqa: F401
 from .replicator import check_dynamics_args
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 from pytorch_metric_learning.losses import BaseMetricLossFunction
@@ -16,11 +16,10 @@ from ..functional.group_loss import refined_label_terms
 from ..functional.pearson import NEGATIVE_MODES, Negatives
 from ..functional.rms_normalize import rms_normalize
 from ._classifier_guards import ClassifierGuardsMixin
-from ._classifier_prior import PRIOR_CLASSES, ClassifierPriorMixin, PriorClasses
+from ._classifier_prior import ClassifierPriorMixin, PriorClasses
 from ._unlogged_parameters import hide_parameters_from_record_keeper
 from ._value_checks import GroupLossChecksMixin
 from .distributed_loss_wrapper import check_distributed_use
-
 
 
 class GroupLoss(
@@ -84,20 +83,21 @@ class GroupLoss(
     prior puts no mass outside the batch's classes (``T = 0``: it is the cross-entropy over
     the batch's classes, never above the dense one). The cost is O(n^2 d) instead of O(n m d),
     whatever ``m``. ``ce_classes`` chooses the auxiliary CE's classes: ``"all"`` (exact, but
-    O(n m d) again) or ``"batch"`` (with ``prior_classes="batch"`` only; a sampled softmax over the batch's classes: it omits the
-    other classes from the partition function, so it is a lower bound of the full CE and
-    never pushes absent classes' logits down; unbiased only in the limit where they carry no
-    mass). ``sparse_gradients=True`` makes the gradients of ``W`` and ``bias`` sparse COO
-    tensors holding only the batch's rows; optimise them with ``torch.optim.SparseAdam`` (or
-    SGD without weight decay), e.g. ``optimizers["metric_loss_optimizer"] =
-    torch.optim.SparseAdam(loss.parameters(), lr=1e-3)`` in PML trainers.
+    O(n m d) again) or ``"batch"`` (with ``prior_classes="batch"`` only; a sampled softmax
+    over the batch's classes: it omits the other classes from the partition function, so it is
+    a lower bound of the full CE and never pushes absent classes' logits down; unbiased only in
+    the limit where they carry no mass). ``sparse_gradients=True`` makes the gradients of
+    ``W`` and ``bias`` sparse COO tensors holding only the batch's rows; optimise them with
+    ``torch.optim.SparseAdam`` (or SGD without weight decay), e.g.
+    ``optimizers["metric_loss_optimizer"] = torch.optim.SparseAdam(loss.parameters(),
+    lr=1e-3)`` in PML trainers.
 
     **Validation.** Shapes and dtypes are checked on every call. Value checks (label and
     anchor range, NaN/inf, subnormal rows, overflowing logits, a collapsed or all-anchor
     batch) read the device, a CUDA synchronisation: ``validate=None`` (default) runs them on
-    every call for CPU tensors (cheap there) and on calls 1, 2, 4, 8, ... elsewhere (set-up mistakes show at
-    once, ~20 reads in a million steps; the other GPU steps stay asynchronous); ``True``
-    every call (debugging), ``False`` never.
+    every call for CPU tensors (cheap there) and on calls 1, 2, 4, 8, ... elsewhere (set-up
+    mistakes show at once, ~20 reads in a million steps; the other GPU steps stay
+    asynchronous); ``True`` every call (debugging), ``False`` never.
 
     The loss's parameters are kept out of record-keeper's logs: PML's logging hooks would
     otherwise copy ``W`` to a Python list at every logged step (its statistics are logged).
