@@ -57,11 +57,11 @@ class _Forward(NamedTuple):
 
 
 def _forward(W, logits, labels, anchors, temperature, num_iterations, with_ce,
-             unit_bounded) -> _Forward:
+             unit_max) -> _Forward:
     """The forward formulas; ``labels`` ``(n, 1)`` int64, ``anchors`` ``(n, 1)`` bool."""
-    # The dynamics are invariant to the scale of W: scaled by a power of two (exact) unless its
-    # entries are known to lie in [0, 2) already (nothing to overflow or underflow then).
-    power = None if unit_bounded else _power_of_two_at_or_below_max(W)
+    # The dynamics are invariant to the scale of W: divided by the power of two at or below its
+    # largest entry (exact), which is 1 when that entry is known to lie in [1, 2).
+    power = None if unit_max else _power_of_two_at_or_below_max(W)
     log_X0 = log_initial_assignment(logits, labels, anchors, temperature)
     log_XT, steps = _log_dynamics(W if power is None else W / power, log_X0, num_iterations)
     log_true = log_XT.gather(1, labels)
@@ -74,10 +74,10 @@ def _forward(W, logits, labels, anchors, temperature, num_iterations, with_ce,
 class _RefinedLabels(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W, logits, labels, anchors, temperature, num_iterations, with_ce,
-                unit_bounded):
+                unit_max):
         out = _forward(W, logits, labels, anchors, temperature, num_iterations, with_ce,
-                       unit_bounded)
-        ctx.args = (temperature, num_iterations, with_ce, unit_bounded)
+                       unit_max)
+        ctx.args = (temperature, num_iterations, with_ce, unit_max)
         ctx.save_for_backward(W, logits, labels, anchors, out.power, out.log_X0, out.log_true,
                               out.nll, out.log_ce, *out.steps)
         ctx.mark_non_differentiable(out.log_X0, out.log_XT)
@@ -119,12 +119,12 @@ def refined_labels(
     temperature: float,
     num_iterations: int,
     with_ce: bool,
-    unit_bounded: bool = False,
+    unit_max: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(nll, ce, log X(0), log X(T))`` (``(n,)``, ``(n,)``, ``(n, m)``, ``(n, m)``) for ``W``
     ``(n, n)``, ``logits`` ``(n, m)``, ``labels`` ``(n,)`` int64 and ``anchors`` an ``(n,)``
     bool mask: ``nll_i = -log(X(T)_{i,y_i} + 1e-12)``, ``ce_i = CE(logits_i, y_i)`` (zeros
-    unless ``with_ce``); the last two carry no gradient. ``unit_bounded``: the caller
-    guarantees ``0 <= W < 2`` (skips the scaling that guards arbitrary similarities)."""
+    unless ``with_ce``); the last two carry no gradient. ``unit_max``: the caller guarantees
+    ``max W`` in ``[1, 2)``, where the power-of-two rescaling is the identity (skipped)."""
     return _RefinedLabels.apply(W, logits, labels.view(-1, 1), anchors.view(-1, 1),
-                                temperature, num_iterations, with_ce, unit_bounded)
+                                temperature, num_iterations, with_ce, unit_max)

@@ -298,7 +298,7 @@ class GroupLoss(
                 num_iterations=self.num_iterations,
                 ce_logits=ce,
                 ce_labels=None if ce is None else labels,
-                unit_bounded=self._default_similarity(),
+                unit_max=self._default_similarity() and not self.zero_diagonal,
             )
         self._warn_if_classifier_frozen()
         if self.collect_stats:
