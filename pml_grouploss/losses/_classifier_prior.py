@@ -12,7 +12,6 @@ from ..distances import PearsonCorrelation
 from ..functional._similarity_and_logits import pearson_similarity_and_logits
 from ..functional.batch_classes import batch_classes
 from ..functional.pearson import similarity_from_correlation
-from ..functional.rms_normalize import rms_normalize
 from ..functional.sparse_rows import gather_rows
 from ._classifier_guards import is_compiling
 
@@ -23,7 +22,7 @@ PRIOR_CLASSES = ("all", "batch")
 class ClassifierPriorMixin:
     """For :class:`~pml_grouploss.losses.GroupLoss` (``self.W``, ``self.bias``,
     ``self.distance``, ``self.negatives``, ``self.zero_diagonal``, ``self.normalize_embeddings``,
-    ``_classifier_got_gradient``, ``_check_values``)."""
+    ``get_batch_logits``, ``_classifier_got_gradient``, ``_check_values``)."""
 
     def _init_class_options(self, prior_classes, ce_classes, sparse_gradients, validate):
         v.check_choice("prior_classes", prior_classes, PRIOR_CLASSES)
@@ -101,15 +100,11 @@ class ClassifierPriorMixin:
         the classifier's logits over ``classes`` (``None``: all). The default similarity
         (Pearson, clamped) runs as one autograd node with a closed-form backward; any other
         ``distance`` or ``negatives="shift"`` is composed from ``self.distance``."""
-        weight, bias = self._classifier(x, classes)
-        if self._default_similarity():
-            W, corr, logits = pearson_similarity_and_logits(
-                x, weight, bias, zero_diagonal=self.zero_diagonal,
-                normalize=self.normalize_embeddings)
-        else:
-            features = rms_normalize(x) if self.normalize_embeddings else x
-            logits = torch.nn.functional.linear(features, weight, bias)
+        if not self._default_similarity():
             corr = self.distance(x)
             W = similarity_from_correlation(corr, self.negatives, self.zero_diagonal)
+            return W, corr, self.get_batch_logits(x, classes)
+        W, corr, logits = pearson_similarity_and_logits(
+            x, *self._classifier(x, classes), zero_diagonal=self.zero_diagonal,
+            normalize=self.normalize_embeddings)
         return W, corr, self._watch_classifier(logits)
-
