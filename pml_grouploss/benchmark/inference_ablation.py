@@ -35,7 +35,8 @@ ORDER = ("flip", "beta", "mixed_pooling", "leaky_relu", "re_ranking")
 
 
 def _load_best(cfg: BenchmarkConfig, run_dir: str, in_channels: int, device):
-    trunk, feat = build_trunk(cfg.model.trunk, in_channels, pretrained=False)
+    trunk, feat = build_trunk(cfg.model.trunk, in_channels, pretrained=False,
+                              width=cfg.model.trunk_width)
     embedder = build_embedder(feat, cfg.model.embedding_size, cfg.model.embedder)
     folder = os.path.join(run_dir, "models")
     epoch, suffix = c_f.latest_version(folder, "trunk_*.pth", best=True)

@@ -85,7 +85,8 @@ def _optimizers(cfg: BenchmarkConfig, trunk, embedder, loss, method) -> Dict[str
     parameters gets its own optimizer at ``loss_lr``."""
     lr = method.lr if method.lr is not None else cfg.optim.lr
     cls, fixed = OPTIMIZERS[cfg.optim.optimizer]
-    parts = {"trunk": (trunk, lr), "embedder": (embedder, lr), "metric_loss": (loss, method.loss_lr)}
+    parts = {"trunk": (trunk, lr), "embedder": (embedder, lr),
+             "metric_loss": (loss, method.loss_lr)}
     return {f"{name}_optimizer": cls(module.parameters(), lr=rate,
                                      weight_decay=cfg.optim.weight_decay, **fixed)
             for name, (module, rate) in parts.items()
@@ -145,7 +146,8 @@ class _Run:
         batch_size = check_batch(cfg, train_ds.num_classes)
         self.method = build_method(spec, train_ds.num_classes, cfg.model.embedding_size,
                                    overrides, label)
-        trunk, feat = build_trunk(cfg.model.trunk, splits.in_channels, cfg.model.pretrained)
+        trunk, feat = build_trunk(cfg.model.trunk, splits.in_channels, cfg.model.pretrained,
+                                  cfg.model.trunk_width)
         embedder = build_embedder(feat, cfg.model.embedding_size, cfg.model.embedder)
         self.trunk, self.embedder = trunk.to(self.device), embedder.to(self.device)
         loss = self.method.loss.to(self.device)
@@ -170,7 +172,8 @@ class _Run:
         self.trainer = ResumableTrainer(
             models={"trunk": self.trunk, "embedder": self.embedder}, optimizers=optimizers,
             batch_size=batch_size, loss_funcs={"metric_loss": loss}, mining_funcs=miners,
-            dataset=train_ds, sampler=self.sampler, iterations_per_epoch=cfg.optim.iterations_per_epoch,
+            dataset=train_ds, sampler=self.sampler,
+            iterations_per_epoch=cfg.optim.iterations_per_epoch,
             dataloader_num_workers=0, lr_schedulers=_schedulers(cfg.optim, optimizers),
             end_of_iteration_hook=self.hooks.end_of_iteration_hook,
             end_of_epoch_hook=self.end_of_epoch)

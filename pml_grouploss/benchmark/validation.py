@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 import typing
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict
 
 from .._validation import check_choice, check_int, check_number
 
@@ -109,9 +109,10 @@ def validate_config(cfg: "BenchmarkConfig") -> None:
          "model.pretrained: the small CNN has no pretrained weights; use model.trunk resnet50, "
          "googlenet or densenet121, or drop model.pretrained"),
         ("model.embedding_size", model.embedder == "identity"
-         and feature_size(model.trunk) != model.embedding_size,
+         and feature_size(model.trunk, model.trunk_width) != model.embedding_size,
          f"model.embedding_size must equal the {model.trunk} trunk's feature size "
-         f"{feature_size(model.trunk)} with model.embedder identity, got {model.embedding_size}"),
+         f"{feature_size(model.trunk, model.trunk_width)} with model.embedder identity, got "
+         f"{model.embedding_size}"),
         ("model.batch_size", model.batch_size is not None
          and model.batch_size % model.samples_per_class,
          f"model.batch_size {model.batch_size} is not divisible by model.samples_per_class "
