@@ -187,6 +187,9 @@ def config_fields() -> Iterator[Tuple[str, dataclasses.Field]]:
 
 #: flat option name -> dotted field ("epochs" -> "optim.epochs")
 DOTTED = {dotted.split(".")[1]: dotted for dotted, _ in config_fields()}
+#: fields added after runs were recorded, with the value those runs used (a ``config.json``
+#: without the field ran with it: the cnn trunk had 64 channels before ``trunk_width``)
+RECORDED_BEFORE = {"model.trunk_width": 64}
 
 
 @dataclass
@@ -224,6 +227,16 @@ class BenchmarkConfig:
         configuration or flat option names; sections and flat names may mix, a flat name wins.
         An unknown key is an error."""
         return cls().replace(**d)
+
+    @classmethod
+    def from_recorded(cls, d: Mapping[str, Any]) -> "BenchmarkConfig":
+        """From a run's ``config.json``: :meth:`from_dict`, where a field of
+        :data:`RECORDED_BEFORE` the file lacks gets the value its run used, not today's
+        default."""
+        present = {f"{section}.{k}" for section, value in d.items() if section in SECTIONS
+                   for k in value} | {DOTTED.get(k, k) for k in d if k not in SECTIONS}
+        missing = {k: v for k, v in RECORDED_BEFORE.items() if k not in present}
+        return cls().replace(**{k.split(".")[1]: v for k, v in missing.items()}).replace(**d)
 
     def replace(self, **changes: Any) -> "BenchmarkConfig":
         """A copy with ``changes``: flat option names (``epochs=2``) or whole sections

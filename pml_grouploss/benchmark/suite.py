@@ -80,7 +80,7 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
     os.makedirs(output_dir, exist_ok=True)
     if os.path.isfile(path):
         with open(path) as f:
-            old = BenchmarkConfig.from_dict(json.load(f)).protocol_key()
+            old = BenchmarkConfig.from_recorded(json.load(f)).protocol_key()
         diff = sorted(k for k, v in cfg.protocol_key().items() if old.get(k) != v)
         if diff:
             raise ValueError(
@@ -105,7 +105,7 @@ def results_config(output_dir: str) -> BenchmarkConfig:
         raise FileNotFoundError(f"{output_dir!r} is not a results directory of `run` (no "
                                 "config.json); run the benchmark first")
     with open(path) as f:
-        return BenchmarkConfig.from_dict(json.load(f))
+        return BenchmarkConfig.from_recorded(json.load(f))
 
 
 def environment() -> Dict[str, Any]:

@@ -47,6 +47,11 @@ def test_old_flat_config_json_resumes(tmp_path):
     shutil.copy(old, tmp_path / "config.json")
     with open(old) as f:
         cfg = BenchmarkConfig.from_dict(json.load(f))
+    # it predates trunk_width: it ran the 64-channel cnn, so today's default (32) must not reuse it
+    with pytest.raises(ValueError, match=r"different settings \(model.trunk_width\)"):
+        prepare_output(cfg, str(tmp_path))
+    cfg = cfg.replace(trunk_width=64)
+    assert BenchmarkConfig.from_recorded(json.load(open(old))) == cfg
     with pytest.raises(ValueError, match=r"different settings \(optim.epochs\)"):
         prepare_output(cfg.replace(epochs=8), str(tmp_path))
     prepare_output(cfg.replace(seeds=(0,)), str(tmp_path))  # seeds may change on resume
@@ -75,3 +80,11 @@ def test_worker_processes_give_the_same_rows(tmp_path):
     for run in ("grouploss/seed1", "triplet/seed0"):
         a, b = (np.load(tmp_path / f"w{w}/runs/{run}/test_embeddings.npz") for w in (1, 2))
         assert a["embeddings"].tobytes() == b["embeddings"].tobytes()
+
+
+def test_recorded_config_keeps_the_trunk_width_its_run_used():
+    nested = BenchmarkConfig().to_dict()
+    assert BenchmarkConfig.from_recorded(nested).model.trunk_width == 32  # recorded: kept
+    del nested["model"]["trunk_width"]  # a run from before the option: the 64-channel cnn
+    assert BenchmarkConfig.from_recorded(nested).model.trunk_width == 64
+    assert BenchmarkConfig.from_dict(nested).model.trunk_width == 32  # a config to run: default
