@@ -175,6 +175,21 @@ def table(rows_by_label: Dict[str, pd.DataFrame], prefix: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def test_details(rows: pd.DataFrame) -> str:
+    """Under a test table: each method's test R@1 and MAP@R (mean ± 95% CI) and GroupLoss minus
+    each comparison per seed, in points (Markdown)."""
+    lines = []
+    for metric, short in METRICS:
+        wide = 100 * rows.pivot_table(index="seed", columns="method", values=metric)
+        means = ", ".join(f"{m} {'{:.1f} ± {:.1f}'.format(*mean_ci(wide[m].tolist()))}"
+                          for m in ALL)
+        seeds = "; ".join(f"− {m} " + ", ".join(f"{d:+.1f}" for d in wide.grouploss - wide[m])
+                          for m in ALL[1:])
+        lines.append(f"- Test {short}: {means}. GroupLoss per seed "
+                     f"({', '.join(str(s) for s in wide.index)}): {seeds}.")
+    return "\n".join(lines) + "\n"
+
+
 def validation_rows(root: str) -> Dict[str, pd.DataFrame]:
     """Every regime that has run on validation: its rows (with its base's for the methods it
     does not retrain)."""
@@ -229,7 +244,8 @@ def report(root: str) -> str:
         rows = test_rows(root, condition)
         if rows is not None and set(ALL) <= set(rows.method):
             test = table({condition: rows}, "")
-            text += ["", f"Test classes under `{condition}`, run once:", "", test]
+            text += ["", f"Test classes under `{condition}`, run once:", "", test,
+                     test_details(rows)]
     md = "\n".join(text) + "\n"
     with open(os.path.join(root, "README.md"), "w") as f:
         f.write(md)

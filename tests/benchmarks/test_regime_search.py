@@ -96,3 +96,17 @@ def test_a_grouploss_only_regime_pairs_with_the_runs_of_its_base(tmp_path):
     rows = regime_search.per_seed("label_noise_20_nll_only", root).set_index("method")
     assert rows.loc["grouploss", "val_precision_at_1"] == 0.65
     assert (rows.drop("grouploss")["val_precision_at_1"] == 0.60).all()  # noisy, not default
+
+
+def test_test_details_give_each_method_and_the_per_seed_differences():
+    rows = pd.DataFrame({
+        "method": ["grouploss", "grouploss_ce", "triplet", "proxyanchor"] * 2,
+        "seed": [0] * 4 + [1] * 4,
+        "precision_at_1": [0.80, 0.78, 0.79, 0.70, 0.90, 0.86, 0.85, 0.80],
+        "mean_average_precision_at_r": [0.30, 0.20, 0.40, 0.30, 0.50, 0.40, 0.40, 0.30]})
+    md = regime_search.test_details(rows)
+    r1, map_r = md.splitlines()
+    assert r1.startswith("- Test R@1: grouploss 85.0 ± 63.5, grouploss_ce 82.0 ± 50.8")
+    assert "(0, 1): − grouploss_ce +2.0, +4.0; − triplet +1.0, +5.0; − proxyanchor +10.0, +10.0." \
+        in r1
+    assert "− triplet -10.0, +10.0" in map_r
