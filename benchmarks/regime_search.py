@@ -235,17 +235,21 @@ def report(root: str) -> str:
     text += [f"- `{k}`: {r.description}; `python benchmarks/regime_search.py validate {k}`"
              + ("" if per_seed(k, root) is not None else " (**not run yet**)")
              for k, r in REGIMES.items()]
+    tested = {c: test_rows(root, c) for c in CONDITIONS}
+    tested = {c: r for c, r in tested.items() if r is not None and set(ALL) <= set(r.method)}
+    if tested:
+        text += ["", "Every test run, a row per condition of the data (each method in its regime "
+                 "chosen on validation; details below):", "", table(tested, "")]
     for condition in CONDITIONS:
         chosen = choose(root, condition)
         if chosen:
             text += ["", f"Test regimes under `{condition}` (each method's largest mean validation "
                      "R@1 + MAP@R among the regimes of that condition that trained it): "
                      + ", ".join(f"{m} `{r}`" for m, r in chosen.items()) + "."]
-        rows = test_rows(root, condition)
-        if rows is not None and set(ALL) <= set(rows.method):
-            test = table({condition: rows}, "")
+        if condition in tested:
+            test = table({condition: tested[condition]}, "")
             text += ["", f"Test classes under `{condition}`, run once:", "", test,
-                     test_details(rows)]
+                     test_details(tested[condition])]
     md = "\n".join(text) + "\n"
     with open(os.path.join(root, "README.md"), "w") as f:
         f.write(md)

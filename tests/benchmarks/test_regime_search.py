@@ -86,6 +86,8 @@ def test_every_regime_runs_tiny_and_reports(tmp_path, monkeypatch):
         assert "precision_at_1" in rows
     md = regime_search.report(root)
     assert "Test classes under `clean`" in md and "Test classes under `label_noise_20`" in md
+    summary = md.split("Every test run")[1].split("Test regimes under")[0]
+    assert "| clean | 2 |" in summary and "| label_noise_20 | 2 |" in summary
 
 
 def test_a_grouploss_only_regime_pairs_with_the_runs_of_its_base(tmp_path):
