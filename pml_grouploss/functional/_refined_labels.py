@@ -13,7 +13,8 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from ._closed_form_backward import differentiable_backward
-from .replicator import _log_dynamics, _power_of_two_at_or_below_max, log_dynamics_backward
+from .replicator import (
+    _log_dynamics, _power_of_two_at_or_below_max, always_supported, log_dynamics_backward)
 
 #: Added to the refined probabilities before the log, as the authors' training loop does.
 LOG_EPSILON = 1e-12
@@ -57,13 +58,14 @@ class _Forward(NamedTuple):
 
 
 def _forward(W, logits, labels, anchors, temperature, num_iterations, with_ce,
-             unit_max) -> _Forward:
+             unit_diagonal) -> _Forward:
     """The forward formulas; ``labels`` ``(n, 1)`` int64, ``anchors`` ``(n, 1)`` bool."""
     # The dynamics are invariant to the scale of W: divided by the power of two at or below its
     # largest entry (exact), which is 1 when that entry is known to lie in [1, 2).
-    power = None if unit_max else _power_of_two_at_or_below_max(W)
+    power = None if unit_diagonal else _power_of_two_at_or_below_max(W)
     log_X0 = log_initial_assignment(logits, labels, anchors, temperature)
-    log_XT, steps = _log_dynamics(W if power is None else W / power, log_X0, num_iterations)
+    log_XT, steps = _log_dynamics(W if power is None else W / power, log_X0, num_iterations,
+                                  always_supported(W, logits.shape[1], unit_diagonal))
     log_true = log_XT.gather(1, labels)
     nll = -torch.logaddexp(log_true, log_true.new_full((), math.log(LOG_EPSILON)))
     log_ce = torch.log_softmax(logits, dim=1) if with_ce else None
@@ -74,10 +76,11 @@ def _forward(W, logits, labels, anchors, temperature, num_iterations, with_ce,
 class _RefinedLabels(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W, logits, labels, anchors, temperature, num_iterations, with_ce,
-                unit_max):
+                unit_diagonal):
         out = _forward(W, logits, labels, anchors, temperature, num_iterations, with_ce,
-                       unit_max)
-        ctx.args = (temperature, num_iterations, with_ce, unit_max)
+                       unit_diagonal)
+        ctx.args = (temperature, num_iterations, with_ce, unit_diagonal)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
         ctx.save_for_backward(W, logits, labels, anchors, out.power, out.log_X0, out.log_true,
                               out.nll, out.log_ce, *out.steps)
         ctx.mark_non_differentiable(out.log_X0, out.log_XT)
@@ -119,12 +122,14 @@ def refined_labels(
     temperature: float,
     num_iterations: int,
     with_ce: bool,
-    unit_max: bool = False,
+    unit_diagonal: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(nll, ce, log X(0), log X(T))`` (``(n,)``, ``(n,)``, ``(n, m)``, ``(n, m)``) for ``W``
     ``(n, n)``, ``logits`` ``(n, m)``, ``labels`` ``(n,)`` int64 and ``anchors`` an ``(n,)``
     bool mask: ``nll_i = -log(X(T)_{i,y_i} + 1e-12)``, ``ce_i = CE(logits_i, y_i)`` (zeros
-    unless ``with_ce``); the last two carry no gradient. ``unit_max``: the caller guarantees
-    ``max W`` in ``[1, 2)``, where the power-of-two rescaling is the identity (skipped)."""
+    unless ``with_ce``); the last two carry no gradient. ``unit_diagonal``: the caller
+    guarantees ``W >= 0``, ``W_ii = 1`` and ``max W < 2`` (the clamped correlation with its
+    diagonal kept): the power-of-two rescaling is then the identity and every row has support
+    (:func:`~pml_grouploss.functional.replicator.always_supported`), so both are skipped."""
     return _RefinedLabels.apply(W, logits, labels.view(-1, 1), anchors.view(-1, 1),
-                                temperature, num_iterations, with_ce, unit_max)
+                                temperature, num_iterations, with_ce, unit_diagonal)

@@ -39,6 +39,7 @@ class _SimilarityAndLogits(torch.autograd.Function):
     def forward(ctx, x, weight, bias, zero_diagonal, normalize):
         W, corr, logits, power, z, inverse_std, y, inverse_rms = _forward(
             x, weight, bias, zero_diagonal, normalize)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
         ctx.flags = (zero_diagonal, normalize)
         ctx.save_for_backward(x, weight, bias, corr, power, z, inverse_std, y, inverse_rms)
         ctx.mark_non_differentiable(corr)

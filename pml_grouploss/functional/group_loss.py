@@ -54,14 +54,15 @@ def refined_label_terms(
     num_iterations: int,
     ce_logits: Optional[torch.Tensor] = None,
     ce_labels: Optional[torch.Tensor] = None,
-    unit_max: bool = False,
+    unit_diagonal: bool = False,
 ) -> RefinedLabelTerms:
     """The per-sample losses of :func:`refined_label_loss`, and ``log X(0)``, ``log X(T)``,
     without the means and the exponentials (what :class:`~pml_grouploss.losses.GroupLoss`
     needs: PML's reducers average, and ``X`` is read only for stats). One autograd node with a
     closed-form backward for the prior, the dynamics, the NLL and (on ``logits``) the CE.
-    ``unit_max=True`` promises ``max W`` in ``[1, 2)`` (e.g. a clamped correlation with
-    diagonal 1): the power-of-two rescaling of ``W`` is then the identity and is skipped."""
+    ``unit_diagonal=True`` promises ``W >= 0``, ``W_ii = 1`` and ``max W < 2`` (a clamped
+    correlation with its diagonal kept): the power-of-two rescaling of ``W`` and the guard for
+    rows without support are then no-ops and are skipped."""
     labels = labels.long()
     if anchors.dtype != torch.bool:
         anchors = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device).index_fill(
@@ -69,7 +70,7 @@ def refined_label_terms(
     check_dynamics_args(W, logits, num_iterations)
     nll, ce, log_X0, log_XT = refined_labels(
         W, logits, labels, anchors, temperature, num_iterations, with_ce=ce_logits is None,
-        unit_max=unit_max)
+        unit_diagonal=unit_diagonal)
     if ce_logits is not None:
         ce = F.cross_entropy(ce_logits, labels if ce_labels is None else ce_labels.long(),
                              reduction="none")

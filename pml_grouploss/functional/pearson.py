@@ -55,7 +55,7 @@ def standardize_scaled(xs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     # no 0 * inf).
     floor = 16 * torch.finfo(xs.dtype).eps * (xs.shape[1] ** 0.5)
     constant = norm <= floor
-    inverse_norm = (1 / norm.masked_fill(constant, 1.0)).masked_fill(constant, 0.0)
+    inverse_norm = torch.reciprocal(norm.masked_fill(constant, 1.0)).masked_fill(constant, 0.0)
     return centred * inverse_norm, inverse_norm
 
 

@@ -86,9 +86,12 @@ def log_replicator_dynamics(
     return _LogReplicatorDynamics.apply(_scale_by_power_of_two(W), log_X, num_iterations)
 
 
-def _log_dynamics(W: torch.Tensor, log_X: torch.Tensor, num_iterations: int):
-    """``log X(T)`` on an already scaled ``W``, and per step ``[X(t), W X(t), no support,
-    log X(t+1)]`` for the backward pass."""
+def _log_dynamics(W: torch.Tensor, log_X: torch.Tensor, num_iterations: int,
+                  supported: bool = False):
+    """``log X(T)`` on an already scaled ``W``, and per step ``[X(t), W X(t), no support (None
+    if ``supported``), log X(t+1)]`` for the backward pass. ``supported``: the caller
+    guarantees that every row has support above ``eps`` (:func:`always_supported`), so the
+    guard for rows without support is skipped (the same values: it would select nothing)."""
     tiny = torch.finfo(W.dtype).tiny
     log_eps = math.log(torch.finfo(W.dtype).eps)
     saved = []
@@ -97,12 +100,23 @@ def _log_dynamics(W: torch.Tensor, log_X: torch.Tensor, num_iterations: int):
         payoff = W @ X
         log_numerator = log_X + torch.log(torch.clamp(payoff, min=tiny))
         log_support = torch.logsumexp(log_numerator, dim=1, keepdim=True)
-        no_support = log_support <= log_eps
-        # (masked_fill: cheaper than where with a Python scalar; -inf support would be NaN)
-        safe_log_support = log_support.masked_fill(no_support, 0.0)
-        log_X = torch.where(no_support, log_X, log_numerator - safe_log_support)
+        if supported:
+            no_support = None
+            log_X = log_numerator - log_support
+        else:
+            no_support = log_support <= log_eps
+            # (masked_fill: cheaper than where with a Python scalar; -inf support would be NaN)
+            safe_log_support = log_support.masked_fill(no_support, 0.0)
+            log_X = torch.where(no_support, log_X, log_numerator - safe_log_support)
         saved += [X, payoff, no_support, log_X]
     return log_X, saved
+
+
+def always_supported(W: torch.Tensor, num_classes: int, unit_diagonal: bool) -> bool:
+    """Host-side: with ``W >= 0`` and ``W_ii = 1`` (``unit_diagonal``) every row of every step
+    has support ``sum_l x_il (W X)_il >= sum_l x_il^2 >= 1/m`` for row-stochastic ``X`` over
+    ``m = num_classes`` columns, far above ``eps`` when ``m eps < 1/2``."""
+    return unit_diagonal and num_classes * torch.finfo(W.dtype).eps < 0.5
 
 
 class _LogReplicatorDynamics(torch.autograd.Function):
@@ -131,19 +145,24 @@ def log_dynamics_backward(W: torch.Tensor, saved, grad: torch.Tensor, needs_grad
     unless ``needs_grad_W``). Per step: ``g_N = g - X(t+1) sum(g)`` on supported rows,
     ``g_Pi = g_N / Pi``, ``g_W += g_Pi X(t)^T``, ``g <- g_N + (W^T g_Pi) ⊙ X(t)``."""
     tiny = torch.finfo(W.dtype).tiny
-    grad_W = torch.zeros_like(W) if needs_grad_W else None
+    grad_W = None
     for t in reversed(range(len(saved) // 4)):
         X, payoff, no_support, log_X_next = saved[4 * t: 4 * t + 4]
         # d/dN of N - logsumexp(N) on supported rows: g - softmax(N) sum(g)
         grad_numerator = torch.addcmul(
             grad, torch.exp(log_X_next), grad.sum(dim=1, keepdim=True), value=-1
-        ).masked_fill_(no_support, 0.0)
-        grad_payoff = (grad_numerator / payoff).masked_fill_(payoff < tiny, 0.0)
-        if grad_W is not None:
-            grad_W.addmm_(grad_payoff, X.transpose(0, 1))
-        grad = torch.where(no_support, grad, grad_numerator).addcmul_(
-            W.transpose(0, 1) @ grad_payoff, X
         )
+        if no_support is not None:
+            grad_numerator.masked_fill_(no_support, 0.0)
+        grad_payoff = (grad_numerator / payoff).masked_fill_(payoff < tiny, 0.0)
+        if needs_grad_W:
+            grad_W = (grad_payoff @ X.transpose(0, 1) if grad_W is None
+                      else grad_W.addmm_(grad_payoff, X.transpose(0, 1)))
+        if no_support is not None:
+            grad_numerator = torch.where(no_support, grad, grad_numerator)
+        grad = grad_numerator.addcmul_(W.transpose(0, 1) @ grad_payoff, X)
+    if needs_grad_W and grad_W is None:  # T = 0
+        grad_W = torch.zeros_like(W)
     return grad_W, grad
 
 

@@ -22,7 +22,7 @@ PRIOR_CLASSES = ("all", "batch")
 class ClassifierPriorMixin:
     """For :class:`~pml_grouploss.losses.GroupLoss` (``self.W``, ``self.bias``,
     ``self.distance``, ``self.negatives``, ``self.zero_diagonal``, ``self.normalize_embeddings``,
-    ``get_batch_logits``, ``_classifier_got_gradient``, ``_check_values``)."""
+    ``get_batch_logits``, ``_classifier_got_gradient``, ``_check_logits``)."""
 
     def _init_class_options(self, prior_classes, ce_classes, sparse_gradients, validate):
         v.check_choice("prior_classes", prior_classes, PRIOR_CLASSES)
@@ -52,14 +52,14 @@ class ClassifierPriorMixin:
         """``n`` padded slots off the CPU (no device read); exactly the ``k`` classes on it."""
         return x.device.type != "cpu"
 
-    def _prior_logits(self, x, labels, dtype, validate, anchors):
+    def _prior_logits(self, x, labels, validate: bool):
         """``(W, corr, prior logits, targets, CE logits or None)``: the prior over all ``m``
         classes, or over the batch's classes (``-inf`` in the padding slots of
         :func:`~pml_grouploss.functional.batch_classes.batch_classes`, targets = slots)."""
         if self.prior_classes == "all":
             W, corr, logits = self._similarity_and_logits(x, None)
             if validate:
-                self._check_values(x, logits, dtype, anchors)
+                self._check_logits(logits)
             return W, corr, logits, labels, None
         padded = self._pads_batch_classes(x)
         slots = batch_classes(labels, pad=padded)
@@ -70,7 +70,7 @@ class ClassifierPriorMixin:
             W, corr, logits = self._similarity_and_logits(x, slots.classes)
             full = None
         if validate:
-            self._check_values(x, logits if full is None else full, dtype, anchors)
+            self._check_logits(logits if full is None else full)
         if padded:
             logits = logits.masked_fill(~slots.valid, -math.inf)
         return W, corr, logits, slots.targets, full

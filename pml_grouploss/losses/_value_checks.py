@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
@@ -20,29 +20,32 @@ class GroupLossChecksMixin:
     ``self.embedding_size``, ``self.validate``, the anchor settings, ``_warn_once``).
 
     Shapes and dtypes are known on the host and are checked on every call. Checks of tensor
-    *values* (label range, anchor range, NaN/inf, subnormal rows, overflowing logits, a
-    collapsed batch) need a device read, a synchronisation on CUDA: they run when
-    :meth:`_validating` says so (``validate=None``: every call on CPU tensors, where a read
-    costs microseconds, and calls 1, 2, 4, 8, ... on other devices; ``True``: every call;
-    ``False``: never).
+    *values* need a device read, a synchronisation on CUDA. :meth:`_validating` says which run:
+    the errors (label and anchor range, NaN/inf, subnormal rows, non-finite logits) with
+    ``validate=None`` on every call on CPU tensors, where a read costs microseconds, and on
+    calls 1, 2, 4, 8, ... on other devices; the diagnostic warnings (collapsed batch, a batch
+    of anchors only, norm growth) on calls 1, 2, 4, 8, ... on every device. ``True``: both
+    every call; ``False``: neither.
     """
 
     validate: Optional[bool]
     _calls: int = 0
 
-    def _validating(self, embeddings: torch.Tensor) -> bool:
-        """Called once per forward. Off the CPU with ``validate=None``: the 1st, 2nd, 4th,
-        8th, ... eager call (20 reads in a million steps), so set-up mistakes show at once and
-        slow drifts (``_watch_scale``) later, without a per-step synchronisation; none inside
-        ``torch.compile``."""
+    def _validating(self, embeddings: torch.Tensor) -> Tuple[bool, bool]:
+        """``(errors, warnings)``: which value checks run in this forward (called once per
+        forward). With ``validate=None`` the warnings run on the 1st, 2nd, 4th, 8th, ... eager
+        call (20 in a million steps: set-up mistakes show at once, a collapse or a slow drift
+        by twice the step it began at), and so do the errors off the CPU (no per-step
+        synchronisation); none of either off the CPU inside ``torch.compile`` (a changing
+        counter would be a guard: a recompile per step)."""
         if self.validate is not None:
-            return self.validate
-        if embeddings.device.type == "cpu":
-            return True
-        if is_compiling():  # a changing counter would be a guard: a recompile per step
-            return False
+            return self.validate, self.validate
+        on_cpu = embeddings.device.type == "cpu"
+        if is_compiling():
+            return on_cpu, False
         self._calls += 1
-        return self._calls & (self._calls - 1) == 0
+        scheduled = self._calls & (self._calls - 1) == 0
+        return on_cpu or scheduled, scheduled
 
     def _reject_ref_emb(self, embeddings, labels, ref_emb, ref_labels) -> None:
         if ref_emb is not embeddings or ref_labels is not labels:
@@ -57,6 +60,8 @@ class GroupLossChecksMixin:
     def _check_inputs(
         self, embeddings: torch.Tensor, labels: torch.Tensor, validate: bool
     ) -> torch.Tensor:
+        """``labels`` as int64. Shapes and dtypes always; with ``validate`` one read of the
+        label range and of the rows' largest magnitudes (NaN/inf, subnormal rows)."""
         v.check_floating("embeddings", embeddings)
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
             raise ValueError(
@@ -64,65 +69,66 @@ class GroupLossChecksMixin:
                 f"(embedding_size given to GroupLoss), got {tuple(embeddings.shape)}"
             )
         labels = v.check_class_ids("labels", labels)
-        if validate and labels.numel():
-            low, high = torch.stack([labels.min(), labels.max()]).tolist()
-            if low < 0 or high >= self.num_classes:
-                raise ValueError(
-                    f"labels must lie in [0, num_classes={self.num_classes}), got values in "
-                    f"[{low}, {high}]; remap the training labels to 0..num_classes-1 or "
-                    "raise num_classes"
-                )
-        return labels
-
-    def _check_values(
-        self, x: torch.Tensor, logits: torch.Tensor, dtype: torch.dtype, anchors: torch.Tensor
-    ) -> None:
-        """One device read: finite input, no subnormal-scale row (in the embeddings' own
-        ``dtype``), finite logits, collapse, a batch of anchors only (``anchors``: ``(n,)``
-        boolean mask)."""
-        x = x.detach()
-        row_max = x.abs().amax(dim=1)
-        # Reductions only, compared on the host after one read: amax propagates NaN, and a
-        # sum of logits is finite iff they all are (short of ~1e38 logits, which overflow
-        # exp anyway); zero rows are not subnormal.
-        top, smallest, logit_sum, spread, all_anchors, scale = torch.stack(
-            [
-                row_max.amax(),
-                row_max.masked_fill(row_max == 0, math.inf).amin(),
-                logits.detach().sum(),
-                (x - x[:1]).abs_().amax(),
-                anchors.all(),
-                torch.linalg.vector_norm(x, dim=1).mean(),
-            ]
-        ).tolist()
-        tiny = torch.finfo(dtype).tiny
-        collapsed = x.shape[0] > 1 and spread <= 1e-6 * top
-        flags = [not math.isfinite(top), smallest < tiny, not math.isfinite(logit_sum),
-                 collapsed, x.shape[0] > 1 and all_anchors]
-        if flags[0]:
+        if not validate or labels.numel() == 0:
+            return labels
+        with torch.no_grad():
+            row_max = embeddings.abs().amax(dim=1)  # amax propagates NaN
+            # float64 holds every label and every magnitude exactly
+            low, high, smallest, top = torch.stack(
+                [*labels.aminmax(), *row_max.double().aminmax()]).tolist()
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(
+                f"labels must lie in [0, num_classes={self.num_classes}), got values in "
+                f"[{int(low)}, {int(high)}]; remap the training labels to 0..num_classes-1 or "
+                "raise num_classes"
+            )
+        if not math.isfinite(top):
             raise ValueError(
                 "embeddings contain NaN or inf; check the model's output (learning rate, "
                 "input normalisation) before the loss"
             )
-        if flags[1]:
+        tiny = torch.finfo(embeddings.dtype).tiny
+        if smallest < tiny and float(row_max.masked_fill(row_max == 0, math.inf).amin()) < tiny:
             raise ValueError(
                 f"embeddings have rows of magnitude below {tiny:.1e} (the smallest normal "
-                f"{dtype}): GroupLoss is scale-invariant but its gradient grows as 1/scale "
-                "and overflows; check the model's output or compute in float64"
+                f"{embeddings.dtype}): GroupLoss is scale-invariant but its gradient grows as "
+                "1/scale and overflows; check the model's output or compute in float64"
             )
-        if flags[2]:
+        return labels
+
+    def _check_logits(self, logits: torch.Tensor) -> None:
+        """One read: the logits are finite (after :meth:`_check_inputs`, a non-finite logit
+        comes from the classifier's parameters or, unnormalised, from overflow)."""
+        if math.isfinite(float(logits.detach().sum())):  # (short of ~1e38 logits)
+            return
+        if not all(bool(torch.isfinite(p).all()) for p in (self.W, self.bias)):
             raise ValueError(
-                "the classifier's logits overflow (embeddings too large for "
-                "normalize_embeddings=False); use normalize_embeddings=True"
+                "the classifier's parameters (loss.W, loss.bias) contain NaN or inf: its "
+                'optimizer (PML trainers: optimizers["metric_loss_optimizer"]) diverged; '
+                "lower its learning rate"
             )
-        if flags[3]:
+        raise ValueError(
+            "the classifier's logits overflow (embeddings too large for "
+            "normalize_embeddings=False); use normalize_embeddings=True"
+        )
+
+    def _check_batch(self, x: torch.Tensor, anchors: torch.Tensor) -> None:
+        """One read, for the diagnostic warnings: a collapsed batch (every embedding equal), a
+        batch of anchors only (``anchors``: ``(n,)`` boolean mask), norm growth."""
+        with torch.no_grad():
+            lowest, highest = torch.aminmax(x, dim=0)
+            top, spread, all_anchors, scale = torch.stack([
+                torch.maximum(highest.amax(), -lowest.amin()), (highest - lowest).amax(),
+                anchors.all(), torch.linalg.vector_norm(x, dim=1).mean(),
+            ]).tolist()
+        if x.shape[0] > 1 and spread <= 1e-6 * top:
             self._warn_once(
                 "collapse",
                 "GroupLoss: every embedding in the batch is identical (the trunk has "
                 "collapsed); lower the trunk's learning rate (see docs/losses.md) and keep "
                 "normalize_embeddings=True",
             )
-        if flags[4]:
+        if x.shape[0] > 1 and all_anchors:
             self._warn_once(
                 "all anchors",
                 "GroupLoss: every sample of the batch is an anchor (num_anchors per class >= "

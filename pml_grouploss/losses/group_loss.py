@@ -92,12 +92,13 @@ class GroupLoss(
     ``optimizers["metric_loss_optimizer"] = torch.optim.SparseAdam(loss.parameters(),
     lr=1e-3)`` in PML trainers.
 
-    **Validation.** Shapes and dtypes are checked on every call. Value checks (label and
-    anchor range, NaN/inf, subnormal rows, overflowing logits, a collapsed or all-anchor
-    batch) read the device, a CUDA synchronisation: ``validate=None`` (default) runs them on
-    every call for CPU tensors (cheap there) and on calls 1, 2, 4, 8, ... elsewhere (set-up
+    **Validation.** Shapes and dtypes are checked on every call. Value checks read the
+    device, a CUDA synchronisation. With ``validate=None`` (default) the errors (label and
+    anchor range, NaN/inf, subnormal rows, a non-finite classifier or overflowing logits) run
+    on every call for CPU tensors (cheap there) and on calls 1, 2, 4, 8, ... elsewhere (set-up
     mistakes show at once, ~20 reads in a million steps; the other GPU steps stay
-    asynchronous); ``True`` every call (debugging), ``False`` never.
+    asynchronous); the warnings (a collapsed or all-anchor batch, norm growth) on calls 1, 2,
+    4, 8, ... on every device. ``True``: all every call (debugging); ``False``: none.
 
     The loss's parameters are kept out of record-keeper's logs: PML's logging hooks would
     otherwise copy ``W`` to a Python list at every logged step (its statistics are logged).
@@ -129,8 +130,8 @@ class GroupLoss(
         sparse_gradients: sparse gradients for ``W``/``bias`` (needs ``prior_classes=
             ce_classes="batch"`` and no ``weight_regularizer``). Default ``False``.
         validate: value checks every call (``True``), never (``False``), or ``None``
-            (default: every call on CPU; calls 1, 2, 4, 8, ... on other devices, none there
-            under ``torch.compile``).
+            (default: errors every call on CPU, warnings on calls 1, 2, 4, 8, ...; both on
+            calls 1, 2, 4, 8, ... on other devices, none there under ``torch.compile``).
         **kwargs: PML's ``reducer``, ``distance`` (any similarity, ``is_inverted=True``),
             ``weight_regularizer``, ``weight_reg_weight``, ``weight_init_func``,
             ``embedding_regularizer``, ``collect_stats``.
@@ -276,7 +277,7 @@ class GroupLoss(
         c_f.labels_required(labels)
         check_distributed_use(self)
         self._reject_ref_emb(embeddings, labels, ref_emb, ref_labels)
-        validate = self._validating(embeddings)
+        validate, diagnose = self._validating(embeddings)
         labels = self._check_inputs(embeddings, labels, validate)
         if embeddings.shape[0] == 0:
             return self.zero_losses()
@@ -286,9 +287,9 @@ class GroupLoss(
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             x = embeddings.to(dtype)
-            W, corr, logits, targets, ce = self._prior_logits(
-                x, labels, embeddings.dtype, validate, anchors
-            )
+            if diagnose:
+                self._check_batch(x, anchors)
+            W, corr, logits, targets, ce = self._prior_logits(x, labels, validate)
             terms = refined_label_terms(
                 W,
                 logits,
@@ -298,7 +299,7 @@ class GroupLoss(
                 num_iterations=self.num_iterations,
                 ce_logits=ce,
                 ce_labels=None if ce is None else labels,
-                unit_max=self._default_similarity() and not self.zero_diagonal,
+                unit_diagonal=self._default_similarity() and not self.zero_diagonal,
             )
         self._warn_if_classifier_frozen()
         if self.collect_stats:

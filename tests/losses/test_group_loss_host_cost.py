@@ -83,9 +83,13 @@ def test_validating_call_reads_the_device_and_catches_what_it_should():
     e, labels = _batch()
     with _DeviceReads() as mode:
         loss_fn(e, labels)
-    # the detector sees the checks' two reads: label range, values (one stacked read)
-    assert mode.reads == ["tolist", "tolist"]
+    # call 1: label range and row magnitudes (one stacked read), the diagnostic warnings'
+    # statistics (one stacked read), the logits' sum
+    assert mode.reads == ["tolist", "tolist", "_local_scalar_dense"]
     loss_fn(e, labels)
+    with _DeviceReads() as mode:
+        loss_fn(e, labels)  # call 3: the errors' checks only (warnings on calls 1, 2, 4, ...)
+    assert mode.reads == ["tolist", "_local_scalar_dense"]
     with pytest.raises(ValueError, match="num_classes"):  # still checked on a later call
         loss_fn(e, labels + 10)
     with pytest.raises(ValueError, match="NaN"):
@@ -95,13 +99,19 @@ def test_validating_call_reads_the_device_and_catches_what_it_should():
 
 
 def test_validate_policy_powers_of_two_off_the_cpu():
-    off_cpu = torch.empty(0, device="meta")
+    """``(errors, warnings)``: off the CPU both on calls 1, 2, 4, ...; on it the errors every
+    call, the warnings on calls 1, 2, 4, ...; ``True``/``False``: both always/never."""
+    powers = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    off_cpu, on_cpu = torch.empty(0, device="meta"), torch.empty(0)
     default = losses.GroupLoss(3, 4)
-    checked = [call for call in range(1, 1025) if default._validating(off_cpu)]
-    assert checked == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
-    assert all(default._validating(torch.empty(0)) for _ in range(5))  # CPU: every call
-    assert losses.GroupLoss(3, 4, validate=True)._validating(off_cpu) is True
-    assert losses.GroupLoss(3, 4, validate=False)._validating(torch.empty(0)) is False
+    assert [call for call in range(1, 1025) if default._validating(off_cpu) == (True, True)] \
+        == powers
+    default = losses.GroupLoss(3, 4)
+    checks = [default._validating(on_cpu) for _ in range(1024)]
+    assert all(errors for errors, _ in checks)  # CPU: every call
+    assert [call for call, (_, warns) in enumerate(checks, 1) if warns] == powers
+    assert losses.GroupLoss(3, 4, validate=True)._validating(off_cpu) == (True, True)
+    assert losses.GroupLoss(3, 4, validate=False)._validating(on_cpu) == (False, False)
 
 
 def test_validate_false_skips_value_checks_but_keeps_shape_checks():

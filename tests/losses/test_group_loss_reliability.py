@@ -152,6 +152,31 @@ def test_collapsed_batch_warns_once():
         loss_fn(torch.ones(9, 4), labels)
 
 
+def test_collapse_is_reported_on_the_next_scheduled_call():
+    """The diagnostic warnings read the device on calls 1, 2, 4, 8, ... (validate=None): a
+    trunk that collapses at call 5 is reported at call 8, not before."""
+    loss_fn = losses.GroupLoss(3, 4)
+    labels = torch.tensor([0, 1, 2] * 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for call in range(1, 9):
+            e = torch.ones(9, 4) if call >= 5 else torch.randn(9, 4)
+            loss_fn(e, labels)
+            collapsed = [w for w in caught if "collapsed" in str(w.message)]
+            assert len(collapsed) == (call == 8), call
+            caught.clear()
+
+
+def test_diverged_classifier_is_named():
+    """NaN in the loss's own parameters (a metric_loss_optimizer that diverged) made a NaN
+    loss, later reported as overflowing logits; the error now names the classifier."""
+    loss_fn = losses.GroupLoss(3, 4)
+    with torch.no_grad():
+        loss_fn.W[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"loss\.W, loss\.bias\) contain NaN.*metric_loss_optimizer"):
+        loss_fn(torch.randn(9, 4), torch.tensor([0, 1, 2] * 3))
+
+
 @pytest.mark.parametrize("ce_weight", [1.0, 0.0])
 def test_all_anchor_batch_warns_once_that_nothing_is_refined(ce_weight):
     """2 samples per class with num_anchors=2 (MPerClassSampler(m=2)): every row of X(0) is
