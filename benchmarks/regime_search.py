@@ -117,6 +117,8 @@ TINY = ("--max-classes", "80", "--epochs", "2", "--iterations-per-epoch", "1", "
 PAIRS = (("grouploss_ce", "plain CE"), ("proxyanchor", "ProxyAnchor"), ("triplet", "Triplet"),
          ("better", "better of PA/Triplet"))
 METRICS = (("precision_at_1", "R@1"), ("mean_average_precision_at_r", "MAP@R"))
+TITLES = {"grouploss": "GroupLoss", "grouploss_ce": "plain CE", "triplet": "Triplet",
+          "proxyanchor": "ProxyAnchor"}
 
 
 def command(name: str, seeds: int, root: str, test: bool, tiny: bool,
@@ -190,6 +192,18 @@ def test_details(rows: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def method_means(rows_by_condition: Dict[str, pd.DataFrame]) -> str:
+    """Each method's test R@1 / MAP@R, mean over seeds in %, a line per condition (Markdown)."""
+    head = ["condition"] + [TITLES[m] for m in ALL]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for condition, rows in rows_by_condition.items():
+        means = rows.groupby("method")[[metric for metric, _ in METRICS]].mean() * 100
+        lines.append(f"| {condition} | " + " | ".join(
+            " / ".join(f"{means.loc[m, metric]:.1f}" for metric, _ in METRICS) for m in ALL)
+            + " |")
+    return "\n".join(lines) + "\n"
+
+
 def validation_rows(root: str) -> Dict[str, pd.DataFrame]:
     """Every regime that has run on validation: its rows (with its base's for the methods it
     does not retrain)."""
@@ -239,7 +253,9 @@ def report(root: str) -> str:
     tested = {c: r for c, r in tested.items() if r is not None and set(ALL) <= set(r.method)}
     if tested:
         text += ["", "Every test run, a row per condition of the data (each method in its regime "
-                 "chosen on validation; details below):", "", table(tested, "")]
+                 "chosen on validation; details below):", "", table(tested, ""),
+                 "Each method's test R@1 / MAP@R (mean over seeds, in %):", "",
+                 method_means(tested)]
     for condition in CONDITIONS:
         chosen = choose(root, condition)
         if chosen:

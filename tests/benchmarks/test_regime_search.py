@@ -88,6 +88,7 @@ def test_every_regime_runs_tiny_and_reports(tmp_path, monkeypatch):
     assert "Test classes under `clean`" in md and "Test classes under `label_noise_20`" in md
     summary = md.split("Every test run")[1].split("Test regimes under")[0]
     assert "| clean | 2 |" in summary and "| label_noise_20 | 2 |" in summary
+    assert "| condition | GroupLoss | plain CE | Triplet | ProxyAnchor |" in summary
 
 
 def test_a_grouploss_only_regime_pairs_with_the_runs_of_its_base(tmp_path):
@@ -112,3 +113,6 @@ def test_test_details_give_each_method_and_the_per_seed_differences():
     assert "(0, 1): − grouploss_ce +2.0, +4.0; − triplet +1.0, +5.0; − proxyanchor +10.0, +10.0." \
         in r1
     assert "− triplet -10.0, +10.0" in map_r
+    table = regime_search.method_means({"clean": rows}).splitlines()
+    assert table[0] == "| condition | GroupLoss | plain CE | Triplet | ProxyAnchor |"
+    assert table[2] == "| clean | 85.0 / 40.0 | 82.0 / 30.0 | 82.0 / 40.0 | 75.0 / 30.0 |"
