@@ -173,7 +173,8 @@ def test_diverged_classifier_is_named():
     loss_fn = losses.GroupLoss(3, 4)
     with torch.no_grad():
         loss_fn.W[1, 2] = float("nan")
-    with pytest.raises(ValueError, match=r"loss\.W, loss\.bias\) contain NaN.*metric_loss_optimizer"):
+    with pytest.raises(ValueError,
+                       match=r"loss\.W, loss\.bias\) contain NaN.*metric_loss_optimizer"):
         loss_fn(torch.randn(9, 4), torch.tensor([0, 1, 2] * 3))
 
 
