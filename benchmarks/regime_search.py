@@ -117,8 +117,7 @@ TINY = ("--max-classes", "80", "--epochs", "2", "--iterations-per-epoch", "1", "
 PAIRS = (("grouploss_ce", "plain CE"), ("proxyanchor", "ProxyAnchor"), ("triplet", "Triplet"),
          ("better", "better of PA/Triplet"))
 METRICS = (("precision_at_1", "R@1"), ("mean_average_precision_at_r", "MAP@R"))
-TITLES = {"grouploss": "GroupLoss", "grouploss_ce": "plain CE", "triplet": "Triplet",
-          "proxyanchor": "ProxyAnchor"}
+TITLES = {"grouploss": "GroupLoss", **dict(PAIRS[:3])}  # method -> table heading
 
 
 def command(name: str, seeds: int, root: str, test: bool, tiny: bool,
