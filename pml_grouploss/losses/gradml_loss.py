@@ -27,9 +27,10 @@ from ..functional.gradml import (
     gradml_pair_terms,
     pair_indices,
 )
+from ._stacked_sub_losses import StackedSubLossesMixin
 
 
-class GradMLLoss(GenericPairLoss):
+class GradMLLoss(StackedSubLossesMixin, GenericPairLoss):
     r"""GradML, the gradient-derived pairwise loss of eq. (10)-(11) of the GradML paper.
 
     Per pair, positives contribute ``pos_weight * ||x_i - x_j||^k`` and negatives

@@ -17,14 +17,15 @@ from ..functional.pearson import NEGATIVE_MODES, Negatives
 from ..functional.rms_normalize import rms_normalize
 from ._classifier_guards import ClassifierGuardsMixin
 from ._classifier_prior import ClassifierPriorMixin, PriorClasses
+from ._stacked_sub_losses import StackedSubLossesMixin
 from ._unlogged_parameters import hide_parameters_from_record_keeper
 from ._value_checks import GroupLossChecksMixin
 from .distributed_loss_wrapper import check_distributed_use
 
 
 class GroupLoss(
-    GroupLossChecksMixin, ClassifierPriorMixin, ClassifierGuardsMixin, WeightRegularizerMixin,
-    BaseMetricLossFunction,
+    GroupLossChecksMixin, ClassifierPriorMixin, ClassifierGuardsMixin, StackedSubLossesMixin,
+    WeightRegularizerMixin, BaseMetricLossFunction,
 ):
     """The Group Loss: cross-entropy on soft labels refined over the whole batch.
 
