@@ -42,11 +42,11 @@ class _SimilarityAndLogits(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
         ctx.flags = (zero_diagonal, normalize)
         ctx.save_for_backward(x, weight, bias, corr, power, z, inverse_std, y, inverse_rms)
-        ctx.mark_non_differentiable(corr)
-        return W, corr, logits
+        ctx.mark_non_differentiable(corr, power)
+        return W, corr, logits, power
 
     @staticmethod
-    def backward(ctx, grad_W, _grad_corr, grad_logits):
+    def backward(ctx, grad_W, _grad_corr, grad_logits, _grad_power):
         x, weight, bias, corr, power, z, inverse_std, y, inverse_rms = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: autograd of the formulas
             return differentiable_backward(
@@ -88,10 +88,11 @@ def pearson_similarity_and_logits(
     *,
     zero_diagonal: bool,
     normalize: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(W, corr, logits)`` for embeddings ``x`` ``(n, d)`` and classifier rows ``weight``
-    ``(k, d)``, ``bias`` ``(k,)``: ``W`` ``(n, n)`` is
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(W, corr, logits, power)`` for embeddings ``x`` ``(n, d)`` and classifier rows
+    ``weight`` ``(k, d)``, ``bias`` ``(k,)``: ``W`` ``(n, n)`` is
     ``similarity_from_correlation(pearson_correlation(x), "clamp", zero_diagonal)``, ``corr``
-    ``(n, n)`` the correlations with diagonal 1 (no gradient), ``logits`` ``(n, k)``
-    ``linear(rms_normalize(x) if normalize else x, weight, bias)``."""
+    ``(n, n)`` the correlations with diagonal 1, ``logits`` ``(n, k)``
+    ``linear(rms_normalize(x) if normalize else x, weight, bias)``, ``power`` ``(n, 1)``
+    :func:`row_power_of_two` of ``x`` (``corr`` and ``power`` carry no gradient)."""
     return _SimilarityAndLogits.apply(x, weight, bias, zero_diagonal, normalize)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal, NamedTuple, Optional
 
 import torch
 
@@ -19,10 +19,20 @@ PriorClasses = Literal["all", "batch"]
 PRIOR_CLASSES = ("all", "batch")
 
 
+class Prior(NamedTuple):
+    W: torch.Tensor  # (n, n) similarity of the dynamics
+    corr: torch.Tensor  # (n, n) raw similarity, for the stats
+    logits: torch.Tensor  # (n, k) the prior's logits
+    targets: torch.Tensor  # (n,) each sample's column in them
+    ce_logits: Optional[torch.Tensor]  # (n, m) for the CE over all classes, else None
+    row_power: Optional[torch.Tensor]  # (n, 1) row_power_of_two(x) if the node computed it
+    computed_logits: torch.Tensor  # every logit computed (before padding), for the checks
+
+
 class ClassifierPriorMixin:
     """For :class:`~pml_grouploss.losses.GroupLoss` (``self.W``, ``self.bias``,
     ``self.distance``, ``self.negatives``, ``self.zero_diagonal``, ``self.normalize_embeddings``,
-    ``get_batch_logits``, ``_classifier_got_gradient``, ``_check_logits``)."""
+    ``get_batch_logits``, ``_classifier_got_gradient``, ``_check_labels``)."""
 
     def _init_class_options(self, prior_classes, ce_classes, sparse_gradients, validate):
         v.check_choice("prior_classes", prior_classes, PRIOR_CLASSES)
@@ -52,28 +62,28 @@ class ClassifierPriorMixin:
         """``n`` padded slots off the CPU (no device read); exactly the ``k`` classes on it."""
         return x.device.type != "cpu"
 
-    def _prior_logits(self, x, labels, validate: bool):
-        """``(W, corr, prior logits, targets, CE logits or None)``: the prior over all ``m``
-        classes, or over the batch's classes (``-inf`` in the padding slots of
-        :func:`~pml_grouploss.functional.batch_classes.batch_classes`, targets = slots)."""
+    def _prior_logits(self, x, labels, validate: bool) -> "Prior":
+        """The prior's logits over all ``m`` classes, or over the batch's classes (``-inf`` in
+        the padding slots of :func:`~pml_grouploss.functional.batch_classes.batch_classes`,
+        targets = slots). With ``validate`` the labels' range is read first when they index
+        the classifier's rows (batch classes)."""
         if self.prior_classes == "all":
-            W, corr, logits = self._similarity_and_logits(x, None)
-            if validate:
-                self._check_logits(logits)
-            return W, corr, logits, labels, None
+            W, corr, logits, power = self._similarity_and_logits(x, None)
+            return Prior(W, corr, logits, labels, None, power, logits)
+        if validate:
+            self._check_labels(labels)
         padded = self._pads_batch_classes(x)
         slots = batch_classes(labels, pad=padded)
         if self.ce_classes == "all":
-            W, corr, full = self._similarity_and_logits(x, None)
+            W, corr, full, power = self._similarity_and_logits(x, None)
             logits = full.gather(1, slots.classes.expand(x.shape[0], -1))
         else:
-            W, corr, logits = self._similarity_and_logits(x, slots.classes)
+            W, corr, logits, power = self._similarity_and_logits(x, slots.classes)
             full = None
-        if validate:
-            self._check_logits(logits if full is None else full)
+        computed = logits if full is None else full
         if padded:
             logits = logits.masked_fill(~slots.valid, -math.inf)
-        return W, corr, logits, slots.targets, full
+        return Prior(W, corr, logits, slots.targets, full, power, computed)
 
     def _classifier(self, x: torch.Tensor, classes: Optional[torch.Tensor]):
         """``(W, bias)``: all rows, or those of ``classes``, in ``x``'s device and dtype."""
@@ -96,15 +106,17 @@ class ClassifierPriorMixin:
                 and not distance.collect_stats and self.negatives == "clamp")
 
     def _similarity_and_logits(self, x: torch.Tensor, classes: Optional[torch.Tensor]):
-        """``(W, corr, logits)``: the similarity of the dynamics, the raw similarity (stats) and
-        the classifier's logits over ``classes`` (``None``: all). The default similarity
+        """``(W, corr, logits, row power)``: the similarity of the dynamics, the raw similarity
+        (stats), the classifier's logits over ``classes`` (``None``: all) and
+        :func:`~pml_grouploss.functional.rms_normalize.row_power_of_two` of ``x`` (``None``
+        off the fused node). The default similarity
         (Pearson, clamped) runs as one autograd node with a closed-form backward; any other
         ``distance`` or ``negatives="shift"`` is composed from ``self.distance``."""
         if not self._default_similarity():
             corr = self.distance(x)
             W = similarity_from_correlation(corr, self.negatives, self.zero_diagonal)
-            return W, corr, self.get_batch_logits(x, classes)
-        W, corr, logits = pearson_similarity_and_logits(
+            return W, corr, self.get_batch_logits(x, classes), None
+        W, corr, logits, power = pearson_similarity_and_logits(
             x, *self._classifier(x, classes), zero_diagonal=self.zero_diagonal,
             normalize=self.normalize_embeddings)
-        return W, corr, self._watch_classifier(logits)
+        return W, corr, self._watch_classifier(logits), power

@@ -9,6 +9,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from .. import _validation as v
 from ..functional.anchors import _anchor_mask, as_anchor_mask
+from ..functional.rms_normalize import row_power_of_two
 from ._classifier_guards import is_compiling
 
 # See ``_watch_scale``.
@@ -57,50 +58,62 @@ class GroupLossChecksMixin:
                 "loss(embeddings, labels) on one batch (see docs/losses.md, 'PML features')"
             )
 
-    def _check_inputs(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, validate: bool
-    ) -> torch.Tensor:
-        """``labels`` as int64. Shapes and dtypes always; with ``validate`` one read of the
-        label range and of the rows' largest magnitudes (NaN/inf, subnormal rows)."""
+    def _check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``labels`` as int64 after the host-side checks of shapes and dtypes (no read)."""
         v.check_floating("embeddings", embeddings)
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
             raise ValueError(
                 f"embeddings must have shape (batch_size, {self.embedding_size}) "
                 f"(embedding_size given to GroupLoss), got {tuple(embeddings.shape)}"
             )
-        labels = v.check_class_ids("labels", labels)
-        if not validate or labels.numel() == 0:
-            return labels
-        with torch.no_grad():
-            row_max = embeddings.abs().amax(dim=1)  # amax propagates NaN
-            # float64 holds every label and every magnitude exactly
-            low, high, smallest, top = torch.stack(
-                [*labels.aminmax(), *row_max.double().aminmax()]).tolist()
+        return v.check_class_ids("labels", labels)
+
+    def _check_label_range(self, low: float, high: float) -> None:
         if low < 0 or high >= self.num_classes:
             raise ValueError(
                 f"labels must lie in [0, num_classes={self.num_classes}), got values in "
                 f"[{int(low)}, {int(high)}]; remap the training labels to 0..num_classes-1 or "
                 "raise num_classes"
             )
-        if not math.isfinite(top):
-            raise ValueError(
-                "embeddings contain NaN or inf; check the model's output (learning rate, "
-                "input normalisation) before the loss"
-            )
+
+    def _check_labels(self, labels: torch.Tensor) -> None:
+        """One read: the label range (before ``labels`` index the classifier's rows)."""
+        if labels.numel():
+            self._check_label_range(*torch.stack(labels.aminmax()).tolist())
+
+    def _check_values(self, embeddings: torch.Tensor, x: torch.Tensor, row_power, logits,
+                      labels: Optional[torch.Tensor]) -> None:
+        """One read after the classifier: the range of ``labels`` (``None``: checked before),
+        NaN/inf (the logits' sum is finite only if the embeddings, ``x`` (``embeddings`` in
+        the computing dtype) and the classifier are), rows too small for ``embeddings``' dtype
+        (``row_power``: :func:`row_power_of_two` of ``x`` or ``None``), overflow."""
+        with torch.no_grad():
+            if row_power is None:
+                row_power = row_power_of_two(x)
+            # float64 holds every label and every power of two exactly
+            parts = [logits.detach().sum(dtype=torch.float64), row_power.amin()]
+            if labels is not None:
+                parts += labels.aminmax()
+            logit_sum, smallest, *label_range = torch.stack(parts).tolist()
+        if label_range:
+            self._check_label_range(*label_range)
+        if not math.isfinite(logit_sum):
+            self._name_non_finite(x)
         tiny = torch.finfo(embeddings.dtype).tiny
-        if smallest < tiny and float(row_max.masked_fill(row_max == 0, math.inf).amin()) < tiny:
+        if smallest < tiny:  # power <= a row's largest magnitude < 2 power; zero rows: 0.5
             raise ValueError(
                 f"embeddings have rows of magnitude below {tiny:.1e} (the smallest normal "
                 f"{embeddings.dtype}): GroupLoss is scale-invariant but its gradient grows as "
                 "1/scale and overflows; check the model's output or compute in float64"
             )
-        return labels
 
-    def _check_logits(self, logits: torch.Tensor) -> None:
-        """One read: the logits are finite (after :meth:`_check_inputs`, a non-finite logit
-        comes from the classifier's parameters or, unnormalised, from overflow)."""
-        if math.isfinite(float(logits.detach().sum())):  # (short of ~1e38 logits)
-            return
+    def _name_non_finite(self, x: torch.Tensor) -> None:
+        """Raise for non-finite logits: reads only on this error path."""
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                "embeddings contain NaN or inf; check the model's output (learning rate, "
+                "input normalisation) before the loss"
+            )
         if not all(bool(torch.isfinite(p).all()) for p in (self.W, self.bias)):
             raise ValueError(
                 "the classifier's parameters (loss.W, loss.bias) contain NaN or inf: its "

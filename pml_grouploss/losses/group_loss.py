@@ -279,7 +279,7 @@ class GroupLoss(
         check_distributed_use(self)
         self._reject_ref_emb(embeddings, labels, ref_emb, ref_labels)
         validate, diagnose = self._validating(embeddings)
-        labels = self._check_inputs(embeddings, labels, validate)
+        labels = self._check_inputs(embeddings, labels)
         if embeddings.shape[0] == 0:
             return self.zero_losses()
         anchors = self._anchor_mask(labels, indices_tuple, validate)
@@ -288,13 +288,17 @@ class GroupLoss(
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             x = embeddings.to(dtype)
+            prior = self._prior_logits(x, labels, validate)
+            if validate:  # (the batch-class prior has read the labels' range already)
+                self._check_values(embeddings, x, prior.row_power, prior.computed_logits,
+                                   labels if self.prior_classes == "all" else None)
             if diagnose:
                 self._check_batch(x, anchors)
-            W, corr, logits, targets, ce = self._prior_logits(x, labels, validate)
+            ce = prior.ce_logits
             terms = refined_label_terms(
-                W,
-                logits,
-                targets,
+                prior.W,
+                prior.logits,
+                prior.targets,
                 anchors,
                 temperature=self.temperature,
                 num_iterations=self.num_iterations,
@@ -304,7 +308,7 @@ class GroupLoss(
             )
         self._warn_if_classifier_frozen()
         if self.collect_stats:
-            self._set_stats(corr, terms, targets, anchors)
+            self._set_stats(prior.corr, terms, prior.targets, anchors)
         indices = c_f.torch_arange_from_size(embeddings)
         loss_dict = {
             "group_loss": {

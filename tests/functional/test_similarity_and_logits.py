@@ -6,6 +6,7 @@ import torch
 
 from pml_grouploss.functional import pearson_correlation, rms_normalize, similarity_from_correlation
 from pml_grouploss.functional._similarity_and_logits import _forward, pearson_similarity_and_logits
+from pml_grouploss.functional.rms_normalize import row_power_of_two
 
 
 def _batch(dtype=torch.float64, seed=0):
@@ -26,8 +27,13 @@ def test_values_are_the_public_composition(zero_diagonal, normalize):
     x, w, b = _batch()
     if not normalize:
         x = x[:5]  # raw embeddings at 1e30 would overflow the logits (GroupLoss rejects them)
-    W, corr, logits = pearson_similarity_and_logits(x, w, b, zero_diagonal=zero_diagonal,
-                                                    normalize=normalize)
+    W, corr, logits, power = pearson_similarity_and_logits(
+        x, w, b, zero_diagonal=zero_diagonal, normalize=normalize)
+    # each row's largest magnitude in [power, 2 power); the zero row's power is 0.5
+    assert torch.equal(power, row_power_of_two(x)) and not power.requires_grad
+    assert power[4].item() == 0.5
+    if normalize:  # the rows at 1e30 and 1e-30
+        assert power[5].item() == 2.0 ** 99 and power[6].item() == 2.0 ** -100
     expected_corr = pearson_correlation(x)
     expected_corr.diagonal().fill_(1.0)
     torch.testing.assert_close(corr, expected_corr, rtol=0, atol=1e-15)
@@ -55,8 +61,8 @@ def test_backward_matches_autograd_of_the_formula(zero_diagonal, normalize, used
         return (W * gW).sum() * (used != "logits") + (logits * gL).sum() * (used != "W")
 
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-    W, _, logits = pearson_similarity_and_logits(*leaves, zero_diagonal=zero_diagonal,
-                                                 normalize=normalize)
+    W, _, logits, _ = pearson_similarity_and_logits(*leaves, zero_diagonal=zero_diagonal,
+                                                    normalize=normalize)
     ours = torch.autograd.grad(objective(W, logits), leaves, allow_unused=True)
     ref_leaves = [t.clone().requires_grad_() for t in (x, w, b)]
     W, _, logits, *_ = _forward(*ref_leaves, zero_diagonal, normalize)
@@ -79,7 +85,8 @@ def test_gradcheck_and_gradgradcheck_float64():
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
 
     def f(x, w, b):
-        W, _, logits = pearson_similarity_and_logits(x, w, b, zero_diagonal=False, normalize=True)
+        W, _, logits, _ = pearson_similarity_and_logits(x, w, b, zero_diagonal=False,
+                                                        normalize=True)
         return W, logits
 
     assert torch.autograd.gradcheck(f, leaves)
@@ -93,7 +100,7 @@ def test_low_precision_is_finite_and_close_to_float64(dtype):
     outs = {}
     for dt in (torch.float64, dtype):
         leaves = [t.to(dt).clone().requires_grad_() for t in (x, w, b)]
-        W, corr, logits = pearson_similarity_and_logits(*leaves, zero_diagonal=False,
+        W, _, logits, _ = pearson_similarity_and_logits(*leaves, zero_diagonal=False,
                                                         normalize=True)
         (W.sum() + logits.sum()).backward()
         outs[dt] = [W, logits] + [t.grad for t in leaves]

@@ -20,8 +20,8 @@ def _use_logits(loss_fn, logits, monkeypatch):
     similarity_and_logits = loss_fn._similarity_and_logits
 
     def patched(x, classes):
-        W, corr, _ = similarity_and_logits(x, classes)
-        return W, corr, logits
+        W, corr, _, row_power = similarity_and_logits(x, classes)
+        return W, corr, logits, row_power
 
     monkeypatch.setattr(loss_fn, "_similarity_and_logits", patched)
 

@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+from pml_grouploss.distances import CosineSimilarity
 from pml_grouploss.losses import GroupLoss
 from pml_grouploss.losses._value_checks import SCALE_GROWTH_LIMIT
 
@@ -55,3 +56,32 @@ def test_reference_scale_in_every_dtype(dtype):
         loss(x.to(dtype), labels)
         loss((x * 2000).to(dtype), labels)
     assert sum("mean norm grew" in str(w.message) for w in caught) == 1
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(), dict(negatives="shift"), dict(distance=CosineSimilarity()),
+    dict(prior_classes="batch"), dict(prior_classes="batch", ce_classes="all"),
+], ids=["fused", "shift", "cosine", "batch", "batch-ce-all"])
+def test_every_similarity_and_prior_path_names_bad_values(kwargs):
+    """One read after the classifier (the fused node's row powers, or computed from the
+    embeddings off it); the batch-class prior reads the labels before they index ``W``."""
+    x = torch.randn(20, 8, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(20) % 5
+    loss = GroupLoss(num_classes=5, embedding_size=8, **kwargs)
+    zero_row = x.clone()
+    zero_row[3] = 0.0
+    assert torch.isfinite(loss(zero_row, labels))  # a zero row is not a tiny one
+    tiny, nan = x.clone(), x.clone()
+    tiny[3] *= 1e-39
+    nan[3, 2] = float("nan")
+    for bad, match in [(tiny, "smallest normal"), (nan, "contain NaN or inf"),
+                       (x * float("inf"), "contain NaN or inf")]:
+        with pytest.raises(ValueError, match=match):
+            loss(bad, labels)
+    for bad_labels in (labels + 5, labels - 1):
+        with pytest.raises(ValueError, match=r"num_classes=5\), got values in \[-?\d+, \d+\]"):
+            loss(x, bad_labels)
+    with torch.no_grad():
+        loss.W[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="loss.W, loss.bias"):
+        loss(x, labels)
