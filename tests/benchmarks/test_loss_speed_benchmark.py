@@ -21,6 +21,16 @@ bench = _load_script("loss_speed_benchmark")
 checks = _load_script("class_scale_checks")
 
 
+def test_each_round_runs_the_losses_in_its_own_seeded_order():
+    keys = list(bench._losses(16, 12, 8))
+    orders = [bench._shuffled(keys, r) for r in range(20)]
+    assert all(sorted(o) == sorted(keys) for o in orders)
+    assert orders == [bench._shuffled(keys, r) for r in range(20)]  # reproducible
+    # no loss always follows the same one
+    predecessors = {k: {o[o.index(k) - 1] for o in orders if o.index(k) > 0} for k in keys}
+    assert all(len(p) > 1 for p in predecessors.values())
+
+
 def test_measure_times_every_loss_and_the_table_gives_ratios():
     rows = bench.measure(n=16, m=12, d=8, repeats=1, max_gb=6.0)
     names = [r["loss"] for r in rows]
