@@ -147,8 +147,8 @@ def _batch(n: int, m: int, d: int, seed: int = 0):
 
 def _shuffled(keys: list, round_index: int) -> list:
     """``keys`` in the order of this round: a step leaves the caches to its successor, and
-    in a fixed order each loss would always follow the same one (measured: up to 0.1x on a
-    ratio at n = 120, m = 100)."""
+    in a fixed order each loss would always follow the same one (n = 120, m = 100, five runs
+    each: the fixed order read dense GroupLoss 0.07x lower and hid a 0.09x speed-up)."""
     order = list(keys)
     random.Random(round_index).shuffle(order)
     return order
