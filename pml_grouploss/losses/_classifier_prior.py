@@ -62,7 +62,7 @@ class ClassifierPriorMixin:
         """``n`` padded slots off the CPU (no device read); exactly the ``k`` classes on it."""
         return x.device.type != "cpu"
 
-    def _prior_logits(self, x, labels, validate: bool) -> "Prior":
+    def _prior_logits(self, x, labels, validate: bool) -> Prior:
         """The prior's logits over all ``m`` classes, or over the batch's classes (``-inf`` in
         the padding slots of :func:`~pml_grouploss.functional.batch_classes.batch_classes`,
         targets = slots). With ``validate`` the labels' range is read first when they index

@@ -81,7 +81,8 @@ class GroupLossChecksMixin:
         if labels.numel():
             self._check_label_range(*torch.stack(labels.aminmax()).tolist())
 
-    def _check_values(self, embeddings: torch.Tensor, x: torch.Tensor, row_power, logits,
+    def _check_values(self, embeddings: torch.Tensor, x: torch.Tensor,
+                      row_power: Optional[torch.Tensor], logits: torch.Tensor,
                       labels: Optional[torch.Tensor]) -> None:
         """One read after the classifier: the range of ``labels`` (``None``: checked before),
         NaN/inf (the logits' sum is finite only if the embeddings, ``x`` (``embeddings`` in
