@@ -133,7 +133,9 @@ class GroupLoss(
         validate: value checks every call (``True``), never (``False``), or ``None``
             (default: errors every call on CPU, warnings on calls 1, 2, 4, 8, ...; both on
             calls 1, 2, 4, 8, ... on other devices, none there under ``torch.compile``).
-        **kwargs: PML's ``reducer``, ``distance`` (any similarity, ``is_inverted=True``),
+        **kwargs: PML's ``reducer`` (applied per sub-loss, as PML does; the sub-losses are
+            summed by a ``MultipleReducers`` subclass with PML's value to the bit),
+            ``distance`` (any similarity, ``is_inverted=True``),
             ``weight_regularizer``, ``weight_reg_weight``, ``weight_init_func``,
             ``embedding_regularizer``, ``collect_stats``.
 
