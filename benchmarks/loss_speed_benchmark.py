@@ -27,7 +27,9 @@ steps run with blocks reused, as in training): it counts the step's tensors and 
 (a dense ``W.grad`` is ``m x d`` floats), not the parameters themselves.
 
 Losses whose estimated working memory exceeds ``--max-gb`` are skipped (the estimate is
-printed). GroupLoss "batch" is ``prior_classes="batch", sparse_gradients=True``.
+printed). GroupLoss "batch" is ``prior_classes="batch", sparse_gradients=True``. "dense T=0"
+runs no refinement: what is left is the Pearson similarity and the classifier, so its
+difference to T=1 is the price of the replicator dynamics and the refined-label NLL.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def _losses(n: int, m: int, d: int) -> Dict[str, Callable[[], torch.nn.Module]]:
         return loss
 
     return {
+        "GroupLoss dense T=0": group_loss("all", 0),
         "GroupLoss dense T=1": group_loss("all", 1),
         "GroupLoss dense T=3": group_loss("all", 3),
         "GroupLoss batch T=1": group_loss("batch", 1),

@@ -31,6 +31,13 @@ def test_each_round_runs_the_losses_in_its_own_seeded_order():
     assert all(len(p) > 1 for p in predecessors.values())
 
 
+def test_the_dense_rows_differ_only_in_the_refinement_steps():
+    dense = {k: f() for k, f in bench._losses(16, 12, 8).items() if "dense" in k}
+    assert {k: (g.num_iterations, g.prior_classes) for k, g in dense.items()} == {
+        "GroupLoss dense T=0": (0, "all"), "GroupLoss dense T=1": (1, "all"),
+        "GroupLoss dense T=3": (3, "all")}
+
+
 def test_measure_times_every_loss_and_the_table_gives_ratios():
     rows = bench.measure(n=16, m=12, d=8, repeats=1, max_gb=6.0)
     names = [r["loss"] for r in rows]
