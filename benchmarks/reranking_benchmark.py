@@ -115,7 +115,8 @@ def machine() -> str:
                 break
     load = os.getloadavg()[0]
     return (
-        f"{model}, torch.backends.cpu.get_cpu_capability()={torch.backends.cpu.get_cpu_capability()}, "
+        f"{model}, "
+        f"torch.backends.cpu.get_cpu_capability()={torch.backends.cpu.get_cpu_capability()}, "
         f"{os.cpu_count()} cores, load average {load:.1f} at start, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
@@ -125,7 +126,8 @@ def _row(setting, n, res, same) -> str:
     k1, k2, lam = SETTINGS[setting]
     s = res["sparse"]
     if "dense" not in res:
-        return f"| {setting} | {k1}/{k2}/{lam} | {n} | - | - | {s['seconds']:.2f} | {s['peak_mib']:.0f} | - | - | - |"
+        return (f"| {setting} | {k1}/{k2}/{lam} | {n} | - | - | {s['seconds']:.2f} "
+                f"| {s['peak_mib']:.0f} | - | - | - |")
     d = res["dense"]
     ratio = d["peak_mib"] / max(s["peak_mib"], 1)
     memory = f"1/{ratio:.0f}" if ratio >= 1 else f"{1 / ratio:.1f}x more"

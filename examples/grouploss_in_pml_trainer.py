@@ -14,7 +14,8 @@ import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from torchvision import transforms as T
 
-from pml_grouploss import losses, miners, samplers, testers, trainers  # <- was pytorch_metric_learning
+# <- was: from pytorch_metric_learning import losses, miners, samplers, testers, trainers
+from pml_grouploss import losses, miners, samplers, testers, trainers
 from pml_grouploss.trunks import SmallCNN
 from pml_grouploss.datasets import Omniglot
 

@@ -267,7 +267,8 @@ def dense_re_ranking_knn(
     """Top-``k`` of the dense reference re-ranking, from embeddings (the reference path).
 
     Same semantics as
-    :func:`~pml_grouploss.functional.reranking_sparse.sparse_re_ranking_knn` (which see); materialises ``N x N``.
+    :func:`~pml_grouploss.functional.reranking_sparse.sparse_re_ranking_knn` (which see);
+    materialises ``N x N``.
     Squared Euclidean distances are computed exactly in float64 (scipy ``cdist``).
 
     Returns:

@@ -41,8 +41,9 @@ class KReciprocalReRanker:
     ``knn_func(query, k, reference, ref_includes_query) -> (distances, indices)`` as PML's
     ``FaissKNN``: ``(nq, k)`` float32 distances ascending and int64 indices into ``reference``,
     on the device of ``query``. The ranking is that of the dense reference function
-    (:func:`pml_grouploss.functional.re_ranking`, Zhong eq. 12) on plain Euclidean distances, computed exactly without any
-    ``N x N`` matrix (:func:`~pml_grouploss.functional.reranking_sparse.sparse_re_ranking_knn`).
+    (:func:`pml_grouploss.functional.re_ranking`, Zhong eq. 12) on plain Euclidean distances,
+    computed exactly without any ``N x N`` matrix
+    (:func:`~pml_grouploss.functional.reranking_sparse.sparse_re_ranking_knn`).
 
     Semantics of the re-ranking graph:
 

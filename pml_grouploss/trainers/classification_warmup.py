@@ -61,7 +61,11 @@ class ClassificationWarmup:
     """
 
     def __init__(
-        self, loss: Union[GroupLoss, DistributedLossWrapper], epochs: int = 10, start_epoch: int = 1, ce_weight: float = 1.0
+        self,
+        loss: Union[GroupLoss, DistributedLossWrapper],
+        epochs: int = 10,
+        start_epoch: int = 1,
+        ce_weight: float = 1.0,
     ) -> None:
         if isinstance(loss, DistributedLossWrapper):  # e.g. ParametricDistributedLossWrapper
             loss = loss.loss

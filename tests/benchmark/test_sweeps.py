@@ -28,7 +28,6 @@ quiet = dict(log=lambda *_: None)
 
 
 def test_ablation_variants_match_the_papers():
-    cfg = BenchmarkConfig()
     steps = ABLATIONS["steps"].grid
     assert [v[1] for v in steps[:6]] == [{"num_iterations": t} for t in range(6)]
     assert steps[6][1] == {"nll_weight": 0.0}

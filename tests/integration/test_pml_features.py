@@ -494,15 +494,17 @@ def _sub_losses(emb, labels) -> Dict[str, torch.Tensor]:
 
 CLASS_WEIGHTS = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64)
 REDUCERS = {
-    "MeanReducer": (reducers.MeanReducer, lambda l, y: l.mean()),
-    "SumReducer": (reducers.SumReducer, lambda l, y: l.sum()),
-    "AvgNonZeroReducer": (reducers.AvgNonZeroReducer, lambda l, y: l[l > 0].mean()),
-    "ThresholdReducer": (lambda: reducers.ThresholdReducer(low=1.0), lambda l, y: l[l > 1].mean()),
+    "MeanReducer": (reducers.MeanReducer, lambda losses, y: losses.mean()),
+    "SumReducer": (reducers.SumReducer, lambda losses, y: losses.sum()),
+    "AvgNonZeroReducer": (
+        reducers.AvgNonZeroReducer, lambda losses, y: losses[losses > 0].mean()),
+    "ThresholdReducer": (
+        lambda: reducers.ThresholdReducer(low=1.0), lambda losses, y: losses[losses > 1].mean()),
     "ClassWeightedReducer": (
         lambda: reducers.ClassWeightedReducer(CLASS_WEIGHTS),
-        lambda l, y: (l * CLASS_WEIGHTS[y]).mean(),
+        lambda losses, y: (losses * CLASS_WEIGHTS[y]).mean(),
     ),
-    "PerAnchorReducer": (reducers.PerAnchorReducer, lambda l, y: l.mean()),
+    "PerAnchorReducer": (reducers.PerAnchorReducer, lambda losses, y: losses.mean()),
 }
 
 
