@@ -61,6 +61,12 @@ def _loss(seed: int) -> GroupLoss:
     ).double()
 
 
+def _sparse_loss(seed: int) -> GroupLoss:
+    torch.manual_seed(seed)
+    return GroupLoss(NUM_CLASSES, DIM_EMB, temperature=2.0, num_iterations=2, num_anchors=1,
+                     prior_classes="batch", sparse_gradients=True).double()
+
+
 def _replacement_w(seed: int) -> torch.Tensor:
     return torch.randn(
         NUM_CLASSES, DIM_EMB, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
@@ -79,10 +85,10 @@ def _grads(*modules):
     return [p.grad.numpy().copy() for m in modules for p in m.parameters()]
 
 
-def _train(model, loss, batches, forward):
-    """Adam on the model and on the loss; the per-step loss values."""
+def _train(model, loss, batches, forward, loss_optimizer=torch.optim.Adam):
+    """Adam on the model, ``loss_optimizer`` on the loss; the per-step loss values."""
     opt_model = torch.optim.Adam(model.parameters(), lr=0.05)
-    opt_loss = torch.optim.Adam(loss.parameters(), lr=0.1)
+    opt_loss = loss_optimizer(loss.parameters(), lr=0.1)
     values = []
     for x, labels in batches:
         opt_model.zero_grad()
@@ -202,6 +208,25 @@ def _scenarios(rank: int) -> dict:
     out["train_values"] = _train(model, loss, batches, lambda xb, lb: loss_func(ddp(xb), lb))
     out["train_state"] = _arrays([*model.parameters(), *loss.parameters()])
     out["trainer_state"] = _trainer_run(rank, xs, ls)
+    out["sparse"] = _sparse_run(rank, xs, ls)
+    return out
+
+
+def _sparse_run(rank: int, xs: torch.Tensor, ls: torch.Tensor) -> dict:
+    """Batch-class GroupLoss with sparse classifier gradients: one step's gradient, then
+    training with SparseAdam on the classifier."""
+    model, loss = _model(SEED + rank), _sparse_loss(SEED + rank)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    loss_func = ParametricDistributedLossWrapper(loss)
+    loss_func(ddp(xs), ls).backward()
+    out = {"layout": loss.W.grad.layout, "W_grad": loss.W.grad.to_dense().numpy().copy()}
+    model, loss = _model(SEED + rank), _sparse_loss(SEED + rank)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    loss_func = ParametricDistributedLossWrapper(loss)
+    batches = [(_shard(xb, rank), _shard(lb, rank)) for xb, lb in map(_batch, range(STEPS))]
+    out["values"] = _train(model, loss, batches, lambda xb, lb: loss_func(ddp(xb), lb),
+                           torch.optim.SparseAdam)
+    out["state"] = _arrays([*model.parameters(), *loss.parameters()])
     return out
 
 
@@ -323,6 +348,28 @@ def test_training_matches_single_process_and_replicas_stay_identical(results):
     for key in ("train_state", "trainer_state"):
         for a, b in zip(results[0][key], results[1][key]):
             np.testing.assert_array_equal(a, b)  # bit-identical replicas
+
+
+@pytest.mark.slow
+def test_sparse_classifier_gradients_are_averaged_as_sparse_rows(results):
+    x, labels = _batch(0)
+    model, loss = _model(SEED), _sparse_loss(SEED)
+    loss(model(x), labels).backward()
+    assert loss.W.grad.is_sparse
+    expected = loss.W.grad.to_dense().numpy()
+    model, loss = _model(SEED), _sparse_loss(SEED)
+    values = _train(model, loss, map(_batch, range(STEPS)), lambda x, lb: loss(model(x), lb),
+                    torch.optim.SparseAdam)
+    state = _arrays([*model.parameters(), *loss.parameters()])
+    assert values[-1] < values[0] - 0.05  # it learns something
+    for rank in range(WORLD_SIZE):
+        out = results[rank]["sparse"]
+        assert out["layout"] == torch.sparse_coo
+        np.testing.assert_allclose(out["W_grad"], expected, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(out["values"], values, rtol=1e-9)
+        _assert_all_close(out["state"], state, rtol=1e-7, atol=1e-9)
+    for a, b in zip(results[0]["sparse"]["state"], results[1]["sparse"]["state"]):
+        np.testing.assert_array_equal(a, b)  # bit-identical replicas
 
 
 @pytest.mark.slow
