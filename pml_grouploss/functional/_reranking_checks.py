@@ -50,10 +50,16 @@ def check_re_ranking_args(
 
 
 def to_numpy(x: ArrayLike, name: str) -> np.ndarray:
-    """A numpy view of a numpy array or (detached, CPU) torch tensor."""
+    """A numpy view of a numpy array or (detached, CPU) torch tensor; bfloat16, which numpy
+    lacks, as float32 (exact). Complex input is rejected (the distances are real)."""
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+        if x.is_complex():
+            raise TypeError(f"{name} must be real, got dtype {x.dtype}")
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     if isinstance(x, np.ndarray):
+        if np.iscomplexobj(x):
+            raise TypeError(f"{name} must be real, got dtype {x.dtype}")
         return x
     raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
 
@@ -79,13 +85,19 @@ def rescale(*arrays: np.ndarray) -> Tuple[np.ndarray, ...]:
 
 
 def check_distances(name: str, d: np.ndarray) -> np.ndarray:
-    """``d`` finite, as float32 or wider (float16 squares overflow at ``256``)."""
+    """``d`` finite and non-negative, as float32 or wider (float16 squares overflow at
+    ``256``)."""
     if not np.issubdtype(d.dtype, np.floating) and not np.issubdtype(d.dtype, np.integer):
         raise TypeError(f"{name} must hold real distances, got dtype {d.dtype}")
     if not np.all(np.isfinite(d)):
         raise ValueError(
             f"{name} contain NaN or inf; re-ranking needs finite distances (one NaN spreads "
             "through the row maxima and the Jaccard sums to most outputs)"
+        )
+    if d.size and d.min() < 0:
+        raise ValueError(
+            f"{name} must be non-negative (plain Euclidean distances), got a minimum of "
+            f"{d.min()}; the re-ranking squares them, so a sign would be lost silently"
         )
     return d.astype(np.promote_types(d.dtype, np.float32), copy=False)
 

@@ -276,3 +276,32 @@ def test_ranking_in_runs_of_queries_equals_dense(monkeypatch, riq):
     monkeypatch.setattr(topk, "OVERLAP_CHUNK", 150)
     sd, si = sparse_re_ranking_knn(q, 12, ref, riq, 20, 6, 0.5, query_block=64)
     _assert_same_ranking(dd, di, sd, si)
+
+
+def test_bfloat16_tensors_rank_as_their_float32_values():
+    # numpy has no bfloat16: the tensors are read as float32, which holds them exactly
+    rng = np.random.default_rng(3)
+    q = torch.from_numpy(_clustered(12, 4, rng)).bfloat16()
+    g = torch.from_numpy(_clustered(20, 4, rng)).bfloat16()
+    qf, gf = q.float(), g.float()
+    for fn in (sparse_re_ranking_knn, dense_re_ranking_knn):
+        got, want = fn(q, 5, g, k1=4, k2=2), fn(qf, 5, gf, k1=4, k2=2)
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+    dists = [torch.cdist(a, b) for a, b in ((qf, gf), (qf, qf), (gf, gf))]
+    got = re_ranking(*[d.bfloat16() for d in dists], k1=4, k2=2)
+    want = re_ranking(*[d.bfloat16().float() for d in dists], k1=4, k2=2)
+    assert torch.equal(got, want)
+    gg = dists[2].bfloat16()
+    np.testing.assert_array_equal(re_ranking_one_set(gg, k1=4, k2=2),
+                                  re_ranking_one_set(gg.float(), k1=4, k2=2))
+
+
+def test_negative_or_complex_input_is_rejected():
+    d = np.ones((3, 5))
+    with pytest.raises(ValueError, match="q_g_dist must be non-negative"):
+        re_ranking(-d, np.zeros((3, 3)), np.zeros((5, 5)))
+    with pytest.raises(TypeError, match="dist must be real"):
+        re_ranking_one_set(np.zeros((4, 4), dtype=complex))
+    with pytest.raises(TypeError, match="query must be real"):
+        sparse_re_ranking_knn(torch.zeros(4, 3, dtype=torch.complex64), 2)
