@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
+
+from ..functional.beta_normalization import beta_normalize
 
 
 class EmbeddingEnsemble(torch.nn.Module):
@@ -18,7 +19,8 @@ class EmbeddingEnsemble(torch.nn.Module):
     Args:
         models: the models, each ``(B, ...) -> (B, d_i)``; output ``(B, sum d_i)``.
         normalize_each: L2-normalise each member's embedding before concatenating (gives every
-            member the same weight when their norms differ).
+            member the same weight when their norms differ): ``beta_normalize(e, beta=0)``,
+            ``F.normalize``'s values, finite for zero rows in float16 too.
     """
 
     def __init__(self, models: Sequence[torch.nn.Module], normalize_each: bool = False):
@@ -40,7 +42,7 @@ class EmbeddingEnsemble(torch.nn.Module):
                 raise ValueError(
                     f"every member must return (B, d) embeddings, got shape {tuple(e.shape)}"
                 )
-            outs.append(F.normalize(e, dim=1) if self.normalize_each else e)
+            outs.append(beta_normalize(e, beta=0.0) if self.normalize_each else e)
         if len(outs) == 1:
             return outs[0]
         return torch.cat(outs, dim=1)

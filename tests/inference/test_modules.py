@@ -62,8 +62,23 @@ def test_ensemble_concatenates():
     assert out.shape == (5, 5)
     assert torch.equal(out, torch.cat([a(x), b(x)], dim=1))
     norm = EmbeddingEnsemble([a, b], normalize_each=True)(x)
-    torch.testing.assert_close(norm, torch.cat([F.normalize(a(x)), F.normalize(b(x))], dim=1))
+    assert torch.equal(norm, torch.cat([F.normalize(a(x)), F.normalize(b(x))], dim=1))
     assert len(list(EmbeddingEnsemble([a, b]).parameters())) == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_ensemble_normalize_each_keeps_a_zero_member_finite(dtype):
+    # F.normalize's eps (1e-12) is 0 in float16: a zero row was 0 / 0
+    zero, other = torch.nn.Linear(4, 3).to(dtype), torch.nn.Linear(4, 2).to(dtype)
+    torch.nn.init.zeros_(zero.weight)
+    torch.nn.init.zeros_(zero.bias)
+    x = torch.randn(5, 4, dtype=dtype, requires_grad=True)
+    out = EmbeddingEnsemble([zero, other], normalize_each=True)(x)
+    assert out.dtype == dtype and torch.equal(out[:, :3], torch.zeros(5, 3, dtype=dtype))
+    expected = F.normalize(other(x).float(), dim=1).to(dtype)  # rounded once from float32
+    assert torch.equal(out[:, 3:], expected)
+    out.float().sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(zero.weight.grad).all()
 
 
 def test_ensemble_bad_input():
