@@ -79,6 +79,15 @@ def check_floating(name: str, tensor: torch.Tensor) -> None:
         )
 
 
+def check_same_width(name: str, tensor: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """``tensor`` ``(n, d)`` and ``ref`` ``(r, d)`` are 2-D with the same ``d``."""
+    if tensor.dim() != 2 or ref.dim() != 2 or tensor.shape[1] != ref.shape[1]:
+        raise ValueError(
+            f"{name} and {ref_name} must be (n, d) and (r, d) with the same embedding size d, "
+            f"got {tuple(tensor.shape)} and {tuple(ref.shape)}"
+        )
+
+
 def check_finite(name: str, tensor: torch.Tensor, hint: str = "") -> None:
     """Every entry of ``tensor`` is finite (one device read)."""
     if not bool(torch.isfinite(tensor).all()):

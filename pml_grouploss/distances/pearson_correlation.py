@@ -65,6 +65,14 @@ class PearsonCorrelation(BaseDistance):
         kwargs.update(normalize_embeddings=True, is_inverted=True, power=power)
         super().__init__(**kwargs)
 
+    def check_shapes(self, query_emb: torch.Tensor, ref_emb: Optional[torch.Tensor]) -> None:
+        """PML's check (2-D), then floating point and one embedding size for both."""
+        super().check_shapes(query_emb, ref_emb)
+        v.check_floating("query_emb", query_emb)
+        if ref_emb is not None:
+            v.check_floating("ref_emb", ref_emb)
+            v.check_same_width("query_emb", query_emb, "ref_emb", ref_emb)
+
     def forward(self, query_emb: torch.Tensor, ref_emb: Optional[torch.Tensor] = None
                 ) -> torch.Tensor:
         """``(n, r)`` matrix ``sign(c) |c|^power`` of the correlations ``c`` between the rows

@@ -19,7 +19,7 @@ from pytorch_metric_learning.reducers import (
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from .._validation import check_floating
+from .._validation import check_floating, check_same_width
 from ..functional.gradml import (
     check_gradml_params,
     check_loss_finite,
@@ -224,6 +224,8 @@ class GradMLLoss(StackedSubLossesMixin, GenericPairLoss):
         check_floating("embeddings", embeddings)
         check_floating("ref_emb", ref_emb)
         self_ref = ref_emb is embeddings
+        if not self_ref:
+            check_same_width("embeddings", embeddings, "ref_emb", ref_emb)
         if indices_tuple is None:
             # Eq. (10) counts each unordered pair {i, j} once (PML's get_all_pairs_indices
             # lists (i, j) and (j, i), through an (#pairs, 2) nonzero): see pair_indices.

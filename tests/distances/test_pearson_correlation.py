@@ -185,3 +185,14 @@ def test_gradient_is_finite_at_zero_correlation(power):
 def test_bad_power_names_it(power, error):
     with pytest.raises(error, match="power"):
         PearsonCorrelation(power=power)
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_bad_embeddings_are_named(power):
+    dist = PearsonCorrelation(power=power)
+    with pytest.raises(ValueError, match=r"query_emb and ref_emb .* got \(5, 4\) and \(3, 6\)"):
+        dist(torch.randn(5, 4), torch.randn(3, 6))
+    with pytest.raises(TypeError, match="query_emb must be a floating-point tensor"):
+        dist(torch.ones(3, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="ref_emb must be a floating-point tensor"):
+        dist(torch.randn(3, 4), torch.ones(3, 4, dtype=torch.long))

@@ -55,6 +55,12 @@ def test_integer_embeddings_type_error():
         losses.GradMLLoss()(torch.randn(8, 4), LABELS8, ref_emb=ref, ref_labels=LABELS8)
 
 
+def test_ref_emb_of_another_embedding_size_named():
+    with pytest.raises(ValueError, match=r"embeddings and ref_emb .* got \(8, 4\) and \(5, 3\)"):
+        losses.GradMLLoss()(torch.randn(8, 4), LABELS8, ref_emb=torch.randn(5, 3),
+                            ref_labels=LABELS8[:5])
+
+
 # ---------------------------------------------------------------- item 7: half precision
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("reducer", [None, reducers.SumReducer()])
