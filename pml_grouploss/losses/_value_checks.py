@@ -121,9 +121,15 @@ class GroupLossChecksMixin:
                 'optimizer (PML trainers: optimizers["metric_loss_optimizer"]) diverged; '
                 "lower its learning rate"
             )
+        if not self.normalize_embeddings:
+            raise ValueError(
+                "the classifier's logits overflow (embeddings too large for "
+                "normalize_embeddings=False); use normalize_embeddings=True"
+            )
         raise ValueError(
-            "the classifier's logits overflow (embeddings too large for "
-            "normalize_embeddings=False); use normalize_embeddings=True"
+            "the classifier's logits overflow although its input is normalised: its "
+            "parameters (loss.W, loss.bias) have grown too large; lower the learning rate of "
+            'its optimizer (PML trainers: optimizers["metric_loss_optimizer"])'
         )
 
     def _check_batch(self, x: torch.Tensor, anchors: torch.Tensor) -> None:

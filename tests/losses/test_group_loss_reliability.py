@@ -113,6 +113,17 @@ def test_subnormal_embeddings_and_overflowing_logits_are_value_errors():
         raw(e.abs() * 1e38, labels)
 
 
+def test_overflow_of_a_normalised_classifier_input_blames_the_classifier():
+    loss_fn = losses.GroupLoss(3, 4)
+    with torch.no_grad():
+        loss_fn.W.fill_(1e38)  # finite: a diverged optimizer
+    noise = torch.randn(9, 4, generator=torch.Generator().manual_seed(0))
+    e = torch.tensor([[1.0, 1.0, 1.0, 2.0]]).repeat(9, 1) + 0.1 * noise  # logits ~3.8e38
+    with pytest.raises(ValueError, match="grown too large.*metric_loss_optimizer") as error:
+        loss_fn(e, torch.arange(3).repeat(3))
+    assert "normalize_embeddings" not in str(error.value)
+
+
 def test_frozen_classifier_warns_once_naming_the_optimizer():
     """Issue 11: training without metric_loss_optimizer left W unchanged silently."""
     loss_fn = losses.GroupLoss(3, 4)
