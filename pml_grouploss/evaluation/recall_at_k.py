@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Sequence
 
 import torch
@@ -13,9 +14,12 @@ from pytorch_metric_learning.utils.accuracy_calculator import (
     try_getting_not_lone_labels,
 )
 
+from .._validation import check_int
+
 
 def _check_ks(ks: Sequence[int], name: str) -> tuple:
-    if isinstance(ks, int):
+    """``ks`` (an int or a sequence of ints >= 1, NumPy integers included) sorted, unique."""
+    if isinstance(ks, numbers.Integral) and not isinstance(ks, bool):
         ks = (ks,)
     try:
         ks = tuple(ks)
@@ -23,10 +27,7 @@ def _check_ks(ks: Sequence[int], name: str) -> tuple:
         raise TypeError(f"{name} must be a sequence of ints >= 1, got {ks!r}") from None
     if len(ks) == 0:
         raise ValueError(f"{name} must contain at least one K")
-    for K in ks:
-        if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-            raise ValueError(f"{name} must contain ints >= 1, got {K!r}")
-    return tuple(sorted(set(ks)))
+    return tuple(sorted({check_int(f"{name}[{i}]", K, minimum=1) for i, K in enumerate(ks)}))
 
 
 def hits_at_k(

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -92,6 +93,14 @@ def test_sop_ks_and_k_covers_largest():
 def test_bad_k(bad):
     with pytest.raises((ValueError, TypeError), match="recall_at"):
         RecallAtKAccuracyCalculator(recall_at=bad)
+
+
+def test_numpy_integer_ks_are_ints():
+    calc = RecallAtKAccuracyCalculator(recall_at=np.array([4, 1, 2, 1]))
+    assert calc.recall_at == (1, 2, 4) and all(type(k) is int for k in calc.recall_at)
+    assert RecallAtKAccuracyCalculator(recall_at=np.int64(5)).recall_at == (5,)
+    with pytest.raises(ValueError, match=r"recall_at\[1\] must be an int >= 1, got 0"):
+        RecallAtKAccuracyCalculator(recall_at=[np.int64(2), np.int64(0)])
 
 
 # ---------------------------------------------------------------- lone queries (issue 8)
