@@ -12,6 +12,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from ._validation import check_int
+
 #: torchvision trunks and the size of their pooled features
 TORCHVISION_TRUNKS = {"resnet50": 2048, "googlenet": 1024, "densenet121": 1024}
 TRUNK_NAMES = ("cnn",) + tuple(TORCHVISION_TRUNKS)
@@ -29,12 +31,17 @@ class SmallCNN(nn.Module):
     ReLU before the pool. The two commute (the ReLU is monotone, and where a window's maximum is
     <= 0 both orders give 0 and a zero gradient), so pooling first computes the same values and
     gradients bit for bit on a map 4x smaller: one training step 0.88-0.92x (measured). Any input
-    size works: a global average pool after the fourth block turns the map into a ``width``-d
-    vector.
+    of at least 16 x 16 works (the four pools halve it four times): a global average pool after
+    the fourth block turns the map into a ``width``-d vector.
     """
+
+    #: the smallest height and width the four 2x2 pools accept
+    MIN_SIZE = 16
 
     def __init__(self, in_channels: int = 1, width: int = 64) -> None:
         super().__init__()
+        in_channels = check_int("in_channels", in_channels, minimum=1)
+        width = check_int("width", width, minimum=1)
         blocks = []
         c = in_channels
         for _ in range(4):
@@ -52,7 +59,13 @@ class SmallCNN(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (B, C, H, W) -> (B, width)."""
+        """``x``: (B, C, H, W) -> (B, width), ``H, W >= 16``."""
+        if x.dim() != 4 or min(x.shape[-2:]) < self.MIN_SIZE:
+            raise ValueError(
+                f"SmallCNN takes images (B, C, H, W) with H, W >= {self.MIN_SIZE} (four 2x2 "
+                f"pools), got shape {tuple(x.shape)}; resize the images (e.g. "
+                f"torchvision.transforms.Resize({self.MIN_SIZE}))"
+            )
         x = x.contiguous(memory_format=torch.channels_last)
         return self.pool(self.features(x)).flatten(1)
 
@@ -61,7 +74,9 @@ def build_trunk(name: str, in_channels: int, pretrained: bool,
                 width: int = 64) -> Tuple[nn.Module, int]:
     """Return ``(trunk, feature_size)``; the trunk maps images to pooled features.
 
-    ``width``: the channels of the ``cnn`` trunk (:class:`SmallCNN`); torchvision trunks ignore it.
+    ``width`` and ``in_channels``: the channels of the ``cnn`` trunk (:class:`SmallCNN`).
+    torchvision trunks ignore both: they take 3-channel images (the benchmark's transforms
+    repeat a grayscale channel, ``benchmark.data.build_transforms``).
     torchvision trunks get their classifier replaced by ``nn.Identity`` (PML's usual recipe).
     ``pretrained=True`` loads ImageNet weights through torchvision, which needs network access
     (or a filled torch hub cache); failure raises a ``RuntimeError`` that says so.

@@ -70,3 +70,14 @@ def test_embedders():
     assert isinstance(build_embedder(64, 64, "identity"), torch.nn.Identity)
     with pytest.raises(ValueError, match="needs embedding_size equal"):
         build_embedder(64, 32, "identity")
+
+
+def test_small_cnn_names_images_below_16_pixels_and_bad_sizes():
+    net = SmallCNN().eval()
+    assert net(torch.randn(2, 1, 16, 16)).shape == (2, 64)
+    with pytest.raises(ValueError, match=r"H, W >= 16 .* got shape \(2, 1, 15, 28\)"):
+        net(torch.randn(2, 1, 15, 28))
+    with pytest.raises(ValueError, match="width must be an int >= 1"):
+        SmallCNN(width=0)
+    with pytest.raises(ValueError, match="in_channels must be an int >= 1"):
+        build_trunk("cnn", 0, pretrained=False)
