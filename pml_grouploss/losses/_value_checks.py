@@ -85,21 +85,29 @@ class GroupLossChecksMixin:
                       row_power: Optional[torch.Tensor], logits: torch.Tensor,
                       labels: Optional[torch.Tensor]) -> None:
         """One read after the classifier: the range of ``labels`` (``None``: checked before),
-        NaN/inf (the logits' sum is finite only if the embeddings, ``x`` (``embeddings`` in
+        NaN/inf (the logits' range is finite only if the embeddings, ``x`` (``embeddings`` in
         the computing dtype) and the classifier are), rows too small for ``embeddings``' dtype
-        (``row_power``: :func:`row_power_of_two` of ``x`` or ``None``), overflow."""
+        (``row_power``: :func:`row_power_of_two` of ``x`` or ``None``), overflow of the logits
+        or of the prior's ``logits / temperature``."""
         with torch.no_grad():
             if row_power is None:
                 row_power = row_power_of_two(x)
             # float64 holds every label and every power of two exactly
-            parts = [logits.detach().sum(dtype=torch.float64), row_power.amin()]
+            parts = [*torch.aminmax(logits.detach()), row_power.amin()]
             if labels is not None:
                 parts += labels.aminmax()
-            logit_sum, smallest, *label_range = torch.stack(parts).tolist()
+            lowest, highest, smallest, *label_range = torch.stack(parts).tolist()
         if label_range:
             self._check_label_range(*label_range)
-        if not math.isfinite(logit_sum):
+        largest = max(-lowest, highest)
+        if not math.isfinite(largest):
             self._name_non_finite(x)
+        if largest / self.temperature > torch.finfo(logits.dtype).max:
+            raise ValueError(
+                f"temperature={self.temperature:g} is too small for logits of magnitude "
+                f"{largest:.3g}: the prior's logits / temperature overflow {logits.dtype}; use a "
+                "larger temperature (the papers use 24-79)"
+            )
         tiny = torch.finfo(embeddings.dtype).tiny
         if smallest < tiny:  # power <= a row's largest magnitude < 2 power; zero rows: 0.5
             raise ValueError(

@@ -95,10 +95,10 @@ class GroupLoss(
 
     **Validation.** Shapes and dtypes are checked on every call. Value checks read the
     device, a CUDA synchronisation. With ``validate=None`` (default) the errors (label and
-    anchor range, NaN/inf, subnormal rows, a non-finite classifier or overflowing logits) run
-    on every call for CPU tensors (cheap there) and on calls 1, 2, 4, 8, ... elsewhere (set-up
-    mistakes show at once, ~20 reads in a million steps; the other GPU steps stay
-    asynchronous); the warnings (a collapsed or all-anchor batch, norm growth) on calls 1, 2,
+    anchor range, NaN/inf, subnormal rows, a non-finite classifier, overflowing logits or
+    ``logits / temperature``) run on every call for CPU tensors (cheap there) and on calls 1,
+    2, 4, 8, ... elsewhere (set-up mistakes show at once, ~20 reads in a million steps; the
+    other GPU steps stay asynchronous); the warnings (a collapsed or all-anchor batch, norm growth) on calls 1, 2,
     4, 8, ... on every device. ``True``: all every call (debugging); ``False``: none.
 
     The loss's parameters are kept out of record-keeper's logs: PML's logging hooks would
@@ -141,8 +141,9 @@ class GroupLoss(
 
     Labels may have any integer dtype. Embeddings must be floating point and finite; a row
     whose largest magnitude is below the dtype's smallest normal number is rejected (the loss
-    is scale-invariant but its gradient grows as 1/scale and overflows); with
-    ``normalize_embeddings=False`` logits that overflow are rejected too.
+    is scale-invariant but its gradient grows as 1/scale and overflows); logits that overflow
+    (raw embeddings with ``normalize_embeddings=False``, or a diverged classifier) and a
+    temperature so small that ``logits / temperature`` overflows are rejected too.
 
     Stats (recorded by record-keeper when ``collect_stats=True``): ``num_anchors_used``,
     ``avg_true_class_prior`` and ``avg_true_class_probability`` (mean prior / refined

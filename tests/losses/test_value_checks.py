@@ -81,6 +81,11 @@ def test_every_similarity_and_prior_path_names_bad_values(kwargs):
     for bad_labels in (labels + 5, labels - 1):
         with pytest.raises(ValueError, match=r"num_classes=5\), got values in \[-?\d+, \d+\]"):
             loss(x, bad_labels)
+    loss.temperature = 1e-40  # logits / temperature overflow float32 (it was a NaN loss)
+    with pytest.raises(ValueError, match="temperature=1e-40 is too small"):
+        loss(x, labels)
+    loss.temperature = 1e-30
+    assert torch.isfinite(loss(x, labels))
     with torch.no_grad():
         loss.W[1, 0] = float("nan")
     with pytest.raises(ValueError, match="loss.W, loss.bias"):
