@@ -79,6 +79,13 @@ def check_floating(name: str, tensor: torch.Tensor) -> None:
         )
 
 
+def check_rows(name: str, tensor: torch.Tensor) -> None:
+    """``tensor`` is a floating-point ``(n, d)`` matrix with ``d >= 1``."""
+    check_floating(name, tensor)
+    if tensor.dim() != 2 or tensor.shape[1] == 0:
+        raise ValueError(f"{name} must be (n, d) with d >= 1, got shape {tuple(tensor.shape)}")
+
+
 def check_same_width(name: str, tensor: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
     """``tensor`` ``(n, d)`` and ``ref`` ``(r, d)`` are 2-D with the same ``d``."""
     if tensor.dim() != 2 or ref.dim() != 2 or tensor.shape[1] != ref.shape[1]:

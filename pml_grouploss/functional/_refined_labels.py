@@ -20,19 +20,14 @@ from .replicator import (
 LOG_EPSILON = 1e-12
 
 
-def log_initial_assignment(
+def log_prior(
     logits: torch.Tensor,
     labels: torch.Tensor,
     anchors: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
-    """``log X(0)``: the log of :func:`initial_assignment` (anchors' rows ``0`` / ``-inf``).
-
-    Args: as :func:`initial_assignment`.
-
-    Returns:
-        ``(n, m)``.
-    """
+    """:func:`~pml_grouploss.functional.log_initial_assignment` without its argument checks
+    (``(n, m)``; for callers that checked them)."""
     log_prior = torch.log_softmax(logits / temperature, dim=1)
     if anchors.dtype == torch.bool:
         is_anchor = anchors.view(-1, 1)
@@ -63,7 +58,7 @@ def _forward(W, logits, labels, anchors, temperature, num_iterations, with_ce,
     # The dynamics are invariant to the scale of W: divided by the power of two at or below its
     # largest entry (exact), which is 1 when that entry is known to lie in [1, 2).
     power = None if unit_diagonal else _power_of_two_at_or_below_max(W)
-    log_X0 = log_initial_assignment(logits, labels, anchors, temperature)
+    log_X0 = log_prior(logits, labels, anchors, temperature)
     log_XT, steps = _log_dynamics(W if power is None else W / power, log_X0, num_iterations,
                                   always_supported(W, logits.shape[1], unit_diagonal))
     log_true = log_XT.gather(1, labels)

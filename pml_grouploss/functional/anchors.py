@@ -92,23 +92,25 @@ def anchor_indices(anchors: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def as_anchor_mask(
-    anchors: torch.Tensor, batch_size: int, check_range: bool = True
+    anchors: torch.Tensor, batch_size: int, check_range: bool = True,
+    name: str = "indices_tuple[0]",
 ) -> torch.Tensor:
     """``(batch_size,)`` boolean mask from anchor indices ``(a,)`` or a mask (errors as
-    :func:`anchor_indices`). ``check_range=False`` skips the one device read (the range of
-    the indices); an index outside the batch then fails inside torch's scatter instead."""
+    :func:`anchor_indices`, naming the argument ``name``). ``check_range=False`` skips the one
+    device read (the range of the indices); an index outside the batch then fails inside
+    torch's scatter instead."""
     if not torch.is_tensor(anchors):
         anchors = torch.as_tensor(anchors)
     if anchors.dtype == torch.bool:
         if anchors.reshape(-1).shape[0] != batch_size:
             raise ValueError(
-                f"indices_tuple[0] is a boolean mask of {anchors.numel()} entries; a mask "
+                f"{name} is a boolean mask of {anchors.numel()} entries; a mask "
                 f"of anchors needs one entry per sample ({batch_size})"
             )
         return anchors.reshape(-1)
     if anchors.dtype.is_floating_point or anchors.is_complex():
         raise TypeError(
-            f"indices_tuple[0] (anchor indices) must be integer indices or a boolean mask, "
+            f"{name} (anchor indices) must be integer indices or a boolean mask, "
             f"got dtype {anchors.dtype}; convert with .long()"
         )
     anchors = anchors.long().reshape(-1)
@@ -116,7 +118,7 @@ def as_anchor_mask(
         low, high = torch.stack([anchors.min(), anchors.max()]).tolist()
         if low < 0 or high >= batch_size:
             raise ValueError(
-                "indices_tuple[0] (anchor indices) must index into the batch "
+                f"{name} (anchor indices) must index into the batch "
                 f"[0, {batch_size}), got values in [{low}, {high}]"
             )
     mask = torch.zeros(batch_size, dtype=torch.bool, device=anchors.device)

@@ -33,12 +33,13 @@ def beta_normalize(
         embeddings: ``(n, d)`` floating point (any shape; normalised along ``dim``).
         beta: weight of the raw embedding, >= 0. Default 0.004 (GL++ Table 7, CUB/Cars196).
         dim: feature dimension.
-        eps: lower bound of the norm.
+        eps: lower bound of the norm, ``> 0``.
 
     Returns:
         Tensor of the same shape, dtype and device as ``embeddings``.
     """
     beta = check_beta(beta)
+    check_number("eps", eps, minimum=0, strict_minimum=True, hint="the default is 1e-12")
     check_floating("embeddings", embeddings)
     x = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
     if x.requires_grad and x.numel():

@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from .pearson import Negatives, pearson_similarity
-from ._refined_labels import LOG_EPSILON, log_initial_assignment, refined_labels  # noqa: F401
+from .. import _validation as v
+from ._prior_checks import check_loss_args, check_prior_args
+from ._refined_labels import LOG_EPSILON, log_prior, refined_labels  # noqa: F401
 from .replicator import check_dynamics_args
 
 
@@ -32,6 +34,24 @@ def initial_assignment(
         ``(n, m)`` row-stochastic matrix.
     """
     return torch.exp(log_initial_assignment(logits, labels, anchors, temperature))
+
+
+def log_initial_assignment(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    anchors: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """``log X(0)``: the log of :func:`initial_assignment` (anchors' rows ``0`` / ``-inf``),
+    computed as ``log_softmax`` (no underflow). Arguments as :func:`initial_assignment`;
+    shapes, dtypes, the label and anchor ranges (one device read) and ``temperature`` are
+    checked.
+
+    Returns:
+        ``(n, m)``.
+    """
+    labels, anchors = check_prior_args(logits, labels, anchors, temperature)
+    return log_prior(logits, labels, anchors, temperature)
 
 
 class RefinedLabelTerms(NamedTuple):
@@ -62,7 +82,8 @@ def refined_label_terms(
     closed-form backward for the prior, the dynamics, the NLL and (on ``logits``) the CE.
     ``unit_diagonal=True`` promises ``W >= 0``, ``W_ii = 1`` and ``max W < 2`` (a clamped
     correlation with its diagonal kept): the power-of-two rescaling of ``W`` and the guard for
-    rows without support are then no-ops and are skipped."""
+    rows without support are then no-ops and are skipped. The arguments are not checked
+    (GroupLoss checks its inputs once per call); :func:`refined_label_loss` checks them."""
     labels = labels.long()
     if anchors.dtype != torch.bool:
         anchors = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device).index_fill(
@@ -110,6 +131,8 @@ def refined_label_loss(
     Returns:
         the dict described in :func:`group_loss` (``similarity`` is ``W``).
     """
+    labels, anchors = check_prior_args(logits, labels, anchors, temperature)
+    ce_labels = check_loss_args(W, ce_logits, ce_labels, labels, ce_weight, nll_weight)
     terms = refined_label_terms(
         W, logits, labels, anchors, temperature=temperature, num_iterations=num_iterations,
         ce_logits=ce_logits, ce_labels=ce_labels,
@@ -157,7 +180,7 @@ def group_loss(
         embeddings: ``(n, d)``.
         logits: ``(n, m)``.
         labels: ``(n,)`` integer class ids in ``[0, m)`` (any integer dtype).
-        anchors: ``(a,)`` int64 indices into the batch.
+        anchors: ``(a,)`` integer indices into the batch, or an ``(n,)`` boolean mask.
         temperature: softmax temperature ``> 0``.
         num_iterations: replicator steps ``T >= 0`` (``T = 0``: no refinement).
         negatives: ``"clamp"`` | ``"shift"``, see :func:`pearson_similarity`.
@@ -170,6 +193,13 @@ def group_loss(
         ``group_loss_per_sample`` and ``ce_loss_per_sample`` ``(n,)``; ``probabilities``
         ``X(T)`` and ``prior`` ``X(0)`` ``(n, m)``; ``similarity`` ``W`` ``(n, n)``.
     """
+    v.check_floating("embeddings", embeddings)
+    v.check_floating("logits", logits)
+    if embeddings.dim() != 2 or logits.dim() != 2 or embeddings.shape[0] != logits.shape[0]:
+        raise ValueError(
+            "embeddings (n, d) and logits (n, m) must have one row per sample, got "
+            f"{tuple(embeddings.shape)} and {tuple(logits.shape)}"
+        )
     dtype = torch.promote_types(
         torch.promote_types(embeddings.dtype, logits.dtype), torch.float32
     )

@@ -5,6 +5,7 @@ from typing import Literal, Optional, Tuple
 
 import torch
 
+from .. import _validation as v
 from ._closed_form_backward import row_map_function
 from .rms_normalize import row_power_of_two
 
@@ -28,6 +29,7 @@ def standardize_rows(x: torch.Tensor) -> torch.Tensor:
     autograd's ~15 over ``(n, d)`` (``create_graph=True`` differentiates the formula above
     with autograd instead).
     """
+    v.check_rows("x", x)
     return _StandardizeRows.apply(x)
 
 
@@ -105,6 +107,10 @@ def pearson_correlation(
     Returns:
         ``(n, r)`` correlations in ``[-1, 1]``.
     """
+    v.check_rows("query", query)
+    if reference is not None:
+        v.check_rows("reference", reference)
+        v.check_same_width("query", query, "reference", reference)
     q = standardize_rows(query)
     if reference is None:
         return gram(q)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import check_number
+from .._validation import check_floating, check_number
 
 #: GL++ Table 7: alpha per dataset (CUB 0.5, Cars196 0.6, In-Shop 0.9, SOP 0.6).
 DEFAULT_ALPHA = 0.5
@@ -29,6 +29,7 @@ def mixed_pool2d(features: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.
         the input. ``alpha = 0`` is exactly average pooling and ``alpha = 1`` exactly max pooling.
     """
     alpha = check_alpha(alpha)
+    check_floating("features", features)
     if features.dim() != 4:
         raise ValueError(f"features must be (N, C, H, W), got shape {tuple(features.shape)}")
     if features.shape[2] == 0 or features.shape[3] == 0:

@@ -231,4 +231,5 @@ def consistency(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     Returns:
         scalar tensor.
     """
+    check_dynamics_args(W, X, 0)
     return (X * (W @ X)).sum()

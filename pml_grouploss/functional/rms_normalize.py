@@ -5,6 +5,7 @@ from typing import Tuple
 
 import torch
 
+from .._validation import check_rows
 from ._closed_form_backward import row_map_function
 
 
@@ -28,6 +29,7 @@ def rms_normalize(x: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(n, d)``, same dtype and device.
     """
+    check_rows("x", x)
     return _RmsNormalize.apply(x)
 
 

@@ -98,8 +98,9 @@ class GroupLoss(
     anchor range, NaN/inf, subnormal rows, a non-finite classifier, overflowing logits or
     ``logits / temperature``) run on every call for CPU tensors (cheap there) and on calls 1,
     2, 4, 8, ... elsewhere (set-up mistakes show at once, ~20 reads in a million steps; the
-    other GPU steps stay asynchronous); the warnings (a collapsed or all-anchor batch, norm growth) on calls 1, 2,
-    4, 8, ... on every device. ``True``: all every call (debugging); ``False``: none.
+    other GPU steps stay asynchronous); the warnings (a collapsed or all-anchor batch, norm
+    growth) on calls 1, 2, 4, 8, ... on every device. ``True``: all every call (debugging);
+    ``False``: none.
 
     The loss's parameters are kept out of record-keeper's logs: PML's logging hooks would
     otherwise copy ``W`` to a Python list at every logged step (its statistics are logged).
