@@ -12,6 +12,10 @@ from ..losses import GroupLoss
 #: The loss attributes the warm-up overrides, and their values during the warm-up (``ce_weight``
 #: is the warm-up's own ``ce_weight``).
 _OVERRIDDEN = ("nll_weight", "ce_weight", "num_iterations")
+#: The loss's own values of ``_OVERRIDDEN`` while a warm-up holds it, kept on the loss: a second
+#: ``ClassificationWarmup`` of the same loss (a notebook cell run twice) must not save the first
+#: one's warm-up values as the loss's own.
+_SAVED = "_classification_warmup_saved"
 
 
 class ClassificationWarmup:
@@ -41,7 +45,9 @@ class ClassificationWarmup:
     one the mode was set for, the hook raises a ``RuntimeError`` naming ``start_epoch``.
 
     When training stops inside the warm-up (``num_epochs <= epochs`` or early stopping), the
-    loss stays in warm-up mode; :meth:`restore` gives it its own weights back.
+    loss stays in warm-up mode; :meth:`restore` gives it its own weights back. The loss's own
+    values are kept on the loss, so a second ``ClassificationWarmup`` built on a loss that is
+    still in warm-up (a notebook cell run twice) restores the same values.
 
     Args:
         loss: a :class:`~pml_grouploss.losses.GroupLoss` (or subclass): the warm-up trains
@@ -83,7 +89,6 @@ class ClassificationWarmup:
             hint="the warm-up's loss is ce_weight * cross-entropy",
         )
         self.warming_up = False
-        self._saved: Optional[Dict[str, Any]] = None
         c_f.add_to_recordable_attributes(
             self, list_of_names=["epochs", "ce_weight", "warming_up"], is_stat=False
         )
@@ -102,10 +107,11 @@ class ClassificationWarmup:
         """Leave the warm-up now: the loss gets back the values of ``nll_weight``,
         ``ce_weight`` and ``num_iterations`` it had when the warm-up began (no-op outside
         the warm-up)."""
-        if self._saved is not None:
-            for name, value in self._saved.items():
+        saved: Optional[Dict[str, Any]] = getattr(self.loss, _SAVED, None)
+        if saved is not None:
+            for name, value in saved.items():
                 setattr(self.loss, name, value)
-            self._saved = None
+            delattr(self.loss, _SAVED)
         self.warming_up = False
 
     def end_of_epoch_hook(self, chained_hook: Optional[Callable[[Any], Any]] = None
@@ -132,8 +138,8 @@ class ClassificationWarmup:
         return _hook
 
     def _enter(self) -> None:
-        if self._saved is None:
-            self._saved = {name: getattr(self.loss, name) for name in _OVERRIDDEN}
+        if getattr(self.loss, _SAVED, None) is None:
+            setattr(self.loss, _SAVED, {name: getattr(self.loss, name) for name in _OVERRIDDEN})
         self.loss.nll_weight = 0.0
         self.loss.num_iterations = 0
         self.loss.ce_weight = self.ce_weight

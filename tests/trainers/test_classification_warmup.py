@@ -136,6 +136,17 @@ def test_restore_leaves_an_unfinished_warmup():
     assert not warmup.warming_up and (loss.nll_weight, loss.num_iterations) == (2.0, 2)
 
 
+def test_a_second_warmup_of_a_loss_in_warmup_restores_the_loss_own_values():
+    # a notebook cell run twice: the second object must not take 0 / 0.5 / 0 as the loss's own
+    loss = _loss(nll_weight=0.37, ce_weight=0.0, num_iterations=3)
+    first = ClassificationWarmup(loss, epochs=2, ce_weight=0.5)
+    second = ClassificationWarmup(loss, epochs=2, ce_weight=0.5)
+    second.set_epoch(3)
+    assert (loss.nll_weight, loss.ce_weight, loss.num_iterations) == (0.37, 0.0, 3)
+    first.set_epoch(3)  # nothing left to restore
+    assert (loss.nll_weight, loss.ce_weight, loss.num_iterations) == (0.37, 0.0, 3)
+
+
 def test_resume_with_start_epoch():
     loss = _loss()
     warmup = ClassificationWarmup(loss, epochs=3, start_epoch=3)
