@@ -8,6 +8,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 from pytorch_metric_learning.miners import BaseMiner
 
+from .. import _validation as v
 from ..functional.anchors import AnchorSelection, select_anchors
 
 _PML_PACKAGE = "pytorch_metric_learning"
@@ -94,12 +95,21 @@ class AnchorMiner(BaseMiner):
         self.generator = None
         if seed is not None:
             self.generator = torch.Generator()
-            self.generator.manual_seed(seed)
+            try:
+                self.generator.manual_seed(v.check_int("seed", seed))
+            except (RuntimeError, ValueError, OverflowError):  # beyond torch's 64-bit seeds
+                raise ValueError(f"seed must fit in 64 bits, got {seed}") from None
         self._batch_size = 0
         self.add_to_recordable_attributes(name="num_anchors_per_class", is_stat=False)
         self.add_to_recordable_attributes(
             list_of_names=["num_anchors", "num_non_anchors"], is_stat=True
         )
+
+    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None) -> AnchorIndices:
+        """PML's ``BaseMiner.forward`` after checking that ``labels`` are integer class ids
+        (as GroupLoss takes them)."""
+        v.check_class_ids("labels", labels)
+        return super().forward(embeddings, labels, ref_emb, ref_labels)
 
     def mine(
         self,

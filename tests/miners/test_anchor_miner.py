@@ -58,6 +58,24 @@ def test_bad_arguments():
         AnchorMiner(-1)
     with pytest.raises(ValueError, match="selection"):
         AnchorMiner(2, "middle")
+    with pytest.raises(TypeError, match="seed must be an int, got float 1.5"):
+        AnchorMiner(2, "random", seed=1.5)
+    with pytest.raises(ValueError, match="seed must fit in 64 bits"):
+        AnchorMiner(2, "random", seed=2**70)
+
+
+@pytest.mark.parametrize("labels,error,match", [
+    (torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, float("nan")]), TypeError,
+     "labels must be an integer tensor of class ids, got dtype torch.float32"),
+    (torch.tensor([True, True, False, False, True, True]), TypeError, "dtype torch.bool"),
+    (None, TypeError, "labels must be a torch.Tensor of class ids, got NoneType"),
+    ([0, 0, 0, 1, 1, 1], TypeError, "got list"),
+])
+def test_labels_that_are_not_class_ids_are_named(labels, error, match):
+    # float labels were accepted (every NaN its own class, so an anchor); bool ones failed in
+    # torch's searchsorted, None and lists in PML's forward
+    with pytest.raises(error, match=match):
+        AnchorMiner()(torch.randn(6, 4), labels)
 
 
 def test_ref_emb_is_ignored_anchors_index_embeddings():
