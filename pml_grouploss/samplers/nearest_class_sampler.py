@@ -1,7 +1,7 @@
 """Nearest-class batch sampler (Group Loss++ §5.1, re-identification setting)."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -11,6 +11,27 @@ from .._validation import check_int
 from ..functional.class_centroids import class_centroids, nearest_classes
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[int]]
+
+
+def _class_ids(labels: ArrayLike) -> np.ndarray:
+    """``labels`` as an ``(N,)`` integer array (integer-valued floats become int64); a named
+    error for other shapes, NaN/inf, fractions and non-numbers (the centroids are indexed by
+    class id; a NaN class would never be found again and its batch never filled)."""
+    if torch.is_tensor(labels):
+        labels = labels.detach().cpu().numpy()
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be (N,), one class id per sample, got shape {labels.shape}")
+    if labels.size == 0:
+        raise ValueError("labels is empty: the sampler needs a labelled dataset")
+    if labels.dtype.kind in "iu":
+        return labels
+    fix = "map them to class ids, e.g. np.unique(labels, return_inverse=True)[1]"
+    if labels.dtype.kind != "f":
+        raise TypeError(f"labels must be integer class ids, got dtype {labels.dtype}; {fix}")
+    if not (np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))):
+        raise ValueError(f"labels must be integer class ids, got NaN, inf or fractions; {fix}")
+    return labels.astype(np.int64)
 
 
 class NearestClassSampler(MPerClassSampler):
@@ -51,7 +72,8 @@ class NearestClassSampler(MPerClassSampler):
     per batch): cheaper than a faiss k-NN graph over all ``C`` centroids (``O(C^2 d)``).
 
     Args:
-        labels: ``(N,)`` labels of the dataset, in dataset order.
+        labels: ``(N,)`` integer class ids of the dataset, in dataset order (integer-valued
+            floats are accepted).
         m: samples per class in a batch, ``>= 1``.
         batch_size: the DataLoader's batch size, a multiple of ``m``, at most
             ``m * number_of_classes``.
@@ -80,11 +102,7 @@ class NearestClassSampler(MPerClassSampler):
         embedding_fn: Optional[Callable[[], ArrayLike]] = None,
         hook_batch_size: Optional[int] = None,
     ) -> None:
-        if torch.is_tensor(labels):
-            labels = labels.detach().cpu().numpy()
-        labels = np.asarray(labels).reshape(-1)
-        if labels.size == 0:
-            raise ValueError("labels is empty: the sampler needs a labelled dataset")
+        labels = _class_ids(labels)
         m = check_int("m", m, 1)
         batch_size = check_int("batch_size", batch_size, 1)
         length_before_new_iter = check_int("length_before_new_iter", length_before_new_iter, 1)
@@ -240,6 +258,25 @@ class NearestClassSampler(MPerClassSampler):
         return _hook
 
     # ------------------------------------------------------------------ sampling
+    def state_dict(self) -> Dict[str, Any]:
+        """``epoch`` (the passes drawn) and the centroids: with ``seed`` and the labels, all
+        the next pass depends on (saved by :class:`~pml_grouploss.trainers.ResumableSampler`)."""
+        state: Dict[str, Any] = {"epoch": self.epoch}
+        if self.centroids is not None:
+            state["centroids"] = self.centroids.clone()
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        centroids = state.get("centroids")
+        if centroids is not None and centroids.shape[0] != len(self.classes):
+            raise ValueError(
+                f"the state holds {centroids.shape[0]} centroids, this sampler has "
+                f"{len(self.classes)} classes: it was saved for other labels"
+            )
+        self.set_epoch(state["epoch"])
+        self.centroids = None if centroids is None else centroids.float().contiguous()
+
     def set_epoch(self, epoch: int) -> None:
         """Seed the next ``__iter__`` with ``(seed, epoch)`` (as ``DistributedSampler``)."""
         self.epoch = check_int("epoch", epoch, 0)

@@ -217,6 +217,25 @@ def test_bad_arguments_name_the_argument(kwargs, name):
         NearestClassSampler(LABELS, **args)
 
 
+@pytest.mark.parametrize("labels,error,match", [
+    (np.array([0.0, np.nan, np.nan, 1.0, 1.0, 0.0]), ValueError, "NaN, inf or fractions"),
+    (np.array([0.5, 0.5, 1.5, 1.5]), ValueError, "NaN, inf or fractions"),
+    (np.zeros((4, 2), dtype=np.int64), ValueError, r"labels must be \(N,\).*\(4, 2\)"),
+    (np.array(["cat", "cat", "dog", "dog"]), TypeError, "integer class ids, got dtype <U3"),
+])
+def test_labels_that_are_not_class_ids_are_named(labels, error, match):
+    # NaN labels hung the first pass (a NaN class is never found again); (N, 2) labels were
+    # flattened into indices beyond the dataset; strings failed at the first centroid update
+    with pytest.raises(error, match=f"^{match}" if match.startswith("labels") else match):
+        NearestClassSampler(labels, m=2, batch_size=4)
+
+
+def test_integer_valued_float_labels_sample_as_integers():
+    as_float = NearestClassSampler(LABELS.astype(np.float32), m=2, batch_size=6, seed=4)
+    as_int = NearestClassSampler(LABELS, m=2, batch_size=6, seed=4)
+    assert list(as_float) == list(as_int)
+
+
 def test_bad_embeddings():
     s = NearestClassSampler(LABELS, m=2, batch_size=6)
     with pytest.raises(ValueError, match="embeddings"):
