@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import warnings
 from typing import Any, Dict, Iterator, List, Optional
@@ -31,6 +32,8 @@ from pytorch_metric_learning import trainers
 from pytorch_metric_learning.utils import common_functions as c_f
 from torch.utils.data import Sampler
 
+from .._validation import check_int
+
 STATE_FILE = "resume_state_{epoch}.pth"
 
 
@@ -39,7 +42,11 @@ class ResumableSampler(Sampler):
     and remember that pass and how many of its indices the data loader has taken.
 
     The indices and the random draws are exactly the wrapped sampler's; only the position is
-    added. Exact with ``num_workers=0`` (no prefetching), as the benchmark runs.
+    added. Exact with ``num_workers=0`` (no prefetching), as the benchmark runs. The state also
+    holds the order of ``MPerClassSampler``'s shuffled class list (as positions in its first
+    order, so labels of any type come back as they were) and the wrapped sampler's own
+    ``state_dict()`` when it has one (:class:`~pml_grouploss.samplers.NearestClassSampler`:
+    its pass count and centroids).
     """
 
     def __init__(self, sampler: Sampler) -> None:
@@ -69,20 +76,35 @@ class ResumableSampler(Sampler):
                                  "position": self.position}
         labels = getattr(self.sampler, "labels", None)
         if isinstance(labels, list):  # MPerClassSampler shuffles this list in place every batch
-            state["labels"] = [int(x) for x in labels]
+            first_order = {label: i for i, label in enumerate(self.sampler.labels_to_indices)}
+            state["label_order"] = torch.tensor([first_order[x] for x in labels],
+                                                dtype=torch.int64)
         generator = getattr(self.sampler, "generator", None)
         if isinstance(generator, torch.Generator):
             state["generator"] = generator.get_state()
+        if callable(getattr(self.sampler, "state_dict", None)):
+            state["wrapped"] = self.sampler.state_dict()
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.indices = [int(i) for i in state["indices"].tolist()]
         self.position = int(state["position"])
-        if "labels" in state:
-            by_value = {int(x): x for x in self.sampler.labels}  # keep the label objects' types
+        if "label_order" in state:
+            first_order = list(self.sampler.labels_to_indices)
+            order = state["label_order"].tolist()
+            if sorted(order) != list(range(len(first_order))):
+                raise ValueError(
+                    f"the sampler state orders {len(order)} classes, this sampler has "
+                    f"{len(first_order)}: it was saved for a sampler over other labels"
+                )
+            self.sampler.labels = [first_order[i] for i in order]
+        elif "labels" in state:  # states written before label_order: integer labels
+            by_value = {int(x): x for x in self.sampler.labels}
             self.sampler.labels = [by_value[int(x)] for x in state["labels"]]
         if "generator" in state:
             self.sampler.generator.set_state(state["generator"])
+        if "wrapped" in state:
+            self.sampler.load_state_dict(state["wrapped"])
 
 
 def _numpy_state(rng: Any) -> Dict[str, Any]:
@@ -126,6 +148,18 @@ def capture_state(trainer: trainers.BaseTrainer) -> Dict[str, Any]:
 
 def restore_state(trainer: trainers.BaseTrainer, state: Dict[str, Any]) -> None:
     """Inverse of :func:`capture_state`."""
+    missing = [key for key in ("torch", "numpy", "python") if key not in state]
+    if not isinstance(state, dict) or missing:
+        raise ValueError(
+            "resume_state must be the dict load_state() returns (or capture_state()); got "
+            + (f"one without {missing}" if isinstance(state, dict) else type(state).__name__)
+        )
+    if "sampler" in state and not isinstance(trainer.sampler, ResumableSampler):
+        raise ValueError(
+            "resume_state holds a ResumableSampler's state but the trainer's sampler is a "
+            f"{type(trainer.sampler).__name__}: wrap it as in the run that saved the state, "
+            "sampler=ResumableSampler(...)"
+        )
     torch.set_rng_state(state["torch"])
     _set_numpy_state(np.random, state["numpy"])
     py = state["python"]
@@ -146,17 +180,23 @@ def restore_state(trainer: trainers.BaseTrainer, state: Dict[str, Any]) -> None:
 def save_state(trainer: trainers.BaseTrainer, folder: str, epoch: int, previous: int,
                stopped_early: bool = False) -> None:
     """Write the state after the checkpoint of ``epoch`` (``stopped_early``: early stopping ended
-    the training there); delete that of epoch ``previous``."""
+    the training there); delete that of epoch ``previous`` (nothing when it is ``epoch``)."""
+    epoch, previous = check_int("epoch", epoch, 1), check_int("previous", previous)
     state = {**capture_state(trainer), "stopped_early": bool(stopped_early)}
     torch.save(state, os.path.join(folder, STATE_FILE.format(epoch=epoch)))
     old = os.path.join(folder, STATE_FILE.format(epoch=previous))
-    if os.path.exists(old):
+    if previous != epoch and os.path.exists(old):
         os.remove(old)
 
 
 def load_state(folder: str, epoch: int) -> Optional[Dict[str, Any]]:
-    """The state saved with the checkpoint of ``epoch``; None for checkpoints written before
-    states were saved (such a run resumes, but not bit-identically)."""
+    """The state saved with the checkpoint of ``epoch``; None (and a warning) for checkpoints
+    written before states were saved (such a run resumes, but not bit-identically). A missing
+    ``folder`` or a damaged file is an error naming it."""
+    epoch = check_int("epoch", epoch, 1)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"folder {folder!r} does not exist: give the model folder the "
+                                "checkpoints were saved in")
     path = os.path.join(folder, STATE_FILE.format(epoch=epoch))
     if not os.path.isfile(path):
         warnings.warn(
@@ -164,7 +204,14 @@ def load_state(folder: str, epoch: int) -> Optional[Dict[str, Any]]:
             "it was written): this run resumes, but not bit-identically to an uninterrupted one"
         )
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+        raise ValueError(
+            f"{path} is damaged ({type(err).__name__}: {str(err)[:100]}); delete it to resume "
+            "from that checkpoint without it (not bit-identically), or resume from an earlier "
+            "checkpoint"
+        ) from err
 
 
 class ResumableTrainer(trainers.MetricLossOnly):

@@ -11,6 +11,7 @@ import torch
 from pytorch_metric_learning import samplers
 from pytorch_metric_learning.utils import common_functions as c_f
 
+from pml_grouploss.samplers import NearestClassSampler
 from pml_grouploss.trainers import resume
 
 
@@ -49,3 +50,70 @@ def test_state_round_trip_through_weights_only_load(tmp_path, monkeypatch):
     after = draws()
     assert before == after
     assert len(before[6]) == 12 - 3 and len(before[7]) == 12 and first + before[6] != before[7]
+
+
+def test_nearest_class_sampler_resumes_its_pass_count_and_centroids():
+    labels = np.repeat(np.arange(6), 4)
+    centroids = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+
+    def sampler():
+        inner = NearestClassSampler(labels, m=2, batch_size=4, length_before_new_iter=12, seed=5)
+        return resume.ResumableSampler(inner)
+
+    uninterrupted = sampler()
+    list(uninterrupted)  # epoch 1, no centroids yet
+    uninterrupted.sampler.update_centroids(centroids.numpy()[labels])
+    it = iter(uninterrupted)
+    head = [next(it) for _ in range(5)]
+    state = uninterrupted.state_dict()
+    assert state["wrapped"]["epoch"] == 2 and torch.equal(state["wrapped"]["centroids"],
+                                                          uninterrupted.sampler.centroids)
+    rest, next_pass = list(it), list(uninterrupted)
+    resumed = sampler()  # a new process: epoch 0, no centroids
+    resumed.load_state_dict(state)
+    assert list(resumed) == rest and list(resumed) == next_pass
+    assert head + rest != next_pass
+
+
+@pytest.mark.parametrize("labels", [[0.25, 0.75, 1.5], ["cat", "dog", "eel"]])
+def test_labels_of_any_type_come_back_in_their_shuffled_order(labels):
+    # the state was keyed on int(label): 0.25 came back as 0.75, strings failed
+    data = [x for x in labels for _ in range(4)]
+    inner = samplers.MPerClassSampler(data, 2, 4, length_before_new_iter=12)
+    list(inner)  # shuffles inner.labels in place
+    state = resume.ResumableSampler(inner).state_dict()
+    fresh = samplers.MPerClassSampler(data, 2, 4, length_before_new_iter=12)
+    resume.ResumableSampler(fresh).load_state_dict(state)
+    assert fresh.labels == inner.labels and sorted(map(str, fresh.labels)) == sorted(
+        map(str, labels))
+
+
+def test_a_sampler_state_of_other_labels_is_refused():
+    inner = samplers.MPerClassSampler([0, 0, 1, 1, 2, 2], 2, 4)
+    state = resume.ResumableSampler(inner).state_dict()
+    other = samplers.MPerClassSampler([0, 0, 1, 1, 2, 2, 3, 3], 2, 4)
+    with pytest.raises(ValueError, match="orders 3 classes, this sampler has 4"):
+        resume.ResumableSampler(other).load_state_dict(state)
+
+
+def test_state_files_and_dicts_that_cannot_be_used_are_named(tmp_path):
+    folder = str(tmp_path)
+    trainer = SimpleNamespace(sampler=resume.ResumableSampler(samplers.MPerClassSampler(
+        [0, 0, 1, 1], 2, 4)), loss_funcs={})
+    resume.save_state(trainer, folder, epoch=3, previous=3)
+    assert resume.load_state(folder, 3)["stopped_early"] is False  # was deleted right away
+    with open(tmp_path / "resume_state_4.pth", "wb") as f:
+        f.write(b"not a state")
+    with pytest.raises(ValueError, match=r"resume_state_4.pth is damaged.*earlier checkpoint"):
+        resume.load_state(folder, 4)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resume.load_state(str(tmp_path / "nope"), 3)
+    with pytest.raises(TypeError, match="epoch must be an int"):
+        resume.load_state(folder, "3")
+    state = resume.load_state(folder, 3)
+    plain = SimpleNamespace(sampler=samplers.MPerClassSampler([0, 0, 1, 1], 2, 4),
+                            loss_funcs={})
+    with pytest.raises(ValueError, match=r"sampler=ResumableSampler\(...\)"):
+        resume.restore_state(plain, state)
+    with pytest.raises(ValueError, match=r"without \['torch'\]"):
+        resume.restore_state(trainer, {k: v for k, v in state.items() if k != "torch"})
