@@ -122,6 +122,11 @@ class ClassificationWarmup:
         Returns ``chained_hook``'s result (``False`` stops PML's training loop), or ``True``
         without one.
         """
+        if chained_hook is not None and not callable(chained_hook):
+            raise TypeError(
+                "chained_hook must be a callable hook(trainer) or None, got "
+                f"{type(chained_hook).__name__}"
+            )
 
         def _hook(trainer: Any) -> Any:
             if trainer.epoch != self.epoch:

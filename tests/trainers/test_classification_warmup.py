@@ -204,6 +204,11 @@ def test_bad_arguments_name_themselves(bad, match):
         ClassificationWarmup(_loss(), **bad)
 
 
+def test_a_chained_hook_that_is_not_callable_is_named_at_once():
+    with pytest.raises(TypeError, match="chained_hook must be a callable"):
+        ClassificationWarmup(_loss(), epochs=1).end_of_epoch_hook("not callable")
+
+
 def test_a_loss_without_classifier_is_a_type_error():
     with pytest.raises(TypeError, match="loss must be a GroupLoss.*ProxyAnchorLoss"):
         ClassificationWarmup(pml_losses.ProxyAnchorLoss(NUM_CLASSES, DIM_EMB))
