@@ -7,6 +7,9 @@ from pytorch_metric_learning import datasets as pml_datasets
 from ._files import read_fields
 from ._pml_adapter import PMLDatasetAdapter
 
+#: Cars196's class ids are 1..NUM_CLASSES (PML's splits drop an image of any other id)
+NUM_CLASSES = 196
+
 
 class Cars196(PMLDatasetAdapter):
     """Cars196 (Krause et al. 2013): 196 classes, train = classes 1-98, test = 99-196.
@@ -28,16 +31,23 @@ class Cars196(PMLDatasetAdapter):
     def check_annotations(self) -> None:
         """``anno_{train,test}.csv`` lines are ``<file>,<x1>,<y1>,<x2>,<y2>,<class>`` with a
         1-based ``<class>`` indexing the lines of ``names.csv`` (PML looks the folder name up
-        there; class 0 would silently pick the last name)."""
+        there; class 0 would silently pick the last name) and at most 196 (PML's splits silently
+        drop an image of a higher class)."""
         with open(os.path.join(self.root, "names.csv"), "r") as f:
             num_names = len(f.readlines())
+        last = min(num_names, NUM_CLASSES)
         expected = "'<file>,<x1>,<y1>,<x2>,<y2>,<class>' (6 comma-separated fields)"
         for split in ("train", "test"):
             path = os.path.join(self.root, f"anno_{split}.csv")
             rows = read_fields(path, 6, expected, sep=",", int_fields=(5,))
             for number, row in enumerate(rows, start=1):
-                if not 1 <= int(row[5]) <= num_names:
+                if not 1 <= int(row[5]) <= last:
+                    what = (
+                        "is not a line of names.csv"
+                        if not 1 <= int(row[5]) <= num_names
+                        else "is not a Cars196 class (PML would silently drop the image)"
+                    )
                     raise ValueError(
-                        f"{path}, line {number}: class {row[5]} is not a line of names.csv "
-                        f"(expected 1..{num_names})"
+                        f"{path}, line {number}: class {row[5]} {what} (expected 1..{last}). "
+                        f"{self.download_hint}"
                     )

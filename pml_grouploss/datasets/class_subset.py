@@ -9,6 +9,8 @@ checks that train, validation and test share no class and no image.
 
 from __future__ import annotations
 
+import numbers
+from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -25,16 +27,21 @@ class ClassSubset(Dataset):
     (``num_classes`` of them): a class-disjoint split of a dataset.
 
     ``base`` needs ``labels`` (one class id per sample) and ``base[i]`` must return
-    ``(image, label)``; ``split_name`` names the subset; ``transform`` is applied here, once per
-    image with ``cache=True`` (for a deterministic transform of small images: the embedded
-    Omniglot's 28x28 tensors are then read without a PIL round-trip after the first epoch).
+    ``(image, label)``; ``classes`` are integer labels of ``base``, each listed once (else
+    ``TypeError``/``ValueError`` naming the offending ids); ``split_name`` names the subset;
+    ``transform`` is applied here, once per image with ``cache=True`` (for a deterministic
+    transform of small images: the embedded Omniglot's 28x28 tensors are then read without a
+    PIL round-trip after the first epoch).
     ``identities`` are globally unique class names (used to assert disjointness).
     """
 
     def __init__(self, base: Dataset, classes: Sequence[int], transform: Optional[Callable],
                  split_name: str, cache: bool = False) -> None:
+        if getattr(base, "labels", None) is None:
+            raise TypeError(f"base must have `labels` (one class id per sample), got a "
+                            f"{type(base).__name__} without them")
         labels = np.asarray(base.labels)
-        classes = sorted(int(c) for c in classes)
+        classes = _checked_classes(classes, labels)
         index = {c: i for i, c in enumerate(classes)}
         self.base = base
         self.split_name = split_name
@@ -70,6 +77,36 @@ class ClassSubset(Dataset):
         if self._cache is not None:
             self._cache[i] = img
         return img, self.labels[i]
+
+
+def _checked_classes(classes: Sequence[int], labels: np.ndarray) -> List[int]:
+    """``classes`` (a sequence, NumPy array or tensor) as sorted ``int`` ids; raise unless each
+    is an integer, listed once and the label of some sample (one of ``labels``)."""
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
+        raise TypeError(f"classes must be a sequence of class ids, got {type(classes).__name__}")
+    if hasattr(classes, "tolist"):  # NumPy array or tensor: its elements as Python scalars
+        classes = classes.tolist()
+    ids: List[int] = []
+    for c in classes:
+        if isinstance(c, bool) or not isinstance(c, numbers.Integral):
+            raise TypeError(f"classes must hold integer class ids (labels of base), got "
+                            f"{type(c).__name__} {c!r}")
+        ids.append(int(c))
+    if not ids:
+        raise ValueError("classes is empty; name at least one label of base")
+    repeated = sorted(c for c, n in Counter(ids).items() if n > 1)
+    if repeated:
+        raise ValueError(f"classes lists {repeated} more than once; give each class id once "
+                         f"(e.g. sorted(set(classes)))")
+    present = set(np.unique(labels).tolist())
+    missing = sorted(set(ids) - present)
+    if missing:
+        span = f"{min(present)}..{max(present)}" if present else "none"
+        raise ValueError(
+            f"classes {missing[:10]}{' ...' if len(missing) > 10 else ''} are not labels of base "
+            f"(its {len(present)} classes have labels {span}); pick the classes from "
+            f"sorted(set(base.labels))")
+    return sorted(ids)
 
 
 def class_folds(num_classes: int, num_folds: int, seed: int = FOLD_SEED) -> List[np.ndarray]:

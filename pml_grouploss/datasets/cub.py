@@ -7,6 +7,9 @@ from pytorch_metric_learning import datasets as pml_datasets
 from ._files import read_fields
 from ._pml_adapter import PMLDatasetAdapter
 
+#: CUB-200-2011's class ids are 1..NUM_CLASSES (PML's splits drop an image of any other id)
+NUM_CLASSES = 200
+
 
 class CUB(PMLDatasetAdapter):
     """CUB-200-2011 birds (Wah et al. 2011): 200 classes, train = classes 1-100, test = 101-200.
@@ -26,8 +29,9 @@ class CUB(PMLDatasetAdapter):
 
     def check_annotations(self) -> None:
         """``images.txt`` lines are ``<image_id> <path>``, ``image_class_labels.txt`` lines
-        ``<image_id> <class_id>``, and line *k* of both files describes the same image (PML pairs
-        them line by line and silently drops a pair whose ids differ)."""
+        ``<image_id> <class_id>`` with ``<class_id>`` in ``1..200``, and line *k* of both files
+        describes the same image (PML pairs them line by line and silently drops a pair whose ids
+        differ, and an image whose class id is in neither split)."""
         base = os.path.join(self.root, "CUB_200_2011")
         images_txt = os.path.join(base, "images.txt")
         labels_txt = os.path.join(base, "image_class_labels.txt")
@@ -43,4 +47,10 @@ class CUB(PMLDatasetAdapter):
                 raise ValueError(
                     f"line {number}: image id {image[0]} in {images_txt} but {label[0]} in "
                     f"{labels_txt}; both files list every image once, in the same order"
+                )
+            if not 1 <= int(label[1]) <= NUM_CLASSES:
+                raise ValueError(
+                    f"{labels_txt}, line {number}: class id {label[1]} is not a CUB-200-2011 class "
+                    f"(expected 1..{NUM_CLASSES}; PML would silently drop the image). "
+                    f"{self.download_hint}"
                 )

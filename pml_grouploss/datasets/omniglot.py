@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .._validation import check_int
 from ._files import read_image
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -104,8 +105,7 @@ class Omniglot(Dataset):
     ) -> None:
         if split not in ("train", "test", "train+test"):
             raise ValueError(f"split must be 'train', 'test' or 'train+test', got {split!r}")
-        if int(image_size) < 1:
-            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        image_size = check_int("image_size", image_size, 1)
         self.root = root
         self.split = split
         self.transform = transform
@@ -125,20 +125,14 @@ class Omniglot(Dataset):
             if download:
                 self._download(root)
             images, alphabet_of, char_names, drawers, train_default, test_default = (
-                self._load_directory(root, int(image_size))
+                self._load_directory(root, image_size)
             )
-        train_set = set(train_alphabets) if train_alphabets is not None else set(train_default)
-        test_set = set(test_alphabets) if test_alphabets is not None else set(test_default)
-        known = set(alphabet_of)
-        for arg, chosen in (("train_alphabets", train_set), ("test_alphabets", test_set)):
-            unknown = sorted(chosen - known)
-            if unknown:
-                raise ValueError(f"{arg}: unknown alphabets {unknown}; available: {sorted(known)}")
-        overlap = sorted(train_set & test_set)
-        if overlap:
-            raise ValueError(
-                f"train_alphabets and test_alphabets overlap in {overlap}; make them disjoint"
-            )
+        train_set, test_set = self._choose_alphabets(
+            split,
+            {"train_alphabets": train_alphabets, "test_alphabets": test_alphabets},
+            {"train_alphabets": train_default, "test_alphabets": test_default},
+            set(alphabet_of),
+        )
         wanted = {"train": train_set, "test": test_set, "train+test": train_set | test_set}[split]
         keep = np.array([a in wanted for a in alphabet_of], dtype=bool)
         kept_chars = [c for c, k in zip(char_names, keep) if k]
@@ -156,6 +150,50 @@ class Omniglot(Dataset):
         self.labels: List[int] = self.targets.tolist()
         self.alphabets: List[str] = [a for a, k in zip(alphabet_of, keep) if k]
         self.drawers: List[int] = [int(d) for d, k in zip(drawers, keep) if k]
+
+    def _choose_alphabets(
+        self,
+        split: str,
+        given: Dict[str, Optional[Sequence[str]]],
+        defaults: Dict[str, Sequence[str]],
+        known: set,
+    ) -> Tuple[set, set]:
+        """The training and test alphabets: ``given`` (``train_alphabets``/``test_alphabets``
+        arguments) where not ``None``, else ``defaults``. Raises if a name is unknown, the two
+        overlap or ``split`` gets no alphabet (an empty dataset)."""
+        chosen = {}
+        for arg, names in given.items():
+            if isinstance(names, str):
+                raise TypeError(
+                    f"{arg} must be a sequence of alphabet names, got the str {names!r}; "
+                    f"write [{names!r}]"
+                )
+            chosen[arg] = set(names if names is not None else defaults[arg])
+            unknown = sorted(chosen[arg] - known)
+            if unknown:
+                raise ValueError(f"{arg}: unknown alphabets {unknown}; available: {sorted(known)}")
+        train_set, test_set = chosen["train_alphabets"], chosen["test_alphabets"]
+        overlap = sorted(train_set & test_set)
+        if overlap:
+            raise ValueError(
+                f"train_alphabets and test_alphabets overlap in {overlap}; make them disjoint"
+            )
+        used = {"train": ["train_alphabets"], "test": ["test_alphabets"]}.get(split, list(chosen))
+        if any(chosen[arg] for arg in used):
+            return train_set, test_set
+        arg = next((a for a in used if given[a] is not None), used[-1])
+        if given[arg] is not None:
+            raise ValueError(
+                f"{arg} is empty, so split {split!r} would have no images; name at least one of "
+                f"{sorted(known)}, or pass {arg}=None for the default split"
+            )
+        folder = "images_background" if arg == "train_alphabets" else "images_evaluation"
+        url = DOWNLOAD_URLS[0] if arg == "train_alphabets" else DOWNLOAD_URLS[1]
+        raise FileNotFoundError(
+            f"Omniglot split {split!r} has no alphabets: no {folder}/<alphabet>/ folder under "
+            f"root={self.root!r}. Unzip {url} into {self._find_base(self.root)}, or "
+            f"pass {arg}= some of the alphabets found, {sorted(known)}"
+        )
 
     # ------------------------------------------------------------------ loading
     @staticmethod

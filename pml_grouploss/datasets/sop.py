@@ -32,12 +32,28 @@ class StanfordOnlineProducts(PMLDatasetAdapter):
 
     def check_annotations(self) -> None:
         """Line 1 of ``Ebay_{train,test}.txt`` is the header (PML skips line 1 unread), every
-        other line ``<image_id> <class_id> <super_class_id> <path>``."""
+        other line ``<image_id> <class_id> <super_class_id> <path>``, and no ``class_id`` is in
+        both files (the real splits are class-disjoint; a shared class would get one label in
+        ``"train"`` and another in ``"test"``)."""
+        paths, class_ids = [], []
         for split in ("train", "test"):
-            read_fields(
-                os.path.join(self.root, "Stanford_Online_Products", f"Ebay_{split}.txt"),
+            path = os.path.join(self.root, "Stanford_Online_Products", f"Ebay_{split}.txt")
+            rows = read_fields(
+                path,
                 4,
                 "'<image_id> <class_id> <super_class_id> <path>' (4 space-separated fields)",
                 int_fields=(0, 1, 2),
                 header=HEADER,
+            )
+            paths.append(path)
+            class_ids.append([int(row[1]) for row in rows])
+        common = set(class_ids[0]) & set(class_ids[1])
+        if common:
+            shared = sorted(common)
+            line = 2 + next(i for i, c in enumerate(class_ids[1]) if c in common)  # 1: header
+            listed = ", ".join(str(c) for c in shared[:10]) + (", ..." if len(shared) > 10 else "")
+            raise ValueError(
+                f"{paths[0]} and {paths[1]} share class_id(s) {listed} (first in line {line} of "
+                f"Ebay_test.txt); the splits must be class-disjoint, each product in one file. "
+                f"{self.download_hint}"
             )

@@ -1,7 +1,10 @@
 """``datasets.class_subset``: class-disjoint subsets and the validation folds of the benchmark."""
 
+import re
+
 import numpy as np
 import pytest
+import torch
 
 from pml_grouploss.datasets import ClassSubset, Omniglot, assert_disjoint, class_folds
 
@@ -60,3 +63,38 @@ def test_assert_disjoint_on_the_embedded_omniglot():
     fewer = ClassSubset(train_base, train.base_classes[:-1], None, "train")
     with pytest.raises(AssertionError, match="own test split"):  # disjoint, but the same base
         assert_disjoint(fewer, val, ClassSubset(train_base, train.base_classes[-1:], None, "t"))
+
+
+@pytest.mark.parametrize(
+    "classes,error,message",
+    [
+        ([100, 101], ValueError, "classes [100, 101] are not labels of base (its 107 classes have "
+         "labels 135..241); pick the classes from sorted(set(base.labels))"),  # wrapped before
+        ([135, 0, 1, 2], ValueError, "classes [0, 1, 2] are not labels of base"),  # IndexError
+        ([135, 135, 136], ValueError, "classes lists [135] more than once; give each class id "
+         "once"),
+        ([135, 1.7], TypeError, "classes must hold integer class ids (labels of base), got float "
+         "1.7"),
+        (np.array([135.0]), TypeError, "got float 135.0"),
+        ([True], TypeError, "got bool True"),
+        ([], ValueError, "classes is empty; name at least one label of base"),
+        (135, TypeError, "classes must be a sequence of class ids, got int"),
+    ],
+)
+def test_class_subset_refuses_absent_duplicated_or_non_integer_classes(classes, error, message):
+    test = Omniglot(split="test")  # labels 135..241
+    with pytest.raises(error, match=re.escape(message)):
+        ClassSubset(test, classes, None, "test")
+
+
+def test_class_subset_accepts_integer_arrays_and_tensors_as_before():
+    base = Toy()
+    for classes in ([7, 3], np.array([3, 7]), torch.tensor([7, 3]), (np.int64(3), 7)):
+        sub = ClassSubset(base, classes, None, "train")
+        assert (sub.base_classes, sub.indices, sub.labels) == ([3, 7], [0, 1, 3, 4, 5],
+                                                               [0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match=re.escape("classes [4] are not labels of base (its 3 "
+                                                   "classes have labels 3..7)")):
+        ClassSubset(base, [3, 4], None, "train")
+    with pytest.raises(TypeError, match="base must have `labels`"):
+        ClassSubset(object(), [3], None, "train")

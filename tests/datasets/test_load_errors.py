@@ -121,3 +121,48 @@ def test_damaged_adapter_image_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(train.paths[5])):
         train[5]
     assert train[4][0].size == (24, 24)  # the intact images still load
+
+
+@pytest.mark.parametrize("class_id", ["0", "201", "999", "-3"])
+def test_cub_class_id_outside_1_to_200_names_file_and_line(tmp_path, class_id):
+    _, labels_txt = _cub(tmp_path)  # PML keeps only ids 1..200: the image vanished from all splits
+    rewrite_line(labels_txt, 5, f"5 {class_id}")
+    expected = f"{labels_txt}, line 5: class id {class_id} is not a CUB-200-2011 class"
+    for split in ("train", "test", "train+test"):
+        with pytest.raises(ValueError, match=re.escape(expected) + r" \(expected 1\.\.200;"):
+            CUB(str(tmp_path), split=split)
+
+
+def test_small_cub_and_cars_trees_still_load(tmp_path):
+    # fake trees with fewer classes than the real datasets: every id is in range
+    write_cub_tree(str(tmp_path / "cub"), n_classes=4, per_class=2)
+    assert len(CUB(str(tmp_path / "cub"), split="train+test")) == 8
+    write_cars_tree(str(tmp_path / "cars"), n_classes=4, per_class=2)
+    cars = Cars196(str(tmp_path / "cars"), split="train")
+    assert (len(cars), cars.num_classes) == (8, 4)
+
+
+@pytest.mark.parametrize("class_id", ["197", "250", "300"])
+def test_cars_class_beyond_196_is_refused_even_with_a_longer_names_csv(tmp_path, class_id):
+    write_cars_tree(str(tmp_path), n_classes=4, per_class=2)
+    with open(tmp_path / "names.csv", "a") as f:  # 300 names: class 250 is a line of names.csv
+        f.write("\n".join(f"Extra {i}" for i in range(296)) + "\n")
+    anno = str(tmp_path / "anno_train.csv")
+    rewrite_line(anno, 1, f"00001.jpg,1,2,20,22,{class_id}")  # PML would drop the image
+    expected = f"{anno}, line 1: class {class_id} is not a Cars196 class"
+    with pytest.raises(ValueError, match=re.escape(expected) + r".*\(expected 1\.\.196\)"):
+        Cars196(str(tmp_path), split="train+test")
+
+
+def test_sop_class_in_both_ebay_files_is_refused(tmp_path):
+    write_sop_tree(str(tmp_path), n_train=3, n_test=2, per_class=2)
+    base = tmp_path / "Stanford_Online_Products"
+    test_txt = str(base / "Ebay_test.txt")
+    rewrite_line(test_txt, 4, "9 1 2 cabinet_final/5_0.JPG")  # class 1 is a training class
+    expected = (
+        f"{base / 'Ebay_train.txt'} and {test_txt} share class_id(s) 1 (first in line 4 of "
+        "Ebay_test.txt); the splits must be class-disjoint"
+    )
+    for split in ("train", "test", "train+test"):  # train 0, test 3: two labels for one class
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            StanfordOnlineProducts(str(tmp_path), split=split)

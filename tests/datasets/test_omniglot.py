@@ -1,5 +1,6 @@
 import hashlib
 import os
+import re
 
 import numpy as np
 import pytest
@@ -171,3 +172,44 @@ def test_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(omniglot_module, "EMBEDDED_FILE", str(tmp_path / "gone.npz"))
     with pytest.raises(FileNotFoundError, match="build_embedded_omniglot.py"):
         Omniglot()
+
+
+def test_a_split_without_alphabets_is_an_error_not_an_empty_dataset(tmp_path):
+    write_omniglot_tree(str(tmp_path), background={"Alpha": 2}, evaluation={}, drawers=2)
+    # the present alphabets still load (train+test = the training alphabets)
+    assert len(Omniglot(root=str(tmp_path), split="train")) == 4
+    assert len(Omniglot(root=str(tmp_path), split="train+test")) == 4
+    with pytest.raises(FileNotFoundError, match=r"split 'test' has no alphabets: no "
+                       r"images_evaluation/<alphabet>/ folder.*images_evaluation\.zip"):
+        Omniglot(root=str(tmp_path), split="test")  # was a test split of length 0
+    custom = Omniglot(
+        root=str(tmp_path), split="test", train_alphabets=[], test_alphabets=["Alpha"]
+    )
+    assert custom.num_classes == 2 and custom.label_offset == 0
+    for arg, split in (("train_alphabets", "train"), ("test_alphabets", "test")):
+        with pytest.raises(ValueError, match=rf"{arg} is empty, so split '{split}' would have no "
+                           rf"images; name at least one of \['Balinese'"):
+            Omniglot(split=split, **{arg: []})
+    with pytest.raises(ValueError, match="train_alphabets is empty, so split 'train\\+test'"):
+        Omniglot(split="train+test", train_alphabets=[], test_alphabets=[])
+    with pytest.raises(TypeError, match=r"test_alphabets must be a sequence of alphabet names, "
+                       r"got the str 'Greek'; write \['Greek'\]"):
+        Omniglot(split="test", test_alphabets="Greek")
+
+
+@pytest.mark.parametrize(
+    "size,error,message",
+    [
+        (2.5, TypeError, "image_size must be an int, got float 2.5"),
+        (28.0, TypeError, "image_size must be an int, got float 28.0"),
+        ("x", TypeError, "image_size must be an int, got str 'x'"),
+        (None, TypeError, "image_size must be an int, got NoneType None"),
+        (0, ValueError, "image_size must be an int >= 1, got 0"),
+    ],
+)
+def test_image_size_must_be_a_positive_int(tmp_path, size, error, message):
+    write_omniglot_tree(str(tmp_path), background={"Alpha": 1}, evaluation={"Gamma": 1}, drawers=1)
+    for root in (None, str(tmp_path)):
+        with pytest.raises(error, match=re.escape(message)):
+            Omniglot(root=root, image_size=size)
+    assert Omniglot(root=str(tmp_path), image_size=np.int64(3)).data.shape == (1, 3, 3)
