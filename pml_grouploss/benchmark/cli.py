@@ -18,7 +18,7 @@ import json
 import os
 import re
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .config import PAPER_CONFIGS, SECTIONS, BenchmarkConfig, config_fields
 from .validation import ConfigError, check_output_dir
@@ -56,7 +56,8 @@ COMMANDS = {
                            "share the trials"))), ("final_test",)),
 }
 #: library arguments that are options of the command line, not config fields
-CLI_ARGUMENTS = {"output_dir": "--output-dir", "fresh=True": "--fresh", "budget": "--budget"}
+CLI_ARGUMENTS = {"output_dir": "--output-dir", "fresh=True": "--fresh", "budget": "--budget",
+                 "method=": "--method "}
 
 
 def parse_seeds(text: str) -> Tuple[int, ...]:
@@ -68,7 +69,14 @@ def parse_seeds(text: str) -> Tuple[int, ...]:
     if not seeds:
         raise ValueError(f"--seeds: expected a count (e.g. 3) or a comma list of integers "
                          f"(e.g. 0,5,7), got {text!r}")
-    return tuple(range(seeds[0])) if len(seeds) == 1 and "," not in text else seeds
+    if len(seeds) > 1 or "," in text:
+        return seeds
+    if seeds[0] < 1:
+        raise ValueError(
+            f"--seeds: one number is how many seeds to run and must be >= 1, got {text!r} (e.g. "
+            "--seeds 3 runs seeds 0,1,2 and --seeds 1 runs seed 0 alone); to name the seeds "
+            "give a comma list, e.g. --seeds 0,5,7 (or --seeds 5, for seed 5 alone)")
+    return tuple(range(seeds[0]))
 
 
 def parse_overrides(items: List[str]) -> Dict[str, Dict[str, Any]]:
@@ -218,15 +226,30 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
             base[f.name] = None if value is NONE else PARSERS.get(f.name, lambda v: v)(value)
     overrides = {k: dict(v) for k, v in base.get("overrides", {}).items()}
     sources = [load_params_file(args.params_file)] if getattr(args, "params_file", None) else []
-    for source in sources + [parse_overrides(args.set)]:
+    user_set = parse_overrides(args.set)
+    for source in sources + [user_set]:
         for k, v in source.items():
             overrides.setdefault(k, {}).update(v)
     cfg = BenchmarkConfig.from_dict({**base, "overrides": overrides})
-    unknown = sorted(set(cfg.run.overrides) - set(cfg.run.methods) - {"grouploss"})
-    if unknown and args.command in ("run", "tune"):
-        raise ValueError(f"--set/--params-file name methods that are not run: {unknown}; "
-                         "add them to --losses")
+    _check_override_methods(args.command, cfg, {k for s in sources for k in s}, set(user_set))
     return cfg
+
+
+def _check_override_methods(command: str, cfg: BenchmarkConfig, from_file: Set[str],
+                            from_set: Set[str]) -> None:
+    """A method of the user's ``--set``/``--params-file`` that ``command`` does not run is an
+    error (``ablate`` runs grouploss only). A ``--config``'s grouploss settings are not
+    checked: the paper configurations set them whatever ``--losses`` runs."""
+    if command in ("run", "tune"):
+        unknown = sorted((from_file | from_set) - set(cfg.run.methods))
+        if unknown:
+            raise ValueError(f"--set/--params-file name methods that are not run: {unknown}; "
+                             "add them to --losses (or drop their settings)")
+    elif command == "ablate":
+        unknown = sorted(from_set - {"grouploss"})
+        if unknown:
+            raise ValueError(f"--set names methods that ablate does not run: {unknown}; its "
+                             "sweeps train grouploss only (use --set grouploss.PARAM=VALUE)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

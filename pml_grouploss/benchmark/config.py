@@ -232,11 +232,13 @@ class BenchmarkConfig:
     def from_recorded(cls, d: Mapping[str, Any]) -> "BenchmarkConfig":
         """From a run's ``config.json``: :meth:`from_dict`, where a field of
         :data:`RECORDED_BEFORE` the file lacks gets the value its run used, not today's
-        default."""
+        default; a ``data_root``/``download`` recorded with the embedded omniglot-small (which
+        reads neither; older versions accepted them) is dropped."""
         present = {f"{section}.{k}" for section, value in d.items() if section in SECTIONS
                    for k in value} | {DOTTED.get(k, k) for k in d if k not in SECTIONS}
         missing = {k: v for k, v in RECORDED_BEFORE.items() if k not in present}
-        return cls().replace(**{k.split(".")[1]: v for k, v in missing.items()}).replace(**d)
+        return cls().replace(**{k.split(".")[1]: v for k, v in missing.items()}).replace(
+            **_without_unused_data_options(d))
 
     def replace(self, **changes: Any) -> "BenchmarkConfig":
         """A copy with ``changes``: flat option names (``epochs=2``) or whole sections
@@ -257,6 +259,21 @@ class BenchmarkConfig:
     def protocol_key(self) -> Dict[str, Any]:
         """The fields that must match for a resumed run to reuse finished seeds."""
         return {k: self.get(k) for k, _ in config_fields() if k not in NOT_PROTOCOL}
+
+
+def _without_unused_data_options(d: Mapping[str, Any]) -> Dict[str, Any]:
+    """``d`` (a ``config.json``, nested or flat) without ``data_root`` and ``download`` when its
+    dataset is omniglot-small, which reads neither."""
+    d = dict(d)
+    data = dict(d.get("data", {}))
+    if {**data, **d}.get("dataset", "omniglot-small") != "omniglot-small":
+        return d
+    for key in ("data_root", "download"):
+        d.pop(key, None)
+        data.pop(key, None)
+    if "data" in d:
+        d["data"] = data
+    return d
 
 
 #: the papers' common settings (the classifier shares the network's optimizer in the reference)

@@ -26,8 +26,38 @@ def load_histories(output_dir: str) -> pd.DataFrame:
     frames = []
     for path in sorted(glob.glob(os.path.join(output_dir, "runs", "*", "seed*", "history.jsonl"))):
         parts = path.split(os.sep)
-        frames.append(read_history(path).assign(method=parts[-3], seed=int(parts[-2][4:])))
+        try:
+            hist = read_history(path)
+        except (ValueError, KeyError) as err:  # pandas: not JSON lines, or no epoch/split
+            raise ValueError(f"{path!r} is damaged ({type(err).__name__}: {err}); delete "
+                             f"{os.path.dirname(path)!r} and rerun the benchmark to train that "
+                             "seed again") from None
+        frames.append(hist.assign(method=parts[-3], seed=int(parts[-2][4:])))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+#: the ``per_seed.csv`` columns that :func:`train_vs_test_figure` reads
+PER_SEED_COLUMNS = ("method", "precision_at_1", "train_precision_at_1")
+
+
+def read_per_seed(output_dir: str, columns: Tuple[str, ...] = PER_SEED_COLUMNS) -> pd.DataFrame:
+    """``output_dir/per_seed.csv``; errors name the file and the fix (rerunning the benchmark
+    reuses the finished seeds and writes the tables again)."""
+    path = os.path.join(output_dir, "per_seed.csv")
+    rerun = ("rerun the benchmark with the same settings and output_dir (finished seeds are "
+             "reused, the tables written again)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path!r} does not exist: the run has not finished; {rerun}, "
+                                "then draw the figures")
+    try:
+        per_seed = pd.read_csv(path)
+    except (ValueError, OSError) as err:  # pandas' EmptyDataError and ParserError are ValueErrors
+        raise ValueError(f"{path!r} is damaged ({err}); {rerun}") from None
+    missing = [c for c in columns if c not in per_seed.columns]
+    if missing:
+        raise ValueError(f"{path!r} is damaged or not written by a run with test numbers (no "
+                         f"columns {missing}); {rerun}")
+    return per_seed
 
 
 def _curves(ax, hist: pd.DataFrame, split: str, methods: List[str], style: str = "-") -> None:
@@ -71,7 +101,11 @@ def convergence_figure(output_dir: str, methods: List[str]) -> str:
                  ylabel="validation R@1 (%)")
 
 
-def train_vs_test_figure(output_dir: str, methods: List[str]) -> str:
+def train_vs_test_figure(output_dir: str, methods: List[str],
+                         per_seed: Optional[pd.DataFrame] = None) -> str:
+    """Train vs validation curves, and train vs test R@1 of ``per_seed`` (default: the
+    directory's ``per_seed.csv``)."""
+    per_seed = read_per_seed(output_dir) if per_seed is None else per_seed
     hist = load_histories(output_dir)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     _curves(a, hist, "train", methods, "--")
@@ -81,7 +115,7 @@ def train_vs_test_figure(output_dir: str, methods: List[str]) -> str:
     a.grid(alpha=0.3)
     a.legend(fontsize=7)
     columns = {"train_precision_at_1": "train classes", "precision_at_1": "test classes"}
-    s = summarize(pd.read_csv(os.path.join(output_dir, "per_seed.csv")), metrics=list(columns))
+    s = summarize(per_seed, metrics=list(columns))
     for off, (col, name) in zip((-0.2, 0.2), columns.items()):
         b.bar(np.arange(len(s)) + off, 100 * s[f"{col}_mean"], 0.4,
               yerr=100 * np.nan_to_num(s[f"{col}_ci"]), capsize=3, label=name)
@@ -195,9 +229,10 @@ def make_all(output_dir: str, cfg: BenchmarkConfig,
              on_phase: Optional[Callable[[str], None]] = None) -> List[str]:
     """Every figure of a ``run`` results directory (the convergence one only without test)."""
     methods = [m for m in cfg.run.methods if os.path.isdir(os.path.join(output_dir, "runs", m))]
+    per_seed = read_per_seed(output_dir) if cfg.run.final_test else None  # before any figure
     paths = [convergence_figure(output_dir, methods)]
     if cfg.run.final_test:  # the others show test numbers
-        paths.append(train_vs_test_figure(output_dir, methods))
+        paths.append(train_vs_test_figure(output_dir, methods, per_seed))
     if cfg.run.final_test and cfg.run.save_embeddings:
         paths.append(retrieval_grid_figure(output_dir, cfg, methods, on_phase=on_phase))
     return paths

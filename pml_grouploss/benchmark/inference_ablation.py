@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 import torch
@@ -93,12 +93,34 @@ def _table(chosen: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
     return table
 
 
+def check_finished(results_dir: str, method: str, seeds: Sequence[int]) -> None:
+    """Raise ``ValueError`` (naming ``method`` and the methods that can be evaluated) unless
+    ``method`` has a finished seed of ``seeds`` in ``results_dir``."""
+    runs = os.path.join(results_dir, "runs")
+    found = sorted(m for m in (os.listdir(runs) if os.path.isdir(runs) else ())
+                   if os.path.isdir(os.path.join(runs, m)))
+    done = [m for m in found if any(os.path.isfile(os.path.join(runs, m, f"seed{s}", "final.json"))
+                                    for s in seeds)]
+    if method in done:
+        return
+    rerun = ("rerun the benchmark that wrote it (same settings and output_dir; it resumes) to "
+             "finish its runs")
+    if not done:
+        raise ValueError(f"{results_dir!r} holds no finished run yet (no runs/<method>/seed<s>/"
+                         f"final.json for seeds {', '.join(map(str, seeds))}); {rerun}")
+    why = (f"its runs are not finished; {rerun}, or" if method in found
+           else f"{results_dir!r} has no runs of it;")
+    raise ValueError(f"method={method!r}: {why} choose a method with finished runs: "
+                     f"{', '.join(done)}")
+
+
 def run_inference_ablation(results_dir: str, method: str = "grouploss", log: Optional[Log] = None,
                            on_phase: Optional[OnPhase] = None) -> pd.DataFrame:
     """The GL++ inference ablation on ``method``'s checkpoints in ``results_dir``, written to
     ``results_dir/inference_ablation_<method>``; test classes are read only for the table rows,
     after every choice on the validation fold (``on_phase("final_test")``)."""
     cfg = results_config(results_dir)
+    check_finished(results_dir, method, cfg.run.seeds)
     device = torch.device(cfg.run.device)
     grid = Grid(cfg, os.path.join(results_dir, f"inference_ablation_{method}"), log=log,
                 on_phase=on_phase, prepare=False)

@@ -79,8 +79,7 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
         shutil.rmtree(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     if os.path.isfile(path):
-        with open(path) as f:
-            old = BenchmarkConfig.from_recorded(json.load(f)).protocol_key()
+        old = read_config(path).protocol_key()
         diff = sorted(k for k, v in cfg.protocol_key().items() if old.get(k) != v)
         if diff:
             raise ValueError(
@@ -104,8 +103,29 @@ def results_config(output_dir: str) -> BenchmarkConfig:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{output_dir!r} is not a results directory of `run` (no "
                                 "config.json); run the benchmark first")
-    with open(path) as f:
-        return BenchmarkConfig.from_recorded(json.load(f))
+    return read_config(path)
+
+
+def read_config(path: str) -> BenchmarkConfig:
+    """The config a run recorded in ``path`` (its ``config.json``); ``ValueError`` naming the
+    file and the fix when it is damaged."""
+    fix = ("restore it, or rerun the benchmark with fresh=True to delete its directory and start "
+           "over")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path!r} is damaged: not valid JSON ({err.msg} at line {err.lineno} "
+                         f"column {err.colno}); {fix}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path!r} cannot be read ({err}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path!r} is damaged: expected a JSON object of settings, got "
+                         f"{json.dumps(data)[:60]}; {fix}")
+    try:
+        return BenchmarkConfig.from_recorded(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path!r} is damaged: not the settings of a run ({err}); {fix}") from None
 
 
 def environment() -> Dict[str, Any]:

@@ -95,6 +95,14 @@ def validate_config(cfg: "BenchmarkConfig") -> None:
         ("data.data_root", data.dataset != "omniglot-small" and not data.data_root,
          f"data.data_root: dataset {data.dataset} needs data.data_root DIR (see "
          "docs/datasets.md)"),
+        ("data.data_root", data.dataset == "omniglot-small" and data.data_root is not None,
+         "data.data_root: dataset omniglot-small is embedded in the package and reads no "
+         "data.data_root; drop data.data_root, or choose the data.dataset under it (omniglot, "
+         "cub, cars196, sop)"),
+        ("data.download", data.dataset == "omniglot-small" and data.download,
+         "data.download: dataset omniglot-small is embedded in the package and is not "
+         "downloaded; drop data.download, or choose the data.dataset to download (omniglot, "
+         "cub, cars196, sop)"),
         ("optim.epochs", optim.epochs % optim.eval_every != 0,
          f"optim.epochs {optim.epochs} must be a multiple of optim.eval_every "
          f"{optim.eval_every} so that the last epoch is evaluated"),

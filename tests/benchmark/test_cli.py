@@ -262,3 +262,64 @@ def test_malformed_params_file_names_option_and_file(
     argv = ["--params-file", str(path), "--output-dir", str(tmp_path / "out")]
     err = _usage_error(capsys, argv)
     assert f"--params-file '{path}'" in err and expected in err
+
+
+# --- options the command would ignore are errors, not silently recorded
+
+
+def test_data_root_and_download_of_the_embedded_dataset_are_errors(capsys, tmp_path, no_training):
+    out = tmp_path / "out"  # --workers 1: without the check, no_training stops a training
+    err = _usage_error(capsys, ["--data-root", str(tmp_path), "--output-dir", str(out),
+                                "--workers", "1"])
+    assert "argument --data-root: dataset omniglot-small is embedded in the package" in err
+    assert "drop --data-root, or choose the --dataset under it" in err
+    err = _usage_error(capsys, ["tune", "--download", "--output-dir", str(out), "--workers", "1"])
+    assert "argument --download: dataset omniglot-small is embedded" in err
+    assert "drop --download" in err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--losses", "triplet", "--set", "grouploss.temperature=10"],
+         "--set/--params-file name methods that are not run: ['grouploss']; add them to --losses"),
+        (["tune", "--losses", "triplet", "--set", "grouploss.num_anchors=2"],
+         "name methods that are not run: ['grouploss']"),
+        (["ablate", "steps", "--set", "triplet.margin=0.2"],
+         "--set names methods that ablate does not run: ['triplet']; its sweeps train grouploss"),
+        (["--config", "cub-paper", "--losses", "triplet", "--set", "grouploss.temperature=3"],
+         "name methods that are not run: ['grouploss']"),
+    ],
+)
+def test_set_of_a_method_that_is_not_run_is_an_error(capsys, tmp_path, no_training, argv, expected):
+    if "--config" in argv:
+        argv = argv + ["--data-root", str(tmp_path)]
+    err = _usage_error(capsys, argv + ["--output-dir", str(tmp_path / "out"), "--workers", "1"])
+    assert expected in err and not (tmp_path / "out").exists()
+
+
+def test_params_file_of_a_method_that_is_not_run_is_an_error(capsys, tmp_path, no_training):
+    path = tmp_path / "best_params.json"
+    path.write_text('{"grouploss": {"temperature": 5.0}, "triplet": {"margin": 0.1}}')
+    argv = ["--losses", "triplet", "--params-file", str(path), "--output-dir", str(tmp_path),
+            "--workers", "1"]
+    assert "methods that are not run: ['grouploss']" in _usage_error(capsys, argv)
+
+
+def test_paper_configuration_grouploss_settings_need_not_be_run(tmp_path):
+    """--config sets grouploss's parameters whatever --losses runs; that is no user error."""
+    parse = cli.build_parser().parse_args
+    cfg = cli.config_from_args(parse(["run", "--config", "cars-paper", "--losses", "triplet",
+                                      "--data-root", str(tmp_path)]))
+    assert cfg.run.methods == ("triplet",) and cfg.run.overrides["grouploss"]["temperature"] == 79
+    cfg = cli.config_from_args(parse(["ablate", "steps", "--set", "grouploss.temperature=3"]))
+    assert cfg.run.overrides == {"grouploss": {"temperature": 3}}
+
+
+@pytest.mark.parametrize("seeds", ["0", "-1"])
+def test_seed_count_below_one_explains_seeds(capsys, tmp_path, no_training, seeds):
+    err = _usage_error(capsys, ["--seeds", seeds, "--output-dir", str(tmp_path / "out")])
+    assert f"--seeds: one number is how many seeds to run and must be >= 1, got '{seeds}'" in err
+    assert "--seeds 1 runs seed 0 alone" in err and "--seeds 0,5,7" in err
+    args = cli.build_parser().parse_args(["run", "--seeds", "0,"])
+    assert cli.config_from_args(args).run.seeds == (0,)  # the comma form names one seed

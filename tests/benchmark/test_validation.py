@@ -38,6 +38,8 @@ from pml_grouploss.benchmark.validation import ConfigTypeError, ConfigValueError
         ({"label_noise": -0.1}, ValueError, "data.label_noise", "must be a finite number >= 0"),
         ({"train_eval_classes": 0}, ValueError, "optim.train_eval_classes", "an int >= 1"),
         ({"lr_plateau_patience": 3}, ValueError, "optim.lr_plateau_patience", "multiple of"),
+        ({"data_root": "/data"}, ValueError, "data.data_root", "dataset omniglot-small is embed"),
+        ({"download": True}, ValueError, "data.download", "dataset omniglot-small is embedded"),
         ({"sampler": "x"}, ValueError, "model.sampler", "model.sampler must be one of"),
         ({"final_test": 1}, TypeError, "run.final_test", "run.final_test must be a bool"),
     ],
@@ -136,3 +138,18 @@ def test_build_method_checks_learning_rates():
         build_method(get_method("triplet"), 3, 8, {"lr": float("nan")})
     built = build_method(get_method("proxyanchor"), 3, 8, {"loss_lr": 0.03, "lr": 2e-3})
     assert (built.loss_lr, built.lr, built.params["loss_lr"]) == (0.03, 2e-3, 0.03)
+
+
+def test_recorded_unused_data_root_is_dropped(tmp_path):
+    """Older versions recorded a --data-root/--download the embedded omniglot-small ignored: the
+    results still load, and a rerun without them resumes."""
+    recorded = BenchmarkConfig().to_dict()
+    recorded["data"].update(data_root="/not/used", download=True)
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    cfg = BenchmarkConfig.from_recorded(recorded)
+    assert (cfg.data.data_root, cfg.data.download) == (None, False)
+    assert BenchmarkConfig.from_recorded({"data_root": "/not/used"}).data.data_root is None
+    prepare_output(BenchmarkConfig(), str(tmp_path))  # not "different settings (data.data_root)"
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["data_root"] is None
+    cub = {"data": {"dataset": "cub", "data_root": "/data/cub", "download": True}}
+    assert BenchmarkConfig.from_recorded(cub).data.data_root == "/data/cub"  # kept where used
