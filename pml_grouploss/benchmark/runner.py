@@ -206,9 +206,9 @@ class _Run:
         start = self.hooks.load_latest_saved_models(self.trainer, self.model_folder, self.device)
         if start > 1:  # random-number and sampler state, restored when training starts
             self.trainer.resume_state = load_state(self.model_folder, start - 1)
-            if isinstance(self.sampler.sampler, NearestClassSampler):  # not in the saved state:
-                self.sampler.sampler.set_epoch(start - 1)  # the pass count and the centroids
-                self.sampler.sampler.end_of_epoch_hook(self.trainer)  # of the loaded models
+            if isinstance(self.sampler.sampler, NearestClassSampler):  # states saved before
+                self.sampler.sampler.set_epoch(start - 1)  # 158caba lack its pass count and
+                self.sampler.sampler.end_of_epoch_hook(self.trainer)  # centroids: recomputed
         state = self.trainer.resume_state
         stopped = state is not None and state["stopped_early"]
         self.warmup = None
