@@ -21,7 +21,7 @@ import sys
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .config import PAPER_CONFIGS, SECTIONS, BenchmarkConfig, config_fields
-from .validation import ConfigError, check_output_dir
+from .validation import ConfigError, check_output_dir, read_json_object
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -102,15 +102,8 @@ def load_params_file(path: str) -> Dict[str, Dict[str, Any]]:
     expected = 'expected JSON {"method": {"param": value}}, e.g. the best_params.json of `tune`'
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} does not exist or is not a file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{what} is not valid JSON ({err.msg} at line {err.lineno} column "
-                         f"{err.colno}); {expected}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{what} cannot be read ({err}); {expected}") from None
-    if not isinstance(data, dict) or not all(
+    data = read_json_object(path, what, "a JSON object", expected)
+    if not all(
             isinstance(k, str) and isinstance(v, dict) for k, v in data.items()):
         raise ValueError(f"{what}: {expected}; got {json.dumps(data)[:80]}")
     return data

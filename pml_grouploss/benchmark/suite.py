@@ -23,7 +23,7 @@ from .config import BenchmarkConfig
 from .data import Splits, class_folds, load_base, splits_for_fold
 from .methods import get_method
 from .runner import run_one
-from .validation import ConfigValueError, check_batch, check_output_dir
+from .validation import ConfigValueError, check_batch, check_output_dir, read_json_object
 
 Log = Callable[..., None]
 #: told the protocol phase ("train", "final_test", "figures", "idle"); the tests observe it
@@ -111,17 +111,7 @@ def read_config(path: str) -> BenchmarkConfig:
     file and the fix when it is damaged."""
     fix = ("restore it, or rerun the benchmark with fresh=True to delete its directory and start "
            "over")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path!r} is damaged: not valid JSON ({err.msg} at line {err.lineno} "
-                         f"column {err.colno}); {fix}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path!r} cannot be read ({err}); {fix}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path!r} is damaged: expected a JSON object of settings, got "
-                         f"{json.dumps(data)[:60]}; {fix}")
+    data = read_json_object(path, f"{path!r} is damaged", "a JSON object of settings", fix)
     try:
         return BenchmarkConfig.from_recorded(data)
     except (TypeError, ValueError) as err:

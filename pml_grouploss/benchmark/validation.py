@@ -10,6 +10,8 @@ before training in ``suite``.
 
 from __future__ import annotations
 
+import json
+
 import os
 import tempfile
 import typing
@@ -190,3 +192,19 @@ def check_output_dir(path: Any, name: str = "output_dir") -> None:
         raise ValueError(
             f"{name} {str(path)!r} cannot be created or written in {existing!r} "
             f"({err.strerror or err}); choose a writable directory") from None
+
+
+def read_json_object(path: str, what: str, expected: str, fix: str) -> Dict[str, Any]:
+    """The JSON object in ``path``; a ``ValueError`` starting with ``what`` and ending with
+    ``fix`` when the file cannot be read, is not JSON, or holds no object (``expected``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what}: not valid JSON ({err.msg} at line {err.lineno} column "
+                         f"{err.colno}); {fix}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what}: cannot be read ({err}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: expected {expected}, got {json.dumps(data)[:60]}; {fix}")
+    return data

@@ -249,7 +249,7 @@ def test_bad_protocol_values_fail_before_training(capsys, tmp_path, no_training,
 @pytest.mark.parametrize(
     "content, expected",
     [
-        ('{"grouploss": {"temperature": 5,}}', "is not valid JSON (Expecting property name"),
+        ('{"grouploss": {"temperature": 5,}}', ": not valid JSON (Expecting property name"),
         ("[1, 2]", 'expected JSON {"method": {"param": value}}'),
         ('{"grouploss": 5}', 'expected JSON {"method": {"param": value}}'),
     ],
