@@ -83,7 +83,7 @@ def test_validating_call_reads_the_device_and_catches_what_it_should():
     e, labels = _batch()
     with _DeviceReads() as mode:
         loss_fn(e, labels)
-    # call 1: label range, row magnitudes and the logits' sum (one stacked read), the
+    # call 1: label range, row magnitudes and the logits' range (one stacked read), the
     # diagnostic warnings' statistics (one stacked read)
     assert mode.reads == ["tolist", "tolist"]
     loss_fn(e, labels)
