@@ -113,3 +113,36 @@ def check_class_ids(name: str, labels: torch.Tensor) -> torch.Tensor:
             f"convert with {name}.long()"
         )
     return labels.long()
+
+
+def check_pair_indices(indices_tuple: Sequence[torch.Tensor], n: int, n_ref: int) -> None:
+    """``(a1, p, a2, n)`` are 1-D integer tensors, ``a1``/``p`` and ``a2``/``n`` of equal
+    length, anchors in ``[0, n)``, positives and negatives in ``[0, n_ref)`` (one device read,
+    for a caller's ``indices_tuple``: an index out of range fails inside torch, or on CUDA
+    as a device-side assert)."""
+    names = ("anchors of positive pairs", "positives", "anchors of negative pairs", "negatives")
+    for name, t in zip(names, indices_tuple):
+        if not torch.is_tensor(t) or t.dim() != 1 or t.dtype.is_floating_point or t.dtype in (
+                torch.bool, torch.complex64, torch.complex128):
+            raise TypeError(
+                f"indices_tuple: the {name} must be a 1-D integer tensor, got "
+                f"{getattr(t, 'dtype', type(t).__name__)} of shape {tuple(getattr(t, 'shape', ()))}"
+            )
+    a1, p, a2, neg = indices_tuple
+    if len(a1) != len(p) or len(a2) != len(neg):
+        raise ValueError(
+            f"indices_tuple: pairs (a1, p, a2, n) need len(a1) == len(p) and len(a2) == len(n), "
+            f"got {len(a1)}, {len(p)}, {len(a2)}, {len(neg)}"
+        )
+    bounds = [(a, n, "embeddings") for a in (a1, a2)] + [(b, n_ref, "ref_emb") for b in (p, neg)]
+    bounds = [(t, size, of) for t, size, of in bounds if t.numel()]
+    if not bounds:
+        return
+    ranges = torch.stack([r for t, _, _ in bounds for r in t.aminmax()]).tolist()
+    for (t, size, of), low, high in zip(bounds, ranges[0::2], ranges[1::2]):
+        if low < 0 or high >= size:
+            raise ValueError(
+                f"indices_tuple: indices must lie in [0, {size}) (the rows of {of}), got values "
+                f"in [{low}, {high}]; build it from this batch (a PML miner's output) or pass "
+                "ref_emb for indices into another set"
+            )

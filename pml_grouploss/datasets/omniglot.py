@@ -270,6 +270,12 @@ class Omniglot(Dataset):
                             continue
                         image = read_image(os.path.join(c_path, fname), "L", "Omniglot", hint)
                         records[key] = preprocess(image, image_size)
+        empty = sorted((train_default | test_default) - {k[0] for k in records})
+        if records and empty:
+            raise FileNotFoundError(
+                f"Omniglot alphabet folders under {base!r} without <id>_<drawer>.png images in "
+                f"characterNN/ sub-folders: {empty} (an interrupted extraction?). {hint}"
+            )
         if not records:
             raise FileNotFoundError(
                 f"Found Omniglot folders under {base!r} but no <id>_<drawer>.png images in "

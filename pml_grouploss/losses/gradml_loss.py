@@ -19,7 +19,7 @@ from pytorch_metric_learning.reducers import (
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from .._validation import check_floating, check_same_width
+from .._validation import check_floating, check_pair_indices, check_same_width
 from ..functional.gradml import (
     check_gradml_params,
     check_loss_finite,
@@ -239,7 +239,14 @@ class GradMLLoss(StackedSubLossesMixin, GenericPairLoss):
                 )
             indices_tuple = pair_indices(labels, None if self_pairs else ref_labels)
         else:
+            if not isinstance(indices_tuple, (tuple, list)) or len(indices_tuple) not in (3, 4):
+                raise TypeError(
+                    "indices_tuple must be a PML miner's output: pairs (a1, p, a2, n) or "
+                    f"triplets (a, p, n), got {type(indices_tuple).__name__} of length "
+                    f"{len(indices_tuple) if isinstance(indices_tuple, (tuple, list)) else '-'}"
+                )
             indices_tuple = lmu.convert_to_pairs(indices_tuple, labels, ref_labels)
+            check_pair_indices(indices_tuple, len(embeddings), len(ref_emb))
         # Computed in float32 or wider, outside autocast (cdist has no bfloat16 kernel, d^k
         # overflows float16); the reducer returns the loss in the embeddings' dtype.
         with torch.autocast(device_type=embeddings.device.type, enabled=False):

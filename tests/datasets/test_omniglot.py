@@ -174,6 +174,15 @@ def test_clear_errors(tmp_path, monkeypatch):
         Omniglot()
 
 
+def test_an_alphabet_folder_without_images_is_named(tmp_path):
+    write_omniglot_tree(str(tmp_path), background={"Alpha": 2}, evaluation={"Gamma": 1},
+                        drawers=2)
+    (tmp_path / "omniglot-py/images_evaluation/Delta/character01").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"without <id>_<drawer>\.png images in "
+                       r"characterNN/ sub-folders: \['Delta'\].*Re-download"):
+        Omniglot(root=str(tmp_path), split="train")  # was "test_alphabets: unknown alphabets"
+
+
 def test_a_split_without_alphabets_is_an_error_not_an_empty_dataset(tmp_path):
     write_omniglot_tree(str(tmp_path), background={"Alpha": 2}, evaluation={}, drawers=2)
     # the present alphabets still load (train+test = the training alphabets)

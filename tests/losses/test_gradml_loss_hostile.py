@@ -191,3 +191,32 @@ def test_small_k_near_duplicates_pair_miner_finite():
     loss = losses.GradMLLoss(k=0.01, distance=pml_distances.LpDistance(power=2))(x, labels, pairs)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize(
+    "pairs, match",
+    [
+        ((torch.tensor([0, 6]), torch.tensor([1, 2]), torch.tensor([0]), torch.tensor([3])),
+         r"\[0, 6\) \(the rows of embeddings\), got values in \[0, 6\]"),
+        ((torch.tensor([0]), torch.tensor([1]), torch.tensor([0]), torch.tensor([-1])),
+         r"\[0, 6\) \(the rows of ref_emb\), got values in \[-1, -1\]"),
+        ((torch.tensor([0, 1]), torch.tensor([1]), torch.tensor([0]), torch.tensor([3])),
+         "len\\(a1\\) == len\\(p\\)"),
+        ((torch.tensor([0.0]), torch.tensor([1]), torch.tensor([0]), torch.tensor([3])),
+         "anchors of positive pairs must be a 1-D integer tensor"),
+        ((torch.tensor([0]), torch.tensor([1])), "pairs \\(a1, p, a2, n\\) or triplets"),
+    ],
+)
+def test_malformed_indices_tuple_named(pairs, match):
+    x = torch.randn(6, 3)
+    with pytest.raises((ValueError, TypeError), match=match):
+        losses.GradMLLoss()(x, torch.tensor([0, 0, 1, 1, 2, 2]), pairs)
+
+
+def test_indices_into_ref_emb_checked_against_its_rows():
+    x, ref = torch.randn(2, 3), torch.randn(5, 3)
+    pairs = (torch.tensor([0]), torch.tensor([4]), torch.tensor([1]), torch.tensor([3]))
+    ok = losses.GradMLLoss()(x, None, pairs, ref_emb=ref)
+    assert torch.isfinite(ok)
+    with pytest.raises(ValueError, match=r"\[0, 2\) \(the rows of embeddings\)"):
+        losses.GradMLLoss()(x, None, (pairs[1],) + pairs[1:], ref_emb=ref)
