@@ -62,6 +62,13 @@ def check_number(
     return number
 
 
+def check_bool(name: str, value: object) -> bool:
+    """``value`` is a ``bool`` (or NumPy bool); ``bool("False")`` would be ``True``."""
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
     """``value`` is one of ``choices``."""
     if value not in tuple(choices):

@@ -7,7 +7,7 @@ import torch
 from pytorch_metric_learning.distances import BaseDistance
 
 from .. import _validation as v
-from ..functional.pearson import gram, standardize_rows
+from ..functional.pearson import HALF_DTYPES, gram, standardize_rows
 
 
 class PearsonCorrelation(BaseDistance):
@@ -42,7 +42,8 @@ class PearsonCorrelation(BaseDistance):
     :class:`pml_grouploss.losses.GroupLoss`.
 
     The standardisation is what the distance is, so ``normalize_embeddings`` cannot be
-    turned off, and ``p`` other than its default is rejected.
+    turned off, ``p`` other than its default is rejected, and so is ``is_inverted=False`` (a
+    correlation is a similarity).
 
     Args:
         power: exponent ``>= 1`` of the signed power ``sign(c) |c|^power`` (default 1.0: the
@@ -51,7 +52,7 @@ class PearsonCorrelation(BaseDistance):
     """
 
     def __init__(self, power: float = 1.0, **kwargs):
-        for name, default in (("normalize_embeddings", True), ("p", 2)):
+        for name, default in (("normalize_embeddings", True), ("p", 2), ("is_inverted", True)):
             if kwargs.get(name, default) != default:
                 raise ValueError(
                     f"PearsonCorrelation does not support {name}={kwargs[name]!r}: the "
@@ -79,8 +80,13 @@ class PearsonCorrelation(BaseDistance):
         of ``query_emb`` ``(n, d)`` and ``ref_emb`` ``(r, d)`` (``None``: ``query_emb``).
 
         PML's ``BaseDistance.forward`` (stats, shape checks, normalisation) with the power
-        applied with its sign instead of PML's plain ``mat ** power``.
+        applied with its sign instead of PML's plain ``mat ** power``. Float16/bfloat16
+        embeddings are standardised and multiplied in float32 and the matrix is returned in
+        their dtype (in their own precision the rounding would leave entries above 1).
         """
+        if query_emb.dtype in HALF_DTYPES:
+            wide = None if ref_emb is None else ref_emb.float()
+            return self.forward(query_emb.float(), wide).to(query_emb.dtype)
         if self.power == 1:
             return super().forward(query_emb, ref_emb)
         power, self.power = self.power, 1  # PML's forward must not apply its own power
@@ -106,9 +112,12 @@ class PearsonCorrelation(BaseDistance):
         return query_emb @ ref_emb.transpose(0, 1)
 
     def pairwise_distance(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
-        """``sign(c) |c|^power`` of the correlation of each row pair of two *normalised*
-        ``(n, d)`` inputs (``self.normalize``): the diagonal of :meth:`forward`'s matrix."""
-        return self._signed_power(torch.sum(query_emb * ref_emb, dim=1))
+        """``(n,)`` ``sign(c) |c|^power`` of the correlation of each row pair of two ``(n, d)``
+        inputs: the diagonal of :meth:`forward`'s matrix. The rows are standardised here
+        (idempotent on rows from :meth:`normalize`): PML's ``MatchFinder.is_match`` passes raw
+        embeddings, ``InferenceModel`` L2-normalised ones."""
+        correlation = torch.sum(self.normalize(query_emb) * self.normalize(ref_emb), dim=1)
+        return self._signed_power(correlation)
 
     def _signed_power(self, correlation: torch.Tensor) -> torch.Tensor:
         if self.power == 1:

@@ -55,8 +55,9 @@ class RecallAtKAccuracyCalculator(AccuracyCalculator):
 
     Defaults: K = 1, 2, 4, 8 (CUB, Cars196); use ``recall_at=(1, 10, 100, 1000)`` for SOP and
     ``(1, 10, 20, 30, 40, 50)`` for In-Shop. ``determine_k`` makes the k-NN search cover the
-    largest requested K (capped at the reference size). Every PML metric stays available
-    (``NMI``, ``AMI``, ``precision_at_1``, ``mean_average_precision_at_r``, ...).
+    largest requested K (capped at the reference size); PML's metrics (``NMI``, ``AMI``,
+    ``precision_at_1``, ``mean_average_precision_at_r``, ...) see PML's own ``k`` neighbours,
+    so each equals PML's ``AccuracyCalculator`` with the same arguments.
 
     Args:
         recall_at: the K values.
@@ -90,7 +91,25 @@ class RecallAtKAccuracyCalculator(AccuracyCalculator):
         ks = self._per_k_metrics()
         return max([ks[m] for m in self.get_curr_metrics() if m in ks], default=1)
 
+    def _wide_metrics(self) -> set:
+        """The metrics computed on the widened search (the rest see PML's ``k``)."""
+        return set(self._per_k_metrics())
+
     def determine_k(self, bin_counts, num_reference_embeddings, ref_includes_query):
-        k = super().determine_k(bin_counts, num_reference_embeddings, ref_includes_query)
+        """PML's ``k`` (kept for PML's metrics), widened to the largest requested K."""
+        self._pml_k = AccuracyCalculator.determine_k(
+            self, bin_counts, num_reference_embeddings, ref_includes_query)
         cap = num_reference_embeddings - int(ref_includes_query)
-        return max(1, min(max(k, self._needed_k()), cap))
+        return max(1, min(max(self._pml_k, self._needed_k()), cap))
+
+    def _get_accuracy(self, function_dict, **kwargs):
+        # PML's k-dependent metrics (mean_average_precision, mean_reciprocal_rank, r_precision
+        # at a k below R) see the first k neighbours, as with PML's AccuracyCalculator(k=k)
+        k = getattr(self, "_pml_k", None)
+        pml_kwargs = kwargs
+        if "knn_labels" in kwargs and k is not None and k < kwargs["knn_labels"].shape[1]:
+            pml_kwargs = dict(kwargs, knn_labels=kwargs["knn_labels"][:, :k],
+                              knn_distances=kwargs["knn_distances"][:, :k])
+        wide = self._wide_metrics()
+        return {name: function(**(kwargs if name in wide else pml_kwargs))
+                for name, function in function_dict.items()}

@@ -25,7 +25,7 @@ class ReIDAccuracyCalculator(RecallAtKAccuracyCalculator):
     - ``cmc_rank_k``: fraction of queries whose top-k gallery items contain the identity.
     - ``reid_mAP``: mean over queries of the average precision over the *whole* gallery ranking
       (every gallery item of the identity counts); the k-NN search is therefore a full ranking
-      when ``reid_mAP`` is computed.
+      when ``reid_mAP`` is computed (PML's metrics still see PML's ``k`` neighbours).
 
     Queries whose identity is absent from the gallery are skipped (PML's lone-query rule).
     Camera-based junk filtering (Market-1501: same identity and same camera) is not applied.
@@ -83,7 +83,11 @@ class ReIDAccuracyCalculator(RecallAtKAccuracyCalculator):
             self.label_comparison_fn,
         )
 
+    def _wide_metrics(self) -> set:
+        return super()._wide_metrics() | {"reid_mAP"}
+
     def determine_k(self, bin_counts, num_reference_embeddings, ref_includes_query):
+        k = super().determine_k(bin_counts, num_reference_embeddings, ref_includes_query)
         if "reid_mAP" in self.get_curr_metrics():
             return num_reference_embeddings - int(ref_includes_query)
-        return super().determine_k(bin_counts, num_reference_embeddings, ref_includes_query)
+        return k

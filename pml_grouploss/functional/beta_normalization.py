@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .._validation import check_floating, check_number
+from .._validation import check_floating, check_int, check_number
 
 #: GL++ Table 7: beta per dataset (CUB 0.004, Cars196 0.004, In-Shop 0.002, SOP 0.0005).
 DEFAULT_BETA = 0.004
@@ -14,6 +13,17 @@ DEFAULT_BETA = 0.004
 def check_beta(beta: float) -> float:
     """Validate ``beta`` (a finite float >= 0) and return it as a float."""
     return check_number("beta", beta, minimum=0.0, hint="beta=0 is L2 normalization")
+
+
+def check_dim(dim: int, embeddings: torch.Tensor) -> int:
+    """``dim`` an int indexing a dimension of ``embeddings``."""
+    dim = check_int("dim", dim)
+    if not -embeddings.dim() <= dim < max(embeddings.dim(), 1):
+        raise ValueError(
+            f"dim={dim} is not a dimension of embeddings of shape {tuple(embeddings.shape)}; "
+            "use the feature dimension (1 for (n, d) embeddings)"
+        )
+    return dim
 
 
 def beta_normalize(
@@ -41,13 +51,22 @@ def beta_normalize(
     beta = check_beta(beta)
     check_number("eps", eps, minimum=0, strict_minimum=True, hint="the default is 1e-12")
     check_floating("embeddings", embeddings)
+    dim = check_dim(dim, embeddings)
     x = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
-    if x.requires_grad and x.numel():
+    if not x.numel():
+        return embeddings.clone()
+    x_l2 = x
+    if x.requires_grad:
         zero = (x == 0).all(dim=dim, keepdim=True)
         x_l2 = torch.where(zero, x.detach(), x)
-    else:
-        x_l2 = x
-    out = F.normalize(x_l2, p=2.0, dim=dim, eps=eps)
+    # F.normalize on rows divided by a power of two at their largest magnitude (exact, and
+    # the quotient is F.normalize's to the bit), with eps scaled alike: the squares of rows of
+    # magnitude 1e20 overflow float32 and F.normalize alone returns zeros for them.
+    _, exponent = torch.frexp(x.detach().abs().amax(dim=dim, keepdim=True))
+    scale = torch.ldexp(torch.ones_like(exponent, dtype=x.dtype), exponent - 1)
+    scaled = x_l2 / scale
+    norm = torch.linalg.vector_norm(scaled, dim=dim, keepdim=True)
+    out = scaled / torch.maximum(norm, eps / scale)
     if beta != 0.0:
         out = out + beta * x
     return out.to(embeddings.dtype)

@@ -9,6 +9,9 @@ from .. import _validation as v
 from ._closed_form_backward import row_map_function
 from .rms_normalize import row_power_of_two
 
+#: dtypes whose rows are standardised in float32
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
 Negatives = Literal["clamp", "shift"]
 NEGATIVE_MODES = ("clamp", "shift")
 
@@ -20,9 +23,11 @@ def standardize_rows(x: torch.Tensor) -> torch.Tensor:
         x: ``(n, d)``.
 
     Returns:
-        ``(n, d)``. Finite rows with (numerically) zero variance become all-zero rows instead
-        of 0/0, and their gradient is zero, not NaN. A row holding NaN or inf becomes all NaN
-        (never hidden as a constant row): its correlations are NaN, so a k-NN or a loss sees it.
+        ``(n, d)``, computed in float32 for float16/bfloat16 ``x`` (a rounding-level floor in
+        their own precision would call rows of offset 8 and spread 1 constant). Finite rows
+        with (numerically) zero variance become all-zero rows instead of 0/0, and their
+        gradient is zero, not NaN. A row holding NaN or inf becomes all NaN (never hidden as a
+        constant row): its correlations are NaN, so a k-NN or a loss sees it.
 
     The backward pass is the closed form ``P (g - z (z . g)) / (||c|| s)`` (``P`` the
     centring, ``c`` the centred row, ``s`` its scale): a handful of passes instead of
@@ -30,6 +35,8 @@ def standardize_rows(x: torch.Tensor) -> torch.Tensor:
     with autograd instead).
     """
     v.check_rows("x", x)
+    if x.dtype in HALF_DTYPES:
+        return _StandardizeRows.apply(x.float()).to(x.dtype)
     return _StandardizeRows.apply(x)
 
 
@@ -105,12 +112,22 @@ def pearson_correlation(
         reference: ``(r, d)`` embeddings, or ``None`` for ``query`` itself.
 
     Returns:
-        ``(n, r)`` correlations in ``[-1, 1]``.
+        ``(n, r)`` correlations in ``[-1, 1]``, in ``query``'s dtype (computed in float32 for
+        float16/bfloat16, outside autocast).
     """
     v.check_rows("query", query)
     if reference is not None:
         v.check_rows("reference", reference)
         v.check_same_width("query", query, "reference", reference)
+        if reference.dtype != query.dtype:
+            raise TypeError(
+                f"query and reference must have one dtype, got {query.dtype} and "
+                f"{reference.dtype}; convert one with .to(other.dtype)"
+            )
+    if query.dtype in HALF_DTYPES or torch.is_autocast_enabled(query.device.type):
+        with torch.autocast(query.device.type, enabled=False):
+            wide = None if reference is None else reference.float()
+            return pearson_correlation(query.float(), wide).to(query.dtype)
     q = standardize_rows(query)
     if reference is None:
         return gram(q)

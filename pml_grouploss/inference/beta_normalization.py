@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import check_int
 from ..functional.beta_normalization import DEFAULT_BETA, beta_normalize, check_beta
 
 
@@ -22,7 +23,7 @@ class BetaNormalization(torch.nn.Module):
     def __init__(self, beta: float = DEFAULT_BETA, dim: int = 1):
         super().__init__()
         self.beta = check_beta(beta)
-        self.dim = int(dim)
+        self.dim = check_int("dim", dim)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``(n, d) -> (n, d)``."""

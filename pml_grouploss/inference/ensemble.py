@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from .._validation import check_bool
 from ..functional.beta_normalization import beta_normalize
 
 
@@ -17,7 +18,9 @@ class EmbeddingEnsemble(torch.nn.Module):
     ensemble of one model returns that model's output unchanged.
 
     Args:
-        models: the models, each ``(B, ...) -> (B, d_i)``; output ``(B, sum d_i)``.
+        models: the models (a sequence, ``nn.ModuleList`` or ``nn.ModuleDict``; one
+            ``nn.Module`` is an ensemble of one), each ``(B, ...) -> (B, d_i)``; output
+            ``(B, sum d_i)``.
         normalize_each: L2-normalise each member's embedding before concatenating (gives every
             member the same weight when their norms differ): ``beta_normalize(e, beta=0)``,
             ``F.normalize``'s values, finite for zero rows in float16 too.
@@ -25,14 +28,19 @@ class EmbeddingEnsemble(torch.nn.Module):
 
     def __init__(self, models: Sequence[torch.nn.Module], normalize_each: bool = False):
         super().__init__()
-        models = list(models) if not isinstance(models, torch.nn.Module) else [models]
+        if isinstance(models, torch.nn.ModuleDict):
+            models = models.values()
+        if isinstance(models, torch.nn.ModuleList) or not isinstance(models, torch.nn.Module):
+            models = list(models)
+        else:  # one model (an nn.Sequential is one model: a chain)
+            models = [models]
         if len(models) == 0:
             raise ValueError("models must contain at least one nn.Module")
         for i, m in enumerate(models):
             if not isinstance(m, torch.nn.Module):
                 raise TypeError(f"models[{i}] must be an nn.Module, got {type(m).__name__}")
         self.models = torch.nn.ModuleList(models)
-        self.normalize_each = bool(normalize_each)
+        self.normalize_each = check_bool("normalize_each", normalize_each)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = []

@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from .._validation import check_bool
+
 
 def flip_average(model, images: torch.Tensor, batched: bool = True) -> torch.Tensor:
     """``(model(x) + model(flip(x))) / 2`` with ``flip`` mirroring the last (width) dimension.
@@ -17,10 +19,18 @@ def flip_average(model, images: torch.Tensor, batched: bool = True) -> torch.Ten
         batched: run image and mirror image as one batch of ``2B`` (faster; identical in eval
             mode, but BatchNorm in train mode would see both halves).
     """
-    if not torch.is_tensor(images) or images.dim() != 4:
-        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        hint = "; add the batch dimension with images.unsqueeze(0)" if len(shape) == 3 else ""
-        raise ValueError(f"images must be a (N, C, H, W) batch, got shape {shape}{hint}")
+    if not torch.is_tensor(images):
+        raise TypeError(
+            f"images must be a torch.Tensor (N, C, H, W), got {type(images).__name__}; convert "
+            "with torch.as_tensor"
+        )
+    if images.dim() != 4:
+        hint = ("; for one (C, H, W) image add the batch dimension with images.unsqueeze(0)"
+                if images.dim() == 3 else "")
+        raise ValueError(
+            f"images must be a (N, C, H, W) batch (flip inference mirrors images), got shape "
+            f"{tuple(images.shape)}{hint}"
+        )
     flipped = torch.flip(images, dims=(-1,))
     if batched:
         out = model(torch.cat([images, flipped], dim=0))
@@ -53,7 +63,7 @@ class FlipInference(torch.nn.Module):
             raise TypeError(f"trunk must be an nn.Module, got {type(trunk).__name__}")
         self.trunk = trunk
         self.embedder = torch.nn.Identity() if embedder is None else embedder
-        self.batched = bool(batched)
+        self.batched = check_bool("batched", batched)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.embedder(self.trunk(x))

@@ -12,6 +12,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from .._validation import check_finite, check_rows, check_same_width
 from ..functional._reranking_checks import rescale
 from ..functional.reranking_sparse import ReRankingParams, sparse_knn_checked
 
@@ -114,7 +115,19 @@ class KReciprocalReRanker:
         self.add(embeddings)
 
     def add(self, embeddings: torch.Tensor) -> None:
+        """Append ``embeddings`` ``(n, d)`` (a tensor or NumPy array) to the reference set;
+        named errors for another ``d``, non-floating or non-finite values, here rather than at
+        the next query."""
+        if not isinstance(embeddings, (torch.Tensor, np.ndarray)):
+            raise TypeError(
+                f"embeddings must be a torch.Tensor or numpy array (n, d), got "
+                f"{type(embeddings).__name__}; stack a list with torch.cat"
+            )
         e = torch.as_tensor(embeddings).detach().cpu()
+        check_rows("embeddings", e)
+        check_finite("embeddings", e, "the reference set needs finite embeddings")
+        if self.reference is not None:
+            check_same_width("embeddings", e, "the stored reference set", self.reference)
         e = e.to(torch.promote_types(e.dtype, torch.float32))  # float64 kept: no overflow
         self.reference = e if self.reference is None else torch.cat([self.reference, e])
 

@@ -10,6 +10,7 @@ from pytorch_metric_learning.testers import GlobalEmbeddingSpaceTester
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import inference as pml_inference
 
+from .._validation import check_bool
 from ..functional.beta_normalization import beta_normalize, check_beta
 from .flip_inference import flip_average
 
@@ -47,13 +48,20 @@ class GroupLossPlusPlusTester(GlobalEmbeddingSpaceTester):
     """
 
     def __init__(self, flip: bool = True, beta: Optional[float] = None, **kwargs):
-        self.flip = bool(flip)
+        self.flip = check_bool("flip", flip)
         self.beta = None if beta is None else check_beta(beta)
         super().__init__(**kwargs)
 
     def get_embeddings_for_eval(self, trunk_model, embedder_model, input_imgs):
         if not self.flip:
             return super().get_embeddings_for_eval(trunk_model, embedder_model, input_imgs)
+        if not torch.is_tensor(input_imgs) or input_imgs.dim() != 4:
+            shape = getattr(input_imgs, "shape", type(input_imgs).__name__)
+            raise ValueError(
+                f"flip=True mirrors (N, C, H, W) image batches, got inputs of shape "
+                f"{tuple(shape) if not isinstance(shape, str) else shape}; use "
+                "GroupLossPlusPlusTester(flip=False) for other data"
+            )
         input_imgs = c_f.to_device(input_imgs, device=self.data_device, dtype=self.dtype)
         parent = super().get_embeddings_for_eval
         return flip_average(
@@ -72,5 +80,11 @@ class GroupLossPlusPlusTester(GlobalEmbeddingSpaceTester):
             base_name += "_flip"
         if self.beta is not None:
             base_name += "_beta" + _token(self.beta)
-        name = super().description_suffixes(base_name)
+        # with beta, normalize_embeddings is not used: no "_normalized" in the name
+        normalize, self.normalize_embeddings = self.normalize_embeddings, (
+            self.normalize_embeddings and self.beta is None)
+        try:
+            name = super().description_suffixes(base_name)
+        finally:
+            self.normalize_embeddings = normalize
         return re.sub(r"[^A-Za-z0-9_]", "_", name)

@@ -47,7 +47,8 @@ def test_usable_by_pml_losses():
     assert torch.isfinite(loss) and torch.isfinite(e.grad).all() and loss > 0
 
 
-@pytest.mark.parametrize("kwargs", [dict(normalize_embeddings=False), dict(p=1)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(normalize_embeddings=False), dict(p=1), dict(is_inverted=False)])
 def test_rejects_options_that_change_its_meaning(kwargs):
     with pytest.raises(ValueError, match=list(kwargs)[0]):
         PearsonCorrelation(**kwargs)
@@ -196,3 +197,37 @@ def test_bad_embeddings_are_named(power):
         dist(torch.ones(3, 4, dtype=torch.long))
     with pytest.raises(TypeError, match="ref_emb must be a floating-point tensor"):
         dist(torch.randn(3, 4), torch.ones(3, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_rows_with_an_offset_keep_their_correlation(dtype):
+    # pooled-feature-like rows (offset 10, spread 0.5): in their own precision a rounding-level
+    # floor called every row constant and the bfloat16 matrix was all zeros
+    g = torch.Generator().manual_seed(0)
+    x = (10 + 0.5 * torch.randn(4, 512, generator=g)).to(dtype)
+    exact = torch.from_numpy(np.corrcoef(x.double().numpy()))
+    for mat in (PearsonCorrelation()(x), PearsonCorrelation()(x, x[:3])[:, :3].contiguous()):
+        assert mat.dtype == dtype
+        step = 2 ** -8 if dtype == torch.bfloat16 else 2 ** -11  # half a unit at 1
+        assert torch.allclose(mat.double(), exact[:, :mat.shape[1]], atol=step, rtol=0)
+        assert mat.abs().max() <= 1  # the diagonal is 1, not 1.0078
+    z = standardize_rows(x)
+    assert z.dtype == dtype and torch.allclose(
+        z.double().norm(dim=1), torch.ones(4, dtype=torch.float64), atol=0.01)
+
+
+def test_pairwise_distance_is_the_correlation_of_raw_rows():
+    # PML's MatchFinder.is_match passes raw embeddings, InferenceModel L2-normalised ones
+    from pytorch_metric_learning.utils.inference import MatchFinder
+
+    g = torch.Generator().manual_seed(1)
+    x = 3 + torch.randn(6, 32, generator=g)
+    y = torch.randn(6, 32, generator=g)
+    y[:3] = x[:3] * 2 + 0.1 * y[:3]  # pairs 0-2 correlate ~1, pairs 3-5 ~0
+    diagonal = PearsonCorrelation()(x, y).diagonal()
+    for a, b in ((x, y), (torch.nn.functional.normalize(x), torch.nn.functional.normalize(y))):
+        assert torch.allclose(PearsonCorrelation().pairwise_distance(a, b), diagonal, atol=1e-6)
+    assert torch.allclose(PearsonCorrelation(power=2).pairwise_distance(x, y),
+                          PearsonCorrelation(power=2)(x, y).diagonal(), atol=1e-6)
+    matches = MatchFinder(PearsonCorrelation(), threshold=0.9).is_match(x, y)
+    assert matches.tolist() == [True] * 3 + [False] * 3

@@ -128,3 +128,26 @@ def test_lone_queries_are_skipped_not_counted_as_misses():
     )
     r = calc.get_accuracy(x, torch.tensor([0, 1, 0, 3]))
     assert r == {"recall_at_1": 0.0, "recall_at_2": 1.0}
+
+
+@pytest.mark.parametrize("k", [2, 5, "max_bin_count"])
+def test_pml_metrics_keep_pml_k_when_the_search_is_widened(k):
+    # recall_at_8 widens the k-NN search; PML's k-dependent metrics must not see it
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    from pml_grouploss.evaluation import ReIDAccuracyCalculator
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 8, generator=g), torch.randint(0, 5, (40,), generator=g)
+    pml = ("mean_average_precision", "mean_reciprocal_rank", "r_precision",
+           "mean_average_precision_at_r", "precision_at_1")
+    expected = AccuracyCalculator(include=pml, k=k).get_accuracy(x, y)
+    assert expected["mean_average_precision"] != AccuracyCalculator(
+        include=pml, k=39).get_accuracy(x, y)["mean_average_precision"]  # k matters here
+    for calc in (RecallAtKAccuracyCalculator(include=pml + ("recall_at_8",), k=k),
+                 ReIDAccuracyCalculator(include=pml + ("reid_mAP", "cmc_rank_10"), k=k)):
+        got = calc.get_accuracy(x, y)
+        assert {m: got[m] for m in pml} == pytest.approx(expected, rel=1e-6), type(calc)
+    got = RecallAtKAccuracyCalculator(include=("recall_at_8",), k=2).get_accuracy(x, y)
+    assert got["recall_at_8"] == pytest.approx(RecallAtKAccuracyCalculator(
+        include=("recall_at_8",), k=None).get_accuracy(x, y)["recall_at_8"])

@@ -94,3 +94,36 @@ def test_non_number_beta_is_a_type_error(beta):
 def test_numpy_beta_accepted():
     x = torch.randn(3, 4)
     assert torch.equal(beta_normalize(x, np.float64(0.004)), beta_normalize(x, 0.004))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_rows_whose_squares_overflow_are_still_unit(dtype):
+    # float32 rows of magnitude 1e20: ||x||^2 = inf and F.normalize returns zeros
+    big = 1e4 if dtype == torch.float16 else 1e20
+    x = torch.tensor([[3.0, 4.0], [-1.0, 0.5]]).mul(big).to(dtype)
+    out = beta_normalize(x, beta=0.0)
+    expected = F.normalize(torch.tensor([[3.0, 4.0], [-1.0, 0.5]]).double(), dim=1)
+    assert torch.allclose(out.double(), expected, rtol=1e-2 if dtype != torch.float32 else 1e-6)
+    assert torch.allclose(beta_normalize(x.t(), beta=0.0, dim=0).double(), expected.t(),
+                          rtol=1e-2 if dtype != torch.float32 else 1e-6)
+
+
+def test_tiny_rows_keep_the_eps_floor_of_f_normalize():
+    x = torch.tensor([[1e-20, 0.0], [3.0, 4.0]], dtype=torch.float64)
+    assert torch.equal(beta_normalize(x, beta=0.0), F.normalize(x, dim=1))
+    x = torch.randn(64, 33, dtype=torch.float32) * torch.logspace(-10, 10, 64).view(-1, 1)
+    assert torch.equal(beta_normalize(x, beta=0.0), F.normalize(x, dim=1))  # to the bit
+
+
+@pytest.mark.parametrize("dim, error, message", [
+    (1.9, TypeError, "dim must be an int, got float 1.9"),
+    (2, ValueError, r"dim=2 is not a dimension of embeddings of shape \(3, 4\)"),
+    (-3, ValueError, "dim=-3 is not a dimension"),
+])
+def test_bad_dim_named(dim, error, message):
+    from pml_grouploss.inference import BetaNormalization
+
+    with pytest.raises(error, match=message):
+        beta_normalize(torch.randn(3, 4), dim=dim)
+    with pytest.raises(error, match=message):
+        BetaNormalization(dim=dim)(torch.randn(3, 4))

@@ -87,3 +87,23 @@ def test_non_finite_row_propagates_nan_never_zero(bad):
     keep = torch.tensor([0, 2, 3, 4])
     assert torch.equal(corr[keep][:, keep], clean[keep][:, keep])
     assert torch.equal(corr[3, keep], torch.zeros(4, dtype=torch.float64))
+
+
+def test_correlation_of_half_rows_computed_in_float32():
+    g = torch.Generator().manual_seed(0)
+    x = 8 + torch.randn(5, 512, generator=g)
+    for dtype in (torch.float16, torch.bfloat16):
+        half = x.to(dtype)
+        c = pearson_correlation(half)
+        assert c.dtype == dtype
+        assert torch.equal(c, pearson_correlation(half.float()).to(dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(pearson_correlation(half), c)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 in, float32 out
+        assert torch.equal(pearson_correlation(x), pearson_correlation(x.clone()))
+        assert pearson_correlation(x).dtype == torch.float32
+
+
+def test_reference_of_another_dtype_named():
+    with pytest.raises(TypeError, match="query and reference must have one dtype"):
+        pearson_correlation(torch.randn(3, 4), torch.randn(2, 4, dtype=torch.float64))

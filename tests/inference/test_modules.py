@@ -155,3 +155,32 @@ def test_flip_needs_a_4d_batch(shape):
     if len(shape) == 3:
         with pytest.raises(ValueError, match="unsqueeze"):
             FlipInference(trunk)(torch.randn(*shape))
+
+
+def test_ensemble_of_a_module_list_or_dict_concatenates_its_members():
+    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 2)
+    x = torch.randn(5, 4)
+    expected = torch.cat([a(x), b(x)], dim=1)
+    for models in (torch.nn.ModuleList([a, b]), torch.nn.ModuleDict({"a": a, "b": b})):
+        assert torch.equal(EmbeddingEnsemble(models)(x), expected)
+    chain = torch.nn.Sequential(a, torch.nn.ReLU())  # one model
+    assert torch.equal(EmbeddingEnsemble(chain)(x), chain(x))
+
+
+@pytest.mark.parametrize("make", [
+    lambda v: EmbeddingEnsemble([torch.nn.Identity()], normalize_each=v),
+    lambda v: FlipInference(torch.nn.Identity(), batched=v),
+])
+def test_flags_must_be_bools(make):
+    with pytest.raises(TypeError, match="must be True or False, got str 'False'"):
+        make("False")
+    make(True)
+
+
+def test_flip_of_a_non_tensor_is_a_type_error():
+    import numpy as np
+
+    with pytest.raises(TypeError, match="images must be a torch.Tensor .* got ndarray"):
+        FlipInference(torch.nn.Identity())(np.zeros((2, 3, 4, 4)))
+    with pytest.raises(TypeError, match="got int"):
+        FlipInference(torch.nn.Identity())(3)

@@ -129,3 +129,22 @@ def test_re_ranking_scale_invariant_beyond_float32():
     base = re_ranking(*_dists(np.float32), k1=K1, k2=K2, lambda_value=LAM)
     big = re_ranking(*_dists(np.float32, 2.0**66), k1=K1, k2=K2, lambda_value=LAM)  # squares 5e39
     np.testing.assert_array_equal(big, base)
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (torch.randn(4, 5), ValueError, r"embeddings and the stored reference set must be .* "
+                                    r"got \(4, 5\) and \(6, 3\)"),
+    ([torch.randn(3), torch.randn(3)], TypeError, "got list; stack a list with torch.cat"),
+    (torch.randn(3), ValueError, r"embeddings must be \(n, d\)"),
+    (torch.ones(2, 3).index_fill(0, torch.tensor([1]), float("nan")), ValueError,
+     "embeddings contain NaN or inf"),
+    (torch.ones(2, 3, dtype=torch.int64), TypeError, "floating-point"),
+])
+def test_reference_set_checked_when_stored(bad, error, message):
+    ranker = KReciprocalReRanker(k1=2, k2=1)
+    ranker.train(torch.randn(6, 3))
+    with pytest.raises(error, match=message):
+        ranker.add(bad)
+    assert ranker.reference.shape == (6, 3)  # unchanged
+    ranker.add(np.random.default_rng(0).standard_normal((2, 3)))  # numpy rows are fine
+    assert ranker.reference.shape == (8, 3)

@@ -79,6 +79,25 @@ def test_description_is_record_keeper_safe():
     name = t.description_suffixes("accuracies")
     assert re.fullmatch(r"[A-Za-z0-9_]+", name), name
     assert "flip" in name and "beta0p0005" in name
+    # normalize_embeddings is not used with beta: one configuration, one name
+    assert name.startswith("accuracies_flip_beta0p0005_GroupLossPlusPlusTester_level_0"), name
+    assert name == _tester(flip=True, beta=0.0005, normalize_embeddings=False
+                           ).description_suffixes("accuracies")
+    assert "_normalized_" in _tester(flip=False).description_suffixes("accuracies")  # PML's
+    assert t.normalize_embeddings  # restored
+
+
+def test_flip_on_vectors_names_flip_false():
+    t = _tester(flip=True)
+    with pytest.raises(ValueError,
+                       match=r"shape \(4, 7\); use GroupLossPlusPlusTester\(flip=False"):
+        t.get_embeddings_for_eval(torch.nn.Identity(), torch.nn.Identity(), torch.randn(4, 7))
+
+
+@pytest.mark.parametrize("flip", ["False", 0, None])
+def test_flip_must_be_a_bool(flip):
+    with pytest.raises(TypeError, match="flip must be True or False"):
+        GroupLossPlusPlusTester(flip=flip)
 
 
 def test_bad_beta_raises():
