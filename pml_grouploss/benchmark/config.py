@@ -70,7 +70,8 @@ class ModelConfig:
         "preprocessing (resize 256, crop 227)", choices=TRUNK_NAMES)
     trunk_width: int = option(
         32, "channels of the cnn trunk's conv layers (the classic Omniglot trunk has 64: ~3x "
-        "the training time, ~2-4 points higher R@1 for every method; docs/benchmark.md)",
+        "the training time, ~8-10 test (2-4 validation) points higher R@1 for every method; "
+        "docs/benchmark.md)",
         minimum=1)
     pretrained: bool = option(
         False, "ImageNet weights for torchvision trunks (downloaded by torchvision; a clear "

@@ -89,7 +89,8 @@ METHODS: Dict[str, MethodSpec] = {m.name: m for m in (
                {"margin": 0.1, "alpha": 32.0}, loss_lr=1e-2, search_space={
                    "margin": (0.05, 0.1, 0.2), "alpha": (16.0, 32.0, 64.0),
                    "loss_lr": (3e-3, 1e-2, 3e-2), "lr": LR}),
-    MethodSpec("gradml", "GradML (GL++ eq. 10-11), pml_grouploss.losses.GradMLLoss", _gradml,
+    MethodSpec("gradml", "GradML (GradML paper eq. 10-11), pml_grouploss.losses.GradMLLoss",
+               _gradml,
                {"k": 2.0, "w": 1.0},
                search_space={"k": (1.0, 2.0, 4.0), "w": (0.5, 1.0, 2.0), "lr": LR}),
 )}
