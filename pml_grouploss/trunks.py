@@ -19,9 +19,33 @@ TORCHVISION_TRUNKS = {"resnet50": 2048, "googlenet": 1024, "densenet121": 1024}
 TRUNK_NAMES = ("cnn",) + tuple(TORCHVISION_TRUNKS)
 
 
+def _check_trunk_name(name: str) -> None:
+    if name not in TRUNK_NAMES:
+        raise ValueError(f"name: unknown trunk {name!r}; choose one of {', '.join(TRUNK_NAMES)}")
+
+
 def feature_size(name: str, width: int = 64) -> int:
-    """The size of the pooled features of trunk ``name`` (``width`` for the ``cnn`` trunk)."""
+    """The size of the pooled features of trunk ``name`` (``width`` for the ``cnn`` trunk).
+
+    Raises ``ValueError`` for a name :func:`build_trunk` rejects (not in ``TRUNK_NAMES``) and for
+    ``width < 1`` (``TypeError`` if not an int).
+    """
+    _check_trunk_name(name)
+    width = check_int("width", width, minimum=1)
     return TORCHVISION_TRUNKS.get(name, width)
+
+
+@torch.fx.wrap
+def _check_images(x: torch.Tensor, min_size: int) -> None:
+    """Raise unless ``x`` is ``(B, C, H, W)`` with ``H, W >= min_size``. ``torch.fx.wrap``: a
+    traced :class:`SmallCNN` (backbone surgery) records this call instead of tracing the ``if``,
+    so the traced model keeps the check."""
+    if x.dim() != 4 or min(x.shape[-2:]) < min_size:
+        raise ValueError(
+            f"SmallCNN takes images (B, C, H, W) with H, W >= {min_size} (four 2x2 "
+            f"pools), got shape {tuple(x.shape)}; resize the images (e.g. "
+            f"torchvision.transforms.Resize({min_size}))"
+        )
 
 
 class SmallCNN(nn.Module):
@@ -60,12 +84,7 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, C, H, W) -> (B, width), ``H, W >= 16``."""
-        if x.dim() != 4 or min(x.shape[-2:]) < self.MIN_SIZE:
-            raise ValueError(
-                f"SmallCNN takes images (B, C, H, W) with H, W >= {self.MIN_SIZE} (four 2x2 "
-                f"pools), got shape {tuple(x.shape)}; resize the images (e.g. "
-                f"torchvision.transforms.Resize({self.MIN_SIZE}))"
-            )
+        _check_images(x, self.MIN_SIZE)
         x = x.contiguous(memory_format=torch.channels_last)
         return self.pool(self.features(x)).flatten(1)
 
@@ -89,8 +108,7 @@ def build_trunk(name: str, in_channels: int, pretrained: bool,
             )
         trunk = SmallCNN(in_channels=in_channels, width=width)
         return trunk, trunk.output_size
-    if name not in TORCHVISION_TRUNKS:
-        raise ValueError(f"name: unknown trunk {name!r}; choose one of {', '.join(TRUNK_NAMES)}")
+    _check_trunk_name(name)
     import torchvision
 
     builder = getattr(torchvision.models, name)
@@ -115,7 +133,9 @@ def build_trunk(name: str, in_channels: int, pretrained: bool,
 def build_embedder(feature_size: int, embedding_size: int, kind: str = "linear") -> nn.Module:
     """``linear``: one ``nn.Linear`` (PML's trunk + embedder recipe); ``identity``: the pooled
     features are the embedding (the Group Loss papers' choice; needs ``feature_size ==
-    embedding_size``)."""
+    embedding_size``). Both sizes must be ints >= 1."""
+    feature_size = check_int("feature_size", feature_size, minimum=1)
+    embedding_size = check_int("embedding_size", embedding_size, minimum=1)
     if kind == "linear":
         return nn.Linear(feature_size, embedding_size)
     if kind == "identity":

@@ -3,9 +3,11 @@ import urllib.error
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
-from pml_grouploss.trunks import SmallCNN, build_embedder, build_trunk
+from pml_grouploss.inference import MixedPooling, install_leaky_relu, install_mixed_pooling
+from pml_grouploss.trunks import SmallCNN, build_embedder, build_trunk, feature_size
 
 
 def test_small_cnn_shapes():
@@ -81,3 +83,61 @@ def test_small_cnn_names_images_below_16_pixels_and_bad_sizes():
         SmallCNN(width=0)
     with pytest.raises(ValueError, match="in_channels must be an int >= 1"):
         build_trunk("cnn", 0, pretrained=False)
+
+
+def test_feature_size_names_unknown_trunks_and_bad_widths():
+    assert feature_size("cnn", 24) == 24 and feature_size("cnn") == 64
+    assert feature_size("resnet50") == 2048 and feature_size("densenet121", 8) == 1024
+    for name in ("resnet18", "ResNet50", "vit_b_16"):
+        with pytest.raises(ValueError, match=f"^name: unknown trunk '{name}'; choose one of cnn, "
+                                             "resnet50, googlenet, densenet121$"):
+            feature_size(name)
+    with pytest.raises(ValueError, match="^width must be an int >= 1, got 0"):
+        feature_size("cnn", 0)
+    with pytest.raises(TypeError, match="^width must be an int, got float 8.0"):
+        feature_size("cnn", 8.0)
+
+
+@pytest.mark.parametrize("args, error, message", [
+    ((64, 0), ValueError, "embedding_size must be an int >= 1, got 0"),
+    ((64, -8), ValueError, "embedding_size must be an int >= 1, got -8"),
+    ((0, 8), ValueError, "feature_size must be an int >= 1, got 0"),
+    ((64, 8.0), TypeError, "embedding_size must be an int, got float 8.0"),
+    ((64, True), TypeError, "embedding_size must be an int, got bool True"),
+    ((True, 64, "identity"), TypeError, "feature_size must be an int, got bool True"),
+])
+def test_build_embedder_checks_its_sizes(args, error, message):
+    with pytest.raises(error, match=f"^{message}"):
+        build_embedder(*args)
+
+
+def test_backbone_surgery_on_small_cnn():
+    # leaky ReLU replaces the last block's ReLU, mixed pooling the final AdaptiveAvgPool2d; the
+    # traced trunk keeps the input check
+    torch.manual_seed(0)
+    net = build_trunk("cnn", 1, pretrained=False, width=8)[0].double()
+    x = torch.randn(3, 1, 64, 64, dtype=torch.float64)  # a 4 x 4 final map
+    with torch.no_grad():
+        for m in net.modules():  # BN statistics of x, then the last BN shifted: about half of
+            if isinstance(m, torch.nn.BatchNorm2d):  # the last pool's outputs are negative
+                m.momentum = 1.0
+        net(x)
+        net.eval().features[-3].running_mean += net.features[-3].running_var.sqrt()
+        z = net.features[:-1](x)  # enters the final ReLU
+        out = net(x)
+        leaky = install_leaky_relu(net, 0.3)
+        mixed = install_mixed_pooling(net, 0.25)
+        got_leaky, got_mixed = leaky(x), mixed(x)
+    assert 0.2 < (z < 0).float().mean() < 0.8
+    torch.testing.assert_close(got_leaky, F.leaky_relu(z, 0.3).mean((2, 3)), rtol=0, atol=1e-12)
+    a = F.relu(z)
+    torch.testing.assert_close(got_mixed, 0.25 * a.amax((2, 3)) + 0.75 * a.mean((2, 3)),
+                               rtol=0, atol=1e-12)
+    assert (got_leaky - out).abs().max() > 1e-2 and (got_mixed - out).abs().max() > 1e-2
+    assert leaky.replaced_activations == 1
+    assert type(mixed) is SmallCNN and isinstance(mixed.pool, MixedPooling)
+    for model in (net, leaky, mixed):
+        with pytest.raises(ValueError, match=r"H, W >= 16 .* got shape \(3, 4096\)"):
+            model(x.view(3, -1))
+        with pytest.raises(ValueError, match=r"H, W >= 16 .* got shape \(3, 1, 8, 8\)"):
+            model(x[..., :8, :8])

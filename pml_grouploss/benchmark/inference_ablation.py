@@ -4,8 +4,9 @@ For every seed of a results directory the selected GroupLoss checkpoint (best va
 evaluated with: the baseline; each strategy alone (flip inference, beta-normalization, mixed
 pooling, leaky-ReLU swap, k-reciprocal re-ranking); and the strategies added cumulatively. Each
 strategy's parameter is chosen on the run's validation fold (strategy alone on top of the
-baseline); the test classes only report the rows of the table. Strategies that cannot be applied
-to the trunk (e.g. mixed pooling when the trunk's feature map is already 1x1) are reported as such.
+baseline); the test classes only report the rows of the table. Strategies whose surgery cannot be
+applied to the trunk are reported as not applicable; on a trunk whose final feature map is already
+1x1 (the ``cnn`` trunk at 28x28) mixed pooling is the identity, so its rows equal those without it.
 """
 
 from __future__ import annotations

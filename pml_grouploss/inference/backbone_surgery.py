@@ -10,16 +10,20 @@ It is replaced *as a graph node*, never by module name: torchvision's ``Bottlene
 same ``relu`` module three times, and DenseNet applies ``F.relu`` in ``forward``; both are
 handled by rewriting only the node that feeds the pooling.
 
-Traced models are returned as ``torch.fx.GraphModule``s built from the model in eval mode
+Only the backbone's *final* pooling qualifies: one whose output reaches the model's output through
+shape-only ops (flatten/view/reshape/squeeze) and an optional head of one-input layers; a
+pooling used as a gate (squeeze-excitation) is never touched, and a model without such a pooling
+raises. Traced models are returned as ``torch.fx.GraphModule``s whose graph is traced in eval mode
 (auxiliary heads of GoogLeNet/Inception are not called by the graph but are kept, so the
-``state_dict`` keys and values are unchanged and checkpoints load both ways). Inputs are never
-modified in place.
+``state_dict`` keys and values are unchanged and checkpoints load both ways); every submodule
+keeps its own train/eval flag (e.g. frozen BatchNorm layers of a model in train mode). Inputs are
+never modified in place.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.fx as fx
@@ -38,6 +42,18 @@ _SUPPORTED = (
 )
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, getattr(F, "relu_", F.relu))
 _CAT_FUNCTIONS = (torch.cat, torch.concat) if hasattr(torch, "concat") else (torch.cat,)
+_POOL_FUNCTIONS = (F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d)
+# Between the final pooling and the model's output: shape-only ops and a head of one-input
+# layers (an SE gate's pooled vector is multiplied back into a feature map: a two-input op).
+_AFTER_POOL_METHODS = ("flatten", "view", "reshape", "squeeze", "contiguous")
+_AFTER_POOL_FUNCTIONS = (torch.flatten, torch.reshape, torch.squeeze, F.dropout, torch.dropout,
+                         F.normalize) + _RELU_FUNCTIONS
+_AFTER_POOL_MODULES = (
+    torch.nn.Flatten, torch.nn.Identity, torch.nn.Linear, torch.nn.modules.dropout._DropoutNd,
+    torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.GELU, torch.nn.BatchNorm1d, torch.nn.LayerNorm,
+)
+_AFTER_POOL = ("flatten/view/reshape/squeeze and an optional head of Linear, Dropout, ReLU, "
+               "GELU, BatchNorm1d, LayerNorm or F.normalize")
 
 
 class _Tracer(fx.Tracer):
@@ -74,30 +90,85 @@ def _is_global_size(size) -> bool:
     return False
 
 
+def _is_global_pool(root: torch.nn.Module, node: fx.Node) -> bool:
+    """``node`` pools ``(N, C, H, W) -> (N, C, 1, 1)`` (average or :class:`MixedPooling`)."""
+    if node.op == "call_module":
+        mod = root.get_submodule(node.target)
+        return isinstance(mod, MixedPooling) or (
+            isinstance(mod, torch.nn.AdaptiveAvgPool2d) and _is_global_size(mod.output_size)
+        )
+    if node.op == "call_function" and node.target in _POOL_FUNCTIONS:
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return _is_global_size(size)
+    return False
+
+
+def _is_after_pool_op(root: torch.nn.Module, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(root.get_submodule(node.target), _AFTER_POOL_MODULES)
+    if node.op == "call_method":
+        return node.target in _AFTER_POOL_METHODS
+    return node.op == "call_function" and node.target in _AFTER_POOL_FUNCTIONS
+
+
+def _is_shape_query(node: fx.Node) -> bool:
+    """``x.size()``, ``x.dim()``, ``x.shape``: an int for a ``view``, not a data path."""
+    if node.op == "call_method":
+        return node.target in ("size", "dim")
+    return node.op == "call_function" and node.target is getattr and node.args[1:2] in (
+        ("shape",), ("ndim",)
+    )
+
+
+def _not_final_reason(root: torch.nn.Module, pool: fx.Node) -> Optional[str]:
+    """``None`` if every use of ``pool`` reaches the graph's output through :data:`_AFTER_POOL`
+    ops only (the backbone's final pooling); otherwise why not."""
+    reached, stack, seen = False, [pool], {pool}
+    while stack:
+        for user in stack.pop().users:
+            if user.op == "output":
+                reached = True
+            elif _is_after_pool_op(root, user):
+                if user not in seen:
+                    seen.add(user)
+                    stack.append(user)
+            elif not _is_shape_query(user):
+                return f"its output goes into {_describe(root, user)}"
+    return None if reached else "its output does not reach the model's output"
+
+
 def _find_global_pool(root: torch.nn.Module, graph: fx.Graph) -> fx.Node:
-    """The last global pooling node of the graph (``(N, C, H, W) -> (N, C, 1, 1)``)."""
-    found: List[fx.Node] = []
-    for node in graph.nodes:
-        if node.op == "call_module":
-            mod = root.get_submodule(node.target)
-            if isinstance(mod, MixedPooling) or (
-                isinstance(mod, torch.nn.AdaptiveAvgPool2d) and _is_global_size(mod.output_size)
-            ):
-                found.append(node)
-        elif node.op == "call_function" and node.target in (
-            F.adaptive_avg_pool2d,
-            torch._C._nn.adaptive_avg_pool2d,
-        ):
-            size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
-            if _is_global_size(size):
-                found.append(node)
+    """The backbone's final global pooling node (``(N, C, H, W) -> (N, C, 1, 1)``): the one whose
+    output reaches the graph's output through :data:`_AFTER_POOL` ops only."""
+    found = [node for node in graph.nodes if _is_global_pool(root, node)]
     if not found:
         raise ValueError(
             "unsupported backbone: no global pooling (AdaptiveAvgPool2d((1, 1)), "
             "F.adaptive_avg_pool2d(x, 1) or MixedPooling) found in its graph. "
             f"Supported: {_SUPPORTED}"
         )
-    return found[-1]
+    final, why = [], []
+    for node in found:
+        reason = _not_final_reason(root, node)
+        if reason is None:
+            final.append(node)
+        else:
+            why.append(f"{_describe(root, node)}: {reason}")
+    if len(final) == 1:
+        return final[0]
+    if final:
+        raise ValueError(
+            f"unsupported backbone: {len(final)} global poolings feed the model's output "
+            f"({', '.join(_describe(root, n) for n in final)}); the surgery needs exactly one. "
+            f"Supported: {_SUPPORTED}"
+        )
+    raise ValueError(
+        "unsupported backbone: none of its global poolings is the backbone's final pooling "
+        f"(one whose output reaches the model's output through {_AFTER_POOL} only): "
+        f"{'; '.join(why)} (e.g. a squeeze-excitation gate). Pool the last feature map with "
+        "nn.AdaptiveAvgPool2d(1) or F.adaptive_avg_pool2d(x, 1) (x.mean((2, 3)) is not "
+        f"recognized). Supported: {_SUPPORTED}"
+    )
 
 
 def _is_relu(root: torch.nn.Module, node: fx.Node) -> bool:
@@ -130,6 +201,15 @@ def _final_activations(root: torch.nn.Module, pool: fx.Node) -> List[fx.Node]:
         elif node.op == "call_function" and node.target in _CAT_FUNCTIONS:
             tensors = node.args[0] if node.args else node.kwargs["tensors"]
             stack.extend(reversed(list(tensors)))
+        elif node.op == "call_module" and isinstance(
+            root.get_submodule(node.target), torch.nn.LeakyReLU
+        ):
+            slope = root.get_submodule(node.target).negative_slope
+            raise ValueError(
+                f"install_leaky_relu: the final activation is already a LeakyReLU "
+                f"({_describe(root, node)}, negative_slope={slope}); to change the slope set "
+                f"model.{node.target}.negative_slope, or start from the original model"
+            )
         else:
             raise ValueError(
                 "unsupported backbone: the global pooling's input comes from "
@@ -153,8 +233,19 @@ def _copy_path(src: torch.nn.Module, dst: torch.nn.Module, path: str) -> None:
         setattr(dst, leaf, getattr(src, leaf))
 
 
+def _restore_training(new: torch.nn.Module, model: torch.nn.Module) -> None:
+    """Give each submodule of ``new`` the train/eval flag of the submodule of ``model`` with the
+    same qualified name; a module ``model`` lacks (the installed one) gets the root's flag."""
+    flags: Dict[str, bool] = {
+        name: m.training for name, m in model.named_modules(remove_duplicate=False)
+    }
+    for name, mod in new.named_modules(remove_duplicate=False):
+        mod.training = flags.get(name, model.training)
+
+
 def _graph_module(root: torch.nn.Module, graph: fx.Graph, model: torch.nn.Module) -> fx.GraphModule:
-    """A GraphModule over ``graph`` that keeps every module of ``root`` (state_dict unchanged)."""
+    """A GraphModule over ``graph`` that keeps every module of ``root`` (state_dict unchanged)
+    and each submodule's train/eval flag of ``model``."""
     graph.lint()
     gm = fx.GraphModule(root, graph, class_name=f"{type(model).__name__}GL")
     have = dict(gm.named_modules())
@@ -171,7 +262,7 @@ def _graph_module(root: torch.nn.Module, graph: fx.Graph, model: torch.nn.Module
             f"internal error: surgery changed state_dict keys (missing {set(want) - set(got)}, "
             f"extra {set(got) - set(want)})"
         )
-    gm.train(model.training)
+    _restore_training(gm, model)
     return gm
 
 
@@ -181,10 +272,13 @@ def install_mixed_pooling(model: torch.nn.Module, alpha: float = DEFAULT_ALPHA) 
     ``f_flat = alpha * maxpool(f) + (1 - alpha) * avgpool(f)``; Table 7 alpha: 0.5 (CUB,
     default), 0.6 (Cars196, SOP), 0.9 (In-Shop).
 
-    When the pooling is a module (ResNet ``avgpool``, GoogLeNet ``avgpool``, Inception v3
-    ``avgpool``) a copy of ``model`` with that module replaced is returned (same class). When
-    it is a function call (DenseNet's ``F.adaptive_avg_pool2d``) the call is rewritten in the
-    fx graph and a ``GraphModule`` is returned. ``state_dict`` keys never change.
+    When the pooling is a module called once (ResNet ``avgpool``, GoogLeNet ``avgpool``,
+    Inception v3 ``avgpool``) a copy of ``model`` with that module replaced is returned (same
+    class). When it is a function call (DenseNet's ``F.adaptive_avg_pool2d``) or a module also
+    called elsewhere, the call is rewritten in the fx graph and a ``GraphModule`` is returned.
+    ``state_dict`` keys and every submodule's train/eval flag never change. On a model that
+    already has a ``MixedPooling`` as its final pooling, that pooling is replaced by one with
+    the new ``alpha`` (running it twice equals running it once with the second ``alpha``).
 
     Args:
         model: the backbone (not modified).
@@ -198,11 +292,16 @@ def install_mixed_pooling(model: torch.nn.Module, alpha: float = DEFAULT_ALPHA) 
     root, graph = _trace(model)
     pool = _find_global_pool(root, graph)
     if pool.op == "call_module":
-        new = copy.deepcopy(model)
-        *parents, leaf = pool.target.split(".")
-        parent = new.get_submodule(".".join(parents)) if parents else new
-        setattr(parent, leaf, pool_module)
-        return new
+        old = root.get_submodule(pool.target)
+        calls = [n for n in graph.nodes if n.op == "call_module"
+                 and root.get_submodule(n.target) is old]
+        if len(calls) == 1:
+            new = copy.deepcopy(model)
+            *parents, leaf = pool.target.split(".")
+            parent = new.get_submodule(".".join(parents)) if parents else new
+            setattr(parent, leaf, pool_module)
+            _restore_training(new, model)
+            return new
     name = "global_pool"
     while hasattr(root, name):
         name = "_" + name
@@ -231,15 +330,16 @@ def install_leaky_relu(
     named ``final_activation``; every other use of a shared ReLU module (ResNet's Bottleneck)
     and every other ``F.relu`` call (DenseNet) is untouched. ``negative_slope=0`` reproduces
     the original outputs exactly. Table 7 slopes: 0.75 (CUB, default), 0.4 (Cars196), 1.0
-    (In-Shop, SOP).
+    (In-Shop, SOP). A model whose final activation is already a ``LeakyReLU`` (e.g. this
+    function's output) raises ``ValueError``: set its ``negative_slope`` instead.
 
     Args:
         model: the backbone (not modified).
         negative_slope: >= 0.
 
     Returns:
-        A ``torch.fx.GraphModule`` with the same parameters/buffers and ``state_dict`` keys; its
-        graph is the eval-mode graph (no auxiliary outputs).
+        A ``torch.fx.GraphModule`` with the same parameters/buffers, ``state_dict`` keys and
+        submodule train/eval flags; its graph is the eval-mode graph (no auxiliary outputs).
     """
     _check_model(model)
     negative_slope = check_negative_slope(negative_slope)

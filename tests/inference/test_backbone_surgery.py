@@ -240,3 +240,122 @@ def test_non_number_negative_slope_is_a_type_error():
         install_leaky_relu(m, True)
     with pytest.raises(ValueError, match="^negative_slope must be a finite number >= 0"):
         install_leaky_relu(m, float("inf"))
+
+
+def test_running_twice(backbone):
+    # mixed pooling twice = once with the second alpha; leaky ReLU twice names the fix
+    name, model, x, z, out = backbone
+    twice = install_mixed_pooling(install_mixed_pooling(model, 0.3), 0.9)
+    assert [m.alpha for m in twice.modules() if isinstance(m, MixedPooling)] == [0.9]
+    leaky = install_leaky_relu(model, 0.75)
+    with pytest.raises(ValueError, match=r"already a LeakyReLU .*negative_slope=0\.75\); to "
+                                         r"change the slope set model\.final_activation"):
+        install_leaky_relu(leaky, 0.2)
+    leaky.final_activation.negative_slope = 0.2  # the fix the message gives
+    with torch.no_grad():
+        assert torch.equal(twice(x), install_mixed_pooling(model, 0.9)(x))
+        assert torch.equal(leaky(x), install_leaky_relu(model, 0.2)(x))
+
+
+class _SENet(torch.nn.Module):
+    """A squeeze-excitation gate (a global average pooling whose output scales the feature map),
+    then the final activation and ``final`` pooling; ``shared``: one pooling module for both."""
+
+    def __init__(self, final="mean", shared=False):
+        super().__init__()
+        self.conv1, self.relu1 = torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()
+        self.pool, self.se_fc = torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(8, 8, 1)
+        self.se_pool = self.pool if shared else torch.nn.AdaptiveAvgPool2d(1)
+        self.conv2, self.relu2 = torch.nn.Conv2d(8, 16, 3), torch.nn.ReLU()
+        self.final, self.shared, self.fc = final, shared, torch.nn.Linear(16, 4)
+
+    def pre_activation(self, x):
+        x = self.relu1(self.conv1(x))
+        gate = self.pool(x) if self.shared else self.se_pool(x)
+        return self.conv2(x * torch.sigmoid(self.se_fc(gate)))
+
+    def forward(self, x):
+        x = self.relu2(self.pre_activation(x))
+        if self.final == "mean":
+            return x.mean((2, 3))  # not recognized as a global pooling
+        p = self.pool(x)
+        return self.fc(torch.nn.functional.dropout(p.view(p.size(0), -1), 0.5, self.training))
+
+
+def test_squeeze_excitation_gate_is_never_taken_for_the_final_pooling():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    gate_only = _SENet("mean").double().eval()
+    for install in (install_mixed_pooling, install_leaky_relu):
+        with pytest.raises(ValueError, match=r"unsupported backbone: none of its global poolings "
+                                             r"is the backbone's final pooling .*module 'se_pool'"
+                                             r" \(AdaptiveAvgPool2d\): its output goes into "
+                                             r"module 'se_fc' \(Conv2d\)"):
+            install(gate_only)
+    # the same AdaptiveAvgPool2d module as gate and final pooling (x.view(x.size(0), -1), dropout
+    # and Linear after it): only the final call changes
+    shared = _SENet("pool", shared=True).double().eval()
+    with torch.no_grad():
+        z = shared.pre_activation(x)
+        a = F.relu(z)
+        mixed = install_mixed_pooling(shared, 0.3)(x)
+        leaky = install_leaky_relu(shared, 0.2)(x)
+        _close(mixed, shared.fc(0.3 * a.amax(dim=(2, 3)) + 0.7 * a.mean(dim=(2, 3))))
+        _close(leaky, shared.fc(F.leaky_relu(z, 0.2).mean(dim=(2, 3))))
+        assert (mixed - shared(x)).abs().max() > 1e-3
+
+
+class _MLPHead(torch.nn.Module):
+    """conv -> ReLU -> global pool -> flatten -> Linear-BN-ReLU-Linear head -> F.normalize."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 3)
+        self.relu = torch.nn.ReLU()
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.head = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8),
+                                        torch.nn.ReLU(), torch.nn.Linear(8, 4))
+
+    def forward(self, x):
+        return F.normalize(self.head(torch.flatten(self.pool(self.relu(self.conv(x))), 1)))
+
+
+def test_a_head_of_one_input_layers_after_the_final_pooling_is_accepted():
+    torch.manual_seed(0)
+    model = _MLPHead().double().eval()
+    x = torch.randn(3, 3, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        z = model.conv(x)
+        a = F.relu(z)
+        _close(install_mixed_pooling(model, 0.4)(x),
+               F.normalize(model.head(0.4 * a.amax(dim=(2, 3)) + 0.6 * a.mean(dim=(2, 3)))))
+        _close(install_leaky_relu(model, 0.5)(x),
+               F.normalize(model.head(F.leaky_relu(z, 0.5).mean(dim=(2, 3)))))
+
+
+def test_submodule_train_eval_flags_are_kept():
+    # a ResNet-18 in train mode with frozen BatchNorm: every BN stays in eval mode, so a forward
+    # in train mode neither uses batch statistics nor updates the running ones
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=4).double().train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    flags = {name: m.training for name, m in model.named_modules()}
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    for new in (install_leaky_relu(model, 0.0), install_mixed_pooling(model, 0.0),
+                install_mixed_pooling(install_leaky_relu(model, 0.0), 0.0)):
+        got = {name: m.training for name, m in new.named_modules() if name in flags}
+        assert got == flags and new.training
+        assert all(m.training for m in new.modules() if isinstance(m, (MixedPooling,
+                                                                        torch.nn.LeakyReLU)))
+        running = new.bn1.running_mean.clone()
+        with torch.no_grad():
+            assert torch.equal(new(x), model(x))
+        assert torch.equal(new.bn1.running_mean, running)
+    # the graph-rewrite path of install_mixed_pooling (pooling module shared with a gate)
+    shared = _SENet("pool", shared=True).train()
+    shared.se_fc.eval()
+    new = install_mixed_pooling(shared)
+    assert type(new) is not _SENet and not new.se_fc.training
+    assert new.training and new.conv1.training
