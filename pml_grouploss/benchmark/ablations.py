@@ -15,7 +15,8 @@ import pandas as pd
 
 from .aggregate import TABLE_METRICS, VAL_METRICS
 from .config import BenchmarkConfig
-from .suite import Grid, Log, OnPhase, Variant
+from .suite import Grid, Log, OnPhase, Variant, training_classes
+from .validation import ConfigValueError, check_batch
 
 
 @dataclass(frozen=True)
@@ -66,13 +67,28 @@ def ablation_variants(name: str, cfg: BenchmarkConfig) -> List[Variant]:
             for label, overrides, changes, x in ABLATIONS[name].grid]
 
 
+def _check_variants_fit(cfg: BenchmarkConfig, variants: List[Variant]) -> None:
+    """Every variant's batch fits the training classes, before anything is trained."""
+    classes = training_classes(cfg)
+    for variant in variants:
+        try:
+            check_batch(cfg.replace(**variant.changes), classes)
+        except ConfigValueError as err:
+            why = str(err).split(": ", 1)[-1].split("; ")[0]
+            raise ConfigValueError("data.num_folds", (
+                f"data.num_folds: the sweep's variant {variant.label!r} does not fit ({why}); the "
+                "sweep sets the batch, so use fewer folds or raise data.max_classes")) from None
+
+
 def run_ablation(name: str, cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
                  final_test: bool = False, figures: bool = True, log: Optional[Log] = None,
                  on_phase: Optional[OnPhase] = None) -> pd.DataFrame:
     """Sweep ``name`` with the protocol of ``cfg``: tables (validation; test with
     ``final_test``) and ``figures/ablation_<name>.png`` in ``output_dir``."""
-    grid = Grid(cfg, output_dir, fresh, log, on_phase)
-    per_seed = grid.run(ablation_variants(name, cfg), final_test=final_test)
+    variants = ablation_variants(name, cfg)
+    _check_variants_fit(cfg, variants)
+    grid = Grid(cfg, output_dir, fresh, log, on_phase, job=f"ablate {name}")
+    per_seed = grid.run(variants, final_test=final_test)
     metrics = VAL_METRICS + (TABLE_METRICS[:7] if final_test else ())
     where = " and test classes" if final_test else " only"
     grid.write(per_seed, f"Ablation `{name}`: {ABLATIONS[name].description}\n\nValidation fold"

@@ -56,19 +56,28 @@ def check_before_output(cfg: BenchmarkConfig) -> None:
     if missing:
         raise RuntimeError(f"the benchmark needs {', '.join(missing)}: pip install "
                            "'pml_grouploss[with-hooks-cpu]' (or [with-hooks] with faiss-gpu)")
+    check_batch(cfg, training_classes(cfg))
+
+
+def training_classes(cfg: BenchmarkConfig) -> int:
+    """The fewest training classes of any fold (the validation fold removed)."""
     train_base = load_base(cfg.data.dataset, cfg.data.data_root, cfg.data.download)[0]
     n_train = min(len(set(train_base.labels)), cfg.data.max_classes or len(train_base.labels))
     try:
         largest = max(len(fold) for fold in class_folds(n_train, cfg.data.num_folds))
     except ValueError as err:  # too many folds for the training classes
         raise ConfigValueError("data.num_folds", f"data.{err}") from None
-    check_batch(cfg, n_train - largest)
+    return n_train - largest
 
 
-def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -> None:
-    """Create ``output_dir``; refuse to mix runs of different protocol settings. A path that
-    cannot be a writable directory raises ``ValueError`` (naming ``output_dir``) first.
-    ``cfg.run.threads`` sets torch's CPU threads here, before ``environment.json`` records them."""
+def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
+                   job: str = "run") -> None:
+    """Create ``output_dir``; refuse to mix runs of different protocol settings, or of another
+    ``job`` (``"run"``, ``"tune"``, ``"ablate <sweep>"``: each writes its own tables over the
+    same file names; recorded in ``job.json``, absent in directories of older versions, which
+    resume as before). A path that cannot be a writable directory raises ``ValueError``
+    (naming ``output_dir``) first. ``cfg.run.threads`` sets torch's CPU threads here, before
+    ``environment.json`` records them."""
     import shutil
 
     import torch
@@ -78,6 +87,7 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
     if fresh and os.path.isdir(output_dir):
         shutil.rmtree(output_dir)
     os.makedirs(output_dir, exist_ok=True)
+    _check_job(output_dir, job)
     if os.path.isfile(path):
         old = read_config(path).protocol_key()
         diff = sorted(k for k, v in cfg.protocol_key().items() if old.get(k) != v)
@@ -88,6 +98,8 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
                 "start over")
     with open(path, "w") as f:
         f.write(cfg.to_json())
+    with open(os.path.join(output_dir, JOB_FILE), "w") as f:
+        json.dump({"job": job}, f)
     if cfg.run.threads is not None:
         torch.set_num_threads(cfg.run.threads)
     env = {**environment(), "workers": cfg.run.workers}
@@ -95,6 +107,23 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False) -
         env["torch_threads_per_worker"] = cfg.run.threads or 1
     with open(os.path.join(output_dir, "environment.json"), "w") as f:
         json.dump(env, f, indent=2)
+
+
+JOB_FILE = "job.json"
+
+
+def _check_job(output_dir: str, job: str) -> None:
+    """Refuse ``output_dir`` when its ``job.json`` records another job."""
+    path = os.path.join(output_dir, JOB_FILE)
+    if not os.path.isfile(path):
+        return
+    old = read_json_object(path, f"{path!r} is damaged", 'a JSON object {"job": ...}',
+                           "delete it if the directory holds the results of this job").get("job")
+    if old != job:
+        raise ValueError(
+            f"output_dir {output_dir!r} holds the results of `{old}`, not of `{job}` (both write "
+            "results.md, per_seed.csv and summary.csv); use another output_dir, or fresh=True "
+            "(--fresh) to delete it and start over")
 
 
 def results_config(output_dir: str) -> BenchmarkConfig:
@@ -157,12 +186,13 @@ def _git_commit() -> Optional[str]:
 
 
 class Grid:
-    """Runs variants x seeds in ``output_dir`` for ``cfg``. ``prepare=False`` for a directory
-    that already holds a run (the inference ablation writes into a sub-directory of it)."""
+    """Runs variants x seeds in ``output_dir`` for ``cfg`` (``job``: see :func:`prepare_output`).
+    ``prepare=False`` for a directory that already holds a run (the inference ablation writes into
+    a sub-directory of it)."""
 
     def __init__(self, cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
                  log: Optional[Log] = None, on_phase: Optional[OnPhase] = None,
-                 prepare: bool = True) -> None:
+                 prepare: bool = True, job: str = "run") -> None:
         self.cfg, self.output_dir = cfg, output_dir
         # progress lines on stdout, flushed (the run may be logged to a file)
         self.log = log or functools.partial(print, flush=True)
@@ -171,7 +201,7 @@ class Grid:
         self.reused = False  # the last run was finished before (its final.json reused)
         if prepare:
             check_before_output(cfg)
-            prepare_output(cfg, output_dir, fresh)
+            prepare_output(cfg, output_dir, fresh, job)
         os.makedirs(output_dir, exist_ok=True)
 
     def splits(self, seed: int, **changes: Any) -> Splits:

@@ -88,3 +88,37 @@ def test_recorded_config_keeps_the_trunk_width_its_run_used():
     del nested["model"]["trunk_width"]  # a run from before the option: the 64-channel cnn
     assert BenchmarkConfig.from_recorded(nested).model.trunk_width == 64
     assert BenchmarkConfig.from_dict(nested).model.trunk_width == 32  # a config to run: default
+
+
+def test_another_job_in_the_same_output_dir_is_refused(tmp_path):
+    # `ablate`/`tune` used to overwrite a `run`'s results.md, per_seed.csv and summary.csv
+    cfg = BenchmarkConfig().replace(seeds=(0,), epochs=2)
+    prepare_output(cfg, str(tmp_path))
+    assert json.loads((tmp_path / "job.json").read_text()) == {"job": "run"}
+    with pytest.raises(ValueError, match=r"holds the results of `run`, not of `ablate negatives`"):
+        prepare_output(cfg, str(tmp_path), job="ablate negatives")
+    with pytest.raises(ValueError, match=r"not of `tune`.*fresh=True"):
+        prepare_output(cfg, str(tmp_path), job="tune")
+    prepare_output(cfg, str(tmp_path))  # the same job resumes
+    prepare_output(cfg, str(tmp_path), fresh=True, job="ablate steps")
+    with pytest.raises(ValueError, match=r"`ablate steps`, not of `ablate negatives`"):
+        prepare_output(cfg, str(tmp_path), job="ablate negatives")
+    (tmp_path / "job.json").unlink()  # a directory of an older version: resumes as before
+    prepare_output(cfg, str(tmp_path), job="tune")
+    assert json.loads((tmp_path / "job.json").read_text()) == {"job": "tune"}
+
+
+def test_a_sweep_variant_that_does_not_fit_is_refused_before_training(tmp_path, monkeypatch):
+    from pml_grouploss.benchmark import suite
+    from pml_grouploss.benchmark.ablations import run_ablation
+    from pml_grouploss.benchmark.validation import ConfigValueError
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the check")
+
+    monkeypatch.setattr(suite, "run_one", no_training)
+    cfg = BenchmarkConfig().replace(seeds=(0,), epochs=2, max_classes=20, num_folds=5)
+    with pytest.raises(ConfigValueError, match=r"variant 'classes=20' does not fit \(20 classes "
+                                               r"per batch but only 16 training classes"):
+        run_ablation("classes", cfg, str(tmp_path / "out"), log=lambda *_: None)
+    assert not (tmp_path / "out").exists()

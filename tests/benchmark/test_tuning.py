@@ -12,7 +12,7 @@ import pytest
 
 from pml_grouploss.benchmark import suite
 from pml_grouploss.benchmark.config import BenchmarkConfig
-from pml_grouploss.benchmark.tuning import default_trial, run_tuning
+from pml_grouploss.benchmark.tuning import default_trial, run_tuning, study_name
 
 CFG = BenchmarkConfig().replace(epochs=4, eval_every=1, max_classes=10, classes_per_batch=4,
                                 samples_per_class=4, num_folds=5, seeds=(0, 1),
@@ -61,8 +61,9 @@ def _tune(monkeypatch, out, fake, budget=4):
     return run_tuning(CFG, str(out), budget=budget, log=lambda *_: None)
 
 
-def _trials(out):
-    study = optuna.load_study(study_name="triplet", storage=f"sqlite:///{out}/optuna.db")
+def _trials(out, cfg=CFG, storage=None):
+    study = optuna.load_study(study_name=study_name("triplet", cfg),
+                              storage=storage or f"sqlite:///{out}/optuna.db")
     return [(t.state.name, t.params, t.value) for t in study.trials]
 
 
@@ -127,3 +128,37 @@ def test_a_second_process_on_the_same_study_adds_no_trials_beyond_the_budget(tmp
     second = FakeTraining()
     _tune(monkeypatch, tmp_path, second, budget=2)  # shares optuna.db: the budget is spent
     assert second.calls == [] and len(_trials(tmp_path)) == 2
+
+
+def test_a_shared_storage_keeps_studies_of_other_settings_apart(tmp_path, monkeypatch):
+    # the same --storage for two tunes of other settings: the second trains its own trials
+    storage = f"sqlite:///{tmp_path}/shared.db"
+    monkeypatch.setattr(suite, "run_one", FakeTraining())
+    run_tuning(CFG, str(tmp_path / "a"), budget=2, storage=storage, log=lambda *_: None)
+    other = CFG.replace(epochs=3)
+    fake = FakeTraining()
+    monkeypatch.setattr(suite, "run_one", fake)
+    run_tuning(other, str(tmp_path / "b"), budget=2, storage=storage, log=lambda *_: None)
+    # its own two trials (the second may be pruned after one seed); before, it reused the other
+    # study's trials and trained nothing
+    assert fake.calls[:2] == [("triplet#0", 0), ("triplet#0", 1)] and len(fake.calls) >= 3
+    assert study_name("triplet", CFG) != study_name("triplet", other)
+    assert len(_trials(None, CFG, storage)) == len(_trials(None, other, storage)) == 2
+
+
+def test_a_parameter_fixed_with_set_is_not_searched(tmp_path, monkeypatch):
+    fixed = CFG.replace(overrides={"triplet": {"margin": 0.15}})
+    fake = FakeTraining()
+    monkeypatch.setattr(suite, "run_one", fake)
+    best = run_tuning(fixed, str(tmp_path), budget=3, log=lambda *_: None)
+    assert best["triplet"]["margin"] == 0.15
+    assert all("margin" not in params for _, params, _ in _trials(tmp_path, fixed))
+    assert "margin" not in default_trial("triplet", fixed)
+
+
+@pytest.mark.parametrize("storage", ["bogus://x", "sqlite:////nonexistent/dir/optuna.db"])
+def test_a_storage_that_cannot_be_opened_is_named_before_any_output(tmp_path, storage):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"storage .* cannot be opened .*sqlite:///path"):
+        run_tuning(CFG, str(out), budget=2, storage=storage, log=lambda *_: None)
+    assert not out.exists()
