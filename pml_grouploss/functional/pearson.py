@@ -125,9 +125,10 @@ def pearson_correlation(
                 f"{reference.dtype}; convert one with .to(other.dtype)"
             )
     if query.dtype in HALF_DTYPES or torch.is_autocast_enabled(query.device.type):
+        dtype = torch.promote_types(query.dtype, torch.float32)  # float64 stays float64
         with torch.autocast(query.device.type, enabled=False):
-            wide = None if reference is None else reference.float()
-            return pearson_correlation(query.float(), wide).to(query.dtype)
+            wide = None if reference is None else reference.to(dtype)
+            return pearson_correlation(query.to(dtype), wide).to(query.dtype)
     q = standardize_rows(query)
     if reference is None:
         return gram(q)

@@ -99,9 +99,13 @@ def test_correlation_of_half_rows_computed_in_float32():
         assert torch.equal(c, pearson_correlation(half.float()).to(dtype))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert torch.equal(pearson_correlation(half), c)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 in, float32 out
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 in, float32 out; float64 kept
         assert torch.equal(pearson_correlation(x), pearson_correlation(x.clone()))
         assert pearson_correlation(x).dtype == torch.float32
+        assert torch.equal(pearson_correlation(x.double()), pearson_correlation(x.double().clone()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = pearson_correlation(x.double())
+    assert under.dtype == torch.float64 and torch.equal(under, pearson_correlation(x.double()))
 
 
 def test_reference_of_another_dtype_named():
