@@ -328,29 +328,59 @@ def markdown(rows: List[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _count(text: str) -> int:
+    """An integer of at least 1 (argparse ``type``: a bad value exits 2 naming the option)."""
+    if not text.isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}")
+    return int(text)
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (``parser.error``, exit 2) what would measure nothing or fail after measuring."""
+    if args.max_gb is not None and not args.max_gb > 0:
+        parser.error(f"--max-gb must be positive (got {args.max_gb})")
+    if args.scaling and (args.losses or args.max_gb is not None):
+        parser.error("--scaling times its own losses (GroupLoss batch T=1 and T=3 at every --m, "
+                     "MultiSimilarity) and no others: drop --losses and --max-gb")
+    names = list(_losses(1, 1, 1))
+    unknown = [name for name in args.losses or () if name not in names]
+    if unknown:
+        parser.error(f"--losses: unknown {', '.join(map(repr, unknown))}; the names (quote those "
+                     "with spaces): " + ", ".join(map(repr, names)))
+    parent = os.path.dirname(os.path.abspath(args.out)) if args.out else None
+    if parent and (not os.path.isdir(parent) or os.path.isdir(args.out)):
+        parser.error(f"--out {args.out}: " + ("a directory; give a file" if os.path.isdir(args.out)
+                     else f"no directory {parent}; create it first"))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="n 32,128; m 100,11318; 5 rounds")
-    parser.add_argument("--n", type=int, nargs="+", help=f"batch sizes (default {GRID_N})")
-    parser.add_argument("--m", type=int, nargs="+", help=f"class counts (default {GRID_M})")
-    parser.add_argument("--d", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-gb", type=float, default=6.0,
-                        help="skip a loss whose estimated working memory is larger")
-    parser.add_argument("--losses", nargs="+", help="only these losses (names as in the table)")
+    parser.add_argument("--n", type=_count, nargs="+", help=f"batch sizes (default {GRID_N})")
+    parser.add_argument("--m", type=_count, nargs="+", help=f"class counts (default {GRID_M})")
+    parser.add_argument("--d", type=_count, default=512)
+    parser.add_argument("--repeats", type=_count, help="timed rounds (default 15; --quick 5)")
+    parser.add_argument("--threads", type=_count, default=1)
+    parser.add_argument("--max-gb", type=float,
+                        help="skip a loss whose estimated working memory is larger (default 6)")
+    parser.add_argument("--losses", nargs="+", help="only these losses, exact names as in the "
+                        "table, quoted (e.g. 'GroupLoss batch T=1' GradML)")
     parser.add_argument("--out", help="append the Markdown table and environment to this file")
     parser.add_argument("--scaling", action="store_true",
                         help="batch-class GroupLoss at every --m in one rotation (with "
-                             "MultiSimilarity), ratios to the smallest m")
+                             "MultiSimilarity), ratios to the smallest m; refuses --losses and "
+                             "--max-gb (its losses are fixed)")
     args = parser.parse_args(argv)
+    check_args(parser, args)
     torch.set_num_threads(args.threads)
     _malloc_returns_memory(False)
     ns = args.n or (QUICK_N if args.quick else GRID_N)
     ms = args.m or (QUICK_M if args.quick else GRID_M)
-    repeats = 5 if args.quick and args.repeats == 15 else args.repeats
+    repeats = args.repeats or (5 if args.quick else 15)
+    max_gb = 6.0 if args.max_gb is None else args.max_gb
     env = environment()
-    command = "python " + shlex.join([os.path.relpath(__file__)] + sys.argv[1:])
+    command = "python " + shlex.join([os.path.relpath(__file__)]
+                                     + (sys.argv[1:] if argv is None else list(argv)))
     if args.scaling:
         text = f"\nCommand: `{command}`\n\n" + "\n".join(f"- {k}: {v}" for k, v in env.items())
         for n in ns:
@@ -363,7 +393,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     rows = []
     for m in ms:
         for n in ns:
-            new = measure(n, m, args.d, repeats, args.max_gb, args.losses)
+            new = measure(n, m, args.d, repeats, max_gb, args.losses)
             rows += new
             for r in new:
                 print(r, flush=True)

@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -244,5 +244,62 @@ def write_outputs(rows: List[Dict], env: Dict, output_dir: str) -> None:
         json.dump(env, f, indent=2)
 
 
+#: the ``environment.json`` keys :func:`markdown` reads
+ENV_KEYS = ("command", "wall_seconds", "cpu_count", "cpu_model", "torch_threads",
+            "load_average_at_start", "torch", "pytorch_metric_learning", "epochs",
+            "iterations_per_epoch", "train_images", "test_images", "seed")
+
+
+def checked_inputs(parser: argparse.ArgumentParser, output_dir: str):
+    """``(rows, env)`` of a sweep's directory, or ``parser.error`` (exit 2) naming the file."""
+    fix = "DIR must be the --output-dir of a finished notebook_settings_sweep.py run"
+    if not os.path.isdir(output_dir):
+        parser.error(f"DIR {output_dir}: no such directory; {fix}")
+    paths = [os.path.join(output_dir, name) for name in ("results.csv", "environment.json")]
+    for path in paths:
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            parser.error(f"{path}: {'empty' if os.path.isfile(path) else 'missing'}; {fix}")
+    try:
+        with open(paths[1]) as f:
+            env = json.load(f)
+    except ValueError as err:
+        parser.error(f"{paths[1]}: not JSON ({err}); {fix}")
+    missing = [k for k in ENV_KEYS if not isinstance(env, dict) or k not in env]
+    if missing:
+        parser.error(f"{paths[1]}: no {', '.join(missing)}; {fix}")
+    with open(paths[0], newline="") as f:
+        header = csv.DictReader(f).fieldnames or []
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        parser.error(f"{paths[0]}: no column {', '.join(missing)}; {fix}")
+    try:
+        rows = load_rows(paths[0])
+    except (TypeError, ValueError) as err:
+        parser.error(f"{paths[0]}: a cell is not a number ({err}); {fix}")
+    if not any(r["method"] == "untrained" and r["trunk"] == "net" for r in rows):
+        parser.error(f"{paths[0]}: " + ("no runs" if not rows else "no `untrained` row of trunk "
+                     "`net` (the baseline every run is compared with)") + f"; {fix}")
+    return rows, env
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python benchmarks/notebook_settings_report.py DIR``: rewrite ``DIR/table.md``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1].replace("``", "`"))
+    parser.add_argument("dir", metavar="DIR", help="a directory a sweep wrote (--output-dir of "
+                        "notebook_settings_sweep.py): its results.csv and environment.json are "
+                        "read, its table.md rewritten")
+    args = parser.parse_args(argv)
+    rows, env = checked_inputs(parser, args.dir)
+    try:
+        text = markdown(rows, env)
+    except (KeyError, TypeError, ValueError) as err:
+        parser.error(f"{args.dir}: cannot tabulate its results ({type(err).__name__}: {err})")
+    path = os.path.join(args.dir, "table.md")
+    with open(path, "w") as f:
+        f.write(text)
+    print(f"wrote {path}")
+    return 0
+
+
 if __name__ == "__main__":
-    render(sys.argv[1])
+    sys.exit(main())

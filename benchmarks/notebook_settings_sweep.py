@@ -32,6 +32,7 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -267,18 +268,8 @@ def run_one(run: Dict, train, test) -> Dict:
 def build_grid(args: argparse.Namespace) -> List[Dict]:
     """Every configuration of the sweep, the untrained baseline first."""
     base = {"seed": args.seed, "epochs": args.epochs, "iterations": args.iterations}
-    runs = [
-        dict(
-            base,
-            method="untrained",
-            trunk="net",
-            batches="-",
-            batch_size=0,
-            trunk_lr=None,
-            classifier_lr=None,
-            epochs=0,
-        )
-    ]
+    runs = [dict(base, method="untrained", trunk="net", batches="-", batch_size=0, trunk_lr=None,
+                 classifier_lr=None, epochs=0)]
     for batches in args.batches:
         plain = dict(base, trunk="net", batches=batches, batch_size=args.batch_size)
         for trunk_lr in args.trunk_lrs:
@@ -289,14 +280,8 @@ def build_grid(args: argparse.Namespace) -> List[Dict]:
             runs.append(dict(plain, method="triplet", trunk_lr=trunk_lr, classifier_lr=None))
         for trunk_lr in [lr for lr in args.raw_trunk_lrs if lr in args.trunk_lrs]:
             for classifier_lr in args.raw_classifier_lrs:
-                runs.append(
-                    dict(
-                        plain,
-                        method="grouploss_raw",
-                        trunk_lr=trunk_lr,
-                        classifier_lr=classifier_lr,
-                    )
-                )
+                runs.append(dict(plain, method="grouploss_raw", trunk_lr=trunk_lr,
+                                 classifier_lr=classifier_lr))
     if args.mlp_trunk:
         mlp = dict(base, trunk="net+mlp", batches="m_per_class", batch_size=32)
         untrained = dict(runs[0], trunk="net+mlp")  # the baseline of this architecture
@@ -311,79 +296,104 @@ def build_grid(args: argparse.Namespace) -> List[Dict]:
     return runs
 
 
+#: an option left unset, without and with ``--quick`` (which fills in only unset options; its
+#: normalize_embeddings=False runs default to its own trunk and classifier lrs)
+DEFAULTS = dict(epochs=2, iterations=None, batch_size=256, trunk_lrs=[1e-2, 1e-3, 1e-4],
+                classifier_lrs=[1e-3, 1e-2, 1e-1], raw_trunk_lrs=[1e-2], raw_classifier_lrs=[1e-2],
+                batches=["shuffled", "m_per_class"], train_per_class=None, test_per_class=None)
+QUICK = dict(epochs=1, iterations=2, batch_size=32, trunk_lrs=[1e-2], classifier_lrs=[1e-3],
+             raw_trunk_lrs=None, raw_classifier_lrs=None, batches=["m_per_class"],
+             train_per_class=4, test_per_class=3)
+
+
+def _unset(key: str, what: str = "", default: str = "", quick: str = "") -> str:
+    """An option's help: ``what`` it is, then its value when unset, without and with --quick."""
+    return (f"{what}{'; ' if what else ''}default {default or DEFAULTS[key]}, "
+            f"--quick {quick or QUICK[key]}")
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Command-line flags; ``--quick`` shrinks everything to a smoke test of a few seconds."""
+    """Command-line flags; ``--quick`` shrinks what is not given to a smoke test of seconds."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--output-dir", default=DEFAULT_OUTPUT)
-    p.add_argument("--trunk-lrs", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4])
-    p.add_argument("--classifier-lrs", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1])
-    p.add_argument(
-        "--raw-trunk-lrs",
-        type=float,
-        nargs="+",
-        default=[1e-2],
-        help="trunk lrs at which GroupLoss(normalize_embeddings=False) also runs",
-    )
-    p.add_argument(
-        "--raw-classifier-lrs",
-        type=float,
-        nargs="+",
-        default=[1e-2],
-        help="classifier lrs of the normalize_embeddings=False runs",
-    )
-    p.add_argument(
-        "--batches",
-        nargs="*",
-        choices=["shuffled", "m_per_class"],
-        default=["shuffled", "m_per_class"],
-        help="batchings of the Net runs; none (bare --batches) runs only --mlp-trunk",
-    )
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument(
-        "--iterations",
-        type=int,
-        default=None,
-        help="iterations per epoch (default: one pass over the training set)",
-    )
-    p.add_argument(
-        "--train-per-class",
-        type=int,
-        default=None,
-        help="keep only the first N drawers of each training character",
-    )
-    p.add_argument(
-        "--test-per-class",
-        type=int,
-        default=None,
-        help="keep only the first N drawers of each test character",
-    )
-    p.add_argument(
-        "--mlp-trunk",
-        action="store_true",
-        help="also run the MetricLossOnly notebook's trunk+MLP embedder split",
-    )
+    p.add_argument("--epochs", type=int, help=_unset("epochs"))
+    p.add_argument("--output-dir", help=f"default {DEFAULT_OUTPUT}; with --quick a new "
+                   "temporary directory (printed), never the committed results")
+    p.add_argument("--trunk-lrs", type=float, nargs="+", help=_unset("trunk_lrs"))
+    p.add_argument("--classifier-lrs", type=float, nargs="+", help=_unset("classifier_lrs"))
+    p.add_argument("--raw-trunk-lrs", type=float, nargs="+", help=_unset(
+        "raw_trunk_lrs", "trunk lrs at which GroupLoss(normalize_embeddings=False) also runs",
+        quick="the --trunk-lrs"))
+    p.add_argument("--raw-classifier-lrs", type=float, nargs="+", help=_unset(
+        "raw_classifier_lrs", "classifier lrs of the normalize_embeddings=False runs",
+        quick="the --classifier-lrs"))
+    p.add_argument("--batches", nargs="*", choices=["shuffled", "m_per_class"], help=_unset(
+        "batches", "batchings of the Net runs; none (bare --batches) runs only --mlp-trunk"))
+    p.add_argument("--batch-size", type=int, help=_unset("batch_size"))
+    p.add_argument("--iterations", type=int, help=_unset(
+        "iterations", "iterations per epoch", default="one pass over the training set"))
+    p.add_argument("--train-per-class", type=int, help=_unset(
+        "train_per_class", "keep only the first N drawers of each training character",
+        default="all 20"))
+    p.add_argument("--test-per-class", type=int, help=_unset(
+        "test_per_class", "keep only the first N (>= 2) drawers of each test character",
+        default="all 20"))
+    p.add_argument("--mlp-trunk", action="store_true",
+                   help="also run the MetricLossOnly notebook's trunk+MLP embedder split")
     p.add_argument("--mlp-classifier-lr", type=float, default=1e-2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke test: 2 iterations of batch 32, one lr, small test set",
-    )
+    p.add_argument("--quick", action="store_true", help="smoke test: fills in each option not "
+                   "given with its --quick value (1 epoch of 2 iterations of batch 32, one lr, "
+                   "small sets); the options given are kept")
     args = p.parse_args(argv)
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, list(value) if isinstance(value, list) else value)
     if args.quick:
-        args.epochs, args.iterations, args.batch_size = 1, 2, 32
-        args.trunk_lrs, args.classifier_lrs = args.trunk_lrs[:1], args.classifier_lrs[:1]
-        args.raw_trunk_lrs, args.raw_classifier_lrs = args.trunk_lrs, args.classifier_lrs
-        args.batches = ["m_per_class"]
-        args.train_per_class = args.train_per_class or 4
-        args.test_per_class = args.test_per_class or 3
+        args.raw_trunk_lrs = args.raw_trunk_lrs or args.trunk_lrs
+        args.raw_classifier_lrs = args.raw_classifier_lrs or args.classifier_lrs
+    if args.output_dir is None and not args.quick:
+        args.output_dir = DEFAULT_OUTPUT
+    check_args(p, args)
     return args
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (``p.error``, exit 2) values that would train nothing or fail mid-sweep."""
+    for flag, low in (("epochs", 1), ("batch_size", 1), ("iterations", 1),
+                      ("train_per_class", 1), ("test_per_class", 2)):
+        value = getattr(args, flag)
+        if value is not None and value < low:
+            p.error(f"--{flag.replace('_', '-')} must be at least {low} (got {value})")
+    lrs = args.trunk_lrs + args.classifier_lrs + args.raw_trunk_lrs + args.raw_classifier_lrs
+    if not all(lr > 0 for lr in lrs + [args.mlp_classifier_lr]):
+        p.error("learning rates must be positive (--trunk-lrs, --classifier-lrs, --raw-*-lrs, "
+                "--mlp-classifier-lr)")
+    if not args.batches and not args.mlp_trunk:
+        p.error("bare --batches runs no Net configuration: name a batching or add --mlp-trunk")
+    images = min(135 * (args.train_per_class or 20) if args.iterations is None else 540, 540)
+    if "m_per_class" in args.batches and (args.batch_size % 4 or args.batch_size > images):
+        p.error(f"--batch-size {args.batch_size} with m_per_class batches (4 images of each "
+                "character) must be a multiple of 4 and at most 540 (4 x 135 characters)"
+                + (f" and, without --iterations, the {images} training images" if images < 540
+                   else ""))
+    if args.output_dir is not None:
+        probe = os.path.abspath(args.output_dir)
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        try:
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+        except OSError as err:
+            p.error(f"--output-dir {args.output_dir}: cannot be created or written ({probe}: "
+                    f"{err.strerror}); choose another directory")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     """Run the sweep, print one line per run and write CSV, Markdown table and environment."""
     args = parse_args(argv)
+    if args.output_dir is None:  # --quick: never into the committed results
+        args.output_dir = tempfile.mkdtemp(prefix="notebook_settings_quick_")
+        print(f"--quick without --output-dir: writing to {args.output_dir}", flush=True)
     logging.getLogger("PML").setLevel(logging.WARNING)
     train = load_split("train", args.train_per_class)
     test = load_split("test", args.test_per_class)

@@ -230,26 +230,57 @@ def choose(root: str, condition: str = "clean") -> Dict[str, str]:
 
 
 def test_rows(root: str, condition: str = "clean") -> Optional[pd.DataFrame]:
-    """The test runs under ``condition`` (each method once, in the directory of its chosen
-    regime), or None."""
-    paths = [os.path.join(root, "test_" + name, "per_seed.csv")
-             for name, regime in REGIMES.items() if regime.condition == condition]
-    frames = [pd.read_csv(p) for p in paths if os.path.isfile(p)]
+    """The test runs under ``condition``: each method's rows from the directory of its regime
+    chosen on validation (``test_<regime>``), or None. Other ``test_*`` directories (a regime no
+    longer chosen) and other methods' rows in them are left out (:func:`unused_test_dirs`)."""
+    frames = []
+    for method, name in choose(root, condition).items():
+        path = os.path.join(root, "test_" + name, "per_seed.csv")
+        if os.path.isfile(path):
+            rows = pd.read_csv(path)
+            frames.append(rows[rows.method == method])
     return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def unused_test_dirs(root: str) -> List[str]:
+    """The ``test_*`` directories of ``root`` that no method's chosen regime reads under any
+    condition (left from a ``test`` run before validation chose another regime)."""
+    used = {"test_" + name for c in CONDITIONS for name in choose(root, c).values()}
+    return sorted(d for d in os.listdir(root) if d.startswith("test_")
+                  and os.path.isdir(os.path.join(root, d)) and d not in used)
+
+
+def not_in_table(name: str, rows: pd.DataFrame, root: str) -> str:
+    """Why a regime that has run on validation cannot be paired ("" if it can): the methods it
+    lacks, with the command that adds them."""
+    missing = [m for m in ALL if m not in set(rows.method)]
+    base = REGIMES[name].base
+    if not missing:
+        return ""
+    if name == base or set(missing) & set(REGIMES[name].methods):
+        return f"no validation rows of {', '.join(missing)}: rerun `validate {name}`"
+    if not os.path.isfile(os.path.join(root, base, "per_seed.csv")):
+        return f"base `{base}` not validated yet: run `validate {base}`"
+    return f"base `{base}` has no rows of {', '.join(missing)}: rerun `validate {base}`"
 
 
 def report(root: str) -> str:
     """Write ``root/README.md``: the validation table, each method's chosen regime, and the
-    test table once ``test`` has run."""
-    val = table(validation_rows(root), "val_")
+    test table once ``test`` has run. A regime that lacks a method (its base not validated
+    yet) and a ``test_*`` directory no method's chosen regime reads are named, not counted."""
+    validated = validation_rows(root)
+    why = {k: not_in_table(k, r, root) for k, r in validated.items()}
+    val = table({k: r for k, r in validated.items() if not why[k]}, "val_")
     text = ["# Regime search (issue 13)", "",
             "GroupLoss minus each comparison, paired per seed (same fold and seed), mean ± 95% CI "
             "over seeds, in points. Validation folds only (no test image read):", "", val]
     text += [f"- `{k}`: {r.description}; `python benchmarks/regime_search.py validate {k}`"
-             + ("" if per_seed(k, root) is not None else " (**not run yet**)")
+             + (" (**not run yet**)" if k not in validated else
+                f" (**not in the table: {why[k]}**)" if why[k] else "")
              for k, r in REGIMES.items()]
     tested = {c: test_rows(root, c) for c in CONDITIONS}
-    tested = {c: r for c, r in tested.items() if r is not None and set(ALL) <= set(r.method)}
+    partial = {c: sorted(set(ALL) - set(r.method)) for c, r in tested.items() if r is not None}
+    tested = {c: r for c, r in tested.items() if r is not None and not partial[c]}
     if tested:
         text += ["", "Every test run, a row per condition of the data (each method in its regime "
                  "chosen on validation; details below):", "", table(tested, ""),
@@ -265,6 +296,13 @@ def report(root: str) -> str:
             test = table({condition: tested[condition]}, "")
             text += ["", f"Test classes under `{condition}`, run once:", "", test,
                      test_details(tested[condition])]
+        elif partial.get(condition):
+            text += ["", f"No test table under `{condition}`: {', '.join(partial[condition])} "
+                     f"not tested in the regime chosen now; run `test {condition}`."]
+    unused = unused_test_dirs(root)
+    if unused:
+        text += ["", "Not read (regimes no longer chosen on validation; rerun `test` or remove "
+                 "them): " + ", ".join(f"`{d}`" for d in unused) + "."]
     md = "\n".join(text) + "\n"
     with open(os.path.join(root, "README.md"), "w") as f:
         f.write(md)
@@ -287,35 +325,57 @@ def run_test(root: str, condition: str, seeds: int, tiny: bool) -> int:
     return 0
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (``parser.error``, exit 2) what would do nothing or fail after the first run."""
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1 (got {args.seeds})")
+    if args.action == "validate":
+        if args.all == bool(args.regimes):
+            parser.error("validate takes regime names or --all (every regime), "
+                         + ("not both" if args.all else "none given") + "; regimes: "
+                         + ", ".join(REGIMES))
+        unknown = sorted(set(args.regimes) - set(REGIMES))
+        if unknown:
+            parser.error(f"unknown regimes {unknown}; choose from {', '.join(REGIMES)}")
+        return
+    if args.all:
+        parser.error(f"--all is for validate; {args.action} "
+                     + ("takes no regimes" if args.action == "report" else
+                        f"takes conditions ({', '.join(CONDITIONS)}; default clean)"))
+    if args.action == "report" and args.regimes:
+        parser.error(f"report takes no regimes (got {' '.join(args.regimes)}): it reads every "
+                     "run under --root")
+    wrong = sorted(set(args.regimes) - set(CONDITIONS))
+    if wrong:
+        parser.error(f"test takes conditions ({', '.join(CONDITIONS)}), not {', '.join(wrong)}: "
+                     "each method's regime under a condition is chosen on validation")
+    if not os.path.isdir(args.root):
+        parser.error(f"--root {args.root}: no such directory (relative to {os.getcwd()}); run "
+                     "`validate` first, or pass --root the directory of the regime runs")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("validate", "report", "test"))
     parser.add_argument("regimes", nargs="*", help="validate: of " + ", ".join(REGIMES)
                         + "; test: conditions, of " + ", ".join(CONDITIONS) + " (default clean)")
-    parser.add_argument("--all", action="store_true", help="every regime")
+    parser.add_argument("--all", action="store_true", help="validate: every regime")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--root", default=ROOT)
+    parser.add_argument("--root", default=ROOT, help="the directory of the regime runs (default "
+                        f"{ROOT}, relative to the current directory; report and test need it)")
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke runs (tests)")
     args = parser.parse_args(argv)
+    check_args(parser, args)
     if args.action == "report":
         print(report(args.root))
         return 0
     if args.action == "test":
-        conditions = args.regimes or ["clean"]
-        wrong = sorted(set(conditions) - set(CONDITIONS))
-        if wrong or args.all:
-            parser.error(f"test takes conditions ({', '.join(CONDITIONS)}), not {wrong}: each "
-                         "method's regime under a condition is chosen on validation")
-        for condition in conditions:
+        for condition in args.regimes or ["clean"]:
             code = run_test(args.root, condition, args.seeds, args.tiny)
             if code:
                 return code
         return 0
-    names = list(REGIMES) if args.all else list(args.regimes)
-    unknown = sorted(set(names) - set(REGIMES))
-    if unknown:
-        parser.error(f"unknown regimes {unknown}; choose from {', '.join(REGIMES)}")
-    for name in names:
+    for name in list(REGIMES) if args.all else list(dict.fromkeys(args.regimes)):
         code = bench(command(name, args.seeds, args.root, test=False, tiny=args.tiny))
         if code:
             return code

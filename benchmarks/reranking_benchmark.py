@@ -138,19 +138,42 @@ def _row(setting, n, res, same) -> str:
     )
 
 
+def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Refuse (``p.error``, exit 2) what would fail in a child or print an empty or meaningless
+    table."""
+    for flag in ("repeats", "dim"):
+        if getattr(a, flag) < 1:
+            p.error(f"--{flag} must be at least 1 (got {getattr(a, flag)})")
+    if not a.settings:
+        p.error(f"--settings needs at least one of {', '.join(SETTINGS)}")
+    if not a.both and not a.sparse:
+        p.error("nothing to measure: give --both and/or --sparse sizes N")
+    small = [n for n in a.both + a.sparse if n <= K]
+    if small:
+        p.error(f"--both/--sparse: N must exceed {K} (the top-{K} neighbours each query keeps "
+                f"besides itself are compared), got {' '.join(map(str, small))}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
-    p.add_argument("--both", type=int, nargs="*", default=[1000, 2000, 10000])
-    p.add_argument("--sparse", type=int, nargs="*", default=[])
+    p.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS),
+                   help="at least one (default all)")
+    p.add_argument("--both", type=int, nargs="*", default=[1000, 2000, 10000],
+                   help=f"N for dense and sparse (each N > {K}, the top-{K} compared)")
+    p.add_argument("--sparse", type=int, nargs="*", default=[], help="N for sparse only")
     p.add_argument("--repeats", type=int, default=1, help="fresh runs per cell (median time)")
-    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--dim", type=int, default=128, help="embedding dimension (>= 1)")
     p.add_argument("--tmp", default="/tmp/reranking_benchmark")
     p.add_argument("--child", nargs=3, metavar=("METHOD", "N", "SETTING"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    os.makedirs(a.tmp, exist_ok=True)
+    if not a.child:
+        check_args(p, a)
+    try:
+        os.makedirs(a.tmp, exist_ok=True)
+    except OSError as err:
+        p.error(f"--tmp {a.tmp}: cannot be created ({err.strerror})")
     if a.child:
         method, n, setting = a.child
         _child(method, int(n), setting, a.dim, os.path.join(a.tmp, f"{setting}_{method}_{n}"))

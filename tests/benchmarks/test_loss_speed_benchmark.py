@@ -85,3 +85,70 @@ def test_scaling_rotation_rows_and_ratios():
         (1000, "GroupLoss batch T=1"), (1000, "GroupLoss batch T=3"), (None, "MultiSimilarity")]
     table = bench.scaling_markdown(rows)
     assert table.count("| 1.00 |") >= 3  # each loss at the smallest m, and MultiSimilarity
+
+
+@pytest.fixture
+def quiet_main(monkeypatch):
+    """``bench.main`` with the process-wide settings and the measurements replaced: the
+    ``measure``/``scaling`` calls are recorded instead of timed."""
+    calls = []
+    monkeypatch.setattr(bench.torch, "set_num_threads", lambda n: calls.append(("threads", n)))
+    monkeypatch.setattr(bench, "_malloc_returns_memory", lambda returns: None)
+    monkeypatch.setattr(bench, "environment", lambda: {})
+    monkeypatch.setattr(bench, "measure", lambda *a: calls.append(("measure",) + a) or [])
+    monkeypatch.setattr(bench, "scaling", lambda *a: calls.append(("scaling",) + a) or [
+        dict(n=a[0], m=m, loss=name, median_ms=1.0, rounds=1, work_mib=None)
+        for m, name in ((a[1][0], "GroupLoss batch T=1"), (None, "MultiSimilarity"))])
+    return calls
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--losses", "NoSuchLoss"], "--losses: unknown 'NoSuchLoss'; the names (quote those with "
+                                 "spaces): 'GroupLoss dense T=0', 'GroupLoss dense T=1'"),
+    (["--losses", "GroupLoss", "GradML"], "--losses: unknown 'GroupLoss'; the names"),
+    (["--n", "0"], "argument --n: must be an integer of at least 1, got '0'"),
+    (["--m", "100", "0"], "argument --m: must be an integer of at least 1, got '0'"),
+    (["--repeats", "0"], "argument --repeats: must be an integer of at least 1, got '0'"),
+    (["--threads", "0"], "argument --threads: must be an integer of at least 1, got '0'"),
+    (["--d", "-1"], "argument --d: must be an integer of at least 1, got '-1'"),
+    (["--max-gb", "0"], "--max-gb must be positive (got 0.0)"),
+    (["--scaling", "--losses", "GradML"], "--scaling times its own losses"),
+    (["--scaling", "--max-gb", "5"], "drop --losses and --max-gb"),
+])
+def test_bad_arguments_exit_2_before_measuring(argv, message, quiet_main, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--n", "32", "--m", "100"] + argv if "--n" not in argv else argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert quiet_main == []  # nothing set, nothing measured
+
+
+def test_out_in_a_missing_directory_or_a_directory_is_refused_before_measuring(
+        tmp_path, quiet_main, capsys):
+    for out, message in ((tmp_path / "no" / "table.md", f"no directory {tmp_path / 'no'}; "
+                          "create it first"), (tmp_path, "a directory; give a file")):
+        with pytest.raises(SystemExit) as exit_:
+            bench.main(["--n", "32", "--m", "100", "--out", str(out)])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert quiet_main == []
+
+
+def test_the_defaults_are_unchanged_and_quick_fills_only_what_is_unset(tmp_path, quiet_main):
+    out = tmp_path / "table.md"
+    bench.main(["--n", "16", "--m", "12", "--losses", "GroupLoss batch T=1", "GradML",
+                "--out", str(out)])
+    assert quiet_main == [("threads", 1), ("measure", 16, 12, 512, 15, 6.0,
+                                           ["GroupLoss batch T=1", "GradML"])]
+    # the command of the call, not of the process that made it (pytest's here)
+    assert "loss_speed_benchmark.py --n 16 --m 12 --losses 'GroupLoss batch T=1' GradML --out " \
+        in out.read_text()
+    quiet_main.clear()
+    bench.main(["--quick"])
+    assert [c[1:] for c in quiet_main[1:]] == [(n, m, 512, 5, 6.0, None)
+                                             for m in bench.QUICK_M for n in bench.QUICK_N]
+    quiet_main.clear()
+    bench.main(["--quick", "--repeats", "15", "--max-gb", "2", "--n", "8", "--m", "10"])
+    assert quiet_main[1:] == [("measure", 8, 10, 512, 15, 2.0, None)]  # 15 was read as 5
+    quiet_main.clear()
+    bench.main(["--scaling", "--n", "8", "--m", "10", "100"])
+    assert quiet_main[1:] == [("scaling", 8, [10, 100], 512, 15)]

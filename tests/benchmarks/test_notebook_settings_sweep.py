@@ -102,3 +102,90 @@ def test_metric_loss_only_split_warns_of_a_too_large_trunk_lr(trunk_lr, warns):
     assert len(messages) == (1 if warns else 0), messages
     if warns:
         assert "trunk's and embedder's learning rates to 1e-3" in messages[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "--epochs must be at least 1 (got 0)"),
+    (["--epochs", "-3"], "--epochs must be at least 1 (got -3)"),
+    (["--batch-size", "0"], "--batch-size must be at least 1 (got 0)"),
+    (["--iterations", "0"], "--iterations must be at least 1 (got 0)"),
+    (["--train-per-class", "0"], "--train-per-class must be at least 1 (got 0)"),
+    (["--test-per-class", "1"], "--test-per-class must be at least 2 (got 1)"),
+    (["--trunk-lrs", "-1"], "learning rates must be positive"),
+    (["--mlp-classifier-lr", "0"], "learning rates must be positive"),
+    (["--batches"], "bare --batches runs no Net configuration: name a batching or add --mlp-trunk"),
+    (["--batch-size", "30"], "--batch-size 30 with m_per_class batches (4 images of each "
+                             "character) must be a multiple of 4 and at most 540"),
+    (["--batches", "m_per_class", "--train-per-class", "1", "--iterations", "2",
+      "--batch-size", "600"], "at most 540 (4 x 135 characters)"),
+])
+@pytest.mark.parametrize("quick", [[], ["--quick"]])
+def test_values_that_train_nothing_or_fail_mid_sweep_are_refused(argv, message, quick, capsys,
+                                                                  tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        sweep.parse_args(quick + argv + ["--output-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_one_pass_over_fewer_images_than_a_batch_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sweep.parse_args(["--batches", "m_per_class", "--train-per-class", "1"])
+    assert exit_.value.code == 2
+    assert "--batch-size 256 with m_per_class batches (4 images of each character) must be a " \
+        "multiple of 4 and at most 540 (4 x 135 characters) and, without --iterations, the 135 " \
+        "training images" in capsys.readouterr().err
+    sweep.parse_args(["--batches", "m_per_class", "--train-per-class", "1", "--iterations", "2"])
+
+
+@pytest.mark.parametrize("bad", ["a_file/out", "a_file"])
+def test_an_unusable_output_dir_is_refused_before_any_training(bad, tmp_path, capsys,
+                                                               monkeypatch):
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setattr(sweep, "load_split", lambda *a: pytest.fail("loaded the data"))
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["--quick", "--output-dir", str(tmp_path / bad)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {tmp_path / bad}: cannot be created or written ({tmp_path / 'a_file'}: " \
+        "Not a directory)" in err
+    sweep.parse_args(["--output-dir", str(tmp_path / "new" / "deeper")])  # creatable: accepted
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]  # the check creates nothing
+
+
+def test_quick_fills_in_only_the_options_left_unset(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "DEFAULT_OUTPUT", str(tmp_path))  # checked: not the committed one
+    unset = vars(sweep.parse_args([]))
+    assert {k: unset[k] for k in sweep.DEFAULTS} == sweep.DEFAULTS
+    assert unset["output_dir"] == str(tmp_path)
+    quick = vars(sweep.parse_args(["--quick"]))
+    assert quick == dict(unset, quick=True, output_dir=None, epochs=1, iterations=2, batch_size=32,
+                         trunk_lrs=[1e-2], classifier_lrs=[1e-3], raw_trunk_lrs=[1e-2],
+                         raw_classifier_lrs=[1e-3], batches=["m_per_class"], train_per_class=4,
+                         test_per_class=3)
+    given = vars(sweep.parse_args(["--quick", "--epochs", "3", "--batch-size", "64", "--batches",
+                                   "shuffled", "--train-per-class", "20", "--iterations", "5",
+                                   "--trunk-lrs", "1e-3", "1e-4", "--test-per-class", "2"]))
+    assert given == dict(quick, epochs=3, batch_size=64, batches=["shuffled"], train_per_class=20,
+                         iterations=5, trunk_lrs=[1e-3, 1e-4], raw_trunk_lrs=[1e-3, 1e-4],
+                         test_per_class=2)
+
+
+def test_quick_without_output_dir_writes_to_a_new_temporary_directory(tmp_path, monkeypatch,
+                                                                      capsys):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    images = torch.zeros(2, 1, 28, 28)
+    monkeypatch.setattr(sweep, "load_split", lambda *a: torch.utils.data.TensorDataset(
+        images, torch.tensor([0, 1])))
+    monkeypatch.setattr(sweep, "run_one", lambda run, train, test: dict(
+        run, status="ok", train_seconds=0.0, p_at_1=0.2, map_at_r=0.1, p_at_1_cosine=0.2,
+        embedding_std=1.0))
+    written = []
+    monkeypatch.setattr(sweep, "write_outputs", lambda rows, env, out: written.append(out))
+    sweep.main(["--quick"])
+    (out,) = written
+    assert os.path.dirname(out) == str(tmp_path) and os.path.isdir(out)
+    assert out != sweep.DEFAULT_OUTPUT
+    assert f"--quick without --output-dir: writing to {out}" in capsys.readouterr().out

@@ -116,3 +116,95 @@ def test_test_details_give_each_method_and_the_per_seed_differences():
     table = regime_search.method_means({"clean": rows}).splitlines()
     assert table[0] == "| condition | GroupLoss | plain CE | Triplet | ProxyAnchor |"
     assert table[2] == "| clean | 85.0 / 40.0 | 82.0 / 30.0 | 82.0 / 40.0 | 75.0 / 30.0 |"
+
+
+def _write_test(root, name, rows):
+    os.makedirs(os.path.join(root, "test_" + name))
+    pd.DataFrame(rows, columns=["method", "seed", "precision_at_1",
+                                "mean_average_precision_at_r"]).to_csv(
+        os.path.join(root, "test_" + name, "per_seed.csv"), index=False)
+
+
+def test_the_test_table_reads_only_each_methods_chosen_regime(tmp_path):
+    """A ``test_<regime>`` left from an earlier ``test`` (validation has since chosen another
+    regime for GroupLoss) is named in the report, not averaged into the numbers."""
+    root = str(tmp_path)
+    _write_val(root, "default", [(m, s, 0.5, 0.2) for m in regime_search.ALL for s in range(3)])
+    _write_val(root, "warmup_4", [("grouploss", s, 0.52, 0.2) for s in range(3)])
+    _write_val(root, "nll_only", [("grouploss", s, 0.60, 0.2) for s in range(3)])
+    others = regime_search.ALL[1:]
+    # test_default also holds GroupLoss's rows from a test run when default was its regime
+    _write_test(root, "default", [(m, s, 0.5, 0.2) for m in regime_search.ALL for s in range(3)])
+    _write_test(root, "warmup_4", [("grouploss", s, 0.30, 0.1) for s in range(3)])  # stale
+    _write_test(root, "nll_only", [("grouploss", s, 0.70, 0.3) for s in range(3)])
+    rows = regime_search.test_rows(root)
+    assert sorted(rows.method) == sorted(list(regime_search.ALL) * 3)
+    assert (rows[rows.method == "grouploss"].precision_at_1 == 0.70).all()
+    assert (rows[rows.method.isin(others)].precision_at_1 == 0.5).all()
+    assert regime_search.unused_test_dirs(root) == ["test_warmup_4"]
+    md = regime_search.report(root)
+    assert "| clean | 3 | 70.0 ± 0.0 | +20.0 ± 0.0 | +20.0 ± 0.0 |" in md
+    assert "- Test R@1: grouploss 70.0 ± 0.0, grouploss_ce 50.0 ± 0.0" in md
+    assert "Not read (regimes no longer chosen on validation; rerun `test` or remove them): " \
+        "`test_warmup_4`." in md
+
+
+def test_a_method_not_tested_in_its_chosen_regime_gives_no_test_table(tmp_path):
+    root = str(tmp_path)
+    _write_val(root, "default", [(m, 0, 0.5, 0.2) for m in regime_search.ALL])
+    _write_val(root, "nll_only", [("grouploss", 0, 0.60, 0.2)])  # chosen after the test run
+    _write_test(root, "default", [(m, 0, 0.5, 0.2) for m in regime_search.ALL])
+    assert sorted(regime_search.test_rows(root).method) == sorted(regime_search.ALL[1:])
+    md = regime_search.report(root)
+    assert "Every test run" not in md and "Test classes under `clean`" not in md
+    assert "No test table under `clean`: grouploss not tested in the regime chosen now; " \
+        "run `test clean`." in md
+
+
+def test_report_names_a_regime_whose_base_has_not_run_instead_of_failing(tmp_path):
+    root = str(tmp_path)
+    _write_val(root, "warmup_4", [("grouploss", s, 0.8, 0.5) for s in range(2)])
+    md = regime_search.report(root)
+    assert "| warmup_4 |" not in md
+    assert "validate warmup_4` (**not in the table: base `default` not validated yet: run " \
+        "`validate default`**)" in md
+    _write_val(root, "default", [(m, s, 0.8, 0.5) for m in ("triplet", "proxyanchor")
+                                 for s in range(2)])  # a partial run of the base
+    md = regime_search.report(root)
+    assert "validate default` (**not in the table: no validation rows of grouploss, " \
+        "grouploss_ce: rerun `validate default`**)" in md
+    assert "(**not in the table: base `default` has no rows of grouploss_ce: rerun " \
+        "`validate default`**)" in md
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["validate"], "validate takes regime names or --all (every regime), none given"),
+    (["validate", "default", "--all"], "validate takes regime names or --all (every regime), "
+                                       "not both"),
+    (["validate", "nosuch"], "unknown regimes ['nosuch']"),
+    (["validate", "--all", "--seeds", "0"], "--seeds must be at least 1 (got 0)"),
+    (["test", "--all"], "--all is for validate; test takes conditions (clean, label_noise_10"),
+    (["test", "default"], "test takes conditions (clean, label_noise_10, label_noise_20, "
+                          "label_noise_40), not default"),
+    (["report", "default"], "report takes no regimes (got default)"),
+    (["report", "--all"], "--all is for validate; report takes no regimes"),
+])
+def test_arguments_that_would_do_nothing_or_fail_late_are_refused(argv, message, capsys,
+                                                                   monkeypatch, tmp_path):
+    monkeypatch.setattr(regime_search, "bench", lambda args: pytest.fail("ran the benchmark"))
+    with pytest.raises(SystemExit) as exit_:
+        regime_search.main(argv + ["--root", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", ["report", "test"])
+def test_a_missing_root_is_refused_naming_the_option(action, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default root is relative: from elsewhere it is missing
+    for argv in ([action], [action, "--root", str(tmp_path / "missing")]):
+        with pytest.raises(SystemExit) as exit_:
+            regime_search.main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "--root " in err and "no such directory" in err and str(tmp_path) in err
+    assert os.listdir(tmp_path) == []
