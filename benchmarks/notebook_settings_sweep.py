@@ -377,15 +377,12 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 + (f" and, without --iterations, the {images} training images" if images < 540
                    else ""))
     if args.output_dir is not None:
-        probe = os.path.abspath(args.output_dir)
-        while not os.path.exists(probe):
-            probe = os.path.dirname(probe)
-        try:
-            with tempfile.TemporaryFile(dir=probe):
-                pass
-        except OSError as err:
-            p.error(f"--output-dir {args.output_dir}: cannot be created or written ({probe}: "
-                    f"{err.strerror}); choose another directory")
+        from pml_grouploss.benchmark.validation import check_output_dir
+
+        try:  # the benchmark's probe: creatable and writable, nothing left behind
+            check_output_dir(args.output_dir, "--output-dir")
+        except ValueError as err:
+            p.error(str(err))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:

@@ -147,8 +147,8 @@ def test_an_unusable_output_dir_is_refused_before_any_training(bad, tmp_path, ca
         sweep.main(["--quick", "--output-dir", str(tmp_path / bad)])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert f"--output-dir {tmp_path / bad}: cannot be created or written ({tmp_path / 'a_file'}: " \
-        "Not a directory)" in err
+    why = "is" if bad == "a_file" else f"cannot be created: {str(tmp_path / 'a_file')!r} is"
+    assert f"--output-dir {str(tmp_path / bad)!r} {why} a file, not a directory" in err
     sweep.parse_args(["--output-dir", str(tmp_path / "new" / "deeper")])  # creatable: accepted
     assert sorted(os.listdir(tmp_path)) == ["a_file"]  # the check creates nothing
 
