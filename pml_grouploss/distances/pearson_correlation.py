@@ -7,7 +7,7 @@ import torch
 from pytorch_metric_learning.distances import BaseDistance
 
 from .. import _validation as v
-from ..functional.pearson import HALF_DTYPES, gram, standardize_rows
+from ..functional.pearson import HALF_DTYPES, gram, standardize_rows, widen_rows
 
 
 class PearsonCorrelation(BaseDistance):
@@ -17,9 +17,10 @@ class PearsonCorrelation(BaseDistance):
     L2 norm (:func:`pml_grouploss.functional.standardize_rows`); the matrix is then the dot
     product of those rows, in ``[-1, 1]``, larger = more similar (``is_inverted=True``).
     Unlike cosine similarity it is invariant to a translation of each embedding as well as
-    to scaling. A finite zero-variance embedding correlates 0 with everything (no NaN); an
-    embedding holding NaN or inf correlates NaN with everything, itself included (propagated,
-    never hidden as a constant row).
+    to scaling. A finite zero-variance embedding correlates 0 with everything (no NaN), and so
+    does one whose largest magnitude is subnormal in its dtype (its gradient, growing as
+    1/scale, would overflow: it gets 0); an embedding holding NaN or inf correlates NaN with
+    everything, itself included (propagated, never hidden as a constant row).
 
     **Sharper similarities: ``power``.** With ``power = p > 1`` the matrix is the *signed*
     power ``sign(c) |c|^p`` of each correlation ``c`` (PML's own ``power`` would compute
@@ -85,8 +86,8 @@ class PearsonCorrelation(BaseDistance):
         their dtype (in their own precision the rounding would leave entries above 1).
         """
         if query_emb.dtype in HALF_DTYPES:
-            wide = None if ref_emb is None else ref_emb.float()
-            return self.forward(query_emb.float(), wide).to(query_emb.dtype)
+            wide = None if ref_emb is None else widen_rows(ref_emb, torch.float32)
+            return self.forward(widen_rows(query_emb, torch.float32), wide).to(query_emb.dtype)
         if self.power == 1:
             return super().forward(query_emb, ref_emb)
         power, self.power = self.power, 1  # PML's forward must not apply its own power

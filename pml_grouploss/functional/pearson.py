@@ -7,7 +7,7 @@ import torch
 
 from .. import _validation as v
 from ._closed_form_backward import row_map_function
-from .rms_normalize import row_power_of_two
+from .rms_normalize import row_power_of_two, zero_overflowing_rows
 
 #: dtypes whose rows are standardised in float32
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -26,8 +26,10 @@ def standardize_rows(x: torch.Tensor) -> torch.Tensor:
         ``(n, d)``, computed in float32 for float16/bfloat16 ``x`` (a rounding-level floor in
         their own precision would call rows of offset 8 and spread 1 constant). Finite rows
         with (numerically) zero variance become all-zero rows instead of 0/0, and their
-        gradient is zero, not NaN. A row holding NaN or inf becomes all NaN (never hidden as a
-        constant row): its correlations are NaN, so a k-NN or a loss sees it.
+        gradient is zero, not NaN; so do rows too small for a finite gradient (it grows as
+        1 / the row's spread): largest magnitude subnormal in ``x``'s dtype. A row holding
+        NaN or inf becomes all NaN (never hidden as a constant row): its correlations are
+        NaN, so a k-NN or a loss sees it.
 
     The backward pass is the closed form ``P (g - z (z . g)) / (||c|| s)`` (``P`` the
     centring, ``c`` the centred row, ``s`` its scale): a handful of passes instead of
@@ -36,8 +38,18 @@ def standardize_rows(x: torch.Tensor) -> torch.Tensor:
     """
     v.check_rows("x", x)
     if x.dtype in HALF_DTYPES:
-        return _StandardizeRows.apply(x.float()).to(x.dtype)
+        return _StandardizeRows.apply(widen_rows(x, torch.float32)).to(x.dtype)
     return _StandardizeRows.apply(x)
+
+
+def widen_rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` ``(n, d)`` in the wider ``dtype``, its rows whose largest magnitude is subnormal in
+    ``x``'s own dtype set to 0 (zero rows of the correlation: their gradient, ~1/scale, would
+    overflow once cast back to ``x``'s dtype)."""
+    if x.dtype == dtype:
+        return x
+    small = x.detach().abs().amax(dim=1, keepdim=True) < torch.finfo(x.dtype).tiny
+    return x.masked_fill(small, 0.0).to(dtype)
 
 
 def _standardize(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +60,7 @@ def _standardize(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     # away from overflow/underflow.
     power = row_power_of_two(x)
     z, inverse_norm = standardize_scaled(x / power)
-    return z, inverse_norm / power
+    return zero_overflowing_rows(z, inverse_norm / power, power)
 
 
 def standardize_scaled(xs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -127,8 +139,8 @@ def pearson_correlation(
     if query.dtype in HALF_DTYPES or torch.is_autocast_enabled(query.device.type):
         dtype = torch.promote_types(query.dtype, torch.float32)  # float64 stays float64
         with torch.autocast(query.device.type, enabled=False):
-            wide = None if reference is None else reference.to(dtype)
-            return pearson_correlation(query.to(dtype), wide).to(query.dtype)
+            wide = None if reference is None else widen_rows(reference, dtype)
+            return pearson_correlation(widen_rows(query, dtype), wide).to(query.dtype)
     q = standardize_rows(query)
     if reference is None:
         return gram(q)

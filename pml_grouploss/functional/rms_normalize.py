@@ -20,7 +20,9 @@ def rms_normalize(x: torch.Tensor) -> torch.Tensor:
 
     Rows are first divided by the power of two at or below their largest magnitude (exact),
     so norms neither overflow at ~1e38 nor underflow; an all-zero row stays zero with a finite
-    gradient. The backward pass is the closed form ``sqrt(d) (g - y (y . g) / d) / ||x||``
+    gradient. A row too small for a finite gradient (it grows as ``1/||x_i||``: largest
+    magnitude subnormal in ``x``'s dtype, or ``sqrt(d)/||x_i||`` overflowing) becomes a zero
+    row too. The backward pass is the closed form ``sqrt(d) (g - y (y . g) / d) / ||x||``
     (``create_graph=True`` differentiates the forward formula with autograd instead).
 
     Args:
@@ -54,11 +56,24 @@ def rms_scaled(xs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return xs * inverse, inverse
 
 
+def zero_overflowing_rows(
+    y: torch.Tensor, factor: torch.Tensor, power: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(y, factor)`` of a scale-free row map (``factor`` ``(n, 1)``: its gradient's scale, 1
+    over the row's size; ``power``: :func:`row_power_of_two` of the input) with the rows too
+    small for a finite gradient — largest magnitude subnormal, or ``factor`` infinite — set to
+    zero rows (``y`` and ``factor`` 0), as constant rows are: no ``0 * inf`` in the backward.
+    NaN rows stay NaN."""
+    tiny = torch.finfo(power.dtype).tiny
+    degenerate = (power < tiny).logical_or_(torch.isinf(factor))
+    return y.masked_fill(degenerate, 0.0), factor.masked_fill(degenerate, 0.0)
+
+
 def _rms_normalize(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(y, sqrt(d) / ||x||)`` of :func:`rms_normalize` (0 for zero rows)."""
     power = row_power_of_two(x)
     y, inverse = rms_scaled(x / power)
-    return y, inverse / power
+    return zero_overflowing_rows(y, inverse / power, power)
 
 
 def _rms_normalize_backward(y: torch.Tensor, factor: torch.Tensor, grad: torch.Tensor):

@@ -231,3 +231,21 @@ def test_pairwise_distance_is_the_correlation_of_raw_rows():
                           PearsonCorrelation(power=2)(x, y).diagonal(), atol=1e-6)
     matches = MatchFinder(PearsonCorrelation(), threshold=0.9).is_match(x, y)
     assert matches.tolist() == [True] * 3 + [False] * 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_subnormal_embedding_gives_finite_loss_and_gradient(dtype):
+    # PML's ContrastiveLoss over PearsonCorrelation: a subnormal row made the gradient NaN
+    # (float16: inf) for every embedding that shares a pair with it
+    from pytorch_metric_learning.losses import ContrastiveLoss
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    x[0] *= torch.finfo(dtype).tiny * 0.01
+    x = x.to(dtype)
+    assert x[0].abs().max() > 0
+    x.requires_grad_(True)
+    loss = ContrastiveLoss(distance=PearsonCorrelation())(x, torch.tensor([0, 0, 1, 1, 2, 2]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+    assert (PearsonCorrelation()(x.detach())[0] == 0).all()

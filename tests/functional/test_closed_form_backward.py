@@ -84,6 +84,20 @@ def test_row_maps_low_precision_close_to_float64(f, dtype):
     torch.testing.assert_close(ours.double(), _autograd_grad(f, x, g), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("f", [standardize_rows, rms_normalize], ids=["standardize", "rms"])
+def test_row_maps_treat_subnormal_rows_as_zero_rows(f, dtype):
+    # the gradient scale 1/||x_i|| overflowed at subnormal rows: 0 * inf = NaN in the backward
+    x = torch.randn(3, 64, dtype=dtype)
+    x[1] *= torch.finfo(dtype).tiny * 0.01 / x[1].abs().max()
+    x.requires_grad_(True)
+    y = f(x)
+    (grad,) = torch.autograd.grad((y * torch.randn_like(y)).sum(), x)
+    assert torch.isfinite(grad).all() and (grad[1] == 0).all() and (y[1] == 0).all()
+    assert (grad[0] != 0).any()  # normal rows unaffected
+    torch.testing.assert_close(y[0], f(x[:1].detach())[0], rtol=0, atol=0)
+
+
 def test_gram_under_autocast_returns_gradient_in_input_dtype():
     z = torch.randn(6, 4, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):

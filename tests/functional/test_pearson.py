@@ -111,3 +111,28 @@ def test_correlation_of_half_rows_computed_in_float32():
 def test_reference_of_another_dtype_named():
     with pytest.raises(TypeError, match="query and reference must have one dtype"):
         pearson_correlation(torch.randn(3, 4), torch.randn(2, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_subnormal_rows_are_zero_rows_with_finite_gradient(dtype):
+    # Correlation is scale-free but its gradient grows as 1/scale: at a subnormal row the
+    # scale factor overflowed and the backward gave 0 * inf = NaN (inf in float16).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 16, generator=g, dtype=torch.float64)
+    tiny = torch.finfo(dtype).tiny
+    x[2] = x[2] / x[2].abs().max() * tiny * 0.5  # largest magnitude subnormal in dtype
+    x = x.to(dtype)
+    assert 0 < x[2].abs().max() < tiny
+    clean = pearson_correlation(torch.cat([x[:2], x[3:]]).double())
+    for f in (pearson_correlation, lambda e: pearson_similarity(e), standardize_rows):
+        e = x.clone().requires_grad_(True)
+        out = f(e)
+        (grad,) = torch.autograd.grad((out.float() * torch.linspace(-1, 1, out.numel())
+                                       .view_as(out)).sum(), e)
+        assert torch.isfinite(grad).all(), f
+        assert (grad[2] == 0).all()
+    corr = pearson_correlation(x)
+    assert (corr[2] == 0).all() and (corr[:, 2] == 0).all()  # as a constant row
+    keep = [0, 1, 3, 4]
+    atol = {torch.float16: 1e-3, torch.bfloat16: 1e-2}.get(dtype, 1e-6)
+    torch.testing.assert_close(corr[keep][:, keep].double(), clean, rtol=0, atol=atol)
