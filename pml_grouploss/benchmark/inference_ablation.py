@@ -5,8 +5,9 @@ evaluated with: the baseline; each strategy alone (flip inference, beta-normaliz
 pooling, leaky-ReLU swap, k-reciprocal re-ranking); and the strategies added cumulatively. Each
 strategy's parameter is chosen on the run's validation fold (strategy alone on top of the
 baseline); the test classes only report the rows of the table. Strategies whose surgery cannot be
-applied to the trunk are reported as not applicable; on a trunk whose final feature map is already
-1x1 (the ``cnn`` trunk at 28x28) mixed pooling is the identity, so its rows equal those without it.
+applied to the trunk are reported as not applicable, and so is mixed pooling on a trunk whose final
+feature map is already 1x1 (the ``cnn`` trunk at 28x28), where it is the identity: both are left out
+of the table, with the reason in the chosen parameters' notes.
 """
 
 from __future__ import annotations
@@ -69,12 +70,35 @@ def _evaluate(cfg, trunk, embedder, dataset, settings: Dict[str, Any], device) -
     return clean_accuracies(acc["split"])
 
 
-def _choose(evaluate: Callable, metric: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
+def _mixed_pooling_identity(trunk: torch.nn.Module, dataset, device) -> Optional[str]:
+    """Why mixed pooling is left out if it does not change ``trunk``'s output on a few images of
+    ``dataset`` (a 1x1 final feature map: max and average pooling agree), else ``None``."""
+    from ..inference import install_mixed_pooling
+
+    try:
+        pooled = install_mixed_pooling(trunk, alpha=1.0).eval()
+    except (TypeError, ValueError):  # reported by the grid as not applicable
+        return None
+    images = torch.stack([dataset[i][0] for i in range(min(4, len(dataset)))]).to(device)
+    with torch.no_grad():
+        if not torch.equal(trunk.eval()(images), pooled(images)):
+            return None
+    return ("not applicable: the identity on this trunk (its final feature map is 1x1, where "
+            "max and average pooling agree)")
+
+
+def _choose(evaluate: Callable, metric: str, identity: Callable[[str], Optional[str]]
+            ) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """Each strategy's parameter with the best validation ``metric`` (strategy alone on the
-    baseline), and a note for each strategy that cannot be applied to the trunk."""
+    baseline), and a note for each strategy that cannot be applied to the trunk or, by
+    ``identity(name)``, does not change it."""
     chosen: Dict[str, Any] = {"flip": True}
     notes: Dict[str, str] = {}
     for name, grid in GRIDS.items():
+        note = identity(name)
+        if note:
+            notes[name] = note
+            continue
         try:
             scores = [evaluate({name: value}, "val")[metric] for value in grid]
         except Exception as err:  # surgery not applicable to this trunk
@@ -143,7 +167,17 @@ def run_inference_ablation(results_dir: str, method: str = "grouploss", log: Opt
             finally:
                 grid.on_phase("idle")
 
-        chosen, notes = _choose(evaluate, cfg.optim.primary_metric)
+        def identity(name):
+            if name != "mixed_pooling":
+                return None
+            grid.on_phase("validation")
+            try:
+                trunk, _ = _load_best(cfg, run_dir, splits.in_channels, device)
+                return _mixed_pooling_identity(trunk, splits.val, device)
+            finally:
+                grid.on_phase("idle")
+
+        chosen, notes = _choose(evaluate, cfg.optim.primary_metric, identity)
         chosen_all[seed] = {**chosen, **{f"{k}_note": v for k, v in notes.items()}}
         for label, settings in _table(chosen):
             acc = evaluate(settings, "test")
