@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -153,3 +154,23 @@ def check_pair_indices(indices_tuple: Sequence[torch.Tensor], n: int, n_ref: int
                 f"in [{low}, {high}]; build it from this batch (a PML miner's output) or pass "
                 "ref_emb for indices into another set"
             )
+
+
+def check_optional_callable(name: str, value: object) -> None:
+    """``value`` is ``None`` or callable (else it would fail only when first called)."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable or None, got {type(value).__name__} {value!r}")
+
+
+def check_path(name: str, value: object) -> str:
+    """``value`` (a ``str`` or ``os.PathLike``) as a ``str`` path."""
+    try:
+        path = os.fspath(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a directory path (str or pathlib.Path), got "
+            f"{type(value).__name__} {value!r}"
+        ) from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    return path

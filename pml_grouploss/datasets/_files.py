@@ -46,18 +46,30 @@ def read_fields(
     text and ``expected`` (the format, e.g. ``"<image_id> <path>"``).
     """
     rows: List[List[str]] = []
-    with open(path, "r") as f:
-        for number, line in enumerate(f, start=1):
-            text = line.rstrip("\r\n")
-            fields = [x.strip() for x in text.split(sep)] if sep is not None else text.split()
-            if number == 1 and header is not None:
-                if fields != list(header):
-                    _malformed(path, number, text, "the header " + " ".join(header))
-                continue
-            if len(fields) != num_fields or not all(_is_int(fields[i]) for i in int_fields):
-                _malformed(path, number, text, expected)
-            rows.append(fields)
+    for number, line in enumerate(read_lines(path, expected), start=1):
+        text = line.rstrip("\r\n")
+        fields = [x.strip() for x in text.split(sep)] if sep is not None else text.split()
+        if number == 1 and header is not None:
+            if fields != list(header):
+                _malformed(path, number, text, "the header " + " ".join(header))
+            continue
+        if len(fields) != num_fields or not all(_is_int(fields[i]) for i in int_fields):
+            _malformed(path, number, text, expected)
+        rows.append(fields)
     return rows
+
+
+def read_lines(path: str, expected: str) -> List[str]:
+    """The lines of the text file ``path``; ``ValueError`` naming it and ``expected`` (the
+    format of its lines) when it does not decode as text (a damaged or binary file)."""
+    try:
+        with open(path, "r") as f:
+            return f.readlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not a text file ({err}); expected lines {expected}: the file is damaged "
+            "or another file has its name"
+        ) from None
 
 
 def _is_int(text: str) -> bool:

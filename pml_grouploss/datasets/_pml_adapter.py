@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set
 import torch
 from torch.utils.data import Dataset
 
+from .. import _validation as v
 from ._files import read_image
 
 
@@ -53,7 +54,11 @@ class PMLDatasetAdapter(Dataset):
             raise ValueError(
                 f"root: give the directory of {type(self).__name__}. {self.download_hint}"
             )
-        self.root = os.fspath(root)
+        self.root = v.check_path("root", root)
+        download = v.check_bool("download", download)
+        unique_labels = v.check_bool("unique_labels", unique_labels)
+        v.check_optional_callable("transform", transform)
+        v.check_optional_callable("target_transform", target_transform)
         if download:
             self._download(split)
         self._check_files()

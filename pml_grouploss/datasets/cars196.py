@@ -4,7 +4,7 @@ import os
 
 from pytorch_metric_learning import datasets as pml_datasets
 
-from ._files import read_fields
+from ._files import read_fields, read_lines
 from ._pml_adapter import PMLDatasetAdapter
 
 #: Cars196's class ids are 1..NUM_CLASSES (PML's splits drop an image of any other id)
@@ -33,8 +33,7 @@ class Cars196(PMLDatasetAdapter):
         1-based ``<class>`` indexing the lines of ``names.csv`` (PML looks the folder name up
         there; class 0 would silently pick the last name) and at most 196 (PML's splits silently
         drop an image of a higher class)."""
-        with open(os.path.join(self.root, "names.csv"), "r") as f:
-            num_names = len(f.readlines())
+        num_names = len(read_lines(os.path.join(self.root, "names.csv"), "'<class name>'"))
         last = min(num_names, NUM_CLASSES)
         expected = "'<file>,<x1>,<y1>,<x2>,<y2>,<class>' (6 comma-separated fields)"
         for split in ("train", "test"):

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from .._validation import check_int
+from .._validation import check_bool, check_int, check_optional_callable
 
 #: permutation seed of :func:`class_folds`: fixed, so every method and seed sees the same folds
 FOLD_SEED = 12345
@@ -41,6 +41,12 @@ class ClassSubset(Dataset):
             raise TypeError(f"base must have `labels` (one class id per sample), got a "
                             f"{type(base).__name__} without them")
         labels = np.asarray(base.labels)
+        size = len(base) if hasattr(base, "__len__") else labels.shape[0]
+        if labels.ndim != 1 or labels.shape[0] != size:
+            raise ValueError(f"base.labels must hold one class id per sample ({size}), got "
+                             f"shape {labels.shape}")
+        check_optional_callable("transform", transform)
+        cache = check_bool("cache", cache)
         classes = _checked_classes(classes, labels)
         index = {c: i for i, c in enumerate(classes)}
         self.base = base
@@ -86,6 +92,9 @@ def _checked_classes(classes: Sequence[int], labels: np.ndarray) -> List[int]:
         raise TypeError(f"classes must be a sequence of class ids, got {type(classes).__name__}")
     if hasattr(classes, "tolist"):  # NumPy array or tensor: its elements as Python scalars
         classes = classes.tolist()
+        if not isinstance(classes, list):  # a 0-d array or tensor: one id, not a sequence
+            raise TypeError(f"classes must be a sequence of class ids, got the single id "
+                            f"{classes!r}; write [{classes!r}]")
     ids: List[int] = []
     for c in classes:
         if isinstance(c, bool) or not isinstance(c, numbers.Integral):
@@ -113,6 +122,7 @@ def class_folds(num_classes: int, num_folds: int, seed: int = FOLD_SEED) -> List
     """Split ``0..num_classes-1`` into ``num_folds`` disjoint folds of (almost) equal size, by a
     permutation drawn from ``seed``: fold ``k`` validates, the others train."""
     check_int("num_classes", num_classes, 1)
+    check_int("seed", seed, 0)
     if check_int("num_folds", num_folds) < 2 or num_folds > num_classes:
         raise ValueError(f"num_folds {num_folds} must be >= 2 (one fold validates) and at most "
                          f"the {num_classes} classes to split (each fold needs a class)")

@@ -131,4 +131,8 @@ def _as_label_array(labels: Any) -> np.ndarray:
     array = np.asarray(labels).reshape(-1)
     if array.size and not np.issubdtype(array.dtype, np.integer):
         raise TypeError(f"dataset.labels must be integer class ids, got dtype {array.dtype}")
+    if array.size and array.dtype == np.uint64 and array.max() > np.iinfo(np.int64).max:
+        raise ValueError(  # astype(int64) would wrap them to negative ids
+            f"dataset.labels must fit in int64, got {array.max()}; map them to class ids, e.g. "
+            "np.unique(labels, return_inverse=True)[1]")
     return array.astype(np.int64)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .._validation import check_int
+from .._validation import check_bool, check_int, check_optional_callable, check_path
 from ._files import read_image
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -50,6 +50,17 @@ def preprocess(image: Image.Image, image_size: int = 28) -> np.ndarray:
     """
     gray = image.convert("L").resize((image_size, image_size), Image.BOX)
     return 255 - np.asarray(gray, dtype=np.uint8)
+
+
+def _names(arg: str, names: object) -> List[str]:
+    """``names`` (an iterable of ``str``) as a list, else a ``TypeError`` naming ``arg``."""
+    listed = list(names) if hasattr(names, "__iter__") else None
+    if listed is None or not all(isinstance(n, str) for n in listed):
+        raise TypeError(
+            f"{arg} must be a sequence of alphabet names (str), got {names!r}; "
+            "e.g. ['Greek', 'Latin']"
+        )
+    return listed
 
 
 class Omniglot(Dataset):
@@ -106,6 +117,11 @@ class Omniglot(Dataset):
         if split not in ("train", "test", "train+test"):
             raise ValueError(f"split must be 'train', 'test' or 'train+test', got {split!r}")
         image_size = check_int("image_size", image_size, 1)
+        download = check_bool("download", download)
+        unique_labels = check_bool("unique_labels", unique_labels)
+        check_optional_callable("transform", transform)
+        check_optional_callable("target_transform", target_transform)
+        root = None if root is None else check_path("root", root)
         self.root = root
         self.split = split
         self.transform = transform
@@ -168,7 +184,8 @@ class Omniglot(Dataset):
                     f"{arg} must be a sequence of alphabet names, got the str {names!r}; "
                     f"write [{names!r}]"
                 )
-            chosen[arg] = set(names if names is not None else defaults[arg])
+            names = list(defaults[arg] if names is None else _names(arg, names))
+            chosen[arg] = set(names)
             unknown = sorted(chosen[arg] - known)
             if unknown:
                 raise ValueError(f"{arg}: unknown alphabets {unknown}; available: {sorted(known)}")

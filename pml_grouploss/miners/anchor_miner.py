@@ -87,6 +87,8 @@ class AnchorMiner(BaseMiner):
         seed: Optional[int] = None,
         **kwargs,
     ):
+        if kwargs.get("collect_stats") is not None:  # None: PML's global COLLECT_STATS
+            v.check_bool("collect_stats", kwargs["collect_stats"])
         super().__init__(**kwargs)
         # validate eagerly, with the functional's messages
         select_anchors(torch.zeros(1, dtype=torch.long), num_anchors_per_class, selection)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
 
-from .._validation import check_int
+from .._validation import check_bool, check_int
 from ..functional.class_centroids import class_centroids, nearest_classes
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[int]]
@@ -32,6 +32,26 @@ def _class_ids(labels: ArrayLike) -> np.ndarray:
     if not (np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))):
         raise ValueError(f"labels must be integer class ids, got NaN, inf or fractions; {fix}")
     return labels.astype(np.int64)
+
+
+def _embedding_matrix(embeddings: ArrayLike, name: str = "embeddings") -> torch.Tensor:
+    """``embeddings`` as a finite real ``(N, d)`` CPU float tensor, ``d >= 1`` (a named error
+    for other shapes and dtypes: bool/complex/text would be cast silently or fail in torch)."""
+    if torch.is_tensor(embeddings):
+        emb = embeddings.detach().cpu()
+    else:
+        array = np.asarray(embeddings)
+        if array.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must be a real-valued (N, d) array, got dtype {array.dtype}")
+        emb = torch.as_tensor(array)
+    if emb.dtype == torch.bool or emb.is_complex():
+        raise TypeError(f"{name} must be real-valued, got dtype {emb.dtype}")
+    if emb.ndim != 2 or emb.shape[1] == 0:
+        raise ValueError(f"{name} must have shape (N, d) with d >= 1, got {tuple(emb.shape)}")
+    emb = emb if emb.is_floating_point() else emb.float()
+    if not bool(torch.isfinite(emb).all()):
+        raise ValueError(f"{name} contain NaN or inf: cannot compute class centroids")
+    return emb
 
 
 class NearestClassSampler(MPerClassSampler):
@@ -143,7 +163,7 @@ class NearestClassSampler(MPerClassSampler):
         self.num_candidates = num_candidates
         self.seed = seed
         self.epoch = 0
-        self.normalize_embeddings = bool(normalize_embeddings)
+        self.normalize_embeddings = check_bool("normalize_embeddings", normalize_embeddings)
         self.embedding_fn = embedding_fn
         self.hook_batch_size = hook_batch_size
         #: ``(C, d)`` float32 CPU centroids, row ``i`` for ``self.classes[i]``; ``None`` before
@@ -160,12 +180,7 @@ class NearestClassSampler(MPerClassSampler):
             labels: optional ``(N',)`` labels of the rows of ``embeddings`` when they are not the
                 whole dataset in order; every class of the sampler must appear.
         """
-        if torch.is_tensor(embeddings):
-            emb = embeddings.detach().cpu()
-        else:
-            emb = torch.as_tensor(np.asarray(embeddings))
-        if emb.ndim != 2:
-            raise ValueError(f"embeddings must have shape (N, d), got {tuple(emb.shape)}")
+        emb = _embedding_matrix(embeddings)
         if labels is None:
             if emb.shape[0] != len(self.dataset_labels):
                 raise ValueError(
@@ -174,11 +189,9 @@ class NearestClassSampler(MPerClassSampler):
                 )
             labels_t = torch.as_tensor(self.dataset_labels)
         else:
-            labels_t = torch.as_tensor(
-                labels.detach().cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels)
-            ).reshape(-1)
+            labels_t = torch.as_tensor(_class_ids(labels))
         centroids, classes = class_centroids(
-            emb.float() if not emb.is_floating_point() else emb,
+            emb,
             labels_t,
             normalize_embeddings=self.normalize_embeddings,
         )
@@ -268,7 +281,15 @@ class NearestClassSampler(MPerClassSampler):
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Inverse of :meth:`state_dict`."""
+        if not isinstance(state, dict) or "epoch" not in state:
+            raise ValueError(
+                "state must be a dict with 'epoch' (and optionally 'centroids'), as returned by "
+                f"state_dict(); got {type(state).__name__}"
+                + (f" with keys {sorted(map(str, state))}" if isinstance(state, dict) else "")
+            )
         centroids = state.get("centroids")
+        if centroids is not None:
+            centroids = _embedding_matrix(centroids, "state['centroids']")
         if centroids is not None and centroids.shape[0] != len(self.classes):
             raise ValueError(
                 f"the state holds {centroids.shape[0]} centroids, this sampler has "

@@ -98,3 +98,35 @@ def test_class_subset_accepts_integer_arrays_and_tensors_as_before():
         ClassSubset(base, [3, 4], None, "train")
     with pytest.raises(TypeError, match="base must have `labels`"):
         ClassSubset(object(), [3], None, "train")
+
+
+def test_class_subset_checks_base_labels_cache_transform_and_single_ids():
+    class Short(Toy):
+        def __len__(self):
+            return 4  # labels list 6 samples: indices 4, 5 would fail in base[i] at training
+
+    with pytest.raises(ValueError, match=re.escape("base.labels must hold one class id per "
+                                                   "sample (4), got shape (6,)")):
+        ClassSubset(Short(), [7], None, "train")
+    flat = Toy()
+    flat.labels = [[3, 3], [5, 7]]  # was "only 0-dimensional arrays can be converted"
+    with pytest.raises(ValueError, match=re.escape("got shape (2, 2)")):
+        ClassSubset(flat, [3], None, "train")
+    with pytest.raises(TypeError, match="^cache must be True or False, got str 'False'"):
+        ClassSubset(Toy(), [3], None, "train", cache="False")  # "False" cached every image
+    with pytest.raises(TypeError, match="^transform must be callable or None, got str"):
+        ClassSubset(Toy(), [3], "to_tensor", "train")  # failed at the first item only
+    with pytest.raises(TypeError, match=re.escape("got the single id 7; write [7]")):
+        ClassSubset(Toy(), torch.tensor(7), None, "train")  # was "'int' object is not iterable"
+    assert ClassSubset(Toy(), [3], None, "train", cache=True)._cache == {}
+
+
+@pytest.mark.parametrize("seed,error,message", [
+    ("1", TypeError, "seed must be an int, got str '1'"),  # were NumPy's SeedSequence errors
+    (1.5, TypeError, "seed must be an int, got float 1.5"),
+    (None, TypeError, "seed must be an int, got NoneType None"),  # folds differed at every call
+    (-1, ValueError, "seed must be an int >= 0, got -1"),
+])
+def test_class_folds_seed_is_checked(seed, error, message):
+    with pytest.raises(error, match="^" + re.escape(message)):
+        class_folds(10, 2, seed=seed)

@@ -166,3 +166,18 @@ def test_sop_class_in_both_ebay_files_is_refused(tmp_path):
     for split in ("train", "test", "train+test"):  # train 0, test 3: two labels for one class
         with pytest.raises(ValueError, match=re.escape(expected)):
             StanfordOnlineProducts(str(tmp_path), split=split)
+
+
+def test_binary_annotation_files_are_named(tmp_path):
+    # were a bare UnicodeDecodeError ("'utf-8' codec can't decode byte 0xff ...") naming no file
+    images_txt, _ = _cub(tmp_path / "cub")
+    with open(images_txt, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 JFIF\n")
+    with pytest.raises(ValueError, match=re.escape(f"{images_txt} is not a text file (")):
+        CUB(str(tmp_path / "cub"))
+    write_cars_tree(str(tmp_path / "cars"), n_classes=4, per_class=2)
+    names = str(tmp_path / "cars" / "names.csv")
+    with open(names, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n\xff")
+    with pytest.raises(ValueError, match=re.escape(f"{names} is not a text file (")):
+        Cars196(str(tmp_path / "cars"))

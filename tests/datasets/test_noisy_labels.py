@@ -150,3 +150,15 @@ def test_other_bad_inputs():
     with pytest.raises(ValueError, match="at least 2 classes"):
         NoisyLabels(LabelledSet(classes=(5,)), 0.1)
     assert NoisyLabels(LabelledSet(classes=(5,)), 0.0).labels == [5] * 25
+
+
+def test_uint64_labels_beyond_int64_are_refused_not_wrapped():
+    data = LabelledSet(classes=(1, 2), per_class=3)
+    data.labels = np.array([2**63 + 5] * 3 + [1] * 3, dtype=np.uint64)  # were wrapped negative
+    with pytest.raises(ValueError, match=r"^dataset.labels must fit in int64, got "
+                       r"9223372036854775813"):
+        NoisyLabels(data, 0.5)
+    data.labels = np.array([2**40] * 3 + [1] * 3, dtype=np.uint64)
+    noisy = NoisyLabels(data, 0.5)
+    assert noisy.clean_labels == [2**40] * 3 + [1] * 3 and set(noisy.labels) <= {1, 2**40}
+    assert sum(a != b for a, b in zip(noisy.labels, noisy.clean_labels)) == 3

@@ -222,3 +222,22 @@ def test_image_size_must_be_a_positive_int(tmp_path, size, error, message):
         with pytest.raises(error, match=re.escape(message)):
             Omniglot(root=root, image_size=size)
     assert Omniglot(root=str(tmp_path), image_size=np.int64(3)).data.shape == (1, 3, 3)
+
+
+def test_flags_roots_and_alphabet_lists_are_checked(tmp_path, monkeypatch):
+    # download="False" is truthy: it started a download; unique_labels="False" kept unique ids
+    monkeypatch.setattr(Omniglot, "_download", lambda root: pytest.fail("download attempted"))
+    write_omniglot_tree(str(tmp_path), background={"Alpha": 1}, evaluation={"Gamma": 1}, drawers=1)
+    with pytest.raises(TypeError, match="^download must be True or False, got str 'False'"):
+        Omniglot(root=str(tmp_path), download="False")
+    with pytest.raises(TypeError, match="^unique_labels must be True or False, got str 'False'"):
+        Omniglot(split="test", unique_labels="False")
+    with pytest.raises(TypeError, match=r"^root must be a directory path .*got int 5"):
+        Omniglot(root=5)
+    with pytest.raises(TypeError, match="^transform must be callable or None, got int 3"):
+        Omniglot(transform=3)
+    for bad in (3, [3], [["Greek"]]):  # were "'int' object is not iterable", "unhashable type"
+        with pytest.raises(TypeError, match=r"^test_alphabets must be a sequence of alphabet "
+                           r"names \(str\)"):
+            Omniglot(split="test", test_alphabets=bad)
+    assert Omniglot(root=tmp_path, test_alphabets=iter(["Gamma"]), split="test").num_classes == 1

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -59,3 +61,31 @@ def test_missing_files_say_what_to_download(tmp_path, cls, needle):
         cls(str(tmp_path), split="val")
     with pytest.raises(ValueError, match="root"):
         cls(None)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        ({"unique_labels": "False"}, TypeError, "unique_labels must be True or False, got str"),
+        ({"download": "False"}, TypeError, "download must be True or False, got str 'False'"),
+        ({"transform": "resize"}, TypeError, "transform must be callable or None, got str"),
+        ({"target_transform": 1}, TypeError, "target_transform must be callable or None, got int"),
+    ],
+)
+def test_flags_and_transforms_are_checked_before_loading(tmp_path, monkeypatch, kwargs, error,
+                                                          message):
+    # "False" is truthy: it numbered the test split after the training classes or started a
+    # download; a non-callable transform failed only at the first image
+    write_cub_tree(str(tmp_path), n_classes=200, per_class=1)
+    monkeypatch.setattr(CUB, "_download", lambda self, split: pytest.fail("download attempted"))
+    with pytest.raises(error, match="^" + re.escape(message)):
+        CUB(str(tmp_path), split="test", **kwargs)
+    assert CUB(str(tmp_path), split="test", unique_labels=False).label_offset == 0
+
+
+def test_root_of_the_wrong_type_is_named(tmp_path):
+    write_sop_tree(str(tmp_path))
+    with pytest.raises(TypeError, match=r"^root must be a directory path \(str or pathlib.Path\), "
+                       r"got int 3"):
+        StanfordOnlineProducts(3)  # was "expected str, bytes or os.PathLike object, not int"
+    assert StanfordOnlineProducts(tmp_path).root == str(tmp_path)

@@ -122,3 +122,13 @@ def test_output_assertion_rejects_other_tuples():
     miner = AnchorMiner(1)
     with pytest.raises(TypeError, match="1-tuple of anchor indices, got 3"):
         miner.output_assertion((torch.zeros(1),) * 3)
+
+
+def test_collect_stats_must_be_a_bool():
+    # collect_stats="False" is truthy: PML registered the stats the user turned off
+    with pytest.raises(TypeError, match="^collect_stats must be True or False, got str 'False'"):
+        AnchorMiner(collect_stats="False")
+    miner = AnchorMiner(collect_stats=False)
+    assert miner.collect_stats is False
+    assert "num_anchors" not in getattr(miner, "_record_these_stats", [])
+    assert "num_anchors" in AnchorMiner(collect_stats=True)._record_these_stats

@@ -318,3 +318,43 @@ def test_hook_restores_modes_and_chain_stops_training():
     assert {s[0] for s in seen} == {1, 2}  # the chained hook's False stopped training
     assert calls == [True, True]  # modes restored after embedding the dataset
     assert sampler.centroids is not None
+
+
+def test_normalize_embeddings_must_be_a_bool():
+    # bool("False") is True: the string silently L2-normalized the embeddings
+    with pytest.raises(TypeError, match="^normalize_embeddings must be True or False, got str"):
+        NearestClassSampler(LABELS, m=2, batch_size=6, normalize_embeddings="False")
+    assert NearestClassSampler(LABELS, m=2, batch_size=6, normalize_embeddings=False)\
+        .normalize_embeddings is False
+
+
+@pytest.mark.parametrize("embeddings,labels,error,match", [
+    (torch.ones(len(LABELS), 3, dtype=torch.complex64), None, TypeError,
+     "^embeddings must be real-valued, got dtype torch.complex64"),  # imaginary part dropped
+    (torch.ones(len(LABELS), 3, dtype=torch.bool), None, TypeError,
+     "^embeddings must be real-valued, got dtype torch.bool"),
+    (np.full((len(LABELS), 3), "x"), None, TypeError, "^embeddings must be a real-valued"),
+    (np.zeros((len(LABELS), 0)), None, ValueError, r"^embeddings must have shape \(N, d\) with d"),
+    (np.ones((len(LABELS), 3)), LABELS + 0.5, ValueError, "^labels must be integer class ids"),
+    (np.ones((len(LABELS), 3)), LABELS.astype(str), TypeError, "^labels must be integer"),
+])
+def test_update_centroids_names_bad_embeddings_and_labels(embeddings, labels, error, match):
+    # complex/bool/zero-width embeddings gave centroids silently (all distances equal for d=0);
+    # fractional labels said "missing [0, 1, ...]"; text labels failed inside torch.as_tensor
+    s = NearestClassSampler(LABELS, m=2, batch_size=6)
+    with pytest.raises(error, match=match):
+        s.update_centroids(embeddings, labels=labels)
+    assert s.centroids is None
+
+
+def test_load_state_dict_names_a_bad_state():
+    s = NearestClassSampler(LABELS, m=2, batch_size=6)
+    with pytest.raises(ValueError, match=r"^state must be a dict with 'epoch'.*"
+                       r"keys \['centroids'\]"):
+        s.load_state_dict({"centroids": torch.zeros(10, 3)})  # was KeyError: 'epoch'
+    with pytest.raises(ValueError, match=r"^state\['centroids'\] contain NaN"):
+        s.load_state_dict({"epoch": 1, "centroids": torch.full((10, 3), float("nan"))})
+    assert s.epoch == 0 and s.centroids is None
+    s.load_state_dict({"epoch": 3, "centroids": np.ones((10, 2))})  # was AttributeError
+    assert s.epoch == 3 and s.centroids.dtype == torch.float32
+    assert s.centroids.tolist() == [[1.0, 1.0]] * 10
