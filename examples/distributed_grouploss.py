@@ -34,17 +34,51 @@ from pml_grouploss.trunks import SmallCNN
 from pml_grouploss.datasets import Omniglot
 
 
+def _number(kind: type, minimum: float, strict: bool = False):
+    """An argparse ``type``: ``kind`` (int or float) ``>= minimum`` (``> minimum`` if strict)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an int" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not minimum <= value < float("inf") or (strict and value == minimum):
+            finite = " and finite" if kind is float else ""
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}"
+                                             f"{finite}, got {text}")
+        return value
+    return parse
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--max-iterations", type=int, default=None, help="per epoch (for tests)")
-    p.add_argument("--classes-per-batch", type=int, default=8, help="per rank")
-    p.add_argument("--samples-per-class", type=int, default=8)
-    p.add_argument("--embedding-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="model (Adam)")
-    p.add_argument("--loss-lr", type=float, default=1e-1, help="GroupLoss classifier (Adam)")
-    p.add_argument("--seed", type=int, default=0, help="rank r uses seed + r")
+    p.add_argument("--epochs", type=_number(int, 1), default=6)
+    p.add_argument("--max-iterations", type=_number(int, 1), default=None,
+                   help="per epoch (for tests)")
+    p.add_argument("--classes-per-batch", type=_number(int, 1), default=8, help="per rank")
+    p.add_argument("--samples-per-class", type=_number(int, 1), default=8)
+    p.add_argument("--embedding-size", type=_number(int, 1), default=64)
+    p.add_argument("--lr", type=_number(float, 0, strict=True), default=1e-3, help="model (Adam)")
+    p.add_argument("--loss-lr", type=_number(float, 0, strict=True), default=1e-1,
+                   help="GroupLoss classifier (Adam)")
+    p.add_argument("--seed", type=_number(int, 0), default=0, help="rank r uses seed + r")
     return p.parse_args(argv)
+
+
+def check_batch(args: argparse.Namespace, train_set, world_size: int) -> int:
+    """The batch size per rank, or a ValueError naming the option to change."""
+    batch_size = args.classes_per_batch * args.samples_per_class
+    if args.classes_per_batch > train_set.num_classes:
+        raise ValueError(f"--classes-per-batch {args.classes_per_batch} is more than the "
+                         f"{train_set.num_classes} training classes; lower it")
+    if batch_size > len(train_set) // world_size:
+        raise ValueError(
+            f"--classes-per-batch x --samples-per-class = {batch_size} is more than the "
+            f"{len(train_set) // world_size} training images per rank; lower them"
+        )
+    if args.seed + world_size > 2**32:
+        raise ValueError(f"--seed must be < 2**32 - {world_size} (rank r uses seed + r)")
+    return batch_size
 
 
 def setup() -> tuple[int, int, torch.device]:
@@ -98,12 +132,12 @@ def same_on_every_rank(value: torch.Tensor) -> float:
 def train(args: argparse.Namespace) -> dict:
     start = time.time()
     rank, world_size, device = setup()
-    seed_everything(args.seed + rank)  # each rank its own batches and initial classifier
     tf = T.Compose([T.ToTensor(), T.Normalize([0.08], [0.25])])
     train_set, test_set = Omniglot(split="train", transform=tf), Omniglot(
         split="test", transform=tf
     )
-    batch_size = args.classes_per_batch * args.samples_per_class
+    batch_size = check_batch(args, train_set, world_size)
+    seed_everything(args.seed + rank)  # each rank its own batches and initial classifier
     sampler = samplers.MPerClassSampler(
         train_set.labels,
         m=args.samples_per_class,

@@ -2,13 +2,15 @@
 
 Runs offline on the embedded Omniglot subset in about a minute on 2 CPU cores:
 
-    python examples/grouploss_in_pml_trainer.py
+    python examples/grouploss_in_pml_trainer.py [--epochs 5]
 
 The only GroupLoss-specific lines are marked "<-": the loss owns a classifier, so it needs
 `num_classes`, and its parameters get their own optimizer (`metric_loss_optimizer`) with a
 learning rate of 1e-1, which this SmallCNN setting (the benchmark's) tolerates; in the settings
 of PML's notebooks use 1e-3 to 1e-2 (measured in docs/losses.md).
 """
+
+import argparse
 
 import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -18,6 +20,12 @@ from torchvision import transforms as T
 from pml_grouploss import losses, miners, samplers, testers, trainers
 from pml_grouploss.trunks import SmallCNN
 from pml_grouploss.datasets import Omniglot
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("--epochs", type=int, default=5, help="training epochs, >= 1 (default 5)")
+args = parser.parse_args()
+if args.epochs < 1:
+    parser.error(f"argument --epochs: must be >= 1, got {args.epochs}")
 
 torch.manual_seed(0)
 tf = T.Compose([T.ToTensor(), T.Normalize([0.08], [0.25])])
@@ -47,7 +55,7 @@ trainer = trainers.MetricLossOnly(
     sampler=sampler,
     dataloader_num_workers=0,
 )
-trainer.train(num_epochs=5)
+trainer.train(num_epochs=args.epochs)
 
 tester = testers.GlobalEmbeddingSpaceTester(
     accuracy_calculator=AccuracyCalculator(
@@ -56,5 +64,5 @@ tester = testers.GlobalEmbeddingSpaceTester(
     dataloader_num_workers=0,
     batch_size=256,
 )
-acc = tester.test({"test": test}, 5, trunk, embedder)["test"]
+acc = tester.test({"test": test}, args.epochs, trunk, embedder)["test"]
 print({k: round(v, 3) for k, v in acc.items() if k != "epoch"})

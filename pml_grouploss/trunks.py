@@ -12,7 +12,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from ._validation import check_int
+from ._validation import check_bool, check_int
 
 #: torchvision trunks and the size of their pooled features
 TORCHVISION_TRUNKS = {"resnet50": 2048, "googlenet": 1024, "densenet121": 1024}
@@ -36,16 +36,37 @@ def feature_size(name: str, width: int = 64) -> int:
 
 
 @torch.fx.wrap
-def _check_images(x: torch.Tensor, min_size: int) -> None:
-    """Raise unless ``x`` is ``(B, C, H, W)`` with ``H, W >= min_size``. ``torch.fx.wrap``: a
-    traced :class:`SmallCNN` (backbone surgery) records this call instead of tracing the ``if``,
-    so the traced model keeps the check."""
+def _check_images(x: torch.Tensor, min_size: int, weight: torch.Tensor) -> None:
+    """Raise unless ``x`` is ``(B, C, H, W)`` with ``H, W >= min_size`` and the channels,
+    dtype and device of the first convolution's ``weight``. ``torch.fx.wrap``: a traced
+    :class:`SmallCNN` (backbone surgery) records this call instead of tracing the ``if``, so
+    the traced model keeps the check."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"SmallCNN takes a tensor of images (B, C, H, W), got {type(x).__name__}"
+                        "; convert with torch.as_tensor(x) or torchvision.transforms.ToTensor()")
     if x.dim() != 4 or min(x.shape[-2:]) < min_size:
         raise ValueError(
             f"SmallCNN takes images (B, C, H, W) with H, W >= {min_size} (four 2x2 "
             f"pools), got shape {tuple(x.shape)}; resize the images (e.g. "
             f"torchvision.transforms.Resize({min_size}))"
+            + ("; for one image add the batch dimension, x.unsqueeze(0)" if x.dim() == 3 else "")
         )
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"SmallCNN was built with in_channels={weight.shape[1]}, got images with "
+            f"{x.shape[1]} channels (shape {tuple(x.shape)}); build SmallCNN(in_channels="
+            f"{x.shape[1]}) or convert the images"
+        )
+    if not x.dtype.is_floating_point or (
+            x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type)):
+        raise TypeError(
+            f"SmallCNN's parameters are {weight.dtype}, got images of dtype {x.dtype}; convert "
+            f"with x.to({weight.dtype}) (uint8 pixels: torchvision.transforms.ToTensor() scales "
+            "them to [0, 1]) or the model with model.to(x.dtype)"
+        )
+    if x.device != weight.device:
+        raise ValueError(f"SmallCNN's parameters are on {weight.device}, got images on "
+                         f"{x.device}; move them with x.to({str(weight.device)!r})")
 
 
 class SmallCNN(nn.Module):
@@ -83,8 +104,9 @@ class SmallCNN(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (B, C, H, W) -> (B, width), ``H, W >= 16``."""
-        _check_images(x, self.MIN_SIZE)
+        """``x``: (B, C, H, W) -> (B, width), ``H, W >= 16``, ``C = in_channels``, the dtype
+        and device of the parameters (a clear error otherwise)."""
+        _check_images(x, self.MIN_SIZE, self.features[0].weight)
         x = x.contiguous(memory_format=torch.channels_last)
         return self.pool(self.features(x)).flatten(1)
 
@@ -99,7 +121,9 @@ def build_trunk(name: str, in_channels: int, pretrained: bool,
     torchvision trunks get their classifier replaced by ``nn.Identity`` (PML's usual recipe).
     ``pretrained=True`` loads ImageNet weights through torchvision, which needs network access
     (or a filled torch hub cache); failure raises a ``RuntimeError`` that says so.
+    ``pretrained`` must be a ``bool`` (``"False"`` would be true).
     """
+    pretrained = check_bool("pretrained", pretrained)
     if name == "cnn":
         if pretrained:
             raise ValueError(

@@ -141,3 +141,35 @@ def test_backbone_surgery_on_small_cnn():
             model(x.view(3, -1))
         with pytest.raises(ValueError, match=r"H, W >= 16 .* got shape \(3, 1, 8, 8\)"):
             model(x[..., :8, :8])
+
+
+def test_small_cnn_names_channels_dtype_device_and_non_tensors():
+    # were torch's "expected scalar type Byte but found Float", "... to have 1 channels" and
+    # "'list' object has no attribute 'dim'"
+    net = SmallCNN(in_channels=1, width=8)
+    with pytest.raises(ValueError, match=r"^SmallCNN was built with in_channels=1, got images with "
+                                         r"3 channels .*SmallCNN\(in_channels=3\)"):
+        net(torch.zeros(2, 3, 28, 28))
+    for dtype in (torch.uint8, torch.float64):
+        with pytest.raises(TypeError, match=f"parameters are torch.float32, got images of dtype "
+                                            f"{dtype}; convert with x.to\\(torch.float32\\)"):
+            net(torch.zeros(2, 1, 28, 28, dtype=dtype))
+    with pytest.raises(ValueError, match=r"parameters are on cpu, got images on meta; move them "
+                                         r"with x.to\('cpu'\)"):
+        net(torch.zeros(2, 1, 28, 28, device="meta"))
+    with pytest.raises(TypeError, match="^SmallCNN takes a tensor of images .* got list"):
+        net([[0.0]])
+    with pytest.raises(ValueError, match=r"got shape \(1, 28, 28\).*x.unsqueeze\(0\)"):
+        net(torch.zeros(1, 28, 28))
+    # the output follows the model's dtype, and autocast still casts float32 images
+    assert net.double()(torch.zeros(2, 1, 16, 16, dtype=torch.float64)).dtype == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net.float()(torch.zeros(2, 1, 16, 16)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("pretrained", ["False", None, 0])
+def test_build_trunk_pretrained_must_be_a_bool(pretrained):
+    # "False" was true: a ValueError about the small CNN's weights, or a download for resnet50
+    with pytest.raises(TypeError, match=f"^pretrained must be True or False, got "
+                                        f"{type(pretrained).__name__}"):
+        build_trunk("resnet50", 3, pretrained=pretrained)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Union
 
+from pytorch_metric_learning.trainers import BaseTrainer
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
+from pytorch_metric_learning.utils.logging_presets import HookContainer
 
 from .. import _validation as v
 from ..losses import GroupLoss
@@ -122,11 +124,7 @@ class ClassificationWarmup:
         Returns ``chained_hook``'s result (``False`` stops PML's training loop), or ``True``
         without one.
         """
-        if chained_hook is not None and not callable(chained_hook):
-            raise TypeError(
-                "chained_hook must be a callable hook(trainer) or None, got "
-                f"{type(chained_hook).__name__}"
-            )
+        _check_chained_hook(chained_hook)
 
         def _hook(trainer: Any) -> Any:
             if trainer.epoch != self.epoch:
@@ -153,3 +151,23 @@ class ClassificationWarmup:
     def __repr__(self) -> str:
         return (f"ClassificationWarmup(epochs={self.epochs}, epoch={self.epoch}, "
                 f"warming_up={self.warming_up})")
+
+
+def _check_chained_hook(chained_hook: Any) -> None:
+    """``chained_hook`` is a ``hook(trainer)`` or None, not one of the usual slips."""
+    if isinstance(chained_hook, BaseTrainer):  # end_of_epoch_hook=warmup.end_of_epoch_hook
+        raise TypeError(
+            "the trainer called ClassificationWarmup.end_of_epoch_hook itself: pass "
+            "end_of_epoch_hook=warmup.end_of_epoch_hook(hook) (called, with your own hook or "
+            "None) to the trainer"
+        )
+    if getattr(chained_hook, "__func__", None) is HookContainer.end_of_epoch_hook:
+        raise TypeError(
+            "chained_hook is HookContainer.end_of_epoch_hook itself, which makes the hook: pass "
+            "hooks.end_of_epoch_hook(tester, dataset_dict, model_folder)"
+        )
+    if chained_hook is not None and not callable(chained_hook):
+        raise TypeError(
+            "chained_hook must be a callable hook(trainer) or None, got "
+            f"{type(chained_hook).__name__}"
+        )

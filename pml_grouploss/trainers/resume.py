@@ -11,9 +11,9 @@ the point where the uninterrupted run would continue, so the two are bit-identic
 same environment). Files are loadable with ``torch.load(..., weights_only=True)``.
 
 Recipe: wrap the sampler (``ResumableSampler(MPerClassSampler(...))``), train with
-:class:`ResumableTrainer` (``num_workers=0``), call :func:`save_state` after each checkpoint of
-``HookContainer`` (e.g. in ``end_of_epoch_hook``), and before resuming from the checkpoint of epoch
-``e`` set ``trainer.resume_state = load_state(model_folder, e)``. The benchmark
+:class:`ResumableTrainer` (``dataloader_num_workers=0``, required), call :func:`save_state` after
+each checkpoint of ``HookContainer`` (e.g. in ``end_of_epoch_hook``), and before resuming from the
+checkpoint of epoch ``e`` set ``trainer.resume_state = load_state(model_folder, e)``. The benchmark
 (``pml_grouploss.benchmark.runner``) does exactly this.
 """
 
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from pytorch_metric_learning import trainers
 from pytorch_metric_learning.utils import common_functions as c_f
-from torch.utils.data import Sampler
+from torch.utils.data import BatchSampler, Sampler
 
 from .._validation import check_int
 
@@ -50,6 +50,13 @@ class ResumableSampler(Sampler):
     """
 
     def __init__(self, sampler: Sampler) -> None:
+        if isinstance(sampler, BatchSampler) or not all(
+                callable(getattr(sampler, name, None)) for name in ("__iter__", "__len__")):
+            raise TypeError(
+                "sampler must be an index sampler with __iter__ and __len__ (e.g. PML's "
+                f"MPerClassSampler), got {type(sampler).__name__}; a BatchSampler (e.g. "
+                "HierarchicalSampler) yields whole batches: pass it to the trainer unwrapped"
+            )
         self.sampler = sampler
         self.indices: List[int] = []
         self.position = 0
@@ -87,6 +94,7 @@ class ResumableSampler(Sampler):
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self._check_kind(state)
         self.indices = [int(i) for i in state["indices"].tolist()]
         self.position = int(state["position"])
         if "label_order" in state:
@@ -105,6 +113,20 @@ class ResumableSampler(Sampler):
             self.sampler.generator.set_state(state["generator"])
         if "wrapped" in state:
             self.sampler.load_state_dict(state["wrapped"])
+
+    def _check_kind(self, state: Dict[str, Any]) -> None:
+        """Raise before changing anything if ``state`` holds parts this sampler lacks."""
+        needs = {"label_order": "labels_to_indices", "labels": "labels",
+                 "generator": "generator", "wrapped": "load_state_dict"}
+        for key, attribute in needs.items():
+            value = getattr(self.sampler, attribute, None)
+            if key in state and (value is None or (key == "generator" and not isinstance(
+                    value, torch.Generator))):
+                raise ValueError(
+                    f"the sampler state holds {key!r}, which this ResumableSampler's "
+                    f"{type(self.sampler).__name__} has no {attribute} for: the state was saved "
+                    "with another sampler; wrap the same sampler as the run that saved it"
+                )
 
 
 def _numpy_state(rng: Any) -> Dict[str, Any]:
@@ -125,7 +147,9 @@ def _set_numpy_state(rng: Any, state: Dict[str, Any]) -> None:
 
 
 def capture_state(trainer: trainers.BaseTrainer) -> Dict[str, Any]:
-    """Every random-number and sampler state of ``trainer``'s run, as tensors and plain types."""
+    """Every random-number and sampler state of ``trainer``'s run, as tensors and plain types
+    (``dataloader_num_workers`` must be 0 with a :class:`ResumableSampler`)."""
+    _check_workers(trainer)
     version, internal, gauss_next = random.getstate()
     python = {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
               "gauss_next": gauss_next}
@@ -146,20 +170,52 @@ def capture_state(trainer: trainers.BaseTrainer) -> Dict[str, Any]:
     return state
 
 
-def restore_state(trainer: trainers.BaseTrainer, state: Dict[str, Any]) -> None:
-    """Inverse of :func:`capture_state`."""
+def _check_restorable(trainer: trainers.BaseTrainer, state: Any) -> None:
+    """Raise, before anything is restored, if ``state`` does not fit ``trainer``."""
+    if not isinstance(state, dict):
+        raise ValueError("resume_state must be the dict load_state() returns (or "
+                         f"capture_state()); got {type(state).__name__}")
     missing = [key for key in ("torch", "numpy", "python") if key not in state]
-    if not isinstance(state, dict) or missing:
-        raise ValueError(
-            "resume_state must be the dict load_state() returns (or capture_state()); got "
-            + (f"one without {missing}" if isinstance(state, dict) else type(state).__name__)
-        )
+    if missing:
+        raise ValueError("resume_state must be the dict load_state() returns (or "
+                         f"capture_state()); got one without {missing}")
     if "sampler" in state and not isinstance(trainer.sampler, ResumableSampler):
         raise ValueError(
             "resume_state holds a ResumableSampler's state but the trainer's sampler is a "
             f"{type(trainer.sampler).__name__}: wrap it as in the run that saved the state, "
             "sampler=ResumableSampler(...)"
         )
+    generators = {f"generator:{name}": (f"loss {name!r}", loss)
+                  for name, loss in trainer.loss_funcs.items()}
+    generators["dataloader_generator"] = ("the data loader", getattr(trainer, "dataloader", None))
+    for key, (owner, obj) in generators.items():
+        if key in state and not isinstance(getattr(obj, "generator", None), torch.Generator):
+            raise ValueError(
+                f"resume_state holds the random generator of {owner}, but the trainer's "
+                f"{type(obj).__name__} has none: build it as in the run that saved the state "
+                "(e.g. GroupLoss(..., seed=...))"
+            )
+
+
+def _check_workers(trainer: Any) -> None:
+    """Exact resume needs the main process to load the batches (no prefetching workers)."""
+    workers = getattr(trainer, "dataloader_num_workers", 0)
+    if workers and (isinstance(trainer, ResumableTrainer)
+                    or isinstance(getattr(trainer, "sampler", None), ResumableSampler)):
+        raise ValueError(
+            f"dataloader_num_workers must be 0 for an exact resume, got {workers} (PML's default "
+            "is 2): workers prefetch batches past the saved sampler position and seed their own "
+            "generators, so a resumed run would train on other batches; pass "
+            "dataloader_num_workers=0"
+        )
+
+
+def restore_state(trainer: trainers.BaseTrainer, state: Dict[str, Any]) -> None:
+    """Inverse of :func:`capture_state`; a state that does not fit ``trainer`` (another
+    sampler, a loss without its ``seed``) raises a ``ValueError`` before anything changes."""
+    _check_restorable(trainer, state)
+    if "sampler" in state:
+        trainer.sampler._check_kind(state["sampler"])
     torch.set_rng_state(state["torch"])
     _set_numpy_state(np.random, state["numpy"])
     py = state["python"]
@@ -182,6 +238,9 @@ def save_state(trainer: trainers.BaseTrainer, folder: str, epoch: int, previous:
     """Write the state after the checkpoint of ``epoch`` (``stopped_early``: early stopping ended
     the training there); delete that of epoch ``previous`` (nothing when it is ``epoch``)."""
     epoch, previous = check_int("epoch", epoch, 1), check_int("previous", previous)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"folder {folder!r} does not exist: give the model folder "
+                                "HookContainer saves the checkpoints in (it makes it)")
     state = {**capture_state(trainer), "stopped_early": bool(stopped_early)}
     torch.save(state, os.path.join(folder, STATE_FILE.format(epoch=epoch)))
     old = os.path.join(folder, STATE_FILE.format(epoch=previous))
@@ -192,7 +251,7 @@ def save_state(trainer: trainers.BaseTrainer, folder: str, epoch: int, previous:
 def load_state(folder: str, epoch: int) -> Optional[Dict[str, Any]]:
     """The state saved with the checkpoint of ``epoch``; None (and a warning) for checkpoints
     written before states were saved (such a run resumes, but not bit-identically). A missing
-    ``folder`` or a damaged file is an error naming it."""
+    ``folder``, a damaged file or one holding something else is an error naming it."""
     epoch = check_int("epoch", epoch, 1)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"folder {folder!r} does not exist: give the model folder the "
@@ -204,18 +263,23 @@ def load_state(folder: str, epoch: int) -> Optional[Dict[str, Any]]:
             "it was written): this run resumes, but not bit-identically to an uninterrupted one"
         )
         return None
+    fix = ("delete it to resume from that checkpoint without it (not bit-identically), or "
+           "resume from an earlier checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
         raise ValueError(
-            f"{path} is damaged ({type(err).__name__}: {str(err)[:100]}); delete it to resume "
-            "from that checkpoint without it (not bit-identically), or resume from an earlier "
-            "checkpoint"
+            f"{path} is damaged ({type(err).__name__}: {str(err)[:100]}); {fix}"
         ) from err
+    if not isinstance(state, dict) or not {"torch", "numpy", "python"} <= set(state):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state save_state() "
+                         f"wrote; {fix}")
+    return state
 
 
 class ResumableTrainer(trainers.MetricLossOnly):
-    """PML's ``MetricLossOnly`` that restores a :func:`capture_state` when training starts.
+    """PML's ``MetricLossOnly`` that restores a :func:`capture_state` when training starts;
+    ``dataloader_num_workers`` must be 0 (a ``ValueError`` otherwise; PML's default is 2).
 
     ``train`` creates a new data-loader iterator, which draws from torch's generator; the
     uninterrupted run either kept iterating its current pass (no draw) or, with the pass used
@@ -224,6 +288,10 @@ class ResumableTrainer(trainers.MetricLossOnly):
     """
 
     resume_state: Optional[Dict[str, Any]] = None
+
+    def custom_setup(self) -> None:
+        super().custom_setup()
+        _check_workers(self)
 
     def initialize_dataloader(self) -> None:
         super().initialize_dataloader()

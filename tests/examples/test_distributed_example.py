@@ -45,3 +45,39 @@ def test_distributed_example_under_torchrun():
     # the untrained convnet's P@1 on the 107 test characters (0.31 with seed 0, measured)
     assert 0.2 < result["precision_at_1_untrained"] < 0.45
     assert 0.0 < result["precision_at_1"] <= 1.0
+
+
+def _example():
+    import importlib.util
+
+    path = os.path.join(ROOT, "examples", "distributed_grouploss.py")
+    spec = importlib.util.spec_from_file_location("distributed_grouploss", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-iterations", "0"], "argument --max-iterations: must be >= 1, got 0"),  # was
+    (["--epochs", "-1"], "argument --epochs: must be >= 1, got -1"),  # torch.stack / no training
+    (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),  # was NumPy's seed error
+    (["--lr", "nan"], "argument --lr: must be > 0 and finite, got nan"),
+    (["--classes-per-batch", "x"], "argument --classes-per-batch: 'x' is not an int"),
+])
+def test_bad_arguments_are_named_before_training(args, message, capsys):
+    with pytest.raises(SystemExit):
+        _example().parse_args(args)
+    assert message in capsys.readouterr().err
+
+
+def test_batches_larger_than_the_data_are_named():
+    # were a bare AssertionError inside PML's MPerClassSampler, after the process group started
+    example = _example()
+    train_set = type("Data", (), {"num_classes": 135, "__len__": lambda self: 2700})()
+    args = example.parse_args(["--classes-per-batch", "136"])
+    with pytest.raises(ValueError, match="--classes-per-batch 136 is more than the 135 training"):
+        example.check_batch(args, train_set, world_size=1)
+    args = example.parse_args(["--classes-per-batch", "100", "--samples-per-class", "30"])
+    with pytest.raises(ValueError, match="= 3000 is more than the 1350 training images per rank"):
+        example.check_batch(args, train_set, world_size=2)
+    assert example.check_batch(example.parse_args([]), train_set, world_size=2) == 64

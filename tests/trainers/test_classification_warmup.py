@@ -220,3 +220,22 @@ def test_a_distributed_wrapper_around_grouploss_is_unwrapped():
     assert warmup.loss is loss and loss.nll_weight == 0.0
     warmup.set_epoch(2)
     assert loss.nll_weight == 1.0
+
+
+def test_hook_slips_are_named_with_the_fix(tmp_path):
+    # the warm-up's method passed uncalled: the trainer calls it with itself
+    loss = _loss()
+    warmup = ClassificationWarmup(loss, epochs=1)
+    trainer = trainers.MetricLossOnly(
+        models={"trunk": torch.nn.Identity()}, optimizers={}, batch_size=BATCH,
+        loss_funcs={"metric_loss": loss}, dataset=_dataset())
+    with pytest.raises(TypeError, match=r"pass end_of_epoch_hook=warmup.end_of_epoch_hook\(hook"):
+        warmup.end_of_epoch_hook(trainer)
+    # HookContainer's hook factory itself: was PML's "missing 2 required positional arguments"
+    # after a whole epoch
+    record_keeper, _, _ = logging_presets.get_record_keeper(
+        str(tmp_path / "logs"), str(tmp_path / "tb"))
+    hooks = logging_presets.get_hook_container(record_keeper)
+    with pytest.raises(TypeError, match=r"HookContainer.end_of_epoch_hook itself.*"
+                                        r"hooks.end_of_epoch_hook\(tester, dataset_dict, "):
+        warmup.end_of_epoch_hook(hooks.end_of_epoch_hook)

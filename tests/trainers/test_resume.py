@@ -117,3 +117,76 @@ def test_state_files_and_dicts_that_cannot_be_used_are_named(tmp_path):
         resume.restore_state(plain, state)
     with pytest.raises(ValueError, match=r"without \['torch'\]"):
         resume.restore_state(trainer, {k: v for k, v in state.items() if k != "torch"})
+
+
+def _trainer(trainer_cls=None, workers=0, loss=None, wrap=True):
+    """A tiny real PML trainer over 12 points of 3 classes."""
+    from pml_grouploss.losses import GroupLoss
+
+    labels = torch.arange(3).repeat_interleave(4)
+    data = torch.utils.data.TensorDataset(torch.randn(12, 4), labels)
+    sampler = samplers.MPerClassSampler(labels, 2, 6, length_before_new_iter=12)
+    model = torch.nn.Linear(4, 3)
+    loss = GroupLoss(3, 3) if loss is None else loss
+    return (trainer_cls or resume.ResumableTrainer)(
+        models={"trunk": model}, batch_size=6, loss_funcs={"metric_loss": loss}, dataset=data,
+        optimizers={"trunk_optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
+                    "metric_loss_optimizer": torch.optim.SGD(loss.parameters(), lr=0.1)},
+        sampler=resume.ResumableSampler(sampler) if wrap else sampler,
+        dataloader_num_workers=workers, data_device=torch.device("cpu"))
+
+
+def test_dataloader_workers_are_refused():
+    # workers prefetch past the saved position: the resumed run trained on other batches
+    with pytest.raises(ValueError, match=r"^dataloader_num_workers must be 0 .* got 2 \(PML's "
+                                         r"default is 2\).*pass dataloader_num_workers=0$"):
+        _trainer(workers=2)
+    from pml_grouploss import trainers
+
+    plain = _trainer(trainers.MetricLossOnly, workers=1)
+    with pytest.raises(ValueError, match="dataloader_num_workers must be 0 .* got 1"):
+        resume.capture_state(plain)
+    unwrapped = _trainer(trainers.MetricLossOnly, workers=1, wrap=False)
+    assert "sampler" not in resume.capture_state(unwrapped)  # no position to get wrong
+
+
+def test_a_state_that_does_not_fit_the_trainer_is_refused_before_anything_changes():
+    from pml_grouploss.losses import GroupLoss
+
+    seeded = _trainer(loss=GroupLoss(3, 3, seed=4))
+    seeded.initialize_dataloader()
+    state = resume.capture_state(seeded)
+    unseeded = _trainer()
+    unseeded.initialize_dataloader()
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    with pytest.raises(ValueError, match=r"random generator of loss 'metric_loss', but the "
+                                         r"trainer's GroupLoss has none.*seed=\.\.\."):
+        resume.restore_state(unseeded, state)
+    assert torch.equal(torch.get_rng_state(), before)  # was restored before the crash
+    for bad in (5, torch.zeros(3)):  # were TypeError / RuntimeError from `in`
+        with pytest.raises(ValueError, match=f"must be the dict load_state.*got "
+                                             f"{type(bad).__name__}$"):
+            resume.restore_state(unseeded, bad)
+
+
+def test_resumable_sampler_refuses_batch_samplers_and_other_samplers_states():
+    for bad in (None, torch.utils.data.BatchSampler(range(6), 2, False)):
+        with pytest.raises(TypeError, match=f"index sampler .* got {type(bad).__name__};"):
+            resume.ResumableSampler(bad)
+    state = resume.ResumableSampler(samplers.MPerClassSampler([0, 0, 1, 1], 2, 4)).state_dict()
+    other = resume.ResumableSampler(torch.utils.data.RandomSampler(range(4)))
+    with pytest.raises(ValueError, match=r"holds 'label_order', which this ResumableSampler's "
+                                         r"RandomSampler has no labels_to_indices for"):
+        other.load_state_dict(state)
+    assert other.indices == [] and other.position == 0
+
+
+def test_save_state_names_a_missing_folder_and_load_state_a_foreign_file(tmp_path):
+    trainer = _trainer()
+    with pytest.raises(FileNotFoundError, match="folder .*nope' does not exist"):
+        resume.save_state(trainer, str(tmp_path / "nope"), epoch=1, previous=0)
+    torch.save([1, 2], tmp_path / "resume_state_2.pth")
+    with pytest.raises(ValueError, match=r"resume_state_2.pth holds a list, not a state "
+                                         r"save_state\(\) wrote"):
+        resume.load_state(str(tmp_path), 2)
