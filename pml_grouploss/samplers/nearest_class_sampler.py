@@ -85,8 +85,11 @@ class NearestClassSampler(MPerClassSampler):
     **Determinism.** All randomness comes from a NumPy generator seeded with ``(seed, epoch)``;
     ``epoch`` counts the calls to ``__iter__`` (or is set with :meth:`set_epoch`), so two
     samplers with the same seed, labels and centroids yield the same indices, and successive
-    epochs differ. PML's ``MPerClassSampler`` draws from the global ``c_f.NUMPY_RANDOM``
-    instead; only its argument handling (``labels_to_indices``, ``__len__``) is reused here.
+    epochs differ. In a ``torch.distributed`` run rank ``r > 0`` seeds with ``(seed, epoch,
+    r)``: each process draws its own batches (identical batches on every rank would make the
+    extra processes add nothing). PML's ``MPerClassSampler`` draws from the global
+    ``c_f.NUMPY_RANDOM`` instead; only its argument handling (``labels_to_indices``,
+    ``__len__``) is reused here.
 
     Nearest classes are found by brute force in torch for the one seed per batch (``O(C d)``
     per batch): cheaper than a faiss k-NN graph over all ``C`` centroids (``O(C^2 d)``).
@@ -302,8 +305,16 @@ class NearestClassSampler(MPerClassSampler):
         """Seed the next ``__iter__`` with ``(seed, epoch)`` (as ``DistributedSampler``)."""
         self.epoch = check_int("epoch", epoch, 0)
 
+    def _generator_key(self) -> List[int]:
+        """``[seed, epoch]``; on rank ``r > 0`` of an initialised ``torch.distributed`` group
+        ``[seed, epoch, r]``, so that every process draws its own batches from one ``seed``
+        (rank 0 draws those of a one-process run)."""
+        dist = torch.distributed
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        return [self.seed, self.epoch] + ([rank] if rank else [])
+
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = np.random.default_rng(self._generator_key())
         self.epoch += 1
         num_classes = len(self.classes)
         queues: Dict[int, np.ndarray] = {}

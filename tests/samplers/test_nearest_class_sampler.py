@@ -90,6 +90,25 @@ def test_deterministic_under_seed():
     assert list(s) == a[1]
 
 
+def test_each_distributed_rank_draws_its_own_batches(monkeypatch):
+    # with the default seed on every process, all ranks drew the same batches
+    def indices(rank):
+        if rank is not None:
+            monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+            monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: rank)
+        s = NearestClassSampler(LABELS, m=2, batch_size=6, length_before_new_iter=60, seed=3)
+        first = list(s)
+        monkeypatch.undo()
+        return first
+
+    single, rank0, rank1, rank2 = indices(None), indices(0), indices(1), indices(2)
+    assert rank0 == single  # rank 0 is the one-process run
+    assert rank1 != single and rank2 != single and rank1 != rank2
+    assert rank1 == indices(1)  # still determined by (seed, epoch, rank)
+    s = NearestClassSampler(LABELS, m=2, batch_size=6, length_before_new_iter=60, seed=3)
+    assert s._generator_key() == [3, 0]
+
+
 def test_independent_of_global_random_state():
     s = NearestClassSampler(LABELS, m=2, batch_size=6, length_before_new_iter=60, seed=1)
     np.random.seed(0)
