@@ -7,7 +7,7 @@ import torch
 from pytorch_metric_learning.distances import BaseDistance
 
 from .. import _validation as v
-from ..functional.pearson import HALF_DTYPES, gram, standardize_rows, widen_rows
+from ..functional.pearson import gram, standardize_rows, widen_rows
 
 
 class PearsonCorrelation(BaseDistance):
@@ -83,11 +83,17 @@ class PearsonCorrelation(BaseDistance):
         PML's ``BaseDistance.forward`` (stats, shape checks, normalisation) with the power
         applied with its sign instead of PML's plain ``mat ** power``. Float16/bfloat16
         embeddings are standardised and multiplied in float32 and the matrix is returned in
-        their dtype (in their own precision the rounding would leave entries above 1).
+        their dtype (in their own precision the rounding would leave entries above 1); a query
+        and a reference of different dtypes in their promotion, returned in it.
         """
-        if query_emb.dtype in HALF_DTYPES:
-            wide = None if ref_emb is None else widen_rows(ref_emb, torch.float32)
-            return self.forward(widen_rows(query_emb, torch.float32), wide).to(query_emb.dtype)
+        out = _common_dtype(query_emb, ref_emb)
+        wide = None if out is None else torch.promote_types(out, torch.float32)
+        if wide is not None and (query_emb.dtype != wide or ref_emb is not None and
+                                 ref_emb.dtype != wide):
+            # half precision in float32, mixed dtypes in their promotion (a matmul of two
+            # dtypes fails inside torch); returned in the promotion of the inputs' dtypes
+            ref = None if ref_emb is None else widen_rows(ref_emb, wide)
+            return self.forward(widen_rows(query_emb, wide), ref).to(out)
         if self.power == 1:
             return super().forward(query_emb, ref_emb)
         power, self.power = self.power, 1  # PML's forward must not apply its own power
@@ -116,9 +122,21 @@ class PearsonCorrelation(BaseDistance):
         """``(n,)`` ``sign(c) |c|^power`` of the correlation of each row pair of two ``(n, d)``
         inputs: the diagonal of :meth:`forward`'s matrix. The rows are standardised here
         (idempotent on rows from :meth:`normalize`): PML's ``MatchFinder.is_match`` passes raw
-        embeddings, ``InferenceModel`` L2-normalised ones."""
-        correlation = torch.sum(self.normalize(query_emb) * self.normalize(ref_emb), dim=1)
-        return self._signed_power(correlation)
+        embeddings, ``InferenceModel`` L2-normalised ones. Float16/bfloat16 and mixed dtypes
+        are correlated as in :meth:`forward`."""
+        for name, x in (("query_emb", query_emb), ("ref_emb", ref_emb)):
+            v.check_floating(name, x)
+        if query_emb.dim() != 2 or query_emb.shape != ref_emb.shape:
+            raise ValueError(
+                f"pairwise_distance compares row i of query_emb with row i of ref_emb: both "
+                f"must be (n, d) of one shape, got {tuple(query_emb.shape)} and "
+                f"{tuple(ref_emb.shape)}; use forward (the (n, r) matrix) for all pairs"
+            )
+        out = _common_dtype(query_emb, ref_emb)
+        wide = torch.promote_types(out, torch.float32)
+        q, r = widen_rows(query_emb, wide), widen_rows(ref_emb, wide)
+        correlation = torch.sum(self.normalize(q) * self.normalize(r), dim=1)
+        return self._signed_power(correlation).to(out)
 
     def _signed_power(self, correlation: torch.Tensor) -> torch.Tensor:
         if self.power == 1:
@@ -126,3 +144,14 @@ class PearsonCorrelation(BaseDistance):
         # sign * |c|^p: its gradient p |c|^(p-1) is 0 at c = 0 for p > 1 (c * |c|^(p-1)
         # would give 0 * inf = NaN there for p < 2)
         return torch.sign(correlation) * correlation.abs().pow(self.power)
+
+
+def _common_dtype(query_emb: torch.Tensor, ref_emb: Optional[torch.Tensor]
+                  ) -> Optional[torch.dtype]:
+    """The promoted dtype of two floating inputs (``None`` if one is not floating: the shape
+    checks name it)."""
+    tensors = (query_emb,) if ref_emb is None else (query_emb, ref_emb)
+    if not all(torch.is_tensor(x) and x.is_floating_point() for x in tensors):
+        return None
+    return query_emb.dtype if ref_emb is None else torch.promote_types(
+        query_emb.dtype, ref_emb.dtype)

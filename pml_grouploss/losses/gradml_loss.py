@@ -12,8 +12,11 @@ import torch
 from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.losses import GenericPairLoss
 from pytorch_metric_learning.reducers import (
+    DivisorReducer,
+    DoNothingReducer,
     MeanReducer,
     MultipleReducers,
+    SumReducer,
     ThresholdReducer,
 )
 from pytorch_metric_learning.utils import common_functions as c_f
@@ -65,8 +68,13 @@ class GradMLLoss(StackedSubLossesMixin, GenericPairLoss):
       ``ref_emb`` (e.g. by ``DistributedLossWrapper(efficient=True)``), are used as given. With
       sums the loss scales with the number of pairs (``O(batch^2)`` negatives), so the learning
       rate has to follow the batch size; the paper trains with batch 32 and lr 1e-7.
-    * ``ThresholdReducer``/``AvgNonZeroReducer`` on ``neg_loss`` are rejected: the negative
-      terms are ``<= 0`` and a ``losses > 0`` filter would silently drop all of them.
+    * Reducers that weigh a pair by its first index (``PerAnchorReducer``,
+      ``ClassWeightedReducer``, any reducer other than ``Mean``/``Sum``/``Threshold``/
+      ``DoNothingReducer``) get PML's ordered pairs, both ``(i, j)`` and ``(j, i)``, and so
+      PML's value (with unordered pairs the last samples of a batch would anchor no pair).
+    * ``ThresholdReducer(low >= 0)``/``AvgNonZeroReducer`` on ``neg_loss`` are rejected: the
+      negative terms are ``<= 0`` and a ``losses > low`` filter would silently drop all of
+      them. ``DivisorReducer`` is rejected: pair losses carry no ``divisor``.
 
     **Cost.** One ``(n, n_ref)`` distance matrix (PML's distance) plus per-pair vectors: memory
     and work ``O(#pairs)``. Table 2 of the paper lists GradML as ``O(B_S)`` per iteration, which
@@ -165,22 +173,41 @@ class GradMLLoss(StackedSubLossesMixin, GenericPairLoss):
                 stacklevel=3,
             )
 
-    def _check_reducer(self) -> None:
+    def _pair_reducers(self) -> Tuple[torch.nn.Module, torch.nn.Module]:
+        """The reducers of ``pos_loss`` and ``neg_loss`` (PML's per-sub-loss choice)."""
         reducer = self.reducer
-        if isinstance(reducer, MultipleReducers):
-            neg_reducer = (
-                reducer.reducers["neg_loss"]
-                if "neg_loss" in reducer.reducers
-                else reducer.default_reducer
-            )
-        else:
-            neg_reducer = reducer
-        if any(isinstance(m, ThresholdReducer) for m in neg_reducer.modules()):
+        if not isinstance(reducer, MultipleReducers):
+            return reducer, reducer
+        table = reducer.reducers
+        return tuple(
+            table[name] if name in table else reducer.default_reducer
+            for name in ("pos_loss", "neg_loss")
+        )
+
+    def _check_reducer(self) -> None:
+        pos_reducer, neg_reducer = self._pair_reducers()
+        for m in (*pos_reducer.modules(), *neg_reducer.modules()):
+            if isinstance(m, DivisorReducer):
+                raise ValueError(
+                    "reducer: DivisorReducer divides by a 'divisor' that only element-wise "
+                    "losses provide; GradMLLoss reduces pairs. Use SumReducer() (the paper's "
+                    "eq. 11, then divide the loss yourself) or MeanReducer() (default)."
+                )
+        low = [m.low for m in neg_reducer.modules() if isinstance(m, ThresholdReducer)]
+        if any(x is not None and x >= 0 for x in low):
             raise ValueError(
-                f"reducer: {type(neg_reducer).__name__} is a ThresholdReducer, which keeps "
-                "only losses > low; GradML's negative-pair terms are <= 0 and would all be "
-                "dropped. Use MeanReducer() (default) or SumReducer() (the paper's eq. 11)."
+                f"reducer: {type(neg_reducer).__name__} is a ThresholdReducer with low >= 0, "
+                "which keeps only losses > low; GradML's negative-pair terms are <= 0 and would "
+                "all be dropped. Use MeanReducer() (default) or SumReducer() (the paper's eq. 11)."
             )
+
+    def _unordered_pairs_reduce_alike(self) -> bool:
+        """Whether the reducers give the same value on the unordered pairs ``i < j`` as on
+        PML's ordered ones, up to the sum's factor 2 (the paper's count). Reducers that weigh a
+        pair by its first index (``PerAnchorReducer``, ``ClassWeightedReducer``, unknown ones)
+        need both orders, or the samples late in the batch would be no pair's anchor."""
+        alike = (MeanReducer, SumReducer, ThresholdReducer, DoNothingReducer)
+        return all(isinstance(r, alike) for r in self._pair_reducers())
 
     # ------------------------------------------------------------------ loss
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
@@ -237,7 +264,10 @@ class GradMLLoss(StackedSubLossesMixin, GenericPairLoss):
                     "ref_labels is required when ref_emb is given without indices_tuple: pass "
                     "ref_labels=... (the labels of ref_emb) or an indices_tuple of pairs"
                 )
-            indices_tuple = pair_indices(labels, None if self_pairs else ref_labels)
+            if self_pairs and not self._unordered_pairs_reduce_alike():
+                indices_tuple = lmu.get_all_pairs_indices(labels)  # PML's (i, j) and (j, i)
+            else:
+                indices_tuple = pair_indices(labels, None if self_pairs else ref_labels)
         else:
             if not isinstance(indices_tuple, (tuple, list)) or len(indices_tuple) not in (3, 4):
                 raise TypeError(

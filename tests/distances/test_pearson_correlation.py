@@ -249,3 +249,54 @@ def test_subnormal_embedding_gives_finite_loss_and_gradient(dtype):
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
     assert (PearsonCorrelation()(x.detach())[0] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pairwise_distance_of_half_rows_is_computed_in_float32(dtype):
+    # MatchFinder.is_match on half-precision embeddings: standardised in their own precision
+    # the rows with an offset gave |c| up to 1.0078 and a rounding-level floor
+    g = torch.Generator().manual_seed(0)
+    x = (10 + 0.5 * torch.randn(4, 512, generator=g)).to(dtype)
+    y = x.clone()
+    y[2:] = (10 + 0.5 * torch.randn(2, 512, generator=g)).to(dtype)
+    value = PearsonCorrelation().pairwise_distance(x, y)
+    exact = torch.tensor(
+        [np.corrcoef(a, b)[0, 1] for a, b in zip(x.double().numpy(), y.double().numpy())])
+    assert value.dtype == dtype
+    step = 2 ** -8 if dtype == torch.bfloat16 else 2 ** -11  # half a unit at 1
+    assert torch.allclose(value.double(), exact, atol=step, rtol=0)
+    assert value[:2].tolist() == [1.0, 1.0]
+    assert torch.allclose(value, PearsonCorrelation()(x, y).diagonal(), atol=step, rtol=0)
+
+
+def test_pairwise_distance_of_other_shapes_names_forward():
+    x = torch.randn(3, 6)
+    for y in (torch.randn(4, 6), torch.randn(3, 4)):
+        with pytest.raises(ValueError, match="one shape.*forward"):
+            PearsonCorrelation().pairwise_distance(x, y)
+    with pytest.raises(TypeError, match="ref_emb must be a floating-point"):
+        PearsonCorrelation().pairwise_distance(x, x.long())
+
+
+@pytest.mark.parametrize(
+    "query_dtype, ref_dtype, out",
+    [
+        (torch.float64, torch.float32, torch.float64),
+        (torch.float32, torch.float64, torch.float64),
+        (torch.float32, torch.float16, torch.float32),
+        (torch.float16, torch.float32, torch.float32),
+        (torch.bfloat16, torch.float16, torch.float32),
+    ],
+)
+def test_mixed_dtypes_are_correlated_in_their_promotion(query_dtype, ref_dtype, out):
+    # e.g. CustomKNN(PearsonCorrelation()) with a float64 query and a float32 reference: the
+    # matmul of two dtypes failed inside torch
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    q, r = x.to(query_dtype), x[:4].to(ref_dtype)
+    mat = PearsonCorrelation()(q, r)
+    assert mat.dtype == out
+    expected = PearsonCorrelation()(q.to(torch.float64), r.to(torch.float64))
+    assert torch.allclose(mat.double(), expected, atol=1e-6 if out != torch.float16 else 2e-3)
+    power = PearsonCorrelation(power=3)(q, r)
+    assert torch.allclose(power.double(), torch.sign(expected) * expected.abs() ** 3, atol=1e-5)

@@ -2,9 +2,11 @@
 half precision and autocast, hyper-parameters at the edge of their range."""
 import pytest
 import torch
+import torch.nn.functional as F
 from pytorch_metric_learning import distances as pml_distances
 from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning import reducers
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from pml_grouploss import losses
 from pml_grouploss.functional.gradml import safe_pow
@@ -220,3 +222,73 @@ def test_indices_into_ref_emb_checked_against_its_rows():
     assert torch.isfinite(ok)
     with pytest.raises(ValueError, match=r"\[0, 2\) \(the rows of embeddings\)"):
         losses.GradMLLoss()(x, None, (pairs[1],) + pairs[1:], ref_emb=ref)
+
+
+def _batch_of_4x4():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 5, generator=g, dtype=torch.float64)
+    return x, torch.arange(4).repeat_interleave(4)
+
+
+@pytest.mark.parametrize(
+    "make_reducer",
+    [
+        reducers.PerAnchorReducer,
+        lambda: reducers.PerAnchorReducer(reducers.SumReducer()),
+        lambda: reducers.ClassWeightedReducer(torch.tensor([0.0, 0.0, 0.0, 1.0])),
+        lambda: reducers.MultipleReducers({"neg_loss": reducers.PerAnchorReducer()}),
+    ],
+)
+def test_anchor_weighting_reducers_get_pmls_ordered_pairs(make_reducer):
+    # PML's value: the same loss on PML's own all-pairs tuple, (i, j) and (j, i). On unordered
+    # pairs i < j class 3 (the last 4 samples) anchored no negative pair: ClassWeightedReducer
+    # with weight 1 on class 3 only gave +0.42 instead of -0.149.
+    x, labels = _batch_of_4x4()
+    value = losses.GradMLLoss(reducer=make_reducer())(x, labels)
+    pml = losses.GradMLLoss(reducer=make_reducer())(x, labels, lmu.get_all_pairs_indices(labels))
+    assert value.item() == pytest.approx(pml.item(), rel=1e-12)
+
+
+def test_class_weighted_reducer_hand_value():
+    x, labels = _batch_of_4x4()
+    weights = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    value = losses.GradMLLoss(reducer=reducers.ClassWeightedReducer(weights))(x, labels)
+    d2 = torch.cdist(F.normalize(x), F.normalize(x)) ** 2
+    same = labels[:, None] == labels[None, :]
+    off = ~torch.eye(16, dtype=torch.bool)
+    anchor_w = weights[labels][:, None].expand(16, 16)
+    pos = (d2 * anchor_w)[same & off].mean()  # mean over all ordered positive pairs
+    neg = (d2 * anchor_w)[~same].mean()
+    assert value.item() == pytest.approx((pos - neg).item(), rel=1e-12)
+    assert value.item() < 0  # class 3's negatives outweigh its positives
+
+
+@pytest.mark.parametrize(
+    "reducer", [reducers.ThresholdReducer(high=0.5), reducers.ThresholdReducer(low=-10.0)]
+)
+def test_threshold_reducers_keeping_negatives_allowed(reducer):
+    x, labels = _batch_of_4x4()
+    parts = losses.GradMLLoss(reducer=reducers.DoNothingReducer())(x, labels)
+    pos, neg = parts["pos_loss"]["losses"], parts["neg_loss"]["losses"]
+    low = -float("inf") if reducer.low is None else reducer.low
+    high = float("inf") if reducer.high is None else reducer.high
+    keep = lambda t: t[(t > low) & (t < high)].mean()  # noqa: E731
+    value = losses.GradMLLoss(reducer=reducer)(x, labels)
+    assert value.item() == pytest.approx((keep(pos) + keep(neg)).item(), rel=1e-12)
+
+
+def test_divisor_reducer_rejected_with_the_fix():
+    with pytest.raises(ValueError, match="DivisorReducer.*SumReducer"):
+        losses.GradMLLoss(reducer=reducers.DivisorReducer())
+    with pytest.raises(ValueError, match="DivisorReducer"):
+        reducer = reducers.MultipleReducers({"pos_loss": reducers.DivisorReducer()})
+        losses.GradMLLoss(reducer=reducer)
+
+
+@pytest.mark.parametrize("wrapper", ["CrossBatchMemory", "SelfSupervisedLoss"])
+def test_pml_wrappers_with_allow_lists_refuse_gradml(wrapper):
+    from pytorch_metric_learning import losses as pml_losses
+
+    args = (16,) if wrapper == "CrossBatchMemory" else ()
+    with pytest.raises(Exception, match=f"{wrapper} not supported for GradMLLoss"):
+        getattr(pml_losses, wrapper)(losses.GradMLLoss(), *args)
