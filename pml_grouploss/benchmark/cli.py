@@ -31,7 +31,8 @@ VERBOSE = ("--verbose", dict(action="store_true", help="PML's INFO logging"))
 RUN_OPTIONS = (
     ("--output-dir", dict(help="results directory; rerunning the same command resumes in it "
                           "(default: results/main, results/tune, results/ablate_<sweep>)")),
-    ("--fresh", dict(action="store_true", help="delete --output-dir first instead of resuming")),
+    ("--fresh", dict(action="store_true", help="delete --output-dir first instead of resuming "
+                     "(only a results directory, with config.json, or an empty one)")),
     ("--no-figures", dict(action="store_true", help="skip the matplotlib figures")), VERBOSE,
     ("--set", dict(action="append", default=[], metavar="METHOD.PARAM=VALUE", help="override a "
                    "loss parameter, e.g. --set grouploss.temperature=10 --set proxyanchor."
@@ -281,7 +282,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     cfg = config_from_args(args)
     default = {"run": "main", "tune": "tune"}.get(args.command) or f"ablate_{args.sweep}"
-    out = args.output_dir or os.path.join("results", default)
+    out = os.path.join("results", default) if args.output_dir is None else args.output_dir
     check_output_dir(out)
     if args.command == "run":
         suite.run_benchmark(cfg, out, fresh=args.fresh, figures=not args.no_figures)

@@ -83,7 +83,8 @@ class ModelConfig:
     image_size: int = option(
         28, "input side for the small CNN", minimum=lambda m: 16 if m.trunk == "cnn" else 1,
         hint="the cnn trunk halves its input four times")
-    classes_per_batch: int = option(15, "classes per MPerClassSampler batch", minimum=1)
+    classes_per_batch: int = option(15, "classes per MPerClassSampler batch", minimum=2,
+                                    hint="a batch of one class has no negative pair to learn from")
     samples_per_class: int = option(
         8, "samples per class in a batch, MPerClassSampler's m", minimum=1)
     sampler: str = option(
@@ -161,7 +162,7 @@ class RunConfig:
         2, "processes that train (method, seed) runs in parallel (default: 2), each with "
         "--threads torch threads (1 if not given); 1 = in this process", minimum=1)
     threads: Optional[int] = option(None, "torch CPU threads", minimum=1)
-    device: str = option("cpu", "torch device")
+    device: str = option("cpu", "torch device: cpu, cuda or cuda:N (mps where PyTorch has it)")
     log_freq: int = option(10, "record-keeper logging interval", minimum=1, flag=None)
     eval_batch_size: int = option(256, "tester batch size", minimum=1, flag=None)
     save_embeddings: bool = option(True, "write test_embeddings.npz", flag=None)
@@ -244,8 +245,13 @@ class BenchmarkConfig:
     def replace(self, **changes: Any) -> "BenchmarkConfig":
         """A copy with ``changes``: flat option names (``epochs=2``) or whole sections
         (``optim={"epochs": 2}``); validated again. An unknown key is an error."""
-        from .validation import ConfigValueError
+        from .validation import ConfigTypeError, ConfigValueError
 
+        for key, value in changes.items():
+            if key in SECTIONS and not (isinstance(value, Mapping) or isinstance(
+                    value, SECTIONS[key][0])):
+                raise ConfigTypeError(key, f"{key} must be a dict of its fields or a "
+                                      f"{SECTIONS[key][0].__name__} instance, got {value!r}")
         flat = {f"{key}.{k}": v for key, value in changes.items() if key in SECTIONS for k, v in (
             dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value).items()}
         flat.update({DOTTED.get(k, k): v for k, v in changes.items() if k not in SECTIONS})

@@ -17,7 +17,7 @@ import torch
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 
-from .._validation import check_number
+from .._validation import check_choice, check_number
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,15 @@ def _triplet(num_classes: int, embedding_size: int, type_of_triplets: str = "", 
     return pml_losses.TripletMarginLoss(**params)
 
 
+#: the ``type_of_triplets`` that PML's ``TripletMarginMiner`` knows (it takes any string, and
+#: an unknown one silently mines every triplet)
+TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
+
+
 def _triplet_miner(params: Mapping[str, Any]):
-    return pml_miners.TripletMarginMiner(
-        margin=params.get("margin", 0.05),
-        type_of_triplets=params.get("type_of_triplets", "semihard"))
+    kind = params.get("type_of_triplets", "semihard")
+    check_choice("type_of_triplets", kind, TRIPLET_TYPES)
+    return pml_miners.TripletMarginMiner(margin=params.get("margin", 0.05), type_of_triplets=kind)
 
 
 def _proxy_anchor(num_classes: int, embedding_size: int, **params):
@@ -97,13 +102,27 @@ METHODS: Dict[str, MethodSpec] = {m.name: m for m in (
 DEFAULT_METHODS = ("grouploss", "grouploss_ce", "triplet", "proxyanchor")
 
 
+def _init_parameters(cls: type) -> set:
+    """Keyword names ``cls(...)`` takes, following ``*args, **kwargs`` up the MRO (PML's
+    ``CosFaceLoss``/``SubCenterArcFaceLoss`` pass ``num_classes`` on to their base)."""
+    names: set = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+            break
+    return names
+
+
 def _pml_loss_method(name: str) -> MethodSpec:
     cls = getattr(pml_losses, name, None)
     if not (inspect.isclass(cls) and issubclass(cls, pml_losses.BaseMetricLossFunction)):
         valid = sorted(n for n in dir(pml_losses) if n.endswith("Loss") and n[0].isupper())
         raise ValueError(f"unknown loss {name!r}. Built-in methods: {', '.join(METHODS)}; or "
                          f"any PML loss class by name, e.g. {', '.join(valid[:8])}, ...")
-    sig = inspect.signature(cls.__init__).parameters
+    sig = _init_parameters(cls)
 
     def build(num_classes: int, embedding_size: int, **params):
         sizes = {"num_classes": num_classes, "embedding_size": embedding_size}
@@ -128,22 +147,56 @@ class BuiltMethod:
     params: Dict[str, Any]
 
 
+#: loss arguments the benchmark sets itself (from the data and ``embedding_size``)
+SET_BY_BENCHMARK = ("num_classes", "embedding_size")
+
+
 def build_method(spec: MethodSpec, num_classes: int, embedding_size: int,
                  overrides: Optional[Mapping[str, Any]] = None,
                  label: Optional[str] = None) -> BuiltMethod:
-    """Instantiate loss and miner. Overrides may include ``loss_lr`` and ``lr`` (trunk lr), which
-    must be positive numbers (``TypeError``/``ValueError`` naming ``METHOD.loss_lr``)."""
-    params = {**spec.params, **(overrides or {})}
+    """Instantiate loss and miner. Overrides may include ``loss_lr`` (only for a loss with
+    parameters of its own) and ``lr`` (trunk lr), which must be positive numbers
+    (``TypeError``/``ValueError`` naming ``METHOD.loss_lr``)."""
+    overrides = dict(overrides or {})
+    fixed = [k for k in SET_BY_BENCHMARK if k in overrides]
+    if fixed:
+        raise ValueError(f"{spec.name}.{fixed[0]} is set by the benchmark (training classes, "
+                         "embedding_size), not by --set/--params-file; drop it")
+    params = {**spec.params, **overrides}
     loss_lr, lr = params.pop("loss_lr", spec.loss_lr), params.pop("lr", None)
-    for key, value in (("loss_lr", loss_lr), ("lr", lr)):
-        if value is not None:
-            check_number(f"{spec.name}.{key}", value, minimum=0, strict_minimum=True,
+    for key in ("loss_lr", "lr"):
+        if key in overrides:
+            check_number(f"{spec.name}.{key}", overrides[key], minimum=0, strict_minimum=True,
                          hint=f"give a positive number, e.g. {spec.name}.{key}=0.01")
     try:
         loss = spec.build_loss(num_classes, embedding_size, **params)
-    except (TypeError, ValueError) as err:  # a wrong or unknown parameter of the loss
-        raise ValueError(f"{spec.name}: {err}") from err
-    miner = spec.build_miner(params) if spec.build_miner is not None else None
+        miner = spec.build_miner(params) if spec.build_miner is not None else None
+    except (TypeError, ValueError, KeyError) as err:  # a wrong, missing or unknown parameter
+        hint = (f"; give it as an override, e.g. --set {spec.name}.PARAM=VALUE"
+                if "missing" in str(err) else "")
+        raise ValueError(f"{spec.name}: {err}{hint}") from err
     has_params = any(p.requires_grad for p in loss.parameters())
+    if "loss_lr" in overrides and not has_params:
+        raise ValueError(f"{spec.name}.loss_lr: {spec.name}'s loss has no parameters of its own "
+                         "(loss_lr is their learning rate); drop it, or set the trunk's with "
+                         f"{spec.name}.lr")
     return BuiltMethod(label or spec.name, loss, miner, loss_lr if has_params else None, lr,
                        {**params, **({"loss_lr": loss_lr} if has_params else {})})
+
+
+def check_trains(built: BuiltMethod, classes: int, samples: int, embedding_size: int) -> None:
+    """Raise ``ValueError`` unless ``built``'s miner and loss take a labelled batch of
+    ``classes`` x ``samples`` random embeddings (e.g. PML's base class, or a loss without
+    labels such as ``VICRegLoss``, fails here, not after the first epoch). Global random
+    states are left as they were."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        emb = torch.nn.functional.normalize(torch.randn(classes * samples, embedding_size))
+        labels = torch.arange(classes).repeat_interleave(samples)
+        try:
+            tuples = built.miner(emb, labels) if built.miner is not None else None
+            built.loss(emb, labels, tuples)
+        except Exception as err:  # noqa: BLE001 -- any failure: this loss cannot be trained here
+            raise ValueError(f"{built.label} cannot be trained on a labelled batch "
+                             f"({type(err).__name__}: {str(err) or 'not implemented'}); choose "
+                             "another loss") from err

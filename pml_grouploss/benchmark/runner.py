@@ -30,7 +30,7 @@ from .config import BenchmarkConfig, OptimConfig
 from .data import Splits
 from .methods import MethodSpec, build_method
 from ..trunks import build_embedder, build_trunk
-from .validation import check_batch
+from .validation import check_batch, read_json_object
 
 BASE_METRICS = ("precision_at_1", "mean_average_precision_at_r", "r_precision", "NMI", "AMI")
 
@@ -274,8 +274,9 @@ def run_one(cfg: BenchmarkConfig, spec: MethodSpec, seed: int, splits: Splits, r
     label = label or spec.name
     final_path = os.path.join(run_dir, "final.json")
     if os.path.isfile(final_path):
-        with open(final_path) as f:
-            return json.load(f)
+        return read_json_object(final_path, f"{final_path!r} is damaged", "a JSON object (the "
+                                "run's row)", "delete it: rerunning then resumes that seed from "
+                                "its last checkpoint")
     os.makedirs(run_dir, exist_ok=True)
     on_phase = on_phase or (lambda _: None)
     seed_everything(seed)
@@ -284,8 +285,9 @@ def run_one(cfg: BenchmarkConfig, spec: MethodSpec, seed: int, splits: Splits, r
     row = _selection_row(run, splits, seed, label)
     if final_test:
         row.update(run.test(splits, row["best_epoch"], run_dir, on_phase))
-    with open(final_path, "w") as f:
+    with open(final_path + ".tmp", "w") as f:  # final.json is whole or absent (a kill)
         json.dump(row, f, indent=2)
+    os.replace(final_path + ".tmp", final_path)
     return row
 
 

@@ -23,7 +23,8 @@ from .config import BenchmarkConfig
 from .data import Splits, class_folds, load_base, splits_for_fold
 from .methods import get_method
 from .runner import run_one
-from .validation import ConfigValueError, check_batch, check_output_dir, read_json_object
+from .validation import (FOLD_HINT, ConfigValueError, check_batch, check_output_dir,
+                         read_json_object)
 
 Log = Callable[..., None]
 #: told the protocol phase ("train", "final_test", "figures", "idle"); the tests observe it
@@ -67,6 +68,10 @@ def training_classes(cfg: BenchmarkConfig) -> int:
         largest = max(len(fold) for fold in class_folds(n_train, cfg.data.num_folds))
     except ValueError as err:  # too many folds for the training classes
         raise ConfigValueError("data.num_folds", f"data.{err}") from None
+    if n_train < 2 * cfg.data.num_folds:
+        raise ConfigValueError("data.num_folds", f"data.num_folds {cfg.data.num_folds}: the "
+                               f"dataset has {n_train} training classes, fewer than the "
+                               f"{2 * cfg.data.num_folds} that {FOLD_HINT}; lower data.num_folds")
     return n_train - largest
 
 
@@ -85,7 +90,12 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
     path = os.path.join(output_dir, "config.json")
     check_output_dir(output_dir)
     if fresh and os.path.isdir(output_dir):
-        shutil.rmtree(output_dir)
+        _check_deletable(output_dir)
+        for entry in os.scandir(output_dir):  # its contents: output_dir may be "."
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.remove(entry.path)
     os.makedirs(output_dir, exist_ok=True)
     _check_job(output_dir, job)
     if os.path.isfile(path):
@@ -110,6 +120,16 @@ def prepare_output(cfg: BenchmarkConfig, output_dir: str, fresh: bool = False,
 
 
 JOB_FILE = "job.json"
+
+
+def _check_deletable(output_dir: str) -> None:
+    """``fresh=True`` deletes only a results directory (with ``config.json``) or an empty one:
+    ``--fresh --output-dir .`` (or ``~``) would otherwise delete whatever the directory holds."""
+    if os.listdir(output_dir) and not os.path.isfile(os.path.join(output_dir, "config.json")):
+        raise ValueError(
+            f"output_dir {output_dir!r} is not a results directory (no config.json) and not "
+            "empty: fresh=True deletes results directories only; choose a new or empty "
+            "output_dir")
 
 
 def _check_job(output_dir: str, job: str) -> None:
@@ -280,6 +300,9 @@ class Grid:
         for name, values in (columns or {}).items():
             table.insert(1, name, values)
         md = to_markdown(table)
+        if len(summary) and summary.n_seeds.min() < 2:  # the title promises "± 95% CI"
+            md += ("\nA row of one seed has no confidence interval (its cells have no ±): run "
+                   "at least 2 seeds, e.g. --seeds 3.\n")
         with open(os.path.join(self.output_dir, "results.md"), "w") as f:
             f.write(f"# {title}\n\n{md}{note}")
         self.log("\n" + md)

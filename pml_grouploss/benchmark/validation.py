@@ -39,6 +39,11 @@ class ConfigTypeError(ConfigError, TypeError):
     """A config field has a value of the wrong type."""
 
 
+#: why a validation fold needs two classes (the end of "fewer training classes than the N that")
+FOLD_HINT = ("data.num_folds validation folds of at least 2 classes need (P@1 on one class is 1 "
+             "whatever the model)")
+
+
 def _as_field(name: str, check: Callable[[], Any], hint: str = "") -> Any:
     """Run ``check``; re-raise its error as a Config error of field ``name`` (with ``hint``)."""
     try:
@@ -111,10 +116,9 @@ def validate_config(cfg: "BenchmarkConfig") -> None:
         ("optim.lr_plateau_patience", (optim.lr_plateau_patience or 0) % optim.eval_every,
          f"optim.lr_plateau_patience {optim.lr_plateau_patience} must be a multiple of "
          f"optim.eval_every {optim.eval_every} (the plateau is judged at evaluations)"),
-        ("data.max_classes", data.max_classes is not None and data.max_classes < data.num_folds,
+        ("data.max_classes", (data.max_classes or 2 * data.num_folds) < 2 * data.num_folds,
          f"data.max_classes {data.max_classes} leaves fewer training classes than the "
-         f"{data.num_folds} validation folds (data.num_folds); raise data.max_classes or lower "
-         "data.num_folds"),
+         f"{2 * data.num_folds} that {FOLD_HINT}; raise data.max_classes or lower data.num_folds"),
         ("model.pretrained", model.pretrained and model.trunk == "cnn",
          "model.pretrained: the small CNN has no pretrained weights; use model.trunk resnet50, "
          "googlenet or densenet121, or drop model.pretrained"),
@@ -128,6 +132,11 @@ def validate_config(cfg: "BenchmarkConfig") -> None:
          f"model.batch_size {model.batch_size} is not divisible by model.samples_per_class "
          f"{model.samples_per_class}; use a multiple such as "
          f"{model.samples_per_class * ((model.batch_size or 0) // model.samples_per_class or 1)}"),
+        ("model.batch_size", (model.batch_size or 2 * model.samples_per_class)
+         < 2 * model.samples_per_class,
+         f"model.batch_size {model.batch_size} holds one class of model.samples_per_class "
+         f"{model.samples_per_class}: a batch of one class has no negative pair to learn from; "
+         f"use at least {2 * model.samples_per_class}"),
     ]
     for name, failed, message in rules:
         if failed:
@@ -137,8 +146,16 @@ def validate_config(cfg: "BenchmarkConfig") -> None:
 
 
 def _validate_methods(cfg: "BenchmarkConfig") -> None:
-    from .methods import build_method, get_method
+    """Every method and every ``overrides`` entry builds with its parameters and takes one
+    batch of the configured shape (:func:`~.methods.check_trains`); global random states are
+    kept."""
+    import torch
 
+    from .methods import build_method, check_trains, get_method
+
+    model = cfg.model
+    samples = model.samples_per_class
+    classes = (model.batch_size or model.classes_per_batch * samples) // samples
     for name in cfg.run.methods:
         _as_field("run.methods", lambda: get_method(name))
     for name, params in cfg.run.overrides.items():
@@ -146,8 +163,13 @@ def _validate_methods(cfg: "BenchmarkConfig") -> None:
             raise ConfigTypeError(
                 "run.overrides", f"run.overrides[{name!r}] must map parameter names to values, "
                 f"got {params!r}")
-        spec = _as_field("run.overrides", lambda: get_method(name))
-        _as_field("run.overrides", lambda: build_method(spec, 2, cfg.model.embedding_size, params))
+    for name in dict.fromkeys((*cfg.run.overrides, *cfg.run.methods)):
+        field = "run.overrides" if name in cfg.run.overrides else "run.methods"
+        spec = _as_field(field, lambda: get_method(name))
+        with torch.random.fork_rng(devices=[]):
+            built = _as_field(field, lambda: build_method(
+                spec, classes, model.embedding_size, cfg.run.overrides.get(name)))
+        _as_field(field, lambda: check_trains(built, classes, samples, model.embedding_size))
 
 
 def _validate_device(name: str) -> None:
@@ -159,6 +181,13 @@ def _validate_device(name: str) -> None:
         raise ConfigValueError("run.device", f"run.device {name!r} is not a torch device ({err})")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigValueError("run.device", f"run.device {name!r}: no CUDA device; use cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigValueError("run.device", f"run.device {name!r}: only "
+                               f"{torch.cuda.device_count()} CUDA devices; use cuda:0 or cpu")
+    usable = {"cpu": True, "cuda": True, "mps": torch.backends.mps.is_available()}
+    if not usable.get(device.type, False):
+        raise ConfigValueError("run.device", f"run.device {name!r} cannot train here; use cpu "
+                               "or cuda (or mps where PyTorch has it)")
 
 
 def check_batch(cfg: "BenchmarkConfig", num_train_classes: int) -> int:

@@ -323,3 +323,48 @@ def test_seed_count_below_one_explains_seeds(capsys, tmp_path, no_training, seed
     assert "--seeds 1 runs seed 0 alone" in err and "--seeds 0,5,7" in err
     args = cli.build_parser().parse_args(["run", "--seeds", "0,"])
     assert cli.config_from_args(args).run.seeds == (0,)  # the comma form names one seed
+
+
+# --- adversarial trial: output directories, devices
+
+
+def test_fresh_refuses_to_delete_a_directory_that_holds_no_results(capsys, tmp_path, no_training,
+                                                                   monkeypatch):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.tex").write_text("precious")
+    monkeypatch.chdir(tmp_path)
+    err = _usage_error(capsys, ["--fresh", "--output-dir", ".", "--workers", "1"])
+    assert "--output-dir '.' is not a results directory (no config.json) and not empty" in err
+    assert "--fresh deletes results directories only" in err
+    assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
+
+
+def test_fresh_empties_a_results_directory_that_is_the_working_directory(tmp_path, monkeypatch):
+    from pml_grouploss.benchmark.config import BenchmarkConfig
+    from pml_grouploss.benchmark.suite import prepare_output
+
+    cfg = BenchmarkConfig().replace(seeds=(0,))
+    prepare_output(cfg, str(tmp_path))
+    (tmp_path / "runs" / "grouploss").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    prepare_output(cfg.replace(epochs=2), ".", fresh=True)  # rmtree(".") failed half-way
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json", "environment.json", "job.json"]
+
+
+def test_empty_output_dir_is_an_error_not_the_default(capsys, tmp_path, no_training, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = _usage_error(capsys, ["--output-dir", "", "--workers", "1"])
+    assert "--output-dir must be a directory path, got ''" in err
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("device", ["meta", "mps"])
+def test_a_device_that_cannot_train_is_refused(capsys, tmp_path, no_training, device):
+    import torch
+
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine trains on mps")
+    err = _usage_error(capsys, ["--device", device, "--output-dir", str(tmp_path / "out")])
+    assert f"argument --device: '{device}' cannot train here; use cpu or cuda" in err
+    assert not (tmp_path / "out").exists()

@@ -51,10 +51,13 @@ def test_cached_transform_returns_the_uncached_tensors():
     assert len(cached._cache) == 3
 
 
-def _run(tmp_path, name, method="grouploss", **changes):
+def _run(tmp_path, name, method="grouploss", ready=lambda: None, **changes):
+    """``ready()`` is called after the config is made (its validation gives every method one
+    batch) and before the training."""
     cfg = BenchmarkConfig().replace(**{**TINY, **changes})
     splits = build_splits("omniglot-small", None, 0, 5, max_classes=30,
                           label_noise=cfg.data.label_noise)
+    ready()
     return runner.run_one(cfg, get_method(method), 0, splits, str(tmp_path / name),
                           final_test=False)
 
@@ -69,10 +72,10 @@ def test_warmup_trains_the_classifier_with_cross_entropy_for_its_epochs(tmp_path
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(GroupLoss, "compute_loss", spy)
-    _run(tmp_path, "warm", epochs=3, warmup_epochs=2)
+    _run(tmp_path, "warm", ready=seen.clear, epochs=3, warmup_epochs=2)
     assert seen == [(0.0, 0, 1.0)] * 4 + [(1.0, 1, 1.0)] * 2  # 2 iterations per epoch
-    seen.clear()
-    _run(tmp_path, "triplet", method="triplet", epochs=1, warmup_epochs=2)  # no classifier
+    _run(tmp_path, "triplet", method="triplet", ready=seen.clear, epochs=1,
+         warmup_epochs=2)  # no classifier
     assert seen == []
 
 

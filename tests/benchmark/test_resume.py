@@ -10,6 +10,7 @@ import torch
 
 from pml_grouploss.benchmark import runner
 from pml_grouploss.benchmark.config import BenchmarkConfig
+from pml_grouploss.benchmark.methods import get_method
 from pml_grouploss.benchmark.suite import run_benchmark
 
 
@@ -173,3 +174,16 @@ def test_run_stopped_early_is_not_trained_again_on_resume(tmp_path, monkeypatch,
     hist = runner.read_history(tmp_path / "runs/grouploss/seed0/history.jsonl")
     assert sorted(hist[hist.split == "val"].epoch) == [1]
     assert per_seed.iloc[0].best_epoch == 1 and 0 < per_seed.iloc[0].precision_at_1 <= 1
+
+
+def test_a_damaged_final_json_names_the_file_and_the_fix(tmp_path):
+    """A final.json cut short (the process killed while writing it) is named, not a bare
+    'Expecting value: line 1 column 1'; final.json is now written whole or not at all."""
+    run_dir = tmp_path / "runs" / "grouploss" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "final.json").write_text('{"method": "groupl')
+    with pytest.raises(ValueError) as info:
+        runner.run_one(TINY, get_method("grouploss"), 0, None, str(run_dir))
+    message = str(info.value)
+    assert f"'{run_dir / 'final.json'}' is damaged: not valid JSON" in message
+    assert "delete it: rerunning then resumes that seed from its last checkpoint" in message

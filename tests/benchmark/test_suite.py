@@ -122,3 +122,33 @@ def test_a_sweep_variant_that_does_not_fit_is_refused_before_training(tmp_path, 
                                                r"per batch but only 16 training classes"):
         run_ablation("classes", cfg, str(tmp_path / "out"), log=lambda *_: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_too_small_for_folds_of_two_classes_is_named(monkeypatch):
+    """7 training classes in 4 folds would validate on a fold of one class (P@1 = 1 whatever the
+    model): refused before any output, naming --num-folds."""
+    from types import SimpleNamespace
+
+    from pml_grouploss.benchmark import suite
+
+    monkeypatch.setattr(suite, "load_base", lambda *a: (SimpleNamespace(labels=list(range(7))),
+                                                        None, 1))
+    with pytest.raises(ValueError) as info:
+        suite.training_classes(BenchmarkConfig().replace(num_folds=4))
+    assert info.value.field == "data.num_folds"
+    assert "the dataset has 7 training classes, fewer than the 8 that" in str(info.value)
+    assert suite.training_classes(BenchmarkConfig().replace(num_folds=3)) == 4
+
+
+def test_results_of_one_seed_say_that_they_have_no_confidence_interval(tmp_path):
+    import pandas as pd
+
+    from pml_grouploss.benchmark.suite import Grid
+
+    grid = Grid(BenchmarkConfig(), str(tmp_path), log=lambda *_: None, prepare=False)
+    one = pd.DataFrame({"method": ["a", "b", "b"], "precision_at_1": [0.5, 0.6, 0.7]})
+    md = grid.write(one, "t")
+    assert "| a | 50.0 | 1 |" in md and "| b | 65.0 ± 63.5 | 2 |" in md
+    assert "A row of one seed has no confidence interval (its cells have no ±)" in md
+    assert "no confidence interval" in (tmp_path / "results.md").read_text()
+    assert "no confidence interval" not in grid.write(one[one.method == "b"], "t")

@@ -26,7 +26,10 @@ from pml_grouploss.benchmark.validation import ConfigTypeError, ConfigValueError
         ({"epochs": 5, "eval_every": 2}, ValueError, "optim.epochs", "must be a multiple of"),
         ({"lr": float("inf")}, ValueError, "optim.lr", "optim.lr must be a finite number > 0"),
         ({"weight_decay": -1e-4}, ValueError, "optim.weight_decay", "must be a finite number >= 0"),
-        ({"max_classes": 4}, ValueError, "data.max_classes", "fewer training classes than the 5"),
+        ({"max_classes": 4}, ValueError, "data.max_classes", "fewer training classes than the 10"),
+        ({"max_classes": 9}, ValueError, "data.max_classes", "validation folds of at least 2"),
+        ({"classes_per_batch": 1}, ValueError, "model.classes_per_batch", "no negative pair"),
+        ({"batch_size": 8}, ValueError, "model.batch_size", "holds one class of model.samples"),
         ({"epochs": 2.5}, TypeError, "optim.epochs", "optim.epochs must be an int, got float 2.5"),
         ({"optimizer": "adagrad"}, ValueError, "optim.optimizer", "optim.optimizer must be one of"),
         ({"overrides": {"grouploss": {"loss_lr": "abc"}}}, TypeError, "run.overrides", "loss_lr"),
@@ -55,6 +58,15 @@ def test_invalid_field_raises_naming_it(changes, error, field, message):
     sections = {**cfg.__dict__, section: dataclasses.replace(getattr(cfg, section), **changes)}
     with pytest.raises(error, match=message.split(",")[0].replace("(", r"\(")):
         BenchmarkConfig(**sections)
+
+
+@pytest.mark.parametrize("section", ["data", "optim"])
+@pytest.mark.parametrize("value", [3, None, "epochs=2"])
+def test_a_section_that_is_no_mapping_is_named(section, value):
+    with pytest.raises(ConfigTypeError) as info:
+        BenchmarkConfig().replace(**{section: value})
+    assert info.value.field == section
+    assert f"{section} must be a dict of its fields or a {section.title()}Config" in str(info.value)
 
 
 def test_valid_configs_still_construct():
@@ -121,7 +133,7 @@ def test_output_dir_checks_create_nothing(tmp_path):
 
 
 def test_more_folds_than_training_classes_is_named(tmp_path):
-    assert BenchmarkConfig().replace(max_classes=6, num_folds=6).data.num_folds == 6
+    assert BenchmarkConfig().replace(max_classes=12, num_folds=6).data.num_folds == 6
     with pytest.raises(ValueError, match="max_classes 5 leaves fewer training classes"):
         BenchmarkConfig().replace(max_classes=5, num_folds=6)
     with pytest.raises(ValueError, match="num_folds 200 must be >= 2 .* at most the 135 classes"):
