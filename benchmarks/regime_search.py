@@ -125,8 +125,11 @@ def command(name: str, seeds: int, root: str, test: bool, tiny: bool,
     """The benchmark arguments of regime ``name`` (``methods``: default the regime's own)."""
     regime = REGIMES[name]
     out = os.path.join(root, ("test_" if test else "") + name)
+    regime_args = list(regime.args)
+    if tiny and "--warmup-epochs" in regime_args:  # below TINY's 2 epochs
+        regime_args[regime_args.index("--warmup-epochs") + 1] = "1"
     args = ["run", "--seeds", str(seeds), "--output-dir", out, "--losses",
-            ",".join(methods or regime.methods), *regime.args]
+            ",".join(methods or regime.methods), *regime_args]
     return args + ([] if test else ["--no-test"]) + (list(TINY) if tiny else [])
 
 

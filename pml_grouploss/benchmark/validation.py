@@ -110,6 +110,10 @@ def validate_config(cfg: "BenchmarkConfig") -> None:
          "data.download: dataset omniglot-small is embedded in the package and is not "
          "downloaded; drop data.download, or choose the data.dataset to download (omniglot, "
          "cub, cars196, sop)"),
+        ("optim.warmup_epochs", optim.warmup_epochs >= optim.epochs,
+         f"optim.warmup_epochs {optim.warmup_epochs} is not below optim.epochs {optim.epochs}: "
+         "the GroupLoss methods would train as plain cross-entropy only and be reported as "
+         "GroupLoss; lower optim.warmup_epochs (0 = off) or raise optim.epochs"),
         ("optim.epochs", optim.epochs % optim.eval_every != 0,
          f"optim.epochs {optim.epochs} must be a multiple of optim.eval_every "
          f"{optim.eval_every} so that the last epoch is evaluated"),

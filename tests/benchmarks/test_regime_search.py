@@ -24,6 +24,11 @@ def test_commands_are_validation_only_and_name_their_directory():
                                       methods=["grouploss"])
     assert "--no-test" not in test_args and os.path.join("R", "test_warmup_4") in test_args
     assert test_args[test_args.index("--losses") + 1] == "grouploss"
+    assert test_args[test_args.index("--warmup-epochs") + 1] == "4"
+    # a smoke run has 2 epochs: its warm-up stays below them (else GroupLoss is plain CE only)
+    tiny = regime_search.command("warmup_4", 5, "R", test=True, tiny=True)
+    assert tiny[tiny.index("--warmup-epochs") + 1] == "1"
+    assert tiny[tiny.index("--epochs") + 1] == "2"
 
 
 def _write_val(root, name, rows):
