@@ -90,8 +90,25 @@ def _is_global_size(size) -> bool:
     return False
 
 
+def _spatial_mean_keepdim(node: fx.Node) -> Optional[bool]:
+    """``keepdim`` of a global average pooling written as a mean over H, W (``x.mean((2, 3))``,
+    ``torch.mean(x, dim=[-2, -1], keepdim=True)``, as timm-style heads do), else ``None``."""
+    if not ((node.op == "call_method" and node.target == "mean")
+            or (node.op == "call_function" and node.target is torch.mean)):
+        return None
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if not (isinstance(dim, (tuple, list)) and len(dim) == 2 and set(dim) in ({2, 3}, {-2, -1})
+            and isinstance(keepdim, bool)):
+        return None
+    return keepdim
+
+
 def _is_global_pool(root: torch.nn.Module, node: fx.Node) -> bool:
-    """``node`` pools ``(N, C, H, W) -> (N, C, 1, 1)`` (average or :class:`MixedPooling`)."""
+    """``node`` pools ``(N, C, H, W) -> (N, C, 1, 1)`` (average or :class:`MixedPooling`), or to
+    ``(N, C)`` (a mean over H, W)."""
+    if _spatial_mean_keepdim(node) is not None:
+        return True
     if node.op == "call_module":
         mod = root.get_submodule(node.target)
         return isinstance(mod, MixedPooling) or (
@@ -144,7 +161,7 @@ def _find_global_pool(root: torch.nn.Module, graph: fx.Graph) -> fx.Node:
     if not found:
         raise ValueError(
             "unsupported backbone: no global pooling (AdaptiveAvgPool2d((1, 1)), "
-            "F.adaptive_avg_pool2d(x, 1) or MixedPooling) found in its graph. "
+            "F.adaptive_avg_pool2d(x, 1), x.mean((2, 3)) or MixedPooling) found in its graph. "
             f"Supported: {_SUPPORTED}"
         )
     final, why = [], []
@@ -166,8 +183,8 @@ def _find_global_pool(root: torch.nn.Module, graph: fx.Graph) -> fx.Node:
         "unsupported backbone: none of its global poolings is the backbone's final pooling "
         f"(one whose output reaches the model's output through {_AFTER_POOL} only): "
         f"{'; '.join(why)} (e.g. a squeeze-excitation gate). Pool the last feature map with "
-        "nn.AdaptiveAvgPool2d(1) or F.adaptive_avg_pool2d(x, 1) (x.mean((2, 3)) is not "
-        f"recognized). Supported: {_SUPPORTED}"
+        "nn.AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1) or x.mean((2, 3)). "
+        f"Supported: {_SUPPORTED}"
     )
 
 
@@ -274,8 +291,9 @@ def install_mixed_pooling(model: torch.nn.Module, alpha: float = DEFAULT_ALPHA) 
 
     When the pooling is a module called once (ResNet ``avgpool``, GoogLeNet ``avgpool``,
     Inception v3 ``avgpool``) a copy of ``model`` with that module replaced is returned (same
-    class). When it is a function call (DenseNet's ``F.adaptive_avg_pool2d``) or a module also
-    called elsewhere, the call is rewritten in the fx graph and a ``GraphModule`` is returned.
+    class). When it is a function call (DenseNet's ``F.adaptive_avg_pool2d``, a mean over H, W
+    such as ``x.mean((2, 3))``, then flattened as the mean was) or a module also called
+    elsewhere, the call is rewritten in the fx graph and a ``GraphModule`` is returned.
     ``state_dict`` keys and every submodule's train/eval flag never change. On a model that
     already has a ``MixedPooling`` as its final pooling, that pooling is replaced by one with
     the new ``alpha`` (running it twice equals running it once with the second ``alpha``).
@@ -308,6 +326,9 @@ def install_mixed_pooling(model: torch.nn.Module, alpha: float = DEFAULT_ALPHA) 
     root.add_module(name, pool_module)
     with graph.inserting_after(pool):
         new_node = graph.call_module(name, args=(pool.args[0],))
+    if _spatial_mean_keepdim(pool) is False:  # x.mean((2, 3)) gave (N, C), the pooling (N, C, 1, 1)
+        with graph.inserting_after(new_node):
+            new_node = graph.call_method("flatten", args=(new_node, 1))
     pool.replace_all_uses_with(new_node)
     graph.erase_node(pool)
     return _graph_module(root, graph, model)

@@ -277,7 +277,9 @@ class _SENet(torch.nn.Module):
     def forward(self, x):
         x = self.relu2(self.pre_activation(x))
         if self.final == "mean":
-            return x.mean((2, 3))  # not recognized as a global pooling
+            return x.mean((2, 3))
+        if self.final == "max":
+            return F.adaptive_max_pool2d(x, 1).flatten(1)  # not a recognized global pooling
         p = self.pool(x)
         return self.fc(torch.nn.functional.dropout(p.view(p.size(0), -1), 0.5, self.training))
 
@@ -285,7 +287,7 @@ class _SENet(torch.nn.Module):
 def test_squeeze_excitation_gate_is_never_taken_for_the_final_pooling():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
-    gate_only = _SENet("mean").double().eval()
+    gate_only = _SENet("max").double().eval()
     for install in (install_mixed_pooling, install_leaky_relu):
         with pytest.raises(ValueError, match=r"unsupported backbone: none of its global poolings "
                                              r"is the backbone's final pooling .*module 'se_pool'"
@@ -303,6 +305,46 @@ def test_squeeze_excitation_gate_is_never_taken_for_the_final_pooling():
         _close(mixed, shared.fc(0.3 * a.amax(dim=(2, 3)) + 0.7 * a.mean(dim=(2, 3))))
         _close(leaky, shared.fc(F.leaky_relu(z, 0.2).mean(dim=(2, 3))))
         assert (mixed - shared(x)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_a_final_pooling_written_as_a_mean_over_h_w_is_found(keepdim):
+    # timm-style heads pool with x.mean((2, 3)); before, the surgery refused such a model (and
+    # found only the squeeze-excitation gate's pooling)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    model = _SENet("mean").double().eval()
+    with torch.no_grad():
+        z = model.pre_activation(x)
+        a = F.relu(z)
+        _close(install_mixed_pooling(model, 0.3)(x),
+               0.3 * a.amax(dim=(2, 3)) + 0.7 * a.mean(dim=(2, 3)))
+        assert torch.equal(install_mixed_pooling(model, 0.0)(x), model(x))  # avg: the same op
+        _close(install_leaky_relu(model, 0.2)(x), F.leaky_relu(z, 0.2).mean(dim=(2, 3)))
+
+    class FunctionalMean(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 5, 3)
+
+        def forward(self, x):
+            return torch.mean(F.relu(self.conv(x)), dim=[-1, -2], keepdim=keepdim)
+
+    model = FunctionalMean().double().eval()
+    with torch.no_grad():
+        a = F.relu(model.conv(x))
+        mixed = install_mixed_pooling(model, 1.0)(x)
+        assert mixed.shape == model(x).shape
+        assert torch.equal(mixed, a.amax(dim=(2, 3), keepdim=keepdim))
+
+
+def test_a_mean_over_other_dimensions_is_not_a_global_pooling():
+    class ChannelMean(torch.nn.Module):
+        def forward(self, x):
+            return F.relu(x).mean((1, 2))
+
+    with pytest.raises(ValueError, match="no global pooling"):
+        install_mixed_pooling(ChannelMean())
 
 
 class _MLPHead(torch.nn.Module):
