@@ -221,6 +221,10 @@ def restore_state(trainer: trainers.BaseTrainer, state: Dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"].tolist()), py["gauss_next"]))
     if "cuda" in state:
+        if not torch.cuda.is_available():  # set_rng_state_all would do nothing, silently
+            warnings.warn("resume_state holds CUDA random states (saved on a GPU) but no CUDA "
+                          "device is available: this run resumes, but not bit-identically to an "
+                          "uninterrupted one on the GPU", stacklevel=2)
         torch.cuda.set_rng_state_all(state["cuda"])
     if "pml_numpy" in state:
         _set_numpy_state(c_f.NUMPY_RANDOM, state["pml_numpy"])

@@ -52,6 +52,14 @@ def test_state_round_trip_through_weights_only_load(tmp_path, monkeypatch):
     assert len(before[6]) == 12 - 3 and len(before[7]) == 12 and first + before[6] != before[7]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU side of a GPU-saved state")
+def test_a_gpu_saved_state_resumed_without_cuda_warns():
+    trainer = SimpleNamespace(sampler=None, dataloader=None, loss_funcs={})
+    state = {**resume.capture_state(trainer), "cuda": [torch.zeros(16, dtype=torch.uint8)]}
+    with pytest.warns(UserWarning, match="CUDA random states .* not bit-identically"):
+        resume.restore_state(trainer, state)
+
+
 def test_nearest_class_sampler_resumes_its_pass_count_and_centroids():
     labels = np.repeat(np.arange(6), 4)
     centroids = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
