@@ -91,12 +91,19 @@ def _save(fig, path: str, ax=None, dpi: int = 120, **labels: str) -> str:
     return path
 
 
+def band_label(hist: pd.DataFrame) -> str:
+    """What the curves' band shows: a 95% CI over seeds, or nothing with one seed."""
+    seeds = hist.seed.nunique() if len(hist) else 0
+    return "mean ± 95% CI" if seeds > 1 else "one seed: no confidence band"
+
+
 def convergence_figure(output_dir: str, methods: List[str]) -> str:
     fig, ax = plt.subplots(figsize=(6, 4))
-    _curves(ax, load_histories(output_dir), "val", methods)
+    hist = load_histories(output_dir)
+    _curves(ax, hist, "val", methods)
     ax.legend(fontsize=8)
     return _save(fig, os.path.join(output_dir, "figures", "convergence.png"), ax,
-                 title="Convergence on the validation classes (mean ± 95% CI)\n"
+                 title=f"Convergence on the validation classes ({band_label(hist)})\n"
                  "x: a run stopped early (it keeps its last value)", xlabel="epoch",
                  ylabel="validation R@1 (%)")
 

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from pml_grouploss.benchmark.figures import _curves  # noqa: E402
+from pml_grouploss.benchmark.figures import _curves, band_label  # noqa: E402
 
 
 def test_a_stopped_run_is_carried_forward_and_marked():
@@ -20,3 +20,10 @@ def test_a_stopped_run_is_carried_forward_and_marked():
     assert list(line.get_ydata()) == pytest.approx([55.0, 75.0, 80.0])  # seed 0 keeps 0.7
     assert list(stops.get_xdata()) == [4] and list(stops.get_ydata()) == pytest.approx([75.0])
     plt.close(fig)
+
+
+def test_the_title_says_a_single_seed_has_no_band():
+    # the figure was titled "mean ± 95% CI" with one seed, whose band has zero width
+    one = pd.DataFrame({"seed": [0, 0], "epoch": [1, 2]})
+    assert band_label(one) == "one seed: no confidence band"
+    assert band_label(pd.concat([one, one.assign(seed=1)])) == "mean ± 95% CI"
