@@ -74,8 +74,8 @@ def test_warmup_trains_the_classifier_with_cross_entropy_for_its_epochs(tmp_path
     monkeypatch.setattr(GroupLoss, "compute_loss", spy)
     _run(tmp_path, "warm", ready=seen.clear, epochs=3, warmup_epochs=2)
     assert seen == [(0.0, 0, 1.0)] * 4 + [(1.0, 1, 1.0)] * 2  # 2 iterations per epoch
-    _run(tmp_path, "triplet", method="triplet", ready=seen.clear, epochs=1,
-         warmup_epochs=2)  # no classifier
+    _run(tmp_path, "triplet", method="triplet", ready=seen.clear, epochs=2,
+         warmup_epochs=1)  # no classifier
     assert seen == []
 
 
