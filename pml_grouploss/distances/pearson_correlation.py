@@ -37,9 +37,10 @@ class PearsonCorrelation(BaseDistance):
     gradient is finite everywhere (0 at ``c = 0`` for ``p > 1``); ``power=1`` (default) is the
     plain correlation, bit for bit.
 
-    Usable wherever PML takes a distance: losses (``ContrastiveLoss(distance=
-    PearsonCorrelation())``), miners, ``CustomKNN(PearsonCorrelation())`` for
-    ``AccuracyCalculator``. It is the default similarity of
+    Usable wherever PML takes a distance: losses (``ContrastiveLoss(pos_margin=1,
+    neg_margin=0, distance=PearsonCorrelation())``: a similarity needs PML's similarity margins,
+    with the defaults 0 and 1 no negative pair is ever penalised), miners,
+    ``CustomKNN(PearsonCorrelation())`` for ``AccuracyCalculator``. It is the default similarity of
     :class:`pml_grouploss.losses.GroupLoss`.
 
     The standardisation is what the distance is, so ``normalize_embeddings`` cannot be
