@@ -76,6 +76,13 @@ class GradMLLoss(StackedSubLossesMixin, GenericPairLoss):
       negative terms are ``<= 0`` and a ``losses > low`` filter would silently drop all of
       them. ``DivisorReducer`` is rejected: pair losses carry no ``divisor``.
 
+    **All pairs or a miner.** Without ``indices_tuple`` every pair of the batch is used. On the
+    unit sphere all pairs' squared distances sum to ``n^2 - ||sum_i x_i||^2``, so for ``k = 2``
+    the negative term is ``n^2 - ||sum_i x_i||^2 - sum_pos d^2``: it sees the batch mean, not
+    which classes are close (``k > 2`` even rewards merging classes into antipodal groups). At
+    PML's learning rates give it a pair miner, e.g. ``miners.PairMarginMiner()`` (measured in
+    ``docs/gradml.md``).
+
     **Cost.** One ``(n, n_ref)`` distance matrix (PML's distance) plus per-pair vectors: memory
     and work ``O(#pairs)``. Table 2 of the paper lists GradML as ``O(B_S)`` per iteration, which
     only holds per sample pair-count held fixed; over all pairs of a batch it is ``O(B_S^2)``.
