@@ -114,6 +114,10 @@ def validate_config(cfg: "BenchmarkConfig") -> None:
          f"optim.warmup_epochs {optim.warmup_epochs} is not below optim.epochs {optim.epochs}: "
          "the GroupLoss methods would train as plain cross-entropy only and be reported as "
          "GroupLoss; lower optim.warmup_epochs (0 = off) or raise optim.epochs"),
+        ("optim.lr_decay_epoch", (optim.lr_decay_epoch or 0) >= optim.epochs,
+         f"optim.lr_decay_epoch {optim.lr_decay_epoch} is not below optim.epochs "
+         f"{optim.epochs}: the learning rate would never decay; lower optim.lr_decay_epoch or "
+         "omit it (constant learning rate)"),
         ("optim.epochs", optim.epochs % optim.eval_every != 0,
          f"optim.epochs {optim.epochs} must be a multiple of optim.eval_every "
          f"{optim.eval_every} so that the last epoch is evaluated"),

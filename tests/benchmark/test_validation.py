@@ -30,6 +30,7 @@ from pml_grouploss.benchmark.validation import ConfigTypeError, ConfigValueError
         ({"max_classes": 9}, ValueError, "data.max_classes", "validation folds of at least 2"),
         ({"classes_per_batch": 1}, ValueError, "model.classes_per_batch", "no negative pair"),
         ({"warmup_epochs": 1000}, ValueError, "optim.warmup_epochs", "plain cross-entropy only"),
+        ({"lr_decay_epoch": 40}, ValueError, "optim.lr_decay_epoch", "would never decay"),
         ({"batch_size": 8}, ValueError, "model.batch_size", "holds one class of model.samples"),
         ({"epochs": 2.5}, TypeError, "optim.epochs", "optim.epochs must be an int, got float 2.5"),
         ({"optimizer": "adagrad"}, ValueError, "optim.optimizer", "optim.optimizer must be one of"),
