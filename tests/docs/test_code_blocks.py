@@ -10,6 +10,7 @@ that no longer matches runs (and fails loudly if it cannot).
 import glob
 import os
 import re
+import textwrap
 
 import pytest
 import torch
@@ -18,7 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PAGES = ["README.md"] + sorted(
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"),
                                                 recursive=True))
-BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+#: a fence at any indentation (a block inside a list item is indented), closed at the same one
+BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.S | re.M)
 
 #: (page, substring of the block) -> why it does not run here
 SKIP = {
@@ -40,7 +42,7 @@ def _blocks(page):
     text = open(os.path.join(ROOT, page), encoding="utf-8").read()
     for match in BLOCK.finditer(text):
         line = text[:match.start()].count("\n") + 2
-        yield line, match.group(1)
+        yield line, textwrap.dedent(match.group(2))
 
 
 def _skip_reason(page, code):
@@ -67,6 +69,7 @@ def _context():
         "labels": torch.arange(8).repeat_interleave(4),
         "train_set": train_set,
         "train_labels": train_set.labels,
+        "num_classes": train_set.num_classes,
         "trunk": trunk,
         "embedder": torch.nn.Linear(8, 16),
     }
@@ -79,6 +82,9 @@ def test_the_pages_have_code_blocks():
     pages = {page for page, _, _ in CASES}
     assert {"README.md", "docs/index.md", "docs/losses.md", "docs/distances.md",
             "docs/miners.md"} <= pages, pages
+    indented = [code for page, line, code in CASES if page == "docs/losses.md"
+                and "torch.optim.SparseAdam(loss.parameters()" in code]
+    assert len(indented) == 1 and indented[0].startswith("import torch"), indented
 
 
 def test_every_skip_matches_a_block():
