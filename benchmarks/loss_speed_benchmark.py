@@ -38,7 +38,6 @@ import argparse
 import ctypes
 import datetime
 import os
-import platform
 import random
 import shlex
 import statistics
@@ -121,18 +120,20 @@ def _losses(n: int, m: int, d: int) -> Dict[str, Callable[[], torch.nn.Module]]:
 
 
 def estimate_gib(name: str, n: int, m: int, d: int) -> float:
-    """Rough working memory (GiB) of one step: ``n x m`` float tensors alive at the peak plus
-    copies of ``W`` (a dense ``W.grad``; losses that normalise ``W`` every step hold several):
-    from the measurements of GroupLoss dense (8.1 GB at 128 x 1e6, issue 10) and
-    NormalizedSoftmax (11.7 GB at 32 x 1e6, run G); ProxyAnchor and ArcFace assumed alike."""
+    """Rough memory (GiB) of a loss and one step: its ``m x d`` parameters, plus ``n x m``
+    float tensors alive at the peak and copies of ``W`` (a dense ``W.grad``; losses that
+    normalise ``W`` every step hold several): from the measurements of GroupLoss dense (8.1 GB
+    at 128 x 1e6, issue 10) and NormalizedSoftmax (11.7 GB at 32 x 1e6, run G); ProxyAnchor
+    and ArcFace assumed alike."""
     nm = n * m * 4 / 2**30
     wd = m * d * 4 / 2**30
     per_loss = {"GroupLoss dense": (10, 1), "ProxyAnchor": (8, 6), "NormalizedSoftmax": (4, 6),
                 "ArcFace": (6, 6)}
+    params = wd if _has_params(name) else 0.0
     for prefix, (k_nm, k_w) in per_loss.items():
         if name.startswith(prefix):
-            return k_nm * nm + k_w * wd
-    return 0.05
+            return params + k_nm * nm + k_w * wd
+    return params + 0.05
 
 
 def _params_gib(m: int, d: int) -> float:
@@ -271,32 +272,17 @@ def _has_params(name: str) -> bool:
 
 
 def environment() -> Dict[str, str]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    import pytorch_metric_learning
+    """The machine and versions (``pml_grouploss.benchmark.provenance``), date and load."""
+    from pml_grouploss.benchmark.provenance import environment as facts
 
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
-                                check=False).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
+    env = facts()
     return {
         "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "commit": commit,
-        "CPU": cpu,
-        "cores (os.cpu_count)": str(os.cpu_count()),
-        "torch threads": str(torch.get_num_threads()),
-        "torch CPU capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
-        "pytorch-metric-learning": pytorch_metric_learning.__version__,
-        "python": platform.python_version(),
+        "commit": env["git_commit"] or "unknown", "CPU": env["cpu_model"],
+        "cores (os.cpu_count)": str(env["cpu_count"]), "torch threads": str(env["torch_threads"]),
+        "torch CPU capability": env["cpu_capability"], "torch": env["packages"]["torch"],
+        "pytorch-metric-learning": env["packages"]["pytorch-metric-learning"],
+        "python": env["python"],
         "load average at start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
 
@@ -325,6 +311,11 @@ def markdown(rows: List[dict]) -> str:
                     mib = "" if r["work_mib"] is None else f" / {r['work_mib']:.0f} MiB"
                     cells.append(f"{r['median_ms']:.1f} ms{ratio}{mib}")
             out.append(f"| {name} | " + " | ".join(cells) + " |")
+        alone = sorted({r["m"] for r in rows if r["n"] == n and r.get("interleaved") is False})
+        if alone:
+            out.append(f"\nAt m = {', '.join(f'{m:,}' for m in alone)} the losses' parameters "
+                       "did not fit together in --max-gb / 2: each loss was timed in its own "
+                       "rounds, so its ratio compares separate rounds.")
     return "\n".join(out) + "\n"
 
 
@@ -347,10 +338,25 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if unknown:
         parser.error(f"--losses: unknown {', '.join(map(repr, unknown))}; the names (quote those "
                      "with spaces): " + ", ".join(map(repr, names)))
+    for option, values in (("--n", args.n), ("--m", args.m)):
+        if values and len(set(values)) < len(values):
+            parser.error(f"{option}: each value once (got {' '.join(map(str, values))})")
+    # the batch's classes are drawn by a permutation of all m (8 bytes each)
+    if args.m and 8 * max(args.m) / 2**30 > (6.0 if args.max_gb is None else args.max_gb):
+        parser.error(f"--m {max(args.m):,}: drawing the batch's classes alone needs "
+                     f"{8 * max(args.m) / 2**30:.1f} GiB, above --max-gb")
     parent = os.path.dirname(os.path.abspath(args.out)) if args.out else None
     if parent and (not os.path.isdir(parent) or os.path.isdir(args.out)):
         parser.error(f"--out {args.out}: " + ("a directory; give a file" if os.path.isdir(args.out)
                      else f"no directory {parent}; create it first"))
+    if parent:  # opened now: an unwritable --out fails before the measurements, not after
+        existed = os.path.exists(args.out)
+        try:
+            open(args.out, "a").close()
+        except OSError as error:
+            parser.error(f"--out {args.out}: cannot be written ({error.strerror})")
+        if not existed:
+            os.remove(args.out)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -381,24 +387,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     env = environment()
     command = "python " + shlex.join([os.path.relpath(__file__)]
                                      + (sys.argv[1:] if argv is None else list(argv)))
+    text = f"\nCommand: `{command}`\n\n" + "\n".join(f"- {k}: {v}" for k, v in env.items())
     if args.scaling:
-        text = f"\nCommand: `{command}`\n\n" + "\n".join(f"- {k}: {v}" for k, v in env.items())
         for n in ns:
             text += "\n" + scaling_markdown(scaling(n, list(ms), args.d, repeats))
-        print(text)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(text)
-        return
-    rows = []
-    for m in ms:
-        for n in ns:
-            new = measure(n, m, args.d, repeats, max_gb, args.losses)
-            rows += new
-            for r in new:
-                print(r, flush=True)
-    text = (f"\nCommand: `{command}`\n\n" + "\n".join(f"- {k}: {v}" for k, v in env.items())
-            + "\n" + markdown(rows))
+    else:
+        rows = []
+        for m in ms:
+            for n in ns:
+                new = measure(n, m, args.d, repeats, max_gb, args.losses)
+                rows += new
+                for r in new:
+                    print(r, flush=True)
+        text += "\n" + markdown(rows)
     print(text)
     if args.out:
         with open(args.out, "a") as f:

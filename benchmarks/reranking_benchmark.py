@@ -27,11 +27,13 @@ sparse >= 5x faster and <= 1/10 of the dense peak memory; N=100k sparse in <= 10
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from pml_grouploss.inference import TABLE7_PRESETS
@@ -129,12 +131,12 @@ def _row(setting, n, res, same) -> str:
         return (f"| {setting} | {k1}/{k2}/{lam} | {n} | - | - | {s['seconds']:.2f} "
                 f"| {s['peak_mib']:.0f} | - | - | - |")
     d = res["dense"]
-    ratio = d["peak_mib"] / max(s["peak_mib"], 1)
-    memory = f"1/{ratio:.0f}" if ratio >= 1 else f"{1 / ratio:.1f}x more"
+    # sparse peak / dense peak, both floored at 1 MiB (a peak below it is noise of the process)
+    memory = max(s["peak_mib"], 1) / max(d["peak_mib"], 1)
     return (
         f"| {setting} | {k1}/{k2}/{lam} | {n} | {d['seconds']:.2f} | {d['peak_mib']:.0f} | "
         f"{s['seconds']:.2f} | {s['peak_mib']:.0f} | {d['seconds'] / s['seconds']:.1f}x | "
-        f"{memory} | {100 * same:.2f}% |"
+        f"{memory:.2f} | {100 * same:.2f}% |"
     )
 
 
@@ -172,8 +174,11 @@ def main(argv=None) -> None:
         check_args(p, a)
     try:
         os.makedirs(a.tmp, exist_ok=True)
+        tempfile.TemporaryFile(dir=a.tmp).close()  # the children write their results there
     except OSError as err:
-        p.error(f"--tmp {a.tmp}: cannot be created ({err.strerror})")
+        p.error(f"--tmp {a.tmp}: cannot be created or written ({err.strerror})")
+    if importlib.util.find_spec("faiss") is None:
+        p.error("the sparse path's k-NN needs faiss: pip install faiss-cpu (or faiss-gpu)")
     if a.child:
         method, n, setting = a.child
         _child(method, int(n), setting, a.dim, os.path.join(a.tmp, f"{setting}_{method}_{n}"))
@@ -182,7 +187,7 @@ def main(argv=None) -> None:
 
     print(f"Machine: {machine()}")
     print("| setting | k1/k2/λ | N | dense time (s) | dense peak (MiB) | sparse time (s) | "
-          "sparse peak (MiB) | speed-up | memory ratio | same top-10 |")
+          "sparse peak (MiB) | speed-up | sparse/dense peak | same top-10 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for setting in a.settings:
         for n in a.both:

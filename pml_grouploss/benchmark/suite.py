@@ -8,7 +8,6 @@ runs (resume), and writes ``per_seed.csv``, ``summary.csv`` and ``results.md``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -22,6 +21,7 @@ from .aggregate import TABLE_METRICS, VAL_METRICS, format_table, summarize, to_m
 from .config import BenchmarkConfig
 from .data import Splits, class_folds, load_base, splits_for_fold
 from .methods import get_method
+from .provenance import environment
 from .runner import run_one
 from .validation import (FOLD_HINT, ConfigValueError, check_batch, check_output_dir,
                          read_json_object)
@@ -30,10 +30,6 @@ Log = Callable[..., None]
 #: told the protocol phase ("train", "final_test", "figures", "idle"); the tests observe it
 OnPhase = Callable[[str], None]
 #: packages whose versions decide the numbers (kernels, samplers, k-NN, logging)
-ENVIRONMENT_PACKAGES = ("torch", "torchvision", "pytorch-metric-learning", "numpy", "scipy",
-                        "scikit-learn", "faiss-cpu", "faiss-gpu", "record-keeper", "pml_grouploss")
-
-
 @dataclass(frozen=True)
 class Variant:
     """One column of a comparison: ``method`` with ``overrides`` and protocol ``changes``,
@@ -165,44 +161,6 @@ def read_config(path: str) -> BenchmarkConfig:
         return BenchmarkConfig.from_recorded(data)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path!r} is damaged: not the settings of a run ({err}); {fix}") from None
-
-
-def environment() -> Dict[str, Any]:
-    """Versions, threads and machine of this process: CPU training is deterministic for a fixed
-    environment, but another torch build or thread count gives other roundings. Packages that
-    are not installed (e.g. faiss-gpu beside faiss-cpu) are left out."""
-    import platform
-    from importlib import metadata
-
-    import torch
-
-    versions = {}
-    for name in ENVIRONMENT_PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    cpu = None  # the first "model name" of /proc/cpuinfo, else platform.processor()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                   None)
-    return {"git_commit": _git_commit(), "python": platform.python_version(),
-            "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "cpu_model": cpu or platform.processor() or None,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-            "packages": versions}
-
-
-def _git_commit() -> Optional[str]:
-    """The checkout's commit (with ``+dirty`` for uncommitted changes), None outside git."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--abbrev=40", "--dirty=+dirty",
-                              "--exclude=*"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 class Grid:

@@ -1,5 +1,6 @@
 """benchmarks/loss_speed_benchmark.py: the table's rows; benchmarks/class_scale_checks.py: PML's
 MetricLossOnly at m=100,000."""
+import argparse
 import importlib.util
 import math
 import os
@@ -49,9 +50,9 @@ def test_measure_times_every_loss_and_the_table_gives_ratios():
 
 
 def test_losses_over_the_memory_budget_are_skipped_not_run():
-    # n x m = 1e9 floats: dense GroupLoss est. 37 GiB, a pair loss ~0
+    # n x m = 1e9 floats: dense GroupLoss est. 39 GiB; batch-class: its 1.9 GiB W and ~0 more
     assert bench.estimate_gib("GroupLoss dense T=1", 1000, 1_000_000, 512) > 30
-    assert bench.estimate_gib("GroupLoss batch T=1", 1000, 1_000_000, 512) < 0.1
+    assert 1.9 < bench.estimate_gib("GroupLoss batch T=1", 1000, 1_000_000, 512) < 2.0
     rows = bench.measure(n=64, m=100_000, d=8, repeats=1, max_gb=0.1,
                          names=["GroupLoss dense T=1", "MultiSimilarity"])
     skipped = {r["loss"]: r.get("skipped") for r in rows}
@@ -66,6 +67,8 @@ def test_metric_loss_only_epoch_with_100000_classes_never_builds_a_batch_by_clas
     # 4 batches of 64 classes x 2 samples: only their rows of W move (SparseAdam)
     assert 64 <= result["changed_rows"] <= 4 * 64
     assert result["logged_iterations"] == 4
+    # one anchor per class: the other 64 samples are relabelled by the dynamics
+    assert result["anchors_in_last_batch"] == 64
     assert all(map(math.isfinite, (result["metric_loss_first"], result["metric_loss_last"])))
     assert result["metric_loss_first"] > 0
 
@@ -114,6 +117,9 @@ def quiet_main(monkeypatch):
     (["--max-gb", "0"], "--max-gb must be positive (got 0.0)"),
     (["--scaling", "--losses", "GradML"], "--scaling times its own losses"),
     (["--scaling", "--max-gb", "5"], "drop --losses and --max-gb"),
+    (["--n", "32", "32", "--m", "100"], "--n: each value once (got 32 32)"),
+    (["--m", "100", "100"], "--m: each value once (got 100 100)"),
+    (["--m", "1000000000"], "--m 1,000,000,000: drawing the batch's classes alone needs 7.5 GiB"),
 ])
 def test_bad_arguments_exit_2_before_measuring(argv, message, quiet_main, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -131,6 +137,47 @@ def test_out_in_a_missing_directory_or_a_directory_is_refused_before_measuring(
             bench.main(["--n", "32", "--m", "100", "--out", str(out)])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert quiet_main == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_unwritable_out_is_refused_before_measuring(quiet_main, capsys):
+    with pytest.raises(SystemExit) as exit_:  # /proc takes no new files, even for root
+        bench.main(["--n", "32", "--m", "100", "--out", "/proc/pml_grouploss_table.md"])
+    assert exit_.value.code == 2
+    assert "--out /proc/pml_grouploss_table.md: cannot be written" in capsys.readouterr().err
+    assert quiet_main == []
+
+
+def test_an_out_that_did_not_exist_is_not_left_behind_by_the_check(tmp_path):
+    out = tmp_path / "table.md"
+    args = argparse.Namespace(max_gb=None, scaling=False, losses=None, n=[32], m=[100],
+                              out=str(out))
+    bench.check_args(argparse.ArgumentParser(), args)
+    assert not out.exists()
+    out.write_text("earlier runs\n")
+    bench.check_args(argparse.ArgumentParser(), args)
+    assert out.read_text() == "earlier runs\n"
+
+
+def test_the_estimate_counts_the_parameters_of_the_losses_that_have_them():
+    # 200,000,000 classes x 512: W alone is 381 GiB, whatever the loss does with it
+    assert bench.estimate_gib("GroupLoss batch T=1", 32, 200_000_000, 512) > 381
+    assert bench.estimate_gib("GradML", 32, 200_000_000, 512) == 0.05  # no parameters
+
+
+def test_a_table_of_losses_timed_in_separate_rounds_says_so():
+    rows = [dict(n=8, m=10, loss=name, median_ms=ms, work_mib=None, interleaved=False)
+            for name, ms in ((bench.REFERENCE, 2.0), ("GradML", 1.0))]
+    table = bench.markdown(rows)
+    assert "1.0 ms (0.50x)" in table
+    assert "At m = 10 the losses' parameters did not fit together" in table
+    assert "did not fit" not in bench.markdown([dict(r, interleaved=True) for r in rows])
+
+
+def test_the_recorded_commit_marks_uncommitted_changes():
+    from pml_grouploss.benchmark.provenance import git_commit
+
+    assert bench.environment()["commit"] == (git_commit() or "unknown")
 
 
 def test_the_defaults_are_unchanged_and_quick_fills_only_what_is_unset(tmp_path, quiet_main):
@@ -152,3 +199,15 @@ def test_the_defaults_are_unchanged_and_quick_fills_only_what_is_unset(tmp_path,
     quiet_main.clear()
     bench.main(["--scaling", "--n", "8", "--m", "10", "100"])
     assert quiet_main[1:] == [("scaling", 8, [10, 100], 512, 15)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "nothing to do: give --train-check, --log-cost or both"),
+    (["--log-cost", "--iterations", "3"], "--iterations sets the --train-check epoch"),
+    (["--train-check", "--iterations", "0"], "argument --iterations: must be an integer of at"),
+    (["--log-cost", "--threads", "0"], "argument --threads: must be an integer of at least 1"),
+])
+def test_class_scale_checks_refuse_what_would_do_nothing_or_fail(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        checks.main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -50,3 +50,36 @@ def test_the_smallest_valid_size_runs_and_compares_the_top_10(tmp_path, capsys):
     bench.main(["--settings", "default", "--both", "11", "--dim", "4", "--tmp", str(tmp_path)])
     row = capsys.readouterr().out.splitlines()[-1]
     assert row.startswith("| default | 20/6/0.3 | 11 | ") and row.endswith(" | 100.00% |")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_unwritable_tmp_is_refused_before_the_table(monkeypatch, capsys):
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("ran a child"))
+    with pytest.raises(SystemExit) as exit_:  # /proc exists and takes no files, even for root
+        bench.main(["--both", "100", "--tmp", "/proc"])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2 and "--tmp /proc: cannot be created or written" in captured.err
+    assert "| setting |" not in captured.out
+
+
+def test_without_faiss_the_run_is_refused_before_the_table(tmp_path, monkeypatch, capsys):
+    real = bench.importlib.util.find_spec
+    monkeypatch.setattr(bench.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "faiss" else real(name, *a))
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--both", "100", "--tmp", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2 and "needs faiss: pip install faiss-cpu" in captured.err
+    assert "| setting |" not in captured.out
+
+
+@pytest.mark.parametrize("dense, sparse, shown", [
+    (950.0, 100.0, "0.11"),  # 1/9.5: not "1/10"
+    (141.0, 119.0, "0.84"),
+    (0.9, 0.4, "1.00"),  # both below 1 MiB: no difference shown, not "more"
+    (42.0, 46.0, "1.10"),
+])
+def test_the_memory_column_is_the_sparse_over_dense_peak(dense, sparse, shown):
+    res = {"dense": {"seconds": 2.0, "peak_mib": dense},
+           "sparse": {"seconds": 1.0, "peak_mib": sparse}}
+    assert bench._row("default", 1000, res, 1.0).split(" | ")[-2] == shown
