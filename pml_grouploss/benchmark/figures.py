@@ -8,15 +8,21 @@ import glob
 import os
 from typing import Callable, List, Optional, Tuple
 
-import matplotlib
+import numpy as np
+import pandas as pd
+# Figures are drawn on matplotlib's Figure objects, not through pyplot: importing this module
+# must not switch the backend of a notebook or script that also plots (pyplot's would go to
+# Agg, and its plt.show() would then show nothing).
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from .aggregate import mean_ci, summarize
+from .config import BenchmarkConfig
 
-from .aggregate import mean_ci, summarize  # noqa: E402
-from .config import BenchmarkConfig  # noqa: E402
+
+def _subplots(*args, figsize, **kwargs):
+    """``plt.subplots`` without pyplot: ``(figure, axes)``."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def load_histories(output_dir: str) -> pd.DataFrame:
@@ -80,14 +86,13 @@ def _curves(ax, hist: pd.DataFrame, split: str, methods: List[str], style: str =
 
 
 def _save(fig, path: str, ax=None, dpi: int = 120, **labels: str) -> str:
-    """Label and grid ``ax`` (if given), write ``fig`` to ``path``, close it."""
+    """Label and grid ``ax`` (if given), write ``fig`` to ``path``."""
     if ax is not None:
         ax.set(**labels)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return path
 
 
@@ -98,7 +103,7 @@ def band_label(hist: pd.DataFrame) -> str:
 
 
 def convergence_figure(output_dir: str, methods: List[str]) -> str:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     hist = load_histories(output_dir)
     _curves(ax, hist, "val", methods)
     ax.legend(fontsize=8)
@@ -114,7 +119,7 @@ def train_vs_test_figure(output_dir: str, methods: List[str],
     directory's ``per_seed.csv``)."""
     per_seed = read_per_seed(output_dir) if per_seed is None else per_seed
     hist = load_histories(output_dir)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = _subplots(1, 2, figsize=(11, 4))
     _curves(a, hist, "train", methods, "--")
     _curves(a, hist, "val", methods, "-")
     a.set(xlabel="epoch", ylabel="R@1 (%)",
@@ -153,8 +158,8 @@ def retrieval_grid_figure(output_dir: str, cfg: BenchmarkConfig, methods: List[s
     queries = np.sort(np.random.default_rng(0).choice(len(test), min(n_queries, len(test)),
                                                       replace=False))
     cols = len(results) * (top_k + 1)
-    fig, axes = plt.subplots(len(queries), cols, squeeze=False,
-                             figsize=(cols * 0.9, len(queries) * 1.0 + 0.6))
+    fig, axes = _subplots(len(queries), cols, squeeze=False,
+                           figsize=(cols * 0.9, len(queries) * 1.0 + 0.6))
     (on_phase or (lambda _: None))("figures")
     try:
         for j, (m, (emb, lab)) in enumerate(results.items()):
@@ -201,7 +206,7 @@ def ablation_figure(per_seed: pd.DataFrame, ablation, fig_dir: str, name: str) -
     """Validation R@1 of sweep ``name``: a heatmap, a line over x (other variants as grey
     bands) or bars, by ``ablation.kind``."""
     metric, ylabel = "val_precision_at_1", "validation R@1 (%)"
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     ax.set_title(ablation.description, fontsize=8)
     if ablation.kind == "heatmap":
         anchors, ms, grid = heatmap_grid(per_seed, metric)

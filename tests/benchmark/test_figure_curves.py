@@ -27,3 +27,16 @@ def test_the_title_says_a_single_seed_has_no_band():
     one = pd.DataFrame({"seed": [0, 0], "epoch": [1, 2]})
     assert band_label(one) == "one seed: no confidence band"
     assert band_label(pd.concat([one, one.assign(seed=1)])) == "mean ± 95% CI"
+
+
+def test_importing_the_figures_keeps_the_callers_matplotlib_backend():
+    # A notebook that runs the benchmark and then plots (notebook 4) keeps its inline backend:
+    # the figures module draws on Figure objects and never selects a backend itself.
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); "
+            "import pml_grouploss.benchmark.figures, pml_grouploss.benchmark.cli; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"
