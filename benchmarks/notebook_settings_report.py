@@ -250,6 +250,21 @@ ENV_KEYS = ("command", "wall_seconds", "cpu_count", "cpu_model", "torch_threads"
             "iterations_per_epoch", "train_images", "test_images", "seed")
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: what :func:`markdown` does with some of them needs a type (the others are only printed)
+ENV_TYPES = {
+    "command": ("a string", lambda v: isinstance(v, str)),
+    "wall_seconds": ("a number", _number),
+    "load_average_at_start": ("a non-empty list of numbers",
+                              lambda v: isinstance(v, list) and v and all(map(_number, v))),
+    "train_images": ("an integer", lambda v: _number(v) and isinstance(v, int)),
+    "test_images": ("an integer", lambda v: _number(v) and isinstance(v, int)),
+}
+
+
 def checked_inputs(parser: argparse.ArgumentParser, output_dir: str):
     """``(rows, env)`` of a sweep's directory, or ``parser.error`` (exit 2) naming the file."""
     fix = "DIR must be the --output-dir of a finished notebook_settings_sweep.py run"
@@ -267,6 +282,10 @@ def checked_inputs(parser: argparse.ArgumentParser, output_dir: str):
     missing = [k for k in ENV_KEYS if not isinstance(env, dict) or k not in env]
     if missing:
         parser.error(f"{paths[1]}: no {', '.join(missing)}; {fix}")
+    wrong = [f"{k} must be {what}, got {json.dumps(env[k])[:40]}"
+             for k, (what, ok) in ENV_TYPES.items() if not ok(env[k])]
+    if wrong:
+        parser.error(f"{paths[1]}: {'; '.join(wrong)}; {fix}")
     with open(paths[0], newline="") as f:
         header = csv.DictReader(f).fieldnames or []
     missing = [c for c in COLUMNS if c not in header]
@@ -292,7 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows, env = checked_inputs(parser, args.dir)
     try:
         text = markdown(rows, env)
-    except (KeyError, TypeError, ValueError) as err:
+    except (LookupError, AttributeError, TypeError, ValueError) as err:
         parser.error(f"{args.dir}: cannot tabulate its results ({type(err).__name__}: {err})")
     path = os.path.join(args.dir, "table.md")
     with open(path, "w") as f:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import platform
 import sys
@@ -47,12 +48,8 @@ from notebook_settings_report import COLUMNS, environment, write_outputs  # noqa
 NUM_TRAIN_CLASSES = 135
 EMBEDDING_SIZE = 128
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
-DEFAULT_OUTPUT = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "docs",
-    "results",
-    "notebook_settings",
-)
+DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "docs", "results", "notebook_settings")
 
 
 class Net(nn.Module):
@@ -99,9 +96,8 @@ def load_split(split: str, limit: Optional[int] = None) -> torch.utils.data.Tens
     from pml_grouploss.datasets import Omniglot
 
     data = Omniglot(split=split)
-    transform = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize(MNIST_MEAN, MNIST_STD)]
-    )
+    transform = transforms.Compose([transforms.ToTensor(),
+                                    transforms.Normalize(MNIST_MEAN, MNIST_STD)])
     keep = np.arange(len(data))
     if limit is not None:
         seen: Dict[int, int] = {}
@@ -123,13 +119,12 @@ def make_loader(dataset, batches: str, batch_size: int, seed: int, iterations: O
     generator = torch.Generator().manual_seed(seed)
     length = len(labels) if iterations is None else iterations * batch_size
     if batches == "shuffled":
-        sampler = torch.utils.data.RandomSampler(
-            dataset, num_samples=length if iterations else None, generator=generator
-        )
+        num_samples = length if iterations else None
+        sampler = torch.utils.data.RandomSampler(dataset, num_samples=num_samples,
+                                                 generator=generator)
     else:
-        sampler = samplers.MPerClassSampler(
-            labels, m=4, batch_size=batch_size, length_before_new_iter=length
-        )
+        sampler = samplers.MPerClassSampler(labels, m=4, batch_size=batch_size,
+                                            length_before_new_iter=length)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler)
 
 
@@ -140,18 +135,15 @@ def make_loss(method: str, classifier_lr: Optional[float], mlp: bool = False):
     from pml_grouploss.losses import GroupLoss
 
     if method.startswith("grouploss"):
-        loss = GroupLoss(
-            num_classes=NUM_TRAIN_CLASSES,
-            embedding_size=64 if mlp else EMBEDDING_SIZE,
-            normalize_embeddings=method == "grouploss",
-        )
+        size = 64 if mlp else EMBEDDING_SIZE
+        loss = GroupLoss(num_classes=NUM_TRAIN_CLASSES, embedding_size=size,
+                         normalize_embeddings=method == "grouploss")
         return loss, None, torch.optim.Adam(loss.parameters(), lr=classifier_lr)
     if mlp:  # MetricLossOnly notebook
         return losses.TripletMarginLoss(margin=0.1), miners.MultiSimilarityMiner(0.1), None
     distance = distances.CosineSimilarity()  # TripletMarginLossMNIST notebook
-    loss = losses.TripletMarginLoss(
-        margin=0.2, distance=distance, reducer=reducers.ThresholdReducer(low=0)
-    )
+    loss = losses.TripletMarginLoss(margin=0.2, distance=distance,
+                                    reducer=reducers.ThresholdReducer(low=0))
     miner = miners.TripletMarginMiner(margin=0.2, distance=distance, type_of_triplets="semihard")
     return loss, miner, None
 
@@ -183,24 +175,16 @@ def train_with_trainer(trunk, embedder, loss, miner, loss_optimizer, train, run)
     """The MetricLossOnly notebook: PML's trainer with trunk/embedder/metric-loss optimizers."""
     from pytorch_metric_learning import trainers
 
-    optimizers = {
-        "trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=run["trunk_lr"]),
-        "embedder_optimizer": torch.optim.Adam(embedder.parameters(), lr=run["trunk_lr"]),
-    }
+    optimizers = {f"{name}_optimizer": torch.optim.Adam(part.parameters(), lr=run["trunk_lr"])
+                  for name, part in (("trunk", trunk), ("embedder", embedder))}
     if loss_optimizer is not None:
         optimizers["metric_loss_optimizer"] = loss_optimizer
     loader = make_loader(train, "m_per_class", run["batch_size"], run["seed"], run["iterations"])
+    mining = {"tuple_miner": miner} if miner is not None else {}
     trainer = trainers.MetricLossOnly(
-        {"trunk": trunk, "embedder": embedder},
-        optimizers,
-        run["batch_size"],
-        {"metric_loss": loss},
-        train,
-        mining_funcs={"tuple_miner": miner} if miner is not None else {},
-        sampler=loader.sampler,
-        dataloader_num_workers=0,
-        iterations_per_epoch=run["iterations"],
-    )
+        {"trunk": trunk, "embedder": embedder}, optimizers, run["batch_size"],
+        {"metric_loss": loss}, train, mining_funcs=mining, sampler=loader.sampler,
+        dataloader_num_workers=0, iterations_per_epoch=run["iterations"])
     try:
         trainer.train(num_epochs=run["epochs"])
     except ValueError as err:
@@ -225,16 +209,12 @@ def evaluate(model: nn.Module, test) -> Dict[str, float]:
     out = {"embedding_std": spread}
     if not torch.isfinite(emb).all():
         return dict(out, p_at_1=float("nan"), map_at_r=float("nan"), p_at_1_cosine=float("nan"))
-    calc = AccuracyCalculator(
-        include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count"
-    )
+    calc = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"),
+                              k="max_bin_count")
     acc = calc.get_accuracy(emb, labels)
     cos = calc.get_accuracy(F.normalize(emb, dim=1), labels, include=("precision_at_1",))
-    out.update(
-        p_at_1=acc["precision_at_1"],
-        map_at_r=acc["mean_average_precision_at_r"],
-        p_at_1_cosine=cos["precision_at_1"],
-    )
+    out.update(p_at_1=acc["precision_at_1"], map_at_r=acc["mean_average_precision_at_r"],
+               p_at_1_cosine=cos["precision_at_1"])
     return out
 
 
@@ -252,9 +232,8 @@ def run_one(run: Dict, train, test) -> Dict:
         if mlp:
             status = train_with_trainer(trunk, embedder, loss, miner, loss_opt, train, run)
         else:
-            loader = make_loader(
-                train, run["batches"], run["batch_size"], run["seed"], run["iterations"]
-            )
+            loader = make_loader(train, run["batches"], run["batch_size"], run["seed"],
+                                 run["iterations"])
             optimizer = torch.optim.Adam(trunk.parameters(), lr=run["trunk_lr"])
             status = train_plain(trunk, loss, miner, loader, optimizer, loss_opt, run["epochs"])
     model = nn.Sequential(trunk, embedder) if mlp else trunk
@@ -274,9 +253,8 @@ def build_grid(args: argparse.Namespace) -> List[Dict]:
         plain = dict(base, trunk="net", batches=batches, batch_size=args.batch_size)
         for trunk_lr in args.trunk_lrs:
             for classifier_lr in args.classifier_lrs:
-                runs.append(
-                    dict(plain, method="grouploss", trunk_lr=trunk_lr, classifier_lr=classifier_lr)
-                )
+                runs.append(dict(plain, method="grouploss", trunk_lr=trunk_lr,
+                                 classifier_lr=classifier_lr))
             runs.append(dict(plain, method="triplet", trunk_lr=trunk_lr, classifier_lr=None))
         for trunk_lr in [lr for lr in args.raw_trunk_lrs if lr in args.trunk_lrs]:
             for classifier_lr in args.raw_classifier_lrs:
@@ -284,15 +262,11 @@ def build_grid(args: argparse.Namespace) -> List[Dict]:
                                  classifier_lr=classifier_lr))
     if args.mlp_trunk:
         mlp = dict(base, trunk="net+mlp", batches="m_per_class", batch_size=32)
-        untrained = dict(runs[0], trunk="net+mlp")  # the baseline of this architecture
-        runs.append(untrained)
+        runs.append(dict(runs[0], trunk="net+mlp"))  # the baseline of this architecture
         for trunk_lr in args.trunk_lrs:
-            runs.append(
-                dict(
-                    mlp, method="grouploss", trunk_lr=trunk_lr, classifier_lr=args.mlp_classifier_lr
-                )
-            )
-            runs.append(dict(mlp, method="triplet", trunk_lr=trunk_lr, classifier_lr=None))
+            runs += [dict(mlp, method="grouploss", trunk_lr=trunk_lr,
+                          classifier_lr=args.mlp_classifier_lr),
+                     dict(mlp, method="triplet", trunk_lr=trunk_lr, classifier_lr=None)]
     return runs
 
 
@@ -300,10 +274,11 @@ def build_grid(args: argparse.Namespace) -> List[Dict]:
 #: normalize_embeddings=False runs default to its own trunk and classifier lrs)
 DEFAULTS = dict(epochs=2, iterations=None, batch_size=256, trunk_lrs=[1e-2, 1e-3, 1e-4],
                 classifier_lrs=[1e-3, 1e-2, 1e-1], raw_trunk_lrs=[1e-2], raw_classifier_lrs=[1e-2],
-                batches=["shuffled", "m_per_class"], train_per_class=None, test_per_class=None)
+                batches=["shuffled", "m_per_class"], train_per_class=None, test_per_class=None,
+                mlp_classifier_lr=1e-2)
 QUICK = dict(epochs=1, iterations=2, batch_size=32, trunk_lrs=[1e-2], classifier_lrs=[1e-3],
              raw_trunk_lrs=None, raw_classifier_lrs=None, batches=["m_per_class"],
-             train_per_class=4, test_per_class=3)
+             train_per_class=4, test_per_class=3, mlp_classifier_lr=1e-2)
 
 
 def _unset(key: str, what: str = "", default: str = "", quick: str = "") -> str:
@@ -339,12 +314,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default="all 20"))
     p.add_argument("--mlp-trunk", action="store_true",
                    help="also run the MetricLossOnly notebook's trunk+MLP embedder split")
-    p.add_argument("--mlp-classifier-lr", type=float, default=1e-2)
+    p.add_argument("--mlp-classifier-lr", type=float, help="the --mlp-trunk runs' classifier "
+                   "lr (they take no --classifier-lrs); default 1e-2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke test: fills in each option not "
                    "given with its --quick value (1 epoch of 2 iterations of batch 32, one lr, "
                    "small sets); the options given are kept")
     args = p.parse_args(argv)
+    given = {key for key in DEFAULTS if getattr(args, key) is not None}  # on the command line
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, list(value) if isinstance(value, list) else value)
@@ -353,23 +330,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.raw_classifier_lrs = args.raw_classifier_lrs or args.classifier_lrs
     if args.output_dir is None and not args.quick:
         args.output_dir = DEFAULT_OUTPUT
-    check_args(p, args)
+    check_args(p, args, given)
     return args
 
 
-def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse (``p.error``, exit 2) values that would train nothing or fail mid-sweep."""
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace, given=frozenset()) -> None:
+    """Refuse (``p.error``, exit 2) values that would train nothing, fail mid-sweep, or have no
+    effect (``given``: the options on the command line; those filled in are never refused)."""
     for flag, low in (("epochs", 1), ("batch_size", 1), ("iterations", 1),
                       ("train_per_class", 1), ("test_per_class", 2)):
         value = getattr(args, flag)
         if value is not None and value < low:
             p.error(f"--{flag.replace('_', '-')} must be at least {low} (got {value})")
-    lrs = args.trunk_lrs + args.classifier_lrs + args.raw_trunk_lrs + args.raw_classifier_lrs
-    if not all(lr > 0 for lr in lrs + [args.mlp_classifier_lr]):
-        p.error("learning rates must be positive (--trunk-lrs, --classifier-lrs, --raw-*-lrs, "
-                "--mlp-classifier-lr)")
+    if not 0 <= args.seed < 2**32:
+        p.error(f"--seed must be between 0 and 2**32 - 1 (numpy's seeds; got {args.seed})")
+    for flag in [key for key in DEFAULTS if "_lr" in key]:  # every learning-rate option
+        bad = [f"{lr:g}" for lr in np.ravel(getattr(args, flag)) if not 0 < lr < math.inf]
+        if bad:
+            p.error(f"--{flag.replace('_', '-')} {' '.join(bad)}: must be finite and > 0")
     if not args.batches and not args.mlp_trunk:
         p.error("bare --batches runs no Net configuration: name a batching or add --mlp-trunk")
+    _check_used(p, args, given)
     images = min(135 * (args.train_per_class or 20) if args.iterations is None else 540, 540)
     if "m_per_class" in args.batches and (args.batch_size % 4 or args.batch_size > images):
         p.error(f"--batch-size {args.batch_size} with m_per_class batches (4 images of each "
@@ -383,6 +364,29 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             check_output_dir(args.output_dir, "--output-dir")
         except ValueError as err:
             p.error(str(err))
+
+
+def _check_used(p: argparse.ArgumentParser, args: argparse.Namespace, given) -> None:
+    """Refuse options given that no run would use, and a missing faiss (needed by every run's
+    evaluation, PML's AccuracyCalculator, which would fail only after the training)."""
+    net_only = sorted(given & {"batch_size", "classifier_lrs", "raw_trunk_lrs",
+                               "raw_classifier_lrs"}) if not args.batches else []
+    off = [f"{lr:g}" for lr in args.raw_trunk_lrs if lr not in args.trunk_lrs]
+    if net_only:
+        p.error(f"{', '.join('--' + k.replace('_', '-') for k in net_only)}: no effect with bare "
+                "--batches (no Net run; --mlp-trunk uses batch 32, --mlp-classifier-lr); drop it")
+    if "raw_trunk_lrs" in given and off:
+        p.error(f"--raw-trunk-lrs {' '.join(off)}: not among --trunk-lrs, so no run (the "
+                "normalize_embeddings=False runs are at those); add to --trunk-lrs or drop")
+    if "raw_classifier_lrs" in given and len(off) == len(args.raw_trunk_lrs):
+        p.error("--raw-classifier-lrs: no effect, no --raw-trunk-lrs is among --trunk-lrs (no "
+                "normalize_embeddings=False run); give --raw-trunk-lrs of the --trunk-lrs")
+    if "mlp_classifier_lr" in given and not args.mlp_trunk:
+        p.error("--mlp-classifier-lr: no effect without --mlp-trunk; drop it or add --mlp-trunk")
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        p.error("the evaluation (PML's AccuracyCalculator) needs faiss: pip install faiss-cpu")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
@@ -400,14 +404,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     for run in build_grid(args):
         rows.append(run_one(run, train, test))
         r = rows[-1]
-        print(
-            f"{r['method']:14s} {r['trunk']:8s} {r['batches']:12s} trunk_lr={r['trunk_lr']} "
-            f"cls_lr={r['classifier_lr']} P@1={r['p_at_1']:.3f} MAP@R={r['map_at_r']:.3f} "
-            f"{r['status']} {r['train_seconds']}s",
-            flush=True,
-        )
-    env["wall_seconds"] = round(time.perf_counter() - wall, 1)
-    env["platform"] = platform.platform()
+        print(f"{r['method']:14s} {r['trunk']:8s} {r['batches']:12s} trunk_lr={r['trunk_lr']} "
+              f"cls_lr={r['classifier_lr']} P@1={r['p_at_1']:.3f} MAP@R={r['map_at_r']:.3f} "
+              f"{r['status']} {r['train_seconds']}s", flush=True)
+    env.update(wall_seconds=round(time.perf_counter() - wall, 1), platform=platform.platform())
     write_outputs(rows, env, args.output_dir)
     return rows
 

@@ -22,8 +22,7 @@ the better of the two by mean; mean and Student-t 95% CI over the seeds (``aggre
 condition of the data (``clean``, or a label-noise level: noise is a condition, not a setting a
 user picks), by the largest mean validation R@1 + MAP@R among those that trained the method;
 trains each method once more in it with the test classes (same seeds); and reports the same
-paired differences on test. Everything lands in
-``docs/results/regimes/README.md``.
+paired differences on test. Everything lands in ``docs/results/regimes/README.md``.
 """
 
 from __future__ import annotations
@@ -34,12 +33,18 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import pandas as pd
+from pml_grouploss.benchmark.validation import check_output_dir
 
-from pml_grouploss.benchmark.aggregate import mean_ci
-from pml_grouploss.benchmark.cli import main as bench
+MISSING = ""  # a package of the optional "bench" extra, not installed: check_args says so
+try:  # (and --help works without it)
+    import pandas as pd
+    from pml_grouploss.benchmark.aggregate import mean_ci
+except ModuleNotFoundError as err:
+    MISSING = err.name or "pandas"
 
 ROOT = os.path.join("docs", "results", "regimes")
+TITLE = "# Regime search"  # the first line of the README.md report writes (and only overwrites)
+INSTALL = 'pip install -e ".[bench]" (the optional "bench" extra, or [with-hooks-cpu])'
 ALL = ("grouploss", "grouploss_ce", "triplet", "proxyanchor")
 
 
@@ -58,6 +63,8 @@ class Regime:
     base: str = "default"
 
 
+WARMUP, POWER_2 = ("--warmup-epochs", "4"), ("--set", "grouploss.similarity_power=2")
+NLL_ONLY, GL = ("--set", "grouploss.ce_weight=0"), ("grouploss",)  # GL: retrains GroupLoss only
 #: issue 13 item 3 (a)-(e); every regime is this table's command
 REGIMES: Dict[str, Regime] = {
     "default": Regime("the main command's settings (15 classes x 8 per batch)"),
@@ -67,16 +74,11 @@ REGIMES: Dict[str, Regime] = {
                            ("--classes-per-batch", "60", "--samples-per-class", "2")),
     "nearest_class": Regime("hard batches: NearestClassSampler (GL++ §5.1), 15 x 8",
                             ("--sampler", "nearest_class")),
-    "label_noise_10": Regime("symmetric noise on 10% of the training labels",
-                             ("--label-noise", "0.1"), condition="label_noise_10"),
-    "label_noise_20": Regime("symmetric noise on 20% of the training labels",
-                             ("--label-noise", "0.2"), condition="label_noise_20"),
-    "label_noise_40": Regime("symmetric noise on 40% of the training labels",
-                             ("--label-noise", "0.4"), condition="label_noise_40"),
-    "warmup_4": Regime("the papers' recipe: 4 epochs of classification warm-up",
-                       ("--warmup-epochs", "4"), ("grouploss",)),
-    "similarity_power_2": Regime("a sharper similarity: W = relu(corr)^2",
-                                 ("--set", "grouploss.similarity_power=2"), ("grouploss",)),
+    **{f"label_noise_{p}": Regime(f"symmetric noise on {p}% of the training labels",
+                                  ("--label-noise", str(p / 100)), condition=f"label_noise_{p}")
+       for p in (10, 20, 40)},
+    "warmup_4": Regime("the papers' recipe: 4 epochs of classification warm-up", WARMUP, GL),
+    "similarity_power_2": Regime("a sharper similarity: W = relu(corr)^2", POWER_2, GL),
     "embedding_256": Regime("larger embeddings: 256", ("--embedding-size", "256")),
     "patience_16": Regime("a longer schedule: up to 80 epochs, learning rates x0.1 after 8 and "
                           "stop after 16 epochs without a better validation R@1 (default 40, 4, 8)",
@@ -84,30 +86,17 @@ REGIMES: Dict[str, Regime] = {
     "steps_3": Regime("three refinement steps (T=3; the one interval above 0 of the old steps "
                       "ablation)", ("--set", "grouploss.num_iterations=3"), ("grouploss",)),
     "nll_only": Regime("the refined-label NLL without the auxiliary CE (ce_weight=0; preferred "
-                       "by the old loss-terms ablation)", ("--set", "grouploss.ce_weight=0"),
-                       ("grouploss",)),
+                       "by the old loss-terms ablation)", NLL_ONLY, GL),
     "warmup_4_power_2": Regime("warm-up and a sharper similarity together (the two best above)",
-                               ("--warmup-epochs", "4", "--set", "grouploss.similarity_power=2"),
-                               ("grouploss",)),
-    "nll_only_power_2": Regime("the NLL alone over the sharper similarity",
-                               ("--set", "grouploss.ce_weight=0",
-                                "--set", "grouploss.similarity_power=2"), ("grouploss",)),
-    "nll_only_warmup_4_power_2": Regime(
-        "warm-up, then the NLL alone over the sharper similarity",
-        ("--warmup-epochs", "4", "--set", "grouploss.ce_weight=0",
-         "--set", "grouploss.similarity_power=2"), ("grouploss",)),
-    "label_noise_20_nll_only": Regime(
-        "20% label noise, GroupLoss with the NLL alone (is the refinement what resists noise?)",
-        ("--label-noise", "0.2", "--set", "grouploss.ce_weight=0"), ("grouploss",),
-        condition="label_noise_20", base="label_noise_20"),
-    "label_noise_10_nll_only": Regime(
-        "10% label noise, GroupLoss with the NLL alone",
-        ("--label-noise", "0.1", "--set", "grouploss.ce_weight=0"), ("grouploss",),
-        condition="label_noise_10", base="label_noise_10"),
-    "label_noise_40_nll_only": Regime(
-        "40% label noise, GroupLoss with the NLL alone",
-        ("--label-noise", "0.4", "--set", "grouploss.ce_weight=0"), ("grouploss",),
-        condition="label_noise_40", base="label_noise_40"),
+                               WARMUP + POWER_2, GL),
+    "nll_only_power_2": Regime("the NLL alone over the sharper similarity", NLL_ONLY + POWER_2, GL),
+    "nll_only_warmup_4_power_2": Regime("warm-up, then the NLL alone over the sharper similarity",
+                                        WARMUP + NLL_ONLY + POWER_2, GL),
+    **{f"label_noise_{p}_nll_only": Regime(
+        f"{p}% label noise, GroupLoss with the NLL alone"
+        + (" (is the refinement what resists noise?)" if p == 20 else ""),
+        ("--label-noise", str(p / 100), *NLL_ONLY), GL,
+        condition=f"label_noise_{p}", base=f"label_noise_{p}") for p in (20, 10, 40)},
 }
 #: the conditions of the data, in the order of REGIMES
 CONDITIONS = tuple(dict.fromkeys(r.condition for r in REGIMES.values()))
@@ -121,16 +110,32 @@ TITLES = {"grouploss": "GroupLoss", **dict(PAIRS[:3])}  # method -> table headin
 
 
 def command(name: str, seeds: int, root: str, test: bool, tiny: bool,
-            methods: Optional[Sequence[str]] = None) -> List[str]:
-    """The benchmark arguments of regime ``name`` (``methods``: default the regime's own)."""
+            methods: Optional[Sequence[str]] = None, fresh: bool = False) -> List[str]:
+    """The benchmark arguments of regime ``name`` (``methods``: default the regime's own;
+    ``fresh``: delete its directory first)."""
     regime = REGIMES[name]
     out = os.path.join(root, ("test_" if test else "") + name)
     regime_args = list(regime.args)
     if tiny and "--warmup-epochs" in regime_args:  # below TINY's 2 epochs
         regime_args[regime_args.index("--warmup-epochs") + 1] = "1"
     args = ["run", "--seeds", str(seeds), "--output-dir", out, "--losses",
-            ",".join(methods or regime.methods), *regime_args]
+            ",".join(methods or regime.methods), *regime_args] + ["--fresh"] * fresh
     return args + ([] if test else ["--no-test"]) + (list(TINY) if tiny else [])
+
+
+def bench(argv: List[str]) -> int:
+    """``pml-grouploss-bench`` on ``argv`` (a :func:`command`). Its errors name its own options;
+    a line after them says which of this script's they are."""
+    from pml_grouploss.benchmark.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        if exit_.code == 2:
+            print("regime_search.py: (the benchmark's --output-dir above is "
+                  f"{argv[argv.index('--output-dir') + 1]!r}, a regime's directory in --root)",
+                  file=sys.stderr)
+        raise
 
 
 def per_seed(name: str, root: str) -> Optional[pd.DataFrame]:
@@ -158,9 +163,10 @@ def paired(rows: pd.DataFrame, column: str) -> Dict[str, Tuple[float, float]]:
     return out
 
 
-def _cell(mean_half: Tuple[float, float]) -> str:
+def _cell(mean_half: Tuple[float, float], sign: str = "+") -> str:
+    """``mean ± half`` in points; the mean alone when there is no interval (one seed)."""
     mean, half = mean_half
-    return f"{mean:+.1f} ± {half:.1f}" if half == half else f"{mean:+.1f}"
+    return f"{mean:{sign}.1f} ± {half:.1f}" if half == half else f"{mean:{sign}.1f}"
 
 
 def table(rows_by_label: Dict[str, pd.DataFrame], prefix: str) -> str:
@@ -175,7 +181,7 @@ def table(rows_by_label: Dict[str, pd.DataFrame], prefix: str) -> str:
             cells += [_cell(diffs[o]) for o, _ in PAIRS]
         gl = mean_ci((100 * rows[rows.method == "grouploss"][prefix + "precision_at_1"]).tolist())
         n = int((rows.method == "grouploss").sum())
-        lines.append(f"| {name} | {n} | {gl[0]:.1f} ± {gl[1]:.1f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {n} | {_cell(gl, '')} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,8 +191,7 @@ def test_details(rows: pd.DataFrame) -> str:
     lines = []
     for metric, short in METRICS:
         wide = 100 * rows.pivot_table(index="seed", columns="method", values=metric)
-        means = ", ".join(f"{m} {'{:.1f} ± {:.1f}'.format(*mean_ci(wide[m].tolist()))}"
-                          for m in ALL)
+        means = ", ".join(f"{m} {_cell(mean_ci(wide[m].tolist()), '')}" for m in ALL)
         seeds = "; ".join(f"− {m} " + ", ".join(f"{d:+.1f}" for d in wide.grouploss - wide[m])
                           for m in ALL[1:])
         lines.append(f"- Test {short}: {means}. GroupLoss per seed "
@@ -204,13 +209,6 @@ def method_means(rows_by_condition: Dict[str, pd.DataFrame]) -> str:
             " / ".join(f"{means.loc[m, metric]:.1f}" for metric, _ in METRICS) for m in ALL)
             + " |")
     return "\n".join(lines) + "\n"
-
-
-def validation_rows(root: str) -> Dict[str, pd.DataFrame]:
-    """Every regime that has run on validation: its rows (with its base's for the methods it
-    does not retrain)."""
-    rows = {name: per_seed(name, root) for name in REGIMES}
-    return {name: r for name, r in rows.items() if r is not None}
 
 
 def choose(root: str, condition: str = "clean") -> Dict[str, str]:
@@ -271,10 +269,10 @@ def report(root: str) -> str:
     """Write ``root/README.md``: the validation table, each method's chosen regime, and the
     test table once ``test`` has run. A regime that lacks a method (its base not validated
     yet) and a ``test_*`` directory no method's chosen regime reads are named, not counted."""
-    validated = validation_rows(root)
+    validated = {k: r for k in REGIMES if (r := per_seed(k, root)) is not None}  # has run
     why = {k: not_in_table(k, r, root) for k, r in validated.items()}
     val = table({k: r for k, r in validated.items() if not why[k]}, "val_")
-    text = ["# Regime search (issue 13)", "",
+    text = [TITLE + " (issue 13)", "",
             "GroupLoss minus each comparison, paired per seed (same fold and seed), mean ± 95% CI "
             "over seeds, in points. Validation folds only (no test image read):", "", val]
     text += [f"- `{k}`: {r.description}; `python benchmarks/regime_search.py validate {k}`"
@@ -312,7 +310,7 @@ def report(root: str) -> str:
     return md
 
 
-def run_test(root: str, condition: str, seeds: int, tiny: bool) -> int:
+def run_test(root: str, condition: str, seeds: int, tiny: bool, fresh: bool = False) -> int:
     """Train every method once more, in its regime chosen on validation under ``condition``,
     and evaluate on the test classes (one run of the benchmark per distinct regime)."""
     chosen = choose(root, condition)
@@ -322,7 +320,7 @@ def run_test(root: str, condition: str, seeds: int, tiny: bool) -> int:
                          f"`validate {'default' if condition == 'clean' else condition}` first")
     for name in dict.fromkeys(chosen.values()):
         methods = [m for m in ALL if chosen[m] == name]
-        code = bench(command(name, seeds, root, test=True, tiny=tiny, methods=methods))
+        code = bench(command(name, seeds, root, True, tiny, methods, fresh))
         if code:
             return code
     return 0
@@ -330,6 +328,8 @@ def run_test(root: str, condition: str, seeds: int, tiny: bool) -> int:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse (``parser.error``, exit 2) what would do nothing or fail after the first run."""
+    if MISSING:
+        parser.error(f"regime_search needs {MISSING}: {INSTALL}")
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1 (got {args.seeds})")
     if args.action == "validate":
@@ -340,14 +340,14 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         unknown = sorted(set(args.regimes) - set(REGIMES))
         if unknown:
             parser.error(f"unknown regimes {unknown}; choose from {', '.join(REGIMES)}")
-        return
+        return check_root(parser, args.root)
     if args.all:
         parser.error(f"--all is for validate; {args.action} "
                      + ("takes no regimes" if args.action == "report" else
                         f"takes conditions ({', '.join(CONDITIONS)}; default clean)"))
-    if args.action == "report" and args.regimes:
-        parser.error(f"report takes no regimes (got {' '.join(args.regimes)}): it reads every "
-                     "run under --root")
+    if args.action == "report" and (args.regimes or args.fresh):
+        parser.error(f"report takes no regimes (got {' '.join(args.regimes)}): it reads every run "
+                     "under --root" if args.regimes else "--fresh is for validate and test")
     wrong = sorted(set(args.regimes) - set(CONDITIONS))
     if wrong:
         parser.error(f"test takes conditions ({', '.join(CONDITIONS)}), not {', '.join(wrong)}: "
@@ -355,6 +355,33 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if not os.path.isdir(args.root):
         parser.error(f"--root {args.root}: no such directory (relative to {os.getcwd()}); run "
                      "`validate` first, or pass --root the directory of the regime runs")
+    check_root(parser, args.root, args.action == "report")
+
+
+def check_root(parser: argparse.ArgumentParser, root: str, report: bool = False) -> None:
+    """Refuse a ``--root`` that cannot be a writable directory; for ``report`` (it writes
+    ``README.md`` there), also one with no regime run, or whose README.md it did not write."""
+    try:
+        check_output_dir(root, "--root")
+    except ValueError as err:
+        parser.error(str(err))
+    fix, readme = "pass --root the directory of the regime runs", os.path.join(root, "README.md")
+    if not report:
+        return
+    if not any(os.path.isdir(os.path.join(root, p + n)) for n in REGIMES for p in ("", "test_")):
+        parser.error(f"--root {root}: no regime run in it (no directory named after a regime), "
+                     f"nothing to report; {fix}, or run `validate` first")
+    try:
+        with open(readme, encoding="utf-8", errors="replace") as f:
+            ours = f.readline().startswith(TITLE) and os.access(readme, os.W_OK)
+    except FileNotFoundError:
+        return
+    except OSError:  # a directory, unreadable
+        ours = False
+    if not ours:
+        parser.error(f"--root {root}: its README.md is read-only or not one report wrote (its "
+                     f"first line is not {TITLE!r}...); report will not overwrite it: move it "
+                     f"away, or {fix}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -367,22 +394,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--root", default=ROOT, help="the directory of the regime runs (default "
                         f"{ROOT}, relative to the current directory; report and test need it)")
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke runs (tests)")
+    parser.add_argument("--fresh", action="store_true", help="validate, test: delete each "
+                        "regime's directory first instead of resuming in it")
     args = parser.parse_args(argv)
     check_args(parser, args)
     if args.action == "report":
         print(report(args.root))
         return 0
-    if args.action == "test":
-        for condition in args.regimes or ["clean"]:
-            code = run_test(args.root, condition, args.seeds, args.tiny)
-            if code:
-                return code
-        return 0
-    for name in list(REGIMES) if args.all else list(dict.fromkeys(args.regimes)):
-        code = bench(command(name, args.seeds, args.root, test=False, tiny=args.tiny))
-        if code:
-            return code
-    return 0
+    if args.action == "test":  # lazy: stop at the first run that fails
+        codes = (run_test(args.root, c, args.seeds, args.tiny, args.fresh)
+                 for c in args.regimes or ["clean"])
+    else:
+        codes = (bench(command(name, args.seeds, args.root, False, args.tiny, fresh=args.fresh))
+                 for name in (list(REGIMES) if args.all else dict.fromkeys(args.regimes)))
+    return next((code for code in codes if code), 0)
 
 
 if __name__ == "__main__":

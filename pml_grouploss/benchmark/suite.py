@@ -138,8 +138,8 @@ def _check_job(output_dir: str, job: str) -> None:
     if old != job:
         raise ValueError(
             f"output_dir {output_dir!r} holds the results of `{old}`, not of `{job}` (both write "
-            "results.md, per_seed.csv and summary.csv); use another output_dir, or fresh=True "
-            "(--fresh) to delete it and start over")
+            "results.md, per_seed.csv and summary.csv); use another output_dir, or fresh=True to "
+            "delete it and start over")
 
 
 def results_config(output_dir: str) -> BenchmarkConfig:

@@ -69,6 +69,14 @@ def test_help_and_a_missing_argument_are_argparse_not_a_directory(capsys, tmp_pa
     (lambda d: (d / "environment.json").write_text(json.dumps(
         {k: v for k, v in ENV.items() if k != "wall_seconds"})), "environment.json: no "
      "wall_seconds"),
+    (lambda d: (d / "environment.json").write_text(json.dumps(
+        dict(ENV, load_average_at_start=[]))), "environment.json: load_average_at_start must be "
+     "a non-empty list of numbers, got []"),
+    (lambda d: (d / "environment.json").write_text(json.dumps(dict(ENV, command=5))),
+     "environment.json: command must be a string, got 5"),
+    (lambda d: (d / "environment.json").write_text(json.dumps(
+        dict(ENV, wall_seconds="12", test_images=3.5))), "environment.json: wall_seconds must be "
+     'a number, got "12"; test_images must be an integer, got 3.5'),
     (lambda d: (d / "results.csv").write_text("method,p_at_1\nuntrained,0.1\n"),
      "results.csv: no column trunk, batches"),
     (lambda d: (d / "results.csv").write_text(

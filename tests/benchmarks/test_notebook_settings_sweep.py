@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import glob
 import importlib.util
 import json
 import math
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -111,8 +113,23 @@ def test_metric_loss_only_split_warns_of_a_too_large_trunk_lr(trunk_lr, warns):
     (["--iterations", "0"], "--iterations must be at least 1 (got 0)"),
     (["--train-per-class", "0"], "--train-per-class must be at least 1 (got 0)"),
     (["--test-per-class", "1"], "--test-per-class must be at least 2 (got 1)"),
-    (["--trunk-lrs", "-1"], "learning rates must be positive"),
-    (["--mlp-classifier-lr", "0"], "learning rates must be positive"),
+    (["--trunk-lrs", "-1"], "--trunk-lrs -1: must be finite and > 0"),
+    (["--mlp-classifier-lr", "0"], "--mlp-classifier-lr 0: must be finite and > 0"),
+    (["--trunk-lrs", "1e-3", "inf"], "--trunk-lrs inf: must be finite and > 0"),  # nan results
+    (["--classifier-lrs", "nan"], "--classifier-lrs nan: must be finite and > 0"),
+    (["--raw-trunk-lrs=-inf"], "--raw-trunk-lrs -inf: must be finite and > 0"),
+    (["--raw-classifier-lrs", "inf"], "--raw-classifier-lrs inf: must be finite and > 0"),
+    (["--seed", "-1"], "--seed must be between 0 and 2**32 - 1 (numpy's seeds; got -1)"),
+    (["--seed", "4294967296"], "--seed must be between 0 and 2**32 - 1 (numpy's seeds; got "
+                               "4294967296)"),
+    # options no run would use
+    (["--trunk-lrs", "1e-3", "--raw-trunk-lrs", "1e-3", "1e-2"], "--raw-trunk-lrs 0.01: not "
+                                                                 "among --trunk-lrs"),
+    (["--batches", "--mlp-trunk", "--classifier-lrs", "0.01"], "--classifier-lrs: no effect "
+                                                               "with bare --batches"),
+    (["--batches", "--mlp-trunk", "--batch-size", "64", "--raw-classifier-lrs", "0.1"],
+     "--batch-size, --raw-classifier-lrs: no effect with bare --batches"),
+    (["--mlp-classifier-lr", "0.1"], "--mlp-classifier-lr: no effect without --mlp-trunk"),
     (["--batches"], "bare --batches runs no Net configuration: name a batching or add --mlp-trunk"),
     (["--batch-size", "30"], "--batch-size 30 with m_per_class batches (4 images of each "
                              "character) must be a multiple of 4 and at most 540"),
@@ -189,3 +206,44 @@ def test_quick_without_output_dir_writes_to_a_new_temporary_directory(tmp_path, 
     assert os.path.dirname(out) == str(tmp_path) and os.path.isdir(out)
     assert out != sweep.DEFAULT_OUTPUT
     assert f"--quick without --output-dir: writing to {out}" in capsys.readouterr().out
+
+
+def test_raw_classifier_lrs_without_a_raw_trunk_lr_in_the_sweep_are_refused(capsys, tmp_path):
+    """The default --raw-trunk-lrs (1e-2) is not among --trunk-lrs 1e-3: no raw run (with
+    --quick the raw runs take the --trunk-lrs, so they run)."""
+    argv = ["--trunk-lrs", "1e-3", "--raw-classifier-lrs", "0.1", "--output-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_:
+        sweep.parse_args(argv)
+    assert exit_.value.code == 2
+    assert "--raw-classifier-lrs: no effect, no --raw-trunk-lrs is among --trunk-lrs" in \
+        capsys.readouterr().err
+    runs = sweep.build_grid(sweep.parse_args(["--quick"] + argv))
+    assert [(r["trunk_lr"], r["classifier_lr"]) for r in runs
+            if r["method"] == "grouploss_raw"] == [(1e-3, 0.1)]
+
+
+def test_the_committed_commands_parse_but_those_with_an_ignored_option(tmp_path):
+    """docs/results/notebook_settings/*/environment.json: every recorded command is accepted,
+    but the two that passed --classifier-lrs to MLP-only runs (it had no effect there)."""
+    refused = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "docs", "results", "notebook_settings", "**",
+                                              "environment.json"), recursive=True)):
+        with open(path) as f:
+            argv = json.load(f)["command"].split()[2:]
+        if "--output-dir" in argv:  # not the committed results' directory
+            argv = argv[:argv.index("--output-dir")] + argv[argv.index("--output-dir") + 2:]
+        argv += ["--output-dir", str(tmp_path)]
+        try:
+            sweep.parse_args(argv)
+        except SystemExit:
+            refused.append(os.path.basename(os.path.dirname(path)))
+    assert refused == ["metric_loss_only_4epochs", "metric_loss_only_4epochs_seed1"]
+
+
+def test_a_missing_faiss_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss: ModuleNotFoundError
+    monkeypatch.setattr(sweep, "load_split", lambda *a: pytest.fail("loaded the data"))
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["--quick", "--output-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "needs faiss: pip install faiss-cpu" in capsys.readouterr().err

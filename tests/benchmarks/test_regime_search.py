@@ -213,3 +213,82 @@ def test_a_missing_root_is_refused_naming_the_option(action, capsys, tmp_path, m
         err = capsys.readouterr().err
         assert "--root " in err and "no such directory" in err and str(tmp_path) in err
     assert os.listdir(tmp_path) == []
+
+
+def _refused(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        regime_search.main(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_report_writes_only_into_a_root_of_regime_runs_and_its_own_readme(tmp_path, capsys):
+    """``report --root .`` in a repository root must not overwrite the project's README.md."""
+    readme = tmp_path / "README.md"
+    readme.write_text("# My project\n")
+    err = _refused(["report", "--root", str(tmp_path)], capsys)
+    assert f"--root {tmp_path}: no regime run in it" in err
+    _write_val(str(tmp_path), "default", [(m, 0, 0.5, 0.2) for m in regime_search.ALL])
+    err = _refused(["report", "--root", str(tmp_path)], capsys)
+    assert "its README.md is read-only or not one report wrote" in err and "# Regime search" in err
+    assert readme.read_text() == "# My project\n"
+    readme.write_text("# Regime search (issue 13)\nold\n")  # its own: rewritten
+    assert regime_search.main(["report", "--root", str(tmp_path)]) == 0
+    assert "| default | 1 |" in readme.read_text()
+
+
+def test_one_seed_gives_means_without_an_interval_not_nan():
+    rows = pd.DataFrame({"method": list(regime_search.ALL), "seed": [0] * 4,
+                         "precision_at_1": [0.8, 0.7, 0.6, 0.5],
+                         "mean_average_precision_at_r": [0.4, 0.3, 0.2, 0.1]})
+    md = regime_search.table({"clean": rows}, "") + regime_search.test_details(rows)
+    assert "nan" not in md
+    assert "| clean | 1 | 80.0 | +10.0 |" in md
+    assert "- Test R@1: grouploss 80.0, grouploss_ce 70.0" in md
+
+
+def test_errors_of_the_benchmark_name_this_scripts_options(tmp_path, capsys, monkeypatch):
+    """The benchmark's ``--output-dir`` is translated into this script's ``--root``; its
+    ``--fresh`` exists here too."""
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "job.json").write_text('{"job": "tune"}')  # another job's results
+    with pytest.raises(SystemExit) as exit_:
+        regime_search.main(["validate", "default", "--tiny", "--root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "or --fresh to delete it" in err  # an option it has
+    assert err.endswith(f"regime_search.py: (the benchmark's --output-dir above is "
+                        f"{str(tmp_path / 'default')!r}, a regime's directory in --root)\n")
+    monkeypatch.setattr(regime_search, "bench", lambda args: pytest.fail("ran the benchmark"))
+    (tmp_path / "a_file").write_text("x")
+    for action in ("validate", "report", "test"):
+        err = _refused([action] + ["default"] * (action == "validate")
+                       + ["--root", str(tmp_path / "a_file")], capsys)
+        assert "--root" in err and "--output-dir" not in err
+    assert f"--root {str(tmp_path / 'a_file')!r} is a file, not a directory; choose another " \
+        "--root" in _refused(["validate", "default", "--root", str(tmp_path / "a_file")], capsys)
+    assert "--fresh is for validate and test" in _refused(
+        ["report", "--fresh", "--root", str(tmp_path)], capsys)
+
+
+def test_without_pandas_help_works_and_the_rest_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas: ModuleNotFoundError
+    monkeypatch.delitem(sys.modules, "pml_grouploss.benchmark.aggregate", raising=False)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "regime_search", module)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    assert exit_.value.code == 0 and "usage: " in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["report", "--root", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert 'regime_search needs pandas: pip install -e ".[bench]"' in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_unwritable_root_is_refused_before_any_work(capsys, monkeypatch):
+    monkeypatch.setattr(regime_search, "bench", lambda args: pytest.fail("ran the benchmark"))
+    for argv in (["report"], ["test"], ["validate", "default"]):
+        err = _refused(argv + ["--root", "/proc"], capsys)
+        assert "--root '/proc' cannot be created or written in '/proc'" in err
