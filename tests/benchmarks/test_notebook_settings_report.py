@@ -11,6 +11,8 @@ import shutil
 
 import pytest
 
+from ._cli import refused
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 spec = importlib.util.spec_from_file_location(
     "notebook_settings_report", os.path.join(ROOT, "benchmarks", "notebook_settings_report.py"))
@@ -36,10 +38,7 @@ def _sweep_dir(tmp_path):
 
 
 def _refused(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_:
-        report.main(argv)
-    assert exit_.value.code == 2
-    return capsys.readouterr().err
+    return refused(report.main, argv, capsys)
 
 
 def test_rewrites_the_table_of_a_sweep_directory(tmp_path, capsys):

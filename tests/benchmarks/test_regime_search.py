@@ -8,6 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
+from ._cli import refused
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 spec = importlib.util.spec_from_file_location(
     "regime_search", os.path.join(HERE, "..", "..", "benchmarks", "regime_search.py"))
@@ -216,10 +218,7 @@ def test_a_missing_root_is_refused_naming_the_option(action, capsys, tmp_path, m
 
 
 def _refused(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_:
-        regime_search.main(argv)
-    assert exit_.value.code == 2
-    return capsys.readouterr().err
+    return refused(regime_search.main, argv, capsys)
 
 
 def test_report_writes_only_into_a_root_of_regime_runs_and_its_own_readme(tmp_path, capsys):
