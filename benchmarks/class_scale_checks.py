@@ -22,7 +22,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from loss_speed_benchmark import environment  # noqa: E402
+from loss_speed_benchmark import _count, environment  # noqa: E402
 
 
 def train_check(num_classes: int = 100_000, iterations: int = 20, batch_size: int = 128,
@@ -143,22 +143,16 @@ def logging_cost_in_fresh_process(variant: str, threads: int = 1) -> Dict[str, f
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _positive(text: str) -> int:
-    if not text.isdecimal() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}")
-    return int(text)
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--train-check", action="store_true",
                         help="MetricLossOnly epoch over 100,000 classes (and 1/10 as many "
                              "iterations of the dense loss, for comparison)")
-    parser.add_argument("--iterations", type=_positive,
+    parser.add_argument("--iterations", type=_count,
                         help="iterations of the --train-check epoch (default 30)")
     parser.add_argument("--log-cost", action="store_true",
                         help="PML's logging hook on GroupLoss(11318, 512), before/now")
-    parser.add_argument("--threads", type=_positive, default=1)
+    parser.add_argument("--threads", type=_count, default=1)
     args = parser.parse_args(argv)
     if not (args.train_check or args.log_cost):
         parser.error("nothing to do: give --train-check, --log-cost or both")
