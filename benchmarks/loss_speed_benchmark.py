@@ -52,6 +52,7 @@ GRID_M = (100, 11_318, 100_000, 1_000_000)
 QUICK_N = (32, 128)
 QUICK_M = (100, 11_318)
 REFERENCE = "NormalizedSoftmax"
+MAX_GB = 6.0  # --max-gb's default
 
 
 def _malloc_returns_memory(returns: bool) -> None:
@@ -342,7 +343,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         if values and len(set(values)) < len(values):
             parser.error(f"{option}: each value once (got {' '.join(map(str, values))})")
     # the batch's classes are drawn by a permutation of all m (8 bytes each)
-    if args.m and 8 * max(args.m) / 2**30 > (6.0 if args.max_gb is None else args.max_gb):
+    if args.m and 8 * max(args.m) / 2**30 > (MAX_GB if args.max_gb is None else args.max_gb):
         parser.error(f"--m {max(args.m):,}: drawing the batch's classes alone needs "
                      f"{8 * max(args.m) / 2**30:.1f} GiB, above --max-gb")
     parent = os.path.dirname(os.path.abspath(args.out)) if args.out else None
@@ -368,7 +369,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--repeats", type=_count, help="timed rounds (default 15; --quick 5)")
     parser.add_argument("--threads", type=_count, default=1)
     parser.add_argument("--max-gb", type=float,
-                        help="skip a loss whose estimated working memory is larger (default 6)")
+                        help="skip a loss whose estimated working memory is larger "
+                             f"(default {MAX_GB:g})")
     parser.add_argument("--losses", nargs="+", help="only these losses, exact names as in the "
                         "table, quoted (e.g. 'GroupLoss batch T=1' GradML)")
     parser.add_argument("--out", help="append the Markdown table and environment to this file")
@@ -383,7 +385,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ns = args.n or (QUICK_N if args.quick else GRID_N)
     ms = args.m or (QUICK_M if args.quick else GRID_M)
     repeats = args.repeats or (5 if args.quick else 15)
-    max_gb = 6.0 if args.max_gb is None else args.max_gb
+    max_gb = MAX_GB if args.max_gb is None else args.max_gb
     env = environment()
     command = "python " + shlex.join([os.path.relpath(__file__)]
                                      + (sys.argv[1:] if argv is None else list(argv)))
