@@ -35,7 +35,6 @@ difference to T=1 is the price of the replicator dynamics and the refined-label 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import os
 import random
@@ -43,9 +42,14 @@ import shlex
 import statistics
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _process_memory import malloc_returns_memory, peak_growth_mib  # noqa: E402
 
 GRID_N = (32, 128, 512)
 GRID_M = (100, 11_318, 100_000, 1_000_000)
@@ -53,41 +57,6 @@ QUICK_N = (32, 128)
 QUICK_M = (100, 11_318)
 REFERENCE = "NormalizedSoftmax"
 MAX_GB = 6.0  # --max-gb's default
-
-
-def _malloc_returns_memory(returns: bool) -> None:
-    """glibc's thresholds. ``True`` (memory steps): blocks >= 64 KiB are mmapped and unmapped
-    on free, so the peak resident size sees every tensor. ``False`` (timing): 32 MiB, the
-    ceiling glibc's own adaptive threshold reaches in a long-running process, so blocks are
-    reused as in training. Timing with ``True`` page-faults every tensor of 64 KiB or more on
-    each step: it doubled the steps at n = 120, m = 100 and compressed their ratios (GroupLoss
-    1.46x NormalizedSoftmaxLoss against 1.97x; docs/results/loss_speed, runs H and M)."""
-    mmap_threshold, trim_threshold = (64 << 10, 128 << 10) if returns else (32 << 20, 64 << 20)
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, trim_threshold)  # M_TRIM_THRESHOLD
-        if returns:
-            libc.malloc_trim(0)  # the free blocks the timed steps left in the heap
-    except OSError:
-        pass
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _losses(n: int, m: int, d: int) -> Dict[str, Callable[[], torch.nn.Module]]:
@@ -174,21 +143,20 @@ def _work_mib(loss, e, labels) -> Optional[float]:
     for p in loss.parameters():
         p.grad = None
     e.grad = None
-    _malloc_returns_memory(True)
-    try:
-        before = _status_kib("VmRSS")
-        if not _reset_peak():
-            return None
-        _step(loss, e, labels)
-        return (_status_kib("VmHWM") - before) / 1024
-    finally:
-        _malloc_returns_memory(False)
+    return peak_growth_mib(lambda: _step(loss, e, labels))
+
+
+@contextmanager
+def _no_frozen_classifier_warning():
+    """No optimizer steps the losses here, so GroupLoss's frozen-classifier warning is expected
+    and ignored; any other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".* receives gradients but has not changed")
+        yield
 
 
 def measure(n: int, m: int, d: int, repeats: int, max_gb: float, names=None) -> List[dict]:
     """Rows ``{n, m, loss, median_ms, work_mib, skipped}`` for one ``(n, m)``."""
-    import warnings
-
     e, labels = _batch(n, m, d)
     factories = _losses(n, m, d)
     rows, built = [], {}
@@ -204,8 +172,7 @@ def measure(n: int, m: int, d: int, repeats: int, max_gb: float, names=None) -> 
     together = _params_gib(m, d) * sum(1 for k in built if _has_params(k)) <= max_gb / 2
     times: Dict[str, List[float]] = {k: [] for k in built}
     work: Dict[str, Optional[float]] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the frozen-classifier warning: no optimizer here
+    with _no_frozen_classifier_warning():
         groups = [list(built)] if together and built else [[k] for k in built]
         for group in groups:
             for k in group:
@@ -230,8 +197,6 @@ def scaling(n: int, ms: List[int], d: int, repeats: int) -> List[dict]:
     losses at every ``m`` in ``ms`` and MultiSimilarityLoss (no per-class parameters) are
     timed in turn, so each ratio to the smallest ``m`` (and to MultiSimilarity) shares the
     load of every round. Rows ``{n, m, loss, median_ms, work_mib}``."""
-    import warnings
-
     e, labels = _batch(n, min(ms), d)  # labels valid for every m
     built = {}
     for m in ms:
@@ -239,8 +204,7 @@ def scaling(n: int, ms: List[int], d: int, repeats: int) -> List[dict]:
             built[(m, name)] = _losses(n, m, d)[name]()
     built[(None, "MultiSimilarity")] = _losses(n, min(ms), d)["MultiSimilarity"]()
     times = {k: [] for k in built}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _no_frozen_classifier_warning():
         for k in built:
             _step(built[k], e, labels)
             _step(built[k], e, labels)
@@ -381,7 +345,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     check_args(parser, args)
     torch.set_num_threads(args.threads)
-    _malloc_returns_memory(False)
+    malloc_returns_memory(False)
     ns = args.n or (QUICK_N if args.quick else GRID_N)
     ms = args.m or (QUICK_M if args.quick else GRID_M)
     repeats = args.repeats or (5 if args.quick else 15)

@@ -4,6 +4,7 @@ import argparse
 import importlib.util
 import math
 import os
+import warnings
 
 import pytest
 
@@ -96,7 +97,7 @@ def quiet_main(monkeypatch):
     ``measure``/``scaling`` calls are recorded instead of timed."""
     calls = []
     monkeypatch.setattr(bench.torch, "set_num_threads", lambda n: calls.append(("threads", n)))
-    monkeypatch.setattr(bench, "_malloc_returns_memory", lambda returns: None)
+    monkeypatch.setattr(bench, "malloc_returns_memory", lambda returns: None)
     monkeypatch.setattr(bench, "environment", lambda: {})
     monkeypatch.setattr(bench, "measure", lambda *a: calls.append(("measure",) + a) or [])
     monkeypatch.setattr(bench, "scaling", lambda *a: calls.append(("scaling",) + a) or [
@@ -211,3 +212,19 @@ def test_class_scale_checks_refuse_what_would_do_nothing_or_fail(argv, message, 
     with pytest.raises(SystemExit) as exit_:
         checks.main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_timing_hides_only_the_frozen_classifier_warning(monkeypatch):
+    step = bench._step
+
+    def step_that_warns(loss, e, labels):
+        warnings.warn("a warning of the loss under test", RuntimeWarning)
+        return step(loss, e, labels)
+
+    monkeypatch.setattr(bench, "_step", step_that_warns)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bench.measure(16, 12, 8, 4, 1.0, names=["GroupLoss dense T=1"])
+    messages = {str(w.message) for w in caught}
+    assert "a warning of the loss under test" in messages
+    assert not any("has not changed for 3 steps" in m for m in messages)
