@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _notebook_models import MLP, Net  # noqa: E402
 from notebook_settings_report import COLUMNS, environment, write_outputs  # noqa: E402,F401
 
 NUM_TRAIN_CLASSES = 135
@@ -50,39 +51,6 @@ EMBEDDING_SIZE = 128
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "docs", "results", "notebook_settings")
-
-
-class Net(nn.Module):
-    """The trunk of PML's MNIST notebooks (from pytorch/examples' mnist/main.py), 128-d output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, 1)
-        self.conv2 = nn.Conv2d(32, 64, 3, 1)
-        self.dropout1 = nn.Dropout2d(0.25)
-        self.dropout2 = nn.Dropout2d(0.5)  # defined but unused, as in the notebooks
-        self.fc1 = nn.Linear(9216, 128)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv1(x))
-        x = F.relu(self.conv2(x))
-        x = F.max_pool2d(x, 2)
-        x = self.dropout1(x)
-        return self.fc1(torch.flatten(x, 1))
-
-
-class MLP(nn.Module):
-    """The MetricLossOnly notebook's embedder: ReLU then Linear for each layer pair."""
-
-    def __init__(self, layer_sizes: Sequence[int]) -> None:
-        super().__init__()
-        layers: List[nn.Module] = []
-        for size_in, size_out in zip(layer_sizes[:-1], layer_sizes[1:]):
-            layers += [nn.ReLU(inplace=False), nn.Linear(size_in, size_out)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 def load_split(split: str, limit: Optional[int] = None) -> torch.utils.data.TensorDataset:
