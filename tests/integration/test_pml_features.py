@@ -1,115 +1,31 @@
-"""GroupLoss with every PML trainer, wrapper, reducer and regularizer a user may combine it with
-(docs/losses.md, "PML features"): each either trains (finite losses, changed parameters) or fails
-with an error that says what to use instead. Tiny in-memory data, 2 trainer iterations."""
+"""GroupLoss with every PML trainer and loss wrapper a user may combine it with (docs/losses.md,
+"PML features"; MultipleLosses, reducers and regularizers in the two other test_pml_* files):
+each either trains (finite losses, changed parameters) or fails with an error that says what to
+use instead. Tiny in-memory data, 2 trainer iterations."""
 
 from __future__ import annotations
 
-import math
 import os
 import queue as queue_module
-import shutil
 import socket
 import time
 import warnings
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from pytorch_metric_learning import losses as pml_losses
-from pytorch_metric_learning import miners as pml_miners
-from pytorch_metric_learning import reducers, regularizers, samplers, trainers
+from pytorch_metric_learning import trainers
 from pytorch_metric_learning.utils import distributed as pml_dist
 
 from pml_grouploss.losses import GroupLoss, ParametricDistributedLossWrapper
 from pml_grouploss.miners import AnchorMiner
-from pml_grouploss.miners.anchor_miner import NOT_PAIRS_MESSAGE
 
-NUM_CLASSES, PER_CLASS, DIM_IN, DIM_HIDDEN, DIM_EMB = 4, 8, 6, 8, 5
-M, BATCH, ITERATIONS = 4, 16, 2  # batches of 4 classes x 4 samples, 2 iterations
-
-
-# -- data, models, trainer runs --------------------------------------------------------------
-def _inputs(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(NUM_CLASSES).repeat_interleave(PER_CLASS)
-    centres = 2 * torch.randn(NUM_CLASSES, DIM_IN, generator=g)
-    return centres[labels] + torch.randn(len(labels), DIM_IN, generator=g), labels
-
-
-def _dataset(two_stream: bool = False) -> torch.utils.data.TensorDataset:
-    """``(x, label)`` items, or ``(anchor, posneg, label)`` for TwoStreamMetricLoss."""
-    x, labels = _inputs()
-    if two_stream:
-        posneg = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-        return torch.utils.data.TensorDataset(x, posneg, labels)
-    return torch.utils.data.TensorDataset(x, labels)
-
-
-def _sampler(dataset, iterations: int) -> samplers.MPerClassSampler:
-    labels = dataset.tensors[-1]
-    return samplers.MPerClassSampler(
-        labels, m=M, batch_size=BATCH, length_before_new_iter=BATCH * iterations
-    )
-
-
-def _models(**extra) -> Dict[str, torch.nn.Module]:
-    torch.manual_seed(0)
-    models = {
-        "trunk": torch.nn.Sequential(torch.nn.Linear(DIM_IN, DIM_HIDDEN), torch.nn.ReLU()),
-        "embedder": torch.nn.Linear(DIM_HIDDEN, DIM_EMB),
-    }
-    models.update(extra)
-    return models
-
-
-def _optimizers(modules: Dict[str, torch.nn.Module]) -> Dict[str, torch.optim.Optimizer]:
-    return {f"{k}_optimizer": torch.optim.SGD(m.parameters(), lr=0.1) for k, m in modules.items()}
-
-
-def _group_loss(embedding_size: int = DIM_EMB, seed: int = 5, **kwargs) -> GroupLoss:
-    torch.manual_seed(seed)  # the classifier's initialisation
-    return GroupLoss(NUM_CLASSES, embedding_size, temperature=2.0, num_anchors=1, **kwargs)
-
-
-def _params(*modules: torch.nn.Module) -> List[torch.Tensor]:
-    return [p.detach().clone() for m in modules for p in m.parameters()]
-
-
-def _all_changed(before: List[torch.Tensor], *modules: torch.nn.Module) -> bool:
-    after = _params(*modules)
-    assert len(after) == len(before) > 0
-    return all(not torch.equal(b, a) for b, a in zip(before, after))
-
-
-def _run(
-    trainer_class, models, loss_funcs, optimizers, dataset, iterations: int = ITERATIONS, **kwargs
-) -> List[dict]:
-    """Trains one epoch of ``iterations`` batches; the per-iteration losses (floats)."""
-    history: List[dict] = []
-
-    def hook(trainer):
-        history.append({k: float(torch.as_tensor(v).detach()) for k, v in trainer.losses.items()})
-
-    trainer = trainer_class(
-        models=models,
-        optimizers=optimizers,
-        batch_size=BATCH,
-        loss_funcs=loss_funcs,
-        dataset=dataset,
-        sampler=_sampler(dataset, iterations),
-        dataloader_num_workers=0,
-        data_device=torch.device("cpu"),
-        end_of_iteration_hook=hook,
-        **kwargs,
-    )
-    trainer.train(num_epochs=1)
-    assert len(history) == iterations
-    return history
-
-
-def _finite_positive(history: List[dict], *names: str) -> bool:
-    return all(math.isfinite(h[n]) and h[n] > 0 for h in history for n in names)
+from ._pml_setup import (
+    DIM_EMB, DIM_HIDDEN, ITERATIONS, NUM_CLASSES, _all_changed, _batch, _dataset,
+    _finite_positive, _group_loss, _models, _optimizers, _params, _run,
+)
 
 
 # -- trainers --------------------------------------------------------------------------------
@@ -292,81 +208,6 @@ def test_self_supervised_loss_refuses_grouploss():
     assert str(info.value) == "SelfSupervisedLoss not supported for GroupLoss"
 
 
-def _batch(n_per_class: int = 4, dtype=torch.float64):
-    g = torch.Generator().manual_seed(3)
-    labels = torch.arange(NUM_CLASSES).repeat_interleave(n_per_class)
-    emb = torch.randn(len(labels), DIM_EMB, generator=g, dtype=dtype).requires_grad_(True)
-    return emb, labels
-
-
-def test_multiple_losses_without_miners():
-    emb, labels = _batch()
-    group, triplet = _group_loss().double(), pml_losses.TripletMarginLoss()
-    combined = pml_losses.MultipleLosses([group, triplet], weights=[1.0, 0.5])
-    value = combined(emb, labels)
-    assert value.item() == pytest.approx(
-        group(emb, labels).item() + 0.5 * triplet(emb, labels).item(), rel=1e-12
-    )
-    value.backward()
-    assert group.W.grad.abs().sum() > 0 and torch.isfinite(emb.grad).all()
-
-
-def test_multiple_losses_one_miner_per_loss():
-    emb, labels = _batch()
-    group, triplet = _group_loss().double(), pml_losses.TripletMarginLoss()
-    anchor_miner, triplet_miner = AnchorMiner(2), pml_miners.TripletMarginMiner(margin=0.5)
-    combined = pml_losses.MultipleLosses(
-        {"group": group, "triplet": triplet},
-        miners={"group": anchor_miner, "triplet": triplet_miner},
-    )
-    value = combined(emb, labels)
-    anchors = AnchorMiner(2)(emb, labels)
-    expected = group(emb, labels, anchors) + triplet(emb, labels, triplet_miner(emb, labels))
-    assert value.item() == pytest.approx(expected.item(), rel=1e-12)
-    assert group(emb, labels, anchors).item() != pytest.approx(group(emb, labels).item())
-    assert (anchor_miner.num_anchors, anchor_miner.num_non_anchors) == (8, 8)
-
-
-def test_multiple_losses_shared_anchor_miner_says_one_miner_per_loss():
-    emb, labels = _batch()
-    combined = pml_losses.MultipleLosses([_group_loss().double(), pml_losses.TripletMarginLoss()])
-    with pytest.raises(TypeError) as info:
-        combined(emb, labels, AnchorMiner(1)(emb, labels))
-    assert str(info.value) == NOT_PAIRS_MESSAGE
-
-
-def test_trainer_tuple_miner_shared_by_multiple_losses_says_one_miner_per_loss():
-    models = _models()
-    combined = pml_losses.MultipleLosses([_group_loss(), pml_losses.ContrastiveLoss()])
-    with pytest.raises(TypeError) as info:
-        _run(
-            trainers.MetricLossOnly,
-            models,
-            {"metric_loss": combined},
-            _optimizers({**models, "metric_loss": combined}),
-            _dataset(),
-            mining_funcs={"tuple_miner": AnchorMiner(1)},
-        )
-    assert str(info.value) == NOT_PAIRS_MESSAGE
-
-
-def test_trainer_with_multiple_losses_one_miner_per_loss():
-    models, loss = _models(), _group_loss()
-    combined = pml_losses.MultipleLosses(
-        [loss, pml_losses.ContrastiveLoss()], miners=[AnchorMiner(1), None]
-    )
-    before = _params(*models.values(), loss)
-    history = _run(
-        trainers.MetricLossOnly,
-        models,
-        {"metric_loss": combined},
-        _optimizers({**models, "metric_loss": combined}),
-        _dataset(),
-    )
-    assert _finite_positive(history, "metric_loss")
-    assert _all_changed(before, *models.values(), loss)
-
-
 def test_pml_distributed_loss_wrapper_single_process_is_the_loss():
     emb, labels = _batch()
     loss = _group_loss().double()
@@ -480,118 +321,3 @@ def test_parametric_wrapper_with_anchor_miner_is_the_single_process_loss(distrib
         torch.testing.assert_close(
             torch.tensor(W_grad, dtype=torch.float64), loss.W.grad, rtol=1e-10, atol=1e-12
         )
-
-
-# -- reducers and regularizers ---------------------------------------------------------------
-def _sub_losses(emb, labels) -> Dict[str, torch.Tensor]:
-    loss_dict = _group_loss(reducer=reducers.DoNothingReducer()).double()(emb, labels)
-    assert {k: v["reduction_type"] for k, v in loss_dict.items()} == {
-        "group_loss": "element",
-        "ce_loss": "element",
-    }
-    return {k: v["losses"].detach() for k, v in loss_dict.items()}
-
-
-CLASS_WEIGHTS = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64)
-REDUCERS = {
-    "MeanReducer": (reducers.MeanReducer, lambda losses, y: losses.mean()),
-    "SumReducer": (reducers.SumReducer, lambda losses, y: losses.sum()),
-    "AvgNonZeroReducer": (
-        reducers.AvgNonZeroReducer, lambda losses, y: losses[losses > 0].mean()),
-    "ThresholdReducer": (
-        lambda: reducers.ThresholdReducer(low=1.0), lambda losses, y: losses[losses > 1].mean()),
-    "ClassWeightedReducer": (
-        lambda: reducers.ClassWeightedReducer(CLASS_WEIGHTS),
-        lambda losses, y: (losses * CLASS_WEIGHTS[y]).mean(),
-    ),
-    "PerAnchorReducer": (reducers.PerAnchorReducer, lambda losses, y: losses.mean()),
-}
-
-
-@pytest.mark.parametrize("name", list(REDUCERS))
-def test_reducer(name):
-    make, reference = REDUCERS[name]
-    emb, labels = _batch()
-    parts = _sub_losses(emb, labels)
-    loss = _group_loss(reducer=make()).double()
-    value = loss(emb, labels)
-    # an anchor's NLL is -log(1 + 1e-12) < 0: AvgNonZeroReducer averages over the 12 others
-    assert int((parts["group_loss"] > 0).sum()) == 16 - 4
-    expected = sum(reference(parts[k], labels) for k in ("group_loss", "ce_loss"))
-    assert value.item() == pytest.approx(expected.item(), rel=1e-12)
-    value.backward()
-    assert loss.W.grad.abs().sum() > 0
-
-
-def test_multiple_reducers_per_sub_loss():
-    emb, labels = _batch()
-    parts = _sub_losses(emb, labels)
-    reducer = reducers.MultipleReducers({"group_loss": reducers.SumReducer()})
-    value = _group_loss(reducer=reducer).double()(emb, labels)
-    expected = parts["group_loss"].sum() + parts["ce_loss"].mean()
-    assert value.item() == pytest.approx(expected.item(), rel=1e-12)
-
-
-def test_divisor_reducer_is_the_mean():
-    emb, labels = _batch()
-    parts = _sub_losses(emb, labels)
-    value = _group_loss(reducer=reducers.DivisorReducer()).double()(emb, labels)
-    expected = parts["group_loss"].mean() + parts["ce_loss"].mean()
-    assert value.item() == pytest.approx(expected.item(), rel=1e-12)
-
-
-def test_weight_and_embedding_regularizers_add_their_values():
-    emb, labels = _batch()
-    plain = _group_loss().double()(emb, labels)
-    loss = _group_loss(
-        weight_regularizer=regularizers.LpRegularizer(),
-        weight_reg_weight=0.3,
-        embedding_regularizer=regularizers.LpRegularizer(power=2),
-        embedding_reg_weight=0.7,
-    ).double()
-    assert loss.sub_loss_names() == [
-        "group_loss",
-        "ce_loss",
-        "weight_reg_loss",
-        "embedding_reg_loss",
-    ]
-    value = loss(emb, labels)
-    expected = plain + 0.3 * loss.W.norm(dim=1).mean() + 0.7 * (emb.norm(dim=1) ** 2).mean()
-    assert value.item() == pytest.approx(expected.item(), rel=1e-12)
-
-
-def test_regular_face_regularizer_on_the_classifier():
-    emb, labels = _batch()
-    plain = _group_loss().double()(emb, labels)
-    regularizer = regularizers.RegularFaceRegularizer()
-    loss = _group_loss(weight_regularizer=regularizer, weight_reg_weight=2.0).double()
-    value = loss(emb, labels)
-    assert value.item() == pytest.approx((plain + 2.0 * regularizer(loss.W)).item(), rel=1e-12)
-    # the classifier gets the penalty's gradient on top of the loss's
-    (W_grad,) = torch.autograd.grad(value, loss.W)
-    (W_grad_plain,) = torch.autograd.grad(loss(emb, labels) - 2.0 * regularizer(loss.W), loss.W)
-    (W_grad_penalty,) = torch.autograd.grad(regularizer(loss.W), loss.W)
-    assert W_grad_penalty.abs().sum() > 0
-    torch.testing.assert_close(W_grad, W_grad_plain + 2.0 * W_grad_penalty)
-
-
-# -- torch.compile ---------------------------------------------------------------------------
-@pytest.mark.slow
-def test_torch_compile_forward_backward_matches_eager():
-    if not hasattr(torch, "compile"):
-        pytest.skip("torch.compile needs torch >= 2.0")
-    if shutil.which(os.environ.get("CXX", "g++")) is None:
-        pytest.skip("torch.compile's CPU backend (inductor) needs a C++ compiler (g++)")
-    emb, labels = _batch(dtype=torch.float32)
-    eager = _group_loss()
-    compiled_loss = _group_loss()
-    compiled_loss.load_state_dict(eager.state_dict())
-    anchors = AnchorMiner(1)(emb, labels)
-    expected = eager(emb, labels, anchors)
-    expected.backward()
-    emb_grad, emb.grad = emb.grad.clone(), None
-    value = torch.compile(compiled_loss)(emb, labels, anchors)
-    value.backward()
-    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
-    torch.testing.assert_close(emb.grad, emb_grad, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(compiled_loss.W.grad, eager.W.grad, rtol=1e-4, atol=1e-6)
