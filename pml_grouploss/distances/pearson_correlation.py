@@ -18,8 +18,9 @@ class PearsonCorrelation(BaseDistance):
     product of those rows, in ``[-1, 1]``, larger = more similar (``is_inverted=True``).
     Unlike cosine similarity it is invariant to a translation of each embedding as well as
     to scaling. A finite zero-variance embedding correlates 0 with everything (no NaN), and so
-    does one whose largest magnitude is subnormal in its dtype (its gradient, growing as
-    1/scale, would overflow: it gets 0); an embedding holding NaN or inf correlates NaN with
+    does one whose largest magnitude is subnormal in its dtype or within ~``1/eps`` of its
+    smallest normal (float32: below ~1e-31; its gradient, growing as 1/scale, would overflow:
+    it gets 0); an embedding holding NaN or inf correlates NaN with
     everything, itself included (propagated, never hidden as a constant row).
 
     **Sharper similarities: ``power``.** With ``power = p > 1`` the matrix is the *signed*

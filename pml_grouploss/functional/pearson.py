@@ -27,7 +27,9 @@ def standardize_rows(x: torch.Tensor) -> torch.Tensor:
         their own precision would call rows of offset 8 and spread 1 constant). Finite rows
         with (numerically) zero variance become all-zero rows instead of 0/0, and their
         gradient is zero, not NaN; so do rows too small for a finite gradient (it grows as
-        1 / the row's spread): largest magnitude subnormal in ``x``'s dtype. A row holding
+        1 / the row's spread): largest magnitude subnormal in ``x``'s dtype, or within
+        ~``1 / eps`` of the smallest normal (float32: below ~1e-31; see
+        :func:`~pml_grouploss.functional.rms_normalize.zero_overflowing_rows`). A row holding
         NaN or inf becomes all NaN (never hidden as a constant row): its correlations are
         NaN, so a k-NN or a loss sees it.
 

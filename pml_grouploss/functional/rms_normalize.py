@@ -21,8 +21,8 @@ def rms_normalize(x: torch.Tensor) -> torch.Tensor:
     Rows are first divided by the power of two at or below their largest magnitude (exact),
     so norms neither overflow at ~1e38 nor underflow; an all-zero row stays zero with a finite
     gradient. A row too small for a finite gradient (it grows as ``1/||x_i||``: largest
-    magnitude subnormal in ``x``'s dtype, or ``sqrt(d)/||x_i||`` overflowing) becomes a zero
-    row too. The backward pass is the closed form ``sqrt(d) (g - y (y . g) / d) / ||x||``
+    magnitude subnormal in ``x``'s dtype, or within ~``1/eps`` of it, see
+    :func:`zero_overflowing_rows`) becomes a zero row too. The backward pass is the closed form ``sqrt(d) (g - y (y . g) / d) / ||x||``
     (``create_graph=True`` differentiates the forward formula with autograd instead).
 
     Args:
@@ -61,11 +61,18 @@ def zero_overflowing_rows(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(y, factor)`` of a scale-free row map (``factor`` ``(n, 1)``: its gradient's scale, 1
     over the row's size; ``power``: :func:`row_power_of_two` of the input) with the rows too
-    small for a finite gradient — largest magnitude subnormal, or ``factor`` infinite — set to
-    zero rows (``y`` and ``factor`` 0), as constant rows are: no ``0 * inf`` in the backward.
-    NaN rows stay NaN."""
-    tiny = torch.finfo(power.dtype).tiny
-    degenerate = (power < tiny).logical_or_(torch.isinf(factor))
+    small for a finite gradient set to zero rows (``y`` and ``factor`` 0), as constant rows
+    are: no ``0 * inf`` in the backward. NaN rows stay NaN.
+
+    Too small: largest magnitude subnormal, or ``factor`` above ``max * eps / (2 (1 +
+    sqrt(d)))`` (``finfo`` of the dtype). The closed-form backwards multiply ``factor`` by at
+    most ``2 (1 + sqrt(d))`` times the largest incoming gradient entry, so every other row's
+    gradient stays finite for incoming gradients up to ``1 / eps`` (``2**23`` in float32: a
+    Gram matrix's and a loss's sums over the batch). Only rows within a factor ``~1 / eps`` of
+    the smallest normal are affected (float32: largest magnitude below ~1e-31)."""
+    finfo = torch.finfo(power.dtype)
+    largest_factor = finfo.max * finfo.eps / (2.0 * (1.0 + y.shape[1] ** 0.5))
+    degenerate = (power < finfo.tiny).logical_or_(factor > largest_factor)
     return y.masked_fill(degenerate, 0.0), factor.masked_fill(degenerate, 0.0)
 
 

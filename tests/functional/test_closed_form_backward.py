@@ -98,6 +98,27 @@ def test_row_maps_treat_subnormal_rows_as_zero_rows(f, dtype):
     torch.testing.assert_close(y[0], f(x[:1].detach())[0], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_rows_just_above_the_smallest_normal_are_zero_rows(dtype):
+    # largest magnitude 2x the smallest normal: finite outputs, but the gradient scale
+    # ~1/(2 tiny) overflowed once multiplied by the incoming gradient (inf; NaN with "shift")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    x[2] = x[2] / x[2].abs().max() * torch.finfo(dtype).tiny * 2
+    x = x.to(dtype)
+    for f in (standardize_rows, rms_normalize, lambda e: pearson_similarity(e, "shift")):
+        e = x.clone().requires_grad_(True)
+        y = f(e)
+        (grad,) = torch.autograd.grad(y.sum(), e)
+        assert torch.isfinite(grad).all(), f
+        assert (grad[2] == 0).all()
+    for f in (standardize_rows, rms_normalize):
+        y = f(x)
+        assert (y[2] == 0).all()
+        keep = [0, 1, 3, 4, 5]  # the other rows: bit for bit what they are alone
+        assert torch.equal(y[keep], f(x[keep]))
+
+
 def test_gram_under_autocast_returns_gradient_in_input_dtype():
     z = torch.randn(6, 4, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
