@@ -163,6 +163,8 @@ def similarity_from_correlation(
     - ``"shift"``: ``W - min(0, min(W))``, every entry moved up by the largest negative value
       (the alternative GL++ rejects: CUB R@1 51 vs 65.5 with clamping).
 
+    An empty ``(0, 0)`` matrix gives the empty ``W`` with either mode.
+
     Raw negative values are not offered: the replicator dynamics then leave the simplex
     (negative "probabilities", NaN logs).
 
@@ -189,8 +191,10 @@ def similarity_from_correlation(
     corr = corr.masked_fill(eye, 1.0)
     if negatives == "clamp":
         W = torch.relu(corr)
-    else:
+    elif corr.numel():
         W = corr - torch.clamp(corr.min(), max=0.0)
+    else:  # n = 0: no minimum to shift by
+        W = corr
     if zero_diagonal:
         W = W.masked_fill(eye, 0.0)
     return W

@@ -136,3 +136,11 @@ def test_subnormal_rows_are_zero_rows_with_finite_gradient(dtype):
     keep = [0, 1, 3, 4]
     atol = {torch.float16: 1e-3, torch.bfloat16: 1e-2}.get(dtype, 1e-6)
     torch.testing.assert_close(corr[keep][:, keep].double(), clean, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("negatives", ["clamp", "shift"])
+def test_empty_batch_gives_empty_similarity(negatives):
+    # "shift" took torch's min() of an empty matrix: a RuntimeError
+    W = pearson_similarity(torch.zeros(0, 8), negatives, zero_diagonal=True)
+    assert W.shape == (0, 0) and W.dtype == torch.float32
+    assert similarity_from_correlation(torch.zeros(0, 0), negatives).shape == (0, 0)
