@@ -25,12 +25,18 @@ def is_real_number(value: object) -> bool:
     return False
 
 
-def check_int(name: str, value: object, minimum: Optional[int] = None) -> int:
-    """``value`` as an ``int`` (NumPy integers accepted, ``bool`` rejected), ``>= minimum``."""
+def check_int(name: str, value: object, minimum: Optional[int] = None,
+              maximum: Optional[int] = None, hint: str = "") -> int:
+    """``value`` as an ``int`` (NumPy integers accepted, ``bool`` rejected) in
+    ``[minimum, maximum]``; ``hint`` is appended to the message."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}"
+                         + (f"; {hint}" if hint else ""))
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an int <= {maximum}, got {value}"
+                         + (f"; {hint}" if hint else ""))
     return int(value)
 
 
@@ -61,6 +67,24 @@ def check_number(
             + (f"; {hint}" if hint else "")
         )
     return number
+
+
+#: The largest weight of a loss term (GradML's ``w``, GroupLoss's ``nll_weight`` and
+#: ``ce_weight``): larger ones only overflow the loss.
+MAX_WEIGHT = 100.0
+
+
+def seeded_generator(name: str, seed: object) -> Optional[torch.Generator]:
+    """A CPU ``torch.Generator`` seeded with ``seed`` (an int that fits in 64 bits); ``None``
+    for ``None``."""
+    if seed is None:
+        return None
+    generator = torch.Generator()
+    try:
+        generator.manual_seed(check_int(name, seed))
+    except (RuntimeError, ValueError, OverflowError):  # beyond torch's 64-bit seeds
+        raise ValueError(f"{name} must fit in 64 bits, got {seed}") from None
+    return generator
 
 
 def check_bool(name: str, value: object) -> bool:

@@ -87,8 +87,9 @@ class GroupLossChecksMixin:
         """One read after the classifier: the range of ``labels`` (``None``: checked before),
         NaN/inf (the logits' range is finite only if the embeddings, ``x`` (``embeddings`` in
         the computing dtype) and the classifier are), rows too small for ``embeddings``' dtype
-        (``row_power``: :func:`row_power_of_two` of ``x`` or ``None``), overflow of the logits
-        or of the prior's ``logits / temperature``."""
+        (``row_power``: :func:`row_power_of_two` of ``x`` or ``None``), overflow of the logits,
+        of the prior's ``logits / temperature`` or of the weighted cross-entropy (at most
+        ``2 max|logits| + log m`` per sample) in ``embeddings``' dtype."""
         with torch.no_grad():
             if row_power is None:
                 row_power = row_power_of_two(x)
@@ -101,13 +102,15 @@ class GroupLossChecksMixin:
             self._check_label_range(*label_range)
         largest = max(-lowest, highest)
         if not math.isfinite(largest):
-            self._name_non_finite(x)
+            self._name_overflow(x)
         if largest / self.temperature > torch.finfo(logits.dtype).max:
             raise ValueError(
                 f"temperature={self.temperature:g} is too small for logits of magnitude "
                 f"{largest:.3g}: the prior's logits / temperature overflow {logits.dtype}; use a "
                 "larger temperature (the papers use 24-79)"
             )
+        if largest > torch.finfo(embeddings.dtype).max / (4 * max(1.0, self.ce_weight)):
+            self._name_overflow(x)
         tiny = torch.finfo(embeddings.dtype).tiny
         if smallest < tiny:  # power <= a row's largest magnitude < 2 power; zero rows: 0.5
             raise ValueError(
@@ -116,8 +119,9 @@ class GroupLossChecksMixin:
                 "1/scale and overflows; check the model's output or compute in float64"
             )
 
-    def _name_non_finite(self, x: torch.Tensor) -> None:
-        """Raise for non-finite logits: reads only on this error path."""
+    def _name_overflow(self, x: torch.Tensor) -> None:
+        """Raise for logits that are non-finite or would overflow the loss: reads only on this
+        error path."""
         if not bool(torch.isfinite(x).all()):
             raise ValueError(
                 "embeddings contain NaN or inf; check the model's output (learning rate, "

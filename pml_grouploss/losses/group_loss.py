@@ -22,6 +22,9 @@ from ._unlogged_parameters import hide_parameters_from_record_keeper
 from ._value_checks import GroupLossChecksMixin
 from .distributed_loss_wrapper import check_distributed_use
 
+#: The largest ``num_iterations`` (each step costs O(n^2 m); the papers use 1-3).
+MAX_ITERATIONS = 1000
+
 
 class GroupLoss(
     GroupLossChecksMixin, ClassifierPriorMixin, ClassifierGuardsMixin, StackedSubLossesMixin,
@@ -112,7 +115,8 @@ class GroupLoss(
             Default 24, the authors' value for CUB-200-2011 (Cars196 79, SOP 54).
         num_iterations: replicator steps ``T``. Default 1, the value all the authors'
             training configurations use (the paper: "best results with 1-3 steps").
-            ``0`` disables the refinement (plain cross-entropy on the classifier).
+            ``0`` disables the refinement (plain cross-entropy on the classifier); at most
+            ``MAX_ITERATIONS`` (1000).
         num_anchors: anchors per class when ``indices_tuple`` is None. Default 2 (authors'
             CUB and SOP setting; Cars196 uses 3).
         anchor_selection: ``"first"`` (default, authors' code) or ``"random"`` (paper).
@@ -120,11 +124,12 @@ class GroupLoss(
             similarities are not offered: the dynamics then leave the simplex.)
         zero_diagonal: ``False`` (default) keeps ``W_ii = 1`` as the authors' code does;
             ``True`` sets ``W_ii = 0`` as ECCV'20 eq. 1 states.
-        nll_weight: weight of the refined-label NLL (authors' ``scaling_loss``, 1.0).
+        nll_weight: weight of the refined-label NLL (authors' ``scaling_loss``, 1.0), in
+            ``[0, 100]`` (``_validation.MAX_WEIGHT``).
         normalize_embeddings: classifier input ``sqrt(d) x/||x||`` (default ``True``) or the
             raw embedding (``False``: the authors' code and the fixtures).
-        ce_weight: weight of the auxiliary cross-entropy (authors: 1.0; 0 allowed).
-        seed: seed for ``anchor_selection="random"``.
+        ce_weight: weight of the auxiliary cross-entropy (authors: 1.0), in ``[0, 100]``.
+        seed: seed for ``anchor_selection="random"`` (an int of at most 64 bits).
         prior_classes: ``"all"`` (default, the papers' dense prior over ``m`` classes) or
             ``"batch"`` (the batch's classes only, GL++ §8.3).
         ce_classes: classes of the auxiliary CE: ``"all"``, ``"batch"`` (needs
@@ -181,7 +186,8 @@ class GroupLoss(
             "temperature", temperature, minimum=0, strict_minimum=True,
             hint="the papers use 24-79",
         )
-        num_iterations = v.check_int("num_iterations", num_iterations, minimum=0)
+        num_iterations = v.check_int("num_iterations", num_iterations, minimum=0,
+                                     maximum=MAX_ITERATIONS, hint="the papers use 1-3")
         num_anchors = v.check_int("num_anchors", num_anchors, minimum=0)
         v.check_choice("anchor_selection", anchor_selection, ANCHOR_SELECTIONS)
         if negatives == "none":
@@ -191,8 +197,8 @@ class GroupLoss(
                 "'clamp' (default) or 'shift'"
             )
         v.check_choice("negatives", negatives, NEGATIVE_MODES)
-        nll_weight = v.check_number("nll_weight", nll_weight, minimum=0)
-        ce_weight = v.check_number("ce_weight", ce_weight, minimum=0)
+        nll_weight = v.check_number("nll_weight", nll_weight, minimum=0, maximum=v.MAX_WEIGHT)
+        ce_weight = v.check_number("ce_weight", ce_weight, minimum=0, maximum=v.MAX_WEIGHT)
         if not isinstance(normalize_embeddings, bool) or not isinstance(zero_diagonal, bool):
             raise TypeError("normalize_embeddings and zero_diagonal must be bools")
         if not self.distance.is_inverted:
@@ -214,10 +220,7 @@ class GroupLoss(
         self.normalize_embeddings = normalize_embeddings
         self._init_class_options(prior_classes, ce_classes, sparse_gradients, validate)
         self._init_guards()
-        self.generator = None
-        if seed is not None:
-            self.generator = torch.Generator()
-            self.generator.manual_seed(seed)
+        self.generator = v.seeded_generator("seed", seed)
         self.W = torch.nn.Parameter(torch.empty(num_classes, embedding_size))
         self.bias = torch.nn.Parameter(torch.empty(num_classes))
         self.weight_init_func(self.W)

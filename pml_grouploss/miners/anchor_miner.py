@@ -94,13 +94,7 @@ class AnchorMiner(BaseMiner):
         select_anchors(torch.zeros(1, dtype=torch.long), num_anchors_per_class, selection)
         self.num_anchors_per_class = num_anchors_per_class
         self.selection = selection
-        self.generator = None
-        if seed is not None:
-            self.generator = torch.Generator()
-            try:
-                self.generator.manual_seed(v.check_int("seed", seed))
-            except (RuntimeError, ValueError, OverflowError):  # beyond torch's 64-bit seeds
-                raise ValueError(f"seed must fit in 64 bits, got {seed}") from None
+        self.generator = v.seeded_generator("seed", seed)
         self._batch_size = 0
         self.add_to_recordable_attributes(name="num_anchors_per_class", is_stat=False)
         self.add_to_recordable_attributes(

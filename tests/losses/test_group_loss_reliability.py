@@ -113,6 +113,43 @@ def test_subnormal_embeddings_and_overflowing_logits_are_value_errors():
         raw(e.abs() * 1e38, labels)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_finite_logits_whose_cross_entropy_overflows_are_value_errors(dtype):
+    """Raw embeddings at half the dtype's largest value gave an inf loss (the logits were
+    finite, the CE up to twice their magnitude is not)."""
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    for seed in range(3):
+        unit = torch.randn(6, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        e = (unit / unit.abs().max() * torch.finfo(dtype).max * 0.5).to(dtype)
+        torch.manual_seed(0)
+        with pytest.raises(ValueError, match="too large for normalize_embeddings=False"):
+            losses.GroupLoss(5, 8, normalize_embeddings=False)(e, labels)
+
+
+def test_the_logit_bound_scales_with_ce_weight_and_keeps_the_loss_finite_below_it():
+    """The check refuses logits above max / (4 max(1, ce_weight)): the loss just below it is
+    finite at ce_weight 1 and 100, in float16 (the loss's dtype) too."""
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    for dtype, ce_weight in ((torch.float32, 1.0), (torch.float32, 100.0), (torch.float16, 1.0)):
+        limit = torch.finfo(dtype).max / (4 * ce_weight)
+        torch.manual_seed(0)
+        loss_fn = losses.GroupLoss(2, 4, ce_weight=ce_weight)
+        with torch.no_grad():
+            loss_fn.W.copy_(torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]))
+            loss_fn.bias.zero_()
+        sign = torch.tensor([1.0, 1.0, -1.0, 1.0, -1.0, -1.0]).view(-1, 1)
+        e = (sign * torch.tensor([[1.0, 0, 0, 0]]) + 1e-2 * torch.randn(6, 4)).to(dtype)
+        # logits = sqrt(4) x/||x|| . W: magnitude ~2 times the scale of W
+        with torch.no_grad():
+            loss_fn.W.mul_(0.45 * limit)
+        loss, grad = _grads(loss_fn, e.requires_grad_(), labels)
+        assert loss.dtype == dtype and torch.isfinite(loss) and torch.isfinite(grad).all()
+        with torch.no_grad():
+            loss_fn.W.mul_(1.2)  # logits ~1.08 x the bound
+        with pytest.raises(ValueError, match="grown too large"):
+            loss_fn(e, labels)
+
+
 def test_overflow_of_a_normalised_classifier_input_blames_the_classifier():
     loss_fn = losses.GroupLoss(3, 4)
     with torch.no_grad():
