@@ -100,13 +100,14 @@ class GradMLLoss(StackedSubLossesMixin, GenericPairLoss):
     would give it the meaningless ``1/eps = 1e12``). For ``k < power`` the derivative of
     ``t^(k/power)`` at tiny ``t > 0`` is capped (see :func:`~pml_grouploss.functional.safe_pow`).
 
-    **Precision.** The distances and terms are computed in ``promote_types(dtype, float32)`` with
-    autocast disabled (``cdist`` has no bfloat16 kernel; ``d^k`` overflows float16); the loss is
-    returned in the embeddings' dtype, like PML's losses. Integer embeddings raise a
-    ``TypeError``; NaN/inf embeddings (or ``ref_emb``) and a loss that overflows its dtype (e.g.
-    unnormalized embeddings, or ``|loss| > 65504`` in float16) raise a ``ValueError``; both are
-    found by one device read per call. A float16 gradient whose exact value exceeds 65504
-    rounds to ``inf`` as every float16 op does (what ``GradScaler`` expects).
+    **Precision.** The distances and terms are computed in ``promote_types(dtype, float32)``
+    (``dtype``: the embeddings', or the wider of theirs and ``ref_emb``'s) with autocast
+    disabled (``cdist`` has no bfloat16 kernel; ``d^k`` overflows float16); the loss is returned
+    in the embeddings' dtype, like PML's losses. Integer embeddings raise a ``TypeError``;
+    NaN/inf embeddings (or ``ref_emb``) and a loss that overflows its dtype (e.g. unnormalized
+    embeddings, or ``|loss| > 65504`` in float16) raise a ``ValueError``; both are found by one
+    device read per call. A float16 gradient whose exact value exceeds 65504 rounds to ``inf``
+    as every float16 op does (what ``GradScaler`` expects).
 
     Args:
         k: exponent of the distance, in ``(0, 10]`` (eq. 7-10). Default 2 (Table 3).
@@ -233,14 +234,15 @@ class GradMLLoss(StackedSubLossesMixin, GenericPairLoss):
             check_loss_finite(loss, embeddings.dtype)
         return loss
 
-    def _to_compute(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` in float32 or wider; exact zero rows detached when the distance normalizes.
+    def _to_compute(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``x`` in ``compute_dtype(dtype)`` (float32 or wider); exact zero rows detached when
+        the distance normalizes.
 
         ``F.normalize`` maps a zero row to 0 with a derivative ``1 / eps = 1e12``: a meaningless
         direction, and ``inf`` once cast back to float16. A zero row gets the zero gradient
         (the same subgradient convention as coincident points).
         """
-        x = x.to(compute_dtype(x.dtype))
+        x = x.to(compute_dtype(dtype))
         if getattr(self.distance, "normalize_embeddings", False) and x.requires_grad:
             zero = (x == 0).all(dim=1, keepdim=True)
             x = torch.where(zero, x.detach(), x)
@@ -287,8 +289,10 @@ class GradMLLoss(StackedSubLossesMixin, GenericPairLoss):
         # Computed in float32 or wider, outside autocast (cdist has no bfloat16 kernel, d^k
         # overflows float16); the reducer returns the loss in the embeddings' dtype.
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            x = self._to_compute(embeddings)
-            ref = x if self_ref else self._to_compute(ref_emb)
+            # (embeddings and ref_emb of two dtypes meet in the wider one)
+            dtype = torch.promote_types(embeddings.dtype, ref_emb.dtype)
+            x = self._to_compute(embeddings, dtype)
+            ref = x if self_ref else self._to_compute(ref_emb, dtype)
             finite = torch.isfinite(x).all()
             self._inputs_finite = finite if self_ref else finite & torch.isfinite(ref).all()
             if all(len(t) == 0 for t in indices_tuple):

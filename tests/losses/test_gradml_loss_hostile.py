@@ -63,6 +63,25 @@ def test_ref_emb_of_another_embedding_size_named():
                             ref_labels=LABELS8[:5])
 
 
+@pytest.mark.parametrize("ref_dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_ref_emb_of_another_dtype_meets_the_embeddings_in_the_wider_one(ref_dtype):
+    """A float64 ref_emb with float32 embeddings failed inside torch.cdist: both are now
+    computed in float64 (float16/bfloat16 ones in float32), the loss returned in float32."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 8, generator=g, requires_grad=True)
+    ref, ref_labels = torch.randn(3, 8, generator=g).to(ref_dtype), torch.tensor([0, 1, 1])
+    labels = torch.arange(6) // 3
+    loss = losses.GradMLLoss()(x, labels, ref_emb=ref, ref_labels=ref_labels)
+    (grad,) = torch.autograd.grad(loss, x)
+    wide = torch.promote_types(torch.float32, ref_dtype)
+    x_wide = x.detach().to(wide).requires_grad_(True)
+    expected = losses.GradMLLoss()(x_wide, labels, ref_emb=ref.to(wide), ref_labels=ref_labels)
+    (expected_grad,) = torch.autograd.grad(expected, x_wide)
+    assert loss.dtype == grad.dtype == torch.float32
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)  # float32 rounding
+    torch.testing.assert_close(grad, expected_grad.float())
+
+
 # ---------------------------------------------------------------- item 7: half precision
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("reducer", [None, reducers.SumReducer()])
