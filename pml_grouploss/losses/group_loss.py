@@ -57,13 +57,13 @@ class GroupLoss(
 
     **The classifier is a parameter of the loss.** Give it to an optimizer — with PML
     trainers, as ``optimizers["metric_loss_optimizer"]`` (learning rates measured in PML's
-    example settings: ``docs/losses.md``). If the classifier receives gradients but does not
-    change over several steps, a warning names ``metric_loss_optimizer``; if every embedding
-    of a batch is identical (a collapsed trunk) or their mean norm has grown 1000-fold since
-    the first call (a trunk learning rate too large), a warning says what to change. So it
-    does when every sample of a batch is an anchor (``num_anchors`` >= the samples per class,
-    e.g. ``MPerClassSampler(m=2)`` with the default 2): nothing is left to refine, and the loss
-    is the auxiliary cross-entropy alone (zero with ``ce_weight=0``).
+    example settings: ``docs/losses.md``). If the classifier receives gradients but stays
+    unchanged while optimizers step 3 times, a warning names ``metric_loss_optimizer``; if
+    every embedding of a batch is identical (a collapsed trunk) or their mean norm has grown
+    1000-fold since the first call (a trunk learning rate too large), a warning says what to
+    change. So it does when every sample of a batch is an anchor (``num_anchors`` >= the
+    samples per class, e.g. ``MPerClassSampler(m=2)`` with the default 2): nothing is left to
+    refine, and the loss is the auxiliary cross-entropy alone (zero with ``ce_weight=0``).
 
     **Batches** must hold several samples of each of a few classes: use PML's
     ``samplers.MPerClassSampler(labels, m=samples_per_class, batch_size=classes_per_batch *

@@ -190,6 +190,35 @@ def test_optimized_classifier_does_not_warn():
             opt.step()
 
 
+def _accumulate(loss_fn, optimizers, cycles: int = 3, micro_batches: int = 4):
+    """``cycles`` optimizer steps over ``micro_batches`` accumulated backward passes each;
+    the frozen-classifier warnings raised."""
+    trunk = optimizers[0].param_groups[0]["params"][0]
+    labels = torch.tensor([0, 1, 2] * 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(cycles):
+            for _ in range(micro_batches):
+                e = torch.randn(9, 4) @ trunk
+                (loss_fn(e, labels) / micro_batches).backward()
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad()
+    return [str(w.message) for w in caught if "metric_loss_optimizer" in str(w.message)]
+
+
+def test_gradient_accumulation_does_not_warn_and_a_forgotten_optimizer_still_does():
+    """Accumulating 4 micro-batches per step warned at the 4th call that the classifier had
+    no optimizer (its calls were counted, not optimizer steps)."""
+    torch.manual_seed(0)
+    loss_fn, trunk = losses.GroupLoss(3, 4), torch.nn.Parameter(torch.eye(4))
+    stepped = [torch.optim.SGD([trunk], lr=0.1), torch.optim.Adam(loss_fn.parameters())]
+    assert _accumulate(loss_fn, stepped) == []
+    forgotten = losses.GroupLoss(3, 4)
+    warned = _accumulate(forgotten, [torch.optim.SGD([trunk], lr=0.1)], cycles=4)
+    assert len(warned) == 1 and "while optimizers stepped 3 times" in warned[0]
+
+
 def test_collapsed_batch_warns_once():
     loss_fn = losses.GroupLoss(3, 4)
     labels = torch.tensor([0, 1, 2] * 3)
