@@ -4,7 +4,8 @@ checkpoints.
 PML's ``HookContainer`` checkpoints models, optimizers, learning-rate schedulers, losses and
 miners. That is not enough for a resumed run to continue the uninterrupted one: the batches
 (the sampler's NumPy draws and its shuffled label order, where the data loader stood in the
-current pass), the augmentation (torch's global generator), random anchors (``GroupLoss.generator``)
+current pass), the augmentation (torch's global generator), random anchors (the ``generator``
+of a ``GroupLoss`` or ``AnchorMiner`` with a ``seed``, also inside ``MultipleLosses``)
 and anything using Python's ``random`` would restart from other states. :func:`capture_state`
 records all of them right after each checkpoint and :class:`ResumableTrainer` puts them back at
 the point where the uninterrupted run would continue, so the two are bit-identical (same machine,
@@ -164,10 +165,25 @@ def capture_state(trainer: trainers.BaseTrainer) -> Dict[str, Any]:
     generator = getattr(getattr(trainer, "dataloader", None), "generator", None)
     if generator is not None:
         state["dataloader_generator"] = generator.get_state()
-    for name, loss in trainer.loss_funcs.items():
-        if isinstance(getattr(loss, "generator", None), torch.Generator):  # GroupLoss(seed=...)
-            state[f"generator:{name}"] = loss.generator.get_state()
+    for key, generator in _generators(trainer).items():
+        state[key] = generator.get_state()
     return state
+
+
+def _generators(trainer: trainers.BaseTrainer) -> Dict[str, torch.Generator]:
+    """``{"generator:<name>[.<sub-module>]": generator}``: every ``torch.Generator`` held as
+    ``.generator`` by a loss or miner of ``trainer`` or by one of their sub-modules
+    (``GroupLoss(seed=...)``, ``AnchorMiner(seed=...)``, also inside ``MultipleLosses`` or a
+    distributed wrapper)."""
+    found: Dict[str, torch.Generator] = {}
+    funcs = {**(getattr(trainer, "mining_funcs", None) or {}), **trainer.loss_funcs}
+    for name, func in funcs.items():
+        modules = func.named_modules() if isinstance(func, torch.nn.Module) else [("", func)]
+        for path, module in modules:
+            generator = getattr(module, "generator", None)
+            if isinstance(generator, torch.Generator):
+                found[f"generator:{name}" + (f".{path}" if path else "")] = generator
+    return found
 
 
 def _check_restorable(trainer: trainers.BaseTrainer, state: Any) -> None:
@@ -185,15 +201,21 @@ def _check_restorable(trainer: trainers.BaseTrainer, state: Any) -> None:
             f"{type(trainer.sampler).__name__}: wrap it as in the run that saved the state, "
             "sampler=ResumableSampler(...)"
         )
-    generators = {f"generator:{name}": (f"loss {name!r}", loss)
-                  for name, loss in trainer.loss_funcs.items()}
-    generators["dataloader_generator"] = ("the data loader", getattr(trainer, "dataloader", None))
-    for key, (owner, obj) in generators.items():
-        if key in state and not isinstance(getattr(obj, "generator", None), torch.Generator):
+    loader = getattr(trainer, "dataloader", None)
+    if "dataloader_generator" in state and not isinstance(getattr(loader, "generator", None),
+                                                          torch.Generator):
+        raise ValueError(
+            "resume_state holds the random generator of the data loader, but the trainer's "
+            f"{type(loader).__name__} has none: build it as in the run that saved the state"
+        )
+    generators = _generators(trainer)
+    for key in state:
+        if key.startswith("generator:") and key not in generators:
             raise ValueError(
-                f"resume_state holds the random generator of {owner}, but the trainer's "
-                f"{type(obj).__name__} has none: build it as in the run that saved the state "
-                "(e.g. GroupLoss(..., seed=...))"
+                f"resume_state holds the random generator of {key[len('generator:'):]!r} (a "
+                "loss or miner of trainer.loss_funcs / mining_funcs, or one of its "
+                "sub-modules), but the trainer's has none: build it as in the run that saved "
+                "the state (e.g. GroupLoss(..., seed=...), AnchorMiner(..., seed=...))"
             )
 
 
@@ -232,9 +254,9 @@ def restore_state(trainer: trainers.BaseTrainer, state: Dict[str, Any]) -> None:
         trainer.sampler.load_state_dict(state["sampler"])
     if "dataloader_generator" in state:
         trainer.dataloader.generator.set_state(state["dataloader_generator"])
-    for name, loss in trainer.loss_funcs.items():
-        if f"generator:{name}" in state:
-            loss.generator.set_state(state[f"generator:{name}"])
+    for key, generator in _generators(trainer).items():
+        if key in state:
+            generator.set_state(state[key])
 
 
 def save_state(trainer: trainers.BaseTrainer, folder: str, epoch: int, previous: int,

@@ -168,14 +168,36 @@ def test_a_state_that_does_not_fit_the_trainer_is_refused_before_anything_change
     unseeded.initialize_dataloader()
     torch.manual_seed(0)
     before = torch.get_rng_state()
-    with pytest.raises(ValueError, match=r"random generator of loss 'metric_loss', but the "
-                                         r"trainer's GroupLoss has none.*seed=\.\.\."):
+    with pytest.raises(ValueError, match=r"random generator of 'metric_loss' \(a loss or miner.*"
+                                         r"but the trainer's has none.*seed=\.\.\."):
         resume.restore_state(unseeded, state)
     assert torch.equal(torch.get_rng_state(), before)  # was restored before the crash
     for bad in (5, torch.zeros(3)):  # were TypeError / RuntimeError from `in`
         with pytest.raises(ValueError, match=f"must be the dict load_state.*got "
                                              f"{type(bad).__name__}$"):
             resume.restore_state(unseeded, bad)
+
+
+def test_generators_of_miners_and_of_losses_inside_multiple_losses_are_saved_and_restored():
+    """Only ``loss_funcs[name].generator`` was saved: an AnchorMiner(seed=...) tuple miner and
+    a GroupLoss(seed=...) inside MultipleLosses resumed with other random anchors."""
+    from pytorch_metric_learning.losses import MultipleLosses, TripletMarginLoss
+
+    from pml_grouploss.losses import GroupLoss
+    from pml_grouploss.miners import AnchorMiner
+
+    group = GroupLoss(3, 3, anchor_selection="random", seed=1)
+    trainer = _trainer(loss=MultipleLosses({"g": group, "t": TripletMarginLoss()}))
+    trainer.mining_funcs = {"tuple_miner": AnchorMiner(selection="random", seed=2)}
+    trainer.initialize_dataloader()
+    state = resume.capture_state(trainer)
+    miner = trainer.mining_funcs["tuple_miner"]
+    assert {k for k in state if k.startswith("generator:")} == {
+        "generator:metric_loss.losses.g", "generator:tuple_miner"}
+    expected = [torch.randperm(10, generator=g) for g in (group.generator, miner.generator)]
+    resume.restore_state(trainer, state)
+    drawn = [torch.randperm(10, generator=g) for g in (group.generator, miner.generator)]
+    assert all(torch.equal(a, b) for a, b in zip(drawn, expected))
 
 
 def test_resumable_sampler_refuses_batch_samplers_and_other_samplers_states():
