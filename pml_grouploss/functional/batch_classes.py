@@ -5,6 +5,8 @@ from typing import NamedTuple
 
 import torch
 
+from .._validation import check_bool
+
 
 class BatchClasses(NamedTuple):
     """Result of :func:`batch_classes` for a batch of ``n`` labels.
@@ -42,7 +44,7 @@ def batch_classes(labels: torch.Tensor, pad: bool = True) -> BatchClasses:
         :class:`BatchClasses`, on ``labels.device``.
     """
     labels = labels.reshape(-1).long()
-    if not pad:
+    if not check_bool("pad", pad):
         classes, targets = torch.unique(labels, sorted=True, return_inverse=True)
         return BatchClasses(classes, targets, torch.ones_like(classes, dtype=torch.bool))
     n = labels.shape[0]

@@ -16,6 +16,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .._validation import check_bool
+
 __all__ = ["class_centroids", "nearest_classes", "mean_pairwise_distance"]
 
 
@@ -36,6 +38,7 @@ def class_centroids(
         ``(centroids, classes)``: ``(C, d)`` centroids in the dtype of ``embeddings`` (computed
         in float32 or wider) and ``(C,)`` the sorted unique labels they belong to.
     """
+    normalize_embeddings = check_bool("normalize_embeddings", normalize_embeddings)
     if embeddings.ndim != 2:
         raise ValueError(f"embeddings must have shape (n, d), got {tuple(embeddings.shape)}")
     labels = labels.reshape(-1).to(embeddings.device)

@@ -195,6 +195,7 @@ def group_loss(
     """
     v.check_floating("embeddings", embeddings)
     v.check_floating("logits", logits)
+    zero_diagonal = v.check_bool("zero_diagonal", zero_diagonal)
     if embeddings.dim() != 2 or logits.dim() != 2 or embeddings.shape[0] != logits.shape[0]:
         raise ValueError(
             "embeddings (n, d) and logits (n, m) must have one row per sample, got "

@@ -185,6 +185,7 @@ def similarity_from_correlation(
         raise ValueError(
             f"negatives must be one of {NEGATIVE_MODES}, got {negatives!r}"
         )
+    zero_diagonal = v.check_bool("zero_diagonal", zero_diagonal)
     if corr.dim() != 2 or corr.shape[0] != corr.shape[1]:
         raise ValueError(f"corr must be a square (n, n) matrix, got {tuple(corr.shape)}")
     eye = torch.eye(corr.shape[0], dtype=torch.bool, device=corr.device)

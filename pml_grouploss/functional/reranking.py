@@ -43,7 +43,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .._validation import check_int
+from .._validation import check_bool, check_int
 from ._reranking_checks import (
     ArrayLike,
     assemble_set,
@@ -192,6 +192,7 @@ def re_ranking(
         ``(final, intermediates)``.
     """
     k1, k2, lambda_value, _ = check_re_ranking_args(k1, k2, lambda_value)
+    return_intermediates = check_bool("return_intermediates", return_intermediates)
     as_torch = isinstance(q_g_dist, torch.Tensor)
     device = q_g_dist.device if as_torch else None
     qg = check_distances("q_g_dist", to_numpy(q_g_dist, "q_g_dist"))
@@ -243,6 +244,7 @@ def re_ranking_one_set(
         item itself (final distance 0 unless duplicates exist).
     """
     k1, k2, lambda_value, _ = check_re_ranking_args(k1, k2, lambda_value)
+    squared = check_bool("squared", squared)
     (d,) = rescale(check_distances("dist", to_numpy(dist, "dist")))
     if d.ndim != 2 or d.shape[0] != d.shape[1]:
         raise ValueError(f"dist must be a square (N, N) matrix, got shape {d.shape}")
@@ -278,6 +280,7 @@ def dense_re_ranking_knn(
     from scipy.spatial.distance import cdist
 
     k1, k2, lambda_value, _ = check_re_ranking_args(k1, k2, lambda_value)
+    ref_includes_query = check_bool("ref_includes_query", ref_includes_query)
     q = to_numpy(query, "query")
     r = q if reference is None else to_numpy(reference, "reference")
     if reference is None:

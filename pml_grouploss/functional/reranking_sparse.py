@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from .._validation import check_bool
 from ._reranking_checks import (
     ArrayLike,
     assemble_set,
@@ -121,6 +122,7 @@ def sparse_re_ranking_knn(
         float32 final distances ascending and int64 indices into ``reference``.
     """
     params = ReRankingParams.checked(k1, k2, lambda_value, query_block)
+    ref_includes_query = check_bool("ref_includes_query", ref_includes_query)
     return sparse_knn_checked(query, k, reference, ref_includes_query, params)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import check_bool
+
 
 def gather_rows(weight: torch.Tensor, index: torch.Tensor, sparse: bool) -> torch.Tensor:
     """``weight[index]`` for a ``(m, ...)`` ``weight`` and ``(k,)`` int64 ``index``.
@@ -17,7 +19,7 @@ def gather_rows(weight: torch.Tensor, index: torch.Tensor, sparse: bool) -> torc
     Returns:
         ``(k, ...)``.
     """
-    if not sparse:
+    if not check_bool("sparse", sparse):
         return weight.index_select(0, index)
     return _SparseGather.apply(weight, index)
 
