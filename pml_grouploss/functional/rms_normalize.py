@@ -22,7 +22,8 @@ def rms_normalize(x: torch.Tensor) -> torch.Tensor:
     so norms neither overflow at ~1e38 nor underflow; an all-zero row stays zero with a finite
     gradient. A row too small for a finite gradient (it grows as ``1/||x_i||``: largest
     magnitude subnormal in ``x``'s dtype, or within ~``1/eps`` of it, see
-    :func:`zero_overflowing_rows`) becomes a zero row too. The backward pass is the closed form ``sqrt(d) (g - y (y . g) / d) / ||x||``
+    :func:`zero_overflowing_rows`) becomes a zero row too. The backward pass is the closed
+    form ``sqrt(d) (g - y (y . g) / d) / ||x||``
     (``create_graph=True`` differentiates the forward formula with autograd instead).
 
     Args:
