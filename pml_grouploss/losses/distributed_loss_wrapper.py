@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import math
 import sys
 import warnings
 import weakref
@@ -14,16 +13,14 @@ from pytorch_metric_learning.losses import CrossBatchMemory
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import distributed as pml_dist
 
+from . import _distributed_gather as g
+
 WRAPPER_NAME = "pml_grouploss.losses.ParametricDistributedLossWrapper"
 
 # True while a ParametricDistributedLossWrapper computes its loss (read by check_distributed_use)
 _INSIDE_WRAPPER: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "pml_grouploss_inside_parametric_wrapper", default=False
 )
-_MAX_INDEX_TENSORS = 4  # pairs (a1, p, a2, n) are the longest PML indices_tuple
-# Fields of the per-process description exchanged at every call (one small all_gather).
-_N, _ROW, _LABELS, _N_REF, _MASK, _RESYNC, _NUM_STATE, _STATE_NUMEL, _K, _BAD, _LENS = range(11)
-_META_SIZE = _LENS + _MAX_INDEX_TENSORS
 _WARNED_LOCAL: set = set()
 
 
@@ -49,7 +46,8 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
       :class:`~pml_grouploss.miners.AnchorMiner`) must index *this process's* batch; the
       wrapper offsets it into the gathered batch. ``ref_emb``/``ref_labels`` are gathered the
       same way (passed as the embeddings/labels themselves, they stay so: PML then excludes
-      self-pairs). Batches may differ in size between ranks;
+      self-pairs). Batches may differ in size between ranks; integer labels are gathered as
+      int64 (their dtypes may differ between ranks);
     * multiplies only the gradient flowing back into this process's embeddings by
       ``world_size``, so DDP's gradient averaging gives the model the single-process gradient;
     * all-reduces the gradient of every loss parameter and divides by ``world_size`` (DDP's
@@ -57,7 +55,12 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
       too and the replicas stay identical step after step.
 
     Like DDP, every process must call the wrapper and run the backward pass through the loss's
-    parameters the same number of times (these are collective operations). Use::
+    parameters the same number of times (these are collective operations). Inputs that do not
+    fit together — labels (or ``ref_labels``) whose length or shape does not match the
+    embeddings (``ref_emb``) on some rank, embedding or label dtypes, sizes or optional
+    arguments that differ between ranks, indices outside the local batch —
+    raise the same ``ValueError`` on every rank before any other collective (the group stays
+    usable). Use::
 
         loss_func = ParametricDistributedLossWrapper(GroupLoss(num_classes, 512))
         # model in DDP as usual; loss_func.parameters() in the metric-loss optimizer
@@ -103,7 +106,7 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
     def _broadcast_state(self, tensors: Sequence[torch.Tensor]) -> None:
         with torch.no_grad():
             for t in tensors:
-                buf = t.detach().to(_comm_device(t.device)).contiguous()
+                buf = t.detach().to(g.comm_device(t.device)).contiguous()
                 torch.distributed.broadcast(buf, src=0)
                 if buf.data_ptr() != t.data_ptr():
                     t.copy_(buf)
@@ -151,27 +154,25 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
             raise ValueError("CrossBatchMemory is not compatible with ref_emb and ref_labels")
         self._ensure_hooks()
         state = self._state_tensors()
-        meta = _local_meta(emb, labels, indices_tuple, ref_emb, ref_labels, enqueue_mask, state)
-        meta[_RESYNC] = int(not self._state_is_synced(state))
-        metas = torch.cat(_all_gather_parts(meta.view(1, -1), [1] * len(_world()))).cpu()
-        _check_metas(metas)
-        if bool(metas[:, _RESYNC].any()):
+        meta = g.local_meta(emb, labels, indices_tuple, ref_emb, ref_labels, enqueue_mask, state)
+        meta[g.RESYNC] = int(not self._state_is_synced(state))
+        metas = g.gather_metas(meta)  # raises the same error on every rank
+        if bool(metas[:, g.RESYNC].any()):
             self._broadcast_state(state)
-        world_size = metas.shape[0]
-        sizes = metas[:, _N].tolist()
-        local_labels = None if labels is None else c_f.to_device(labels, device=emb.device)
-        all_emb = torch.cat(_all_gather_parts(_ScaleGrad.apply(emb, float(world_size)), sizes))
+        sizes = metas[:, g.N].tolist()
+        all_emb = torch.cat(g.all_gather_parts(g.ScaleGrad.apply(emb, float(len(sizes))), sizes))
         all_labels = None
-        if local_labels is not None:
-            all_labels = torch.cat(_all_gather_parts(local_labels, sizes))
-        indices = _gather_indices(indices_tuple, metas)
+        if labels is not None:
+            local_labels = g.as_gathered_labels(labels, emb.device)
+            all_labels = torch.cat(g.all_gather_parts(local_labels, sizes))
+        indices = g.gather_indices(indices_tuple, metas)
         if cross_batch:
             mask = enqueue_mask
             if mask is not None:
                 mask = c_f.to_device(mask, device=emb.device).to(torch.uint8)
-                mask = torch.cat(_all_gather_parts(mask, sizes)).bool()
+                mask = torch.cat(g.all_gather_parts(mask, sizes)).bool()
             return self.loss(all_emb, all_labels, indices, mask)
-        all_ref_emb, all_ref_labels = _gather_ref(
+        all_ref_emb, all_ref_labels = g.gather_ref(
             ref_emb, ref_labels, emb, labels, all_emb, all_labels, metas
         )
         return self.loss(all_emb, all_labels, indices, all_ref_emb, all_ref_labels)
@@ -227,146 +228,8 @@ def check_distributed_use(loss: torch.nn.Module) -> None:
         )
 
 
-class _ScaleGrad(torch.autograd.Function):
-    """Identity in the forward pass, gradient times ``scale`` in the backward pass."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad * ctx.scale, None
-
-
-def _world() -> range:
-    return range(torch.distributed.get_world_size())
-
-
-def _comm_device(device: torch.device) -> torch.device:
-    """Where a tensor on ``device`` is communicated: its GPU for NCCL, else the CPU (gloo)."""
-    backend = str(torch.distributed.get_backend())
-    if "nccl" in backend and device.type == "cuda":
-        return device
-    if backend == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def _storage_key(t: torch.Tensor) -> tuple:
     return t.data_ptr(), t.device, t.dtype, tuple(t.shape)
-
-
-def _all_gather_parts(x: torch.Tensor, sizes: Sequence[int]) -> List[torch.Tensor]:
-    """``x`` of every process (``sizes[r]`` rows on rank ``r``), in rank order.
-
-    This process's entry is ``x`` itself (gradients flow into it); the others are copies.
-    Rows are padded to the largest size for the collective and trimmed afterwards.
-    """
-    n_max = max(sizes)
-    if n_max == 0:  # the same decision on every rank: sizes come from the exchanged metas
-        return [x if r == torch.distributed.get_rank() else x[:0] for r in range(len(sizes))]
-    comm = _comm_device(x.device)
-    send = x.detach().to(comm)
-    if send.shape[0] < n_max:
-        pad = send.new_zeros((n_max - send.shape[0], *send.shape[1:]))
-        send = torch.cat([send, pad])
-    recv = [torch.empty_like(send) for _ in sizes]
-    torch.distributed.all_gather(recv, send.contiguous())
-    parts = [r[:n].to(x.device) for r, n in zip(recv, sizes)]
-    parts[torch.distributed.get_rank()] = x
-    return parts
-
-
-def _local_meta(
-    emb, labels, indices_tuple, ref_emb, ref_labels, enqueue_mask, state
-) -> torch.Tensor:
-    """This process's batch description (sizes, which inputs are given, index validity)."""
-    meta = [0] * _META_SIZE
-    meta[_N] = emb.shape[0]
-    meta[_ROW] = math.prod(emb.shape[1:])
-    # which of labels / ref_labels are given, and whether ref_emb/ref_labels *are* emb/labels
-    meta[_LABELS] = (
-        int(labels is not None)
-        + 2 * int(ref_labels is not None)
-        + 4 * int(ref_emb is emb)
-        + 8 * int(ref_labels is not None and ref_labels is labels)
-    )
-    meta[_N_REF] = -1 if ref_emb is None else ref_emb.shape[0]
-    meta[_MASK] = int(enqueue_mask is not None)
-    meta[_NUM_STATE] = len(state)
-    meta[_STATE_NUMEL] = sum(t.numel() for t in state)
-    meta[_K] = -1 if indices_tuple is None else len(indices_tuple)
-    for i, idx in enumerate(indices_tuple or ()):
-        if i < _MAX_INDEX_TENSORS:
-            idx = torch.as_tensor(idx).reshape(-1)
-            meta[_LENS + i] = idx.numel()
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= emb.shape[0]):
-                meta[_BAD] = 1
-    return torch.tensor(meta, dtype=torch.long, device=emb.device)
-
-
-def _check_metas(metas: torch.Tensor) -> None:
-    """The same error on every process when the processes' inputs do not fit together."""
-    agree = {
-        _ROW: "embedding sizes",
-        _LABELS: "labels/ref_labels given or not (or ref_emb is embeddings)",
-        _N_REF: "ref_emb given or not",
-        _MASK: "enqueue_mask given or not",
-        _NUM_STATE: "number of loss parameters and buffers",
-        _STATE_NUMEL: "sizes of the loss parameters and buffers",
-        _K: "indices_tuple length (None or not)",
-    }
-    for field, what in agree.items():
-        column = metas[:, field]
-        if field == _N_REF:
-            column = column >= 0
-        if not bool((column == column[0]).all()):
-            raise ValueError(f"the processes disagree on {what}: {column.tolist()} per rank")
-    if int(metas[0, _K]) > _MAX_INDEX_TENSORS:
-        raise ValueError(
-            f"indices_tuple has {int(metas[0, _K])} tensors; at most {_MAX_INDEX_TENSORS}"
-        )
-    if bool(metas[:, _BAD].any()):
-        raise ValueError(
-            "indices_tuple must index this process's batch (the wrapper offsets it into the "
-            f"gathered batch); rank(s) {metas[:, _BAD].nonzero().flatten().tolist()} passed "
-            "indices outside [0, batch_size). Use a miner on the local batch, not PML's "
-            "DistributedMinerWrapper (its indices refer to its own gathered order)"
-        )
-
-
-def _gather_indices(indices_tuple, metas: torch.Tensor):
-    """Every process's ``indices_tuple``, offset into the rank-ordered gathered batch."""
-    if indices_tuple is None or len(indices_tuple) == 0:
-        return indices_tuple
-    offsets = [0, *torch.cumsum(metas[:, _N], 0).tolist()[:-1]]
-    gathered = []
-    for i, idx in enumerate(indices_tuple):
-        device = idx.device if torch.is_tensor(idx) else metas.device
-        idx = torch.as_tensor(idx, device=device).reshape(-1).long()
-        parts = _all_gather_parts(idx, metas[:, _LENS + i].tolist())
-        gathered.append(torch.cat([p + off for p, off in zip(parts, offsets)]))
-    return tuple(gathered)
-
-
-def _gather_ref(ref_emb, ref_labels, emb, labels, all_emb, all_labels, metas: torch.Tensor):
-    """``ref_emb``/``ref_labels`` of every process in rank order. When the caller passed the
-    embeddings/labels themselves, the gathered embeddings/labels themselves: PML excludes
-    self-pairs only when ``ref_labels is labels``."""
-    if ref_emb is None:
-        return None, None  # PML then uses the embeddings and labels
-    sizes = metas[:, _N_REF].tolist()
-    if ref_emb is emb:
-        all_ref_emb = all_emb
-    else:
-        scaled = _ScaleGrad.apply(ref_emb, float(metas.shape[0]))
-        all_ref_emb = torch.cat(_all_gather_parts(scaled, sizes))
-    if ref_labels is None or ref_labels is labels:
-        return all_ref_emb, None if ref_labels is None else all_labels
-    ref_labels = c_f.to_device(ref_labels, device=ref_emb.device)
-    return all_ref_emb, torch.cat(_all_gather_parts(ref_labels, sizes))
 
 
 def _called_by_pml_wrapper(max_depth: int = 24) -> bool:
@@ -394,7 +257,7 @@ def _average_over_processes(grad: torch.Tensor) -> torch.Tensor:
         return grad
     if grad.is_sparse:
         return _average_sparse(grad, world_size)
-    comm = _comm_device(grad.device)
+    comm = g.comm_device(grad.device)
     summed = grad.detach().to(comm, copy=True).contiguous()
     torch.distributed.all_reduce(summed, op=torch.distributed.ReduceOp.SUM)
     return (summed / world_size).to(grad.device)
@@ -405,12 +268,12 @@ def _average_sparse(grad: torch.Tensor, world_size: int) -> torch.Tensor:
     every rank's rows are gathered and summed where they coincide. (A dense all-reduce would
     send all of ``W``: 2 GB at 1,000,000 x 512.)"""
     local = grad.detach().coalesce()
-    comm = _comm_device(grad.device)
+    comm = g.comm_device(grad.device)
     count = torch.tensor([local.indices().shape[1]], device=comm)
     counts = [torch.empty_like(count) for _ in range(world_size)]
     torch.distributed.all_gather(counts, count)
     sizes = torch.cat(counts).tolist()  # the collective has synchronised already
-    indices = _all_gather_parts(local.indices().t().contiguous(), sizes)
-    values = _all_gather_parts(local.values(), sizes)
+    indices = g.all_gather_parts(local.indices().t().contiguous(), sizes)
+    values = g.all_gather_parts(local.values(), sizes)
     total = torch.sparse_coo_tensor(torch.cat(indices).t(), torch.cat(values), grad.shape)
     return total.coalesce() / world_size
