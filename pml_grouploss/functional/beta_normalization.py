@@ -37,7 +37,11 @@ def beta_normalize(
     ``beta`` times the incoming one (the L2 part contributes 0 there, not ``F.normalize``'s
     ``1 / eps``), so outputs and gradients stay finite in every floating dtype: the result is
     computed in ``promote_types(dtype, float32)`` (``eps = 1e-12`` is 0 in float16, which made
-    a zero row ``0 / 0``) and cast back.
+    a zero row ``0 / 0``) and cast back. A float16/bfloat16 row whose largest magnitude is
+    subnormal in its dtype is treated as a zero row in the L2 part (output ``beta * phi``,
+    gradient ``beta`` times the incoming one): its L2 gradient, ~``1 / ||phi||``, overflowed
+    float16 once cast back (as :func:`~pml_grouploss.functional.standardize_rows` zeroes such
+    rows; :class:`~pml_grouploss.losses.GroupLoss` rejects them).
 
     Args:
         embeddings: ``(n, d)`` floating point (any shape; normalised along ``dim``).
@@ -55,14 +59,17 @@ def beta_normalize(
     x = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
     if not x.numel():
         return embeddings.clone()
+    top = x.detach().abs().amax(dim=dim, keepdim=True)
     x_l2 = x
+    if x.dtype != embeddings.dtype:  # half precision: rows subnormal in it as zero rows
+        x_l2 = x.masked_fill(top < torch.finfo(embeddings.dtype).tiny, 0.0)
     if x.requires_grad:
-        zero = (x == 0).all(dim=dim, keepdim=True)
-        x_l2 = torch.where(zero, x.detach(), x)
+        zero = (x_l2 == 0).all(dim=dim, keepdim=True)
+        x_l2 = torch.where(zero, x_l2.detach(), x_l2)
     # F.normalize on rows divided by a power of two at their largest magnitude (exact, and
     # the quotient is F.normalize's to the bit), with eps scaled alike: the squares of rows of
     # magnitude 1e20 overflow float32 and F.normalize alone returns zeros for them.
-    _, exponent = torch.frexp(x.detach().abs().amax(dim=dim, keepdim=True))
+    _, exponent = torch.frexp(top)
     scale = torch.ldexp(torch.ones_like(exponent, dtype=x.dtype), exponent - 1)
     scaled = x_l2 / scale
     norm = torch.linalg.vector_norm(scaled, dim=dim, keepdim=True)

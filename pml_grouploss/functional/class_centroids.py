@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from .._validation import check_bool
+from .beta_normalization import beta_normalize
+from .pearson import widen_rows
 
 __all__ = ["class_centroids", "nearest_classes", "mean_pairwise_distance"]
 
@@ -32,7 +33,10 @@ def class_centroids(
         embeddings: ``(n, d)`` floating point.
         labels: ``(n,)`` integer labels (any values, not necessarily ``0..C-1``).
         normalize_embeddings: L2-normalize each embedding before averaging (as PML's default
-            ``LpDistance`` does before comparing embeddings).
+            ``LpDistance`` does before comparing embeddings). A zero embedding then stays zero
+            with a zero gradient (``F.normalize`` gives it ``1 / eps``), and so does a
+            float16/bfloat16 one whose largest magnitude is subnormal in its dtype (its
+            gradient, ~``1 / ||x||``, overflowed float16).
 
     Returns:
         ``(centroids, classes)``: ``(C, d)`` centroids in the dtype of ``embeddings`` (computed
@@ -54,7 +58,9 @@ def class_centroids(
     if not torch.isfinite(x).all():
         raise ValueError("embeddings contain nan or inf: cannot compute class centroids")
     if normalize_embeddings:
-        x = F.normalize(x, p=2, dim=1)
+        # F.normalize's values to the bit, but a zero row (and, for float16/bfloat16
+        # embeddings, a row subnormal in their dtype) gets the zero gradient, not 1 / eps
+        x = beta_normalize(widen_rows(embeddings, work_dtype), beta=0.0)
     classes, inverse = torch.unique(labels, sorted=True, return_inverse=True)
     sums = torch.zeros(classes.shape[0], x.shape[1], dtype=work_dtype, device=x.device)
     sums.index_add_(0, inverse, x)

@@ -6,7 +6,7 @@ from typing import Dict, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from .pearson import Negatives, pearson_similarity
+from .pearson import Negatives, pearson_similarity, widen_rows
 from .. import _validation as v
 from ._prior_checks import check_loss_args, check_prior_args
 from ._refined_labels import LOG_EPSILON, log_prior, refined_labels  # noqa: F401
@@ -174,7 +174,10 @@ def group_loss(
        ce_weight * ce_loss``.
 
     Computation happens in the dtype of ``embeddings``/``logits`` promoted to at least
-    float32, so half-precision inputs do not underflow in the dynamics.
+    float32, so half-precision inputs do not underflow in the dynamics; embeddings whose
+    largest magnitude is subnormal in their own dtype then correlate 0 with every sample,
+    with a zero gradient (it grows as 1/scale and overflowed once cast back), as in
+    :func:`pearson_correlation`.
 
     Args:
         embeddings: ``(n, d)``.
@@ -205,7 +208,7 @@ def group_loss(
         torch.promote_types(embeddings.dtype, logits.dtype), torch.float32
     )
     W = pearson_similarity(
-        embeddings.to(dtype), negatives=negatives, zero_diagonal=zero_diagonal
+        widen_rows(embeddings, dtype), negatives=negatives, zero_diagonal=zero_diagonal
     )
     return refined_label_loss(
         W,
