@@ -19,7 +19,8 @@ MAX_INDEX_TENSORS = 4  # pairs (a1, p, a2, n) are the longest PML indices_tuple
     N_MASK, LENS,
 ) = range(19)
 META_SIZE = LENS + MAX_INDEX_TENSORS
-BAD_RANGE = 1  # BAD: an index outside the batch
+BAD_RANGE = 1  # BAD: an index outside the batch; BAD_MASK + i: indices_tuple[i] is a
+BAD_MASK = 2  # boolean mask whose length is not the batch size (its length in LENS + i)
 # dtype codes: the same on every process (a hash of the name would not be: PYTHONHASHSEED)
 _DTYPES = (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
@@ -89,11 +90,27 @@ def as_gathered_labels(labels: Optional[torch.Tensor], device) -> Optional[torch
     return labels.long() if _integer(labels.dtype) else labels
 
 
+def local_indices(indices_tuple, batch_size: int):
+    """``indices_tuple`` with every boolean mask of ``batch_size`` entries replaced by the
+    indices of its ``True`` entries (the gather offsets indices; a mask cannot be offset).
+    A mask of another length is kept: :func:`local_meta` reports it, and every process
+    raises."""
+    if indices_tuple is None or len(indices_tuple) == 0:
+        return indices_tuple
+    out = []
+    for idx in indices_tuple:
+        t = idx if torch.is_tensor(idx) else torch.as_tensor(idx)
+        if t.dtype == torch.bool and t.numel() == batch_size:
+            idx = torch.nonzero(t.reshape(-1)).reshape(-1)
+        out.append(idx)
+    return tuple(out)
+
+
 def local_meta(
     emb, labels, indices_tuple, ref_emb, ref_labels, enqueue_mask, state
 ) -> torch.Tensor:
     """This process's batch description: sizes, dtypes and shapes, which inputs are given,
-    index validity."""
+    index validity (``indices_tuple`` after :func:`local_indices`)."""
     meta = [-1] * META_SIZE
     meta[N] = emb.shape[0]
     meta[ROW] = math.prod(emb.shape[1:])
@@ -125,7 +142,9 @@ def local_meta(
     for i, idx in enumerate((indices_tuple or ())[:MAX_INDEX_TENSORS]):
         idx = torch.as_tensor(idx).reshape(-1)
         meta[LENS + i] = idx.numel()
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= emb.shape[0]):
+        if idx.dtype == torch.bool:  # not the batch's length (see local_indices)
+            meta[BAD] = meta[BAD] or BAD_MASK + i
+        elif idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= emb.shape[0]):
             meta[BAD] = meta[BAD] or BAD_RANGE
     return torch.tensor(meta, dtype=torch.long, device=emb.device)
 
@@ -191,6 +210,14 @@ def _check_shapes(metas: torch.Tensor) -> None:
 
 def _check_indices(metas: torch.Tensor) -> None:
     bad = metas[:, BAD]
+    for rank, code in enumerate(bad.tolist()):
+        if code >= BAD_MASK:
+            i = code - BAD_MASK
+            raise ValueError(
+                f"indices_tuple[{i}] is a boolean mask of {int(metas[rank, LENS + i])} entries "
+                f"on rank {rank}; a mask of anchors needs one entry per sample of that "
+                f"process's batch ({int(metas[rank, N])})"
+            )
     if bool(bad.any()):
         raise ValueError(
             "indices_tuple must index this process's batch (the wrapper offsets it into the "

@@ -43,11 +43,12 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
     * **gathers the batch in rank order**, so every process computes the loss on the same
       concatenated batch — the batch a single process would see — and returns the same,
       unscaled value (the single-process loss). ``indices_tuple`` (e.g. the anchors of
-      :class:`~pml_grouploss.miners.AnchorMiner`) must index *this process's* batch; the
-      wrapper offsets it into the gathered batch. ``ref_emb``/``ref_labels`` are gathered the
-      same way (passed as the embeddings/labels themselves, they stay so: PML then excludes
-      self-pairs). Batches may differ in size between ranks; integer labels are gathered as
-      int64 (their dtypes may differ between ranks);
+      :class:`~pml_grouploss.miners.AnchorMiner`, or a boolean anchor mask of this process's
+      batch, which becomes the indices of its ``True`` entries) must index *this process's*
+      batch; the wrapper offsets it into the gathered batch. ``ref_emb``/``ref_labels`` are
+      gathered the same way (passed as the embeddings/labels themselves, they stay so: PML
+      then excludes self-pairs). Batches may differ in size between ranks; integer labels are
+      gathered as int64 (their dtypes may differ between ranks);
     * multiplies only the gradient flowing back into this process's embeddings by
       ``world_size``, so DDP's gradient averaging gives the model the single-process gradient;
     * all-reduces the gradient of every loss parameter and divides by ``world_size`` (DDP's
@@ -58,9 +59,9 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
     parameters the same number of times (these are collective operations). Inputs that do not
     fit together — labels (or ``ref_labels``) whose length or shape does not match the
     embeddings (``ref_emb``) on some rank, embedding or label dtypes, sizes or optional
-    arguments that differ between ranks, indices outside the local batch —
-    raise the same ``ValueError`` on every rank before any other collective (the group stays
-    usable). Use::
+    arguments that differ between ranks, a boolean mask of the wrong length or indices outside
+    the local batch — raise the same ``ValueError`` on every rank before any other collective
+    (the group stays usable). Use::
 
         loss_func = ParametricDistributedLossWrapper(GroupLoss(num_classes, 512))
         # model in DDP as usual; loss_func.parameters() in the metric-loss optimizer
@@ -154,6 +155,7 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
             raise ValueError("CrossBatchMemory is not compatible with ref_emb and ref_labels")
         self._ensure_hooks()
         state = self._state_tensors()
+        indices_tuple = g.local_indices(indices_tuple, emb.shape[0])
         meta = g.local_meta(emb, labels, indices_tuple, ref_emb, ref_labels, enqueue_mask, state)
         meta[g.RESYNC] = int(not self._state_is_synced(state))
         metas = g.gather_metas(meta)  # raises the same error on every rank

@@ -1,6 +1,7 @@
 """ParametricDistributedLossWrapper under 2 gloo processes whose inputs differ per rank:
 integer label dtypes (gathered as int64), embedding dtypes and label lengths (the same
-``ValueError`` on every rank, before any gather)."""
+``ValueError`` on every rank, before any gather), and boolean anchor masks (the masked samples,
+offset into the gathered batch)."""
 
 import pytest
 import torch
@@ -15,6 +16,11 @@ from .test_distributed_loss_wrapper import value_error_message as _error
 def _loss(init_seed: int, **kwargs) -> GroupLoss:
     torch.manual_seed(init_seed)
     return GroupLoss(NUM_CLASSES, DIM_EMB, temperature=2.0, num_anchors=1, **kwargs).double()
+
+
+def _mask(labels: torch.Tensor) -> torch.Tensor:
+    """Anchors of a local batch as a boolean mask: its samples 1, 4, 7, ..."""
+    return torch.arange(len(labels)) % 3 == 1
 
 
 def _cases(rank: int) -> dict:
@@ -35,6 +41,8 @@ def _cases(rank: int) -> dict:
         ),
     }
     out["after_errors"] = loss_func(es, ls).item()
+    out["mask"] = loss_func(es, ls, (_mask(ls),)).item()
+    out["short_mask"] = _error(lambda: loss_func(es, ls, (_mask(ls)[: 5 + rank],)))
     return out
 
 
@@ -77,4 +85,19 @@ def test_labels_that_do_not_fit_the_embeddings_raise_on_every_rank(results):
     for rank in (0, 1):
         for key, message in expected.items():
             assert results[rank][key] == message, (rank, key)
+
+
+@pytest.mark.slow
+def test_boolean_anchor_masks_select_the_masked_samples(results):
+    x, labels = _batch(0)
+    mask = torch.cat([_mask(_shard(labels, r)) for r in (0, 1)])
+    expected = _loss(SEED)(x[:, :DIM_EMB], labels, (mask,)).item()
+    indices_01 = torch.tensor([0, 1, SIZES[0], SIZES[0] + 1])  # what .long() of the mask gave
+    assert expected != pytest.approx(_loss(SEED)(x[:, :DIM_EMB], labels, (indices_01,)).item())
+    for rank in (0, 1):
+        assert results[rank]["mask"] == pytest.approx(expected, rel=1e-12)
+        assert results[rank]["short_mask"] == (
+            f"indices_tuple[0] is a boolean mask of 5 entries on rank 0; a mask of anchors needs "
+            f"one entry per sample of that process's batch ({SIZES[0]})"
+        )
 
