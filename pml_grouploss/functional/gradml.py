@@ -35,7 +35,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._validation import check_finite, check_floating, check_number, is_real_number
+from .._validation import check_finite, check_floating, check_number
 
 __all__ = [
     "check_gradml_params",
@@ -144,11 +144,18 @@ def safe_pow(dist: torch.Tensor, exponent: float) -> torch.Tensor:
 
     Args:
         dist: any shape, values ``>= 0``.
-        exponent: ``> 0``.
+        exponent: a finite number ``> 0`` (else a ``ValueError``/``TypeError`` naming it).
 
     Returns:
         tensor of the shape, dtype and device of ``dist``.
     """
+    exponent = check_number("exponent", exponent, minimum=0.0, strict_minimum=True)
+    return _safe_pow(dist, exponent)
+
+
+def _safe_pow(dist: torch.Tensor, exponent: float) -> torch.Tensor:
+    """:func:`safe_pow` without the check of ``exponent`` (any real: :func:`gradml_gradient`
+    raises distances to ``k - 2``, which may be negative; zero distances give 0)."""
     if exponent == 1:
         return dist
     if 0 < exponent < 1 and dist.dtype.is_floating_point:
@@ -176,17 +183,17 @@ def gradml_pair_terms(
         pos_dist: ``(P,)`` distances (to the power ``dist_power``) of positive pairs.
         neg_dist: ``(Q,)`` distances (to the power ``dist_power``) of negative pairs.
         k, w, pos_weight: see :func:`check_gradml_params`.
-        dist_power: power already applied to the distances, ``> 0``.
+        dist_power: power already applied to the distances, a finite number ``> 0``.
 
     Returns:
         ``(P,)`` positive terms ``>= 0`` and ``(Q,)`` negative terms ``<= 0``.
     """
     check_gradml_params(k, w, pos_weight)
-    if not is_real_number(dist_power) or float(dist_power) <= 0:
-        raise ValueError(f"dist_power must be a number > 0, got {dist_power!r}")
-    exponent = float(k) / float(dist_power)
-    pos_terms = float(pos_weight) * safe_pow(pos_dist, exponent)
-    neg_terms = -float(w) * safe_pow(neg_dist, exponent)
+    dist_power = check_number("dist_power", dist_power, minimum=0.0, strict_minimum=True,
+                              hint="the power already applied to the distances")
+    exponent = float(k) / dist_power
+    pos_terms = float(pos_weight) * _safe_pow(pos_dist, exponent)
+    neg_terms = -float(w) * _safe_pow(neg_dist, exponent)
     return pos_terms, neg_terms
 
 
@@ -335,7 +342,7 @@ def gradml_gradient(
             torch.full_like(diff_norm, float(pos_weight)),
             torch.full_like(diff_norm, -float(w)),
         )
-        scale = k * coeff * safe_pow(diff_norm, float(k) - 2.0) if k != 2 else 2.0 * coeff
+        scale = k * coeff * _safe_pow(diff_norm, float(k) - 2.0) if k != 2 else 2.0 * coeff
         scale = torch.where(diff_norm > 0, scale, torch.zeros_like(scale))
         scale.fill_diagonal_(0)
         # sum_j s_ij (x_i - x_j) = x_i * sum_j s_ij - (S x)_i

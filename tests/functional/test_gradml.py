@@ -142,6 +142,27 @@ def test_safe_pow_values_and_zero_gradient():
     assert torch.allclose(g, torch.tensor([0.0, 1.0, 0.25], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("exponent, error", [
+    (float("nan"), ValueError), (-float("inf"), ValueError), (-1.0, ValueError),
+    (0.0, ValueError), (float("inf"), ValueError), ("2", TypeError), (None, TypeError),
+    (torch.tensor([1.0, 2.0]), TypeError),
+])
+def test_bad_exponent_named(exponent, error):
+    # nan gave NaN distances, -1 gave 0 at d = 0 (true value inf), str a bare comparison error
+    d = torch.tensor([0.0, 0.5, 1.0, 2.0])
+    with pytest.raises(error, match="exponent must be a"):
+        safe_pow(d, exponent)
+    with pytest.raises(error, match="dist_power must be a"):
+        gradml_pair_terms(d, d, dist_power=exponent)
+
+
+def test_numeric_exponents_accepted():
+    d = torch.tensor([0.0, 0.5, 4.0])
+    assert safe_pow(d, np.float64(2.0)).tolist() == [0.0, 0.25, 16.0]
+    assert safe_pow(d, torch.tensor(0.5)).tolist() == [0.0, torch.tensor(0.5).sqrt().item(), 2.0]
+    assert safe_pow(d, 1) is d
+
+
 def test_pair_terms_signs_and_dist_power():
     pos = torch.tensor([1.0, 2.0])
     neg = torch.tensor([3.0])
