@@ -11,16 +11,19 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from ..functional.anchors import anchor_mask
+
 MAX_INDEX_TENSORS = 4  # pairs (a1, p, a2, n) are the longest PML indices_tuple
-# Fields of the meta. -1 means "not given" for the sizes and dtypes.
+# Fields of the meta. -1 means "not given" for the sizes, dtypes and the seed.
 (
     N, ROW, LABELS, N_REF, MASK, RESYNC, NUM_STATE, STATE_NUMEL, K, BAD,
     DTYPE, REF_DTYPE, LABEL_DTYPE, N_LABELS, LABELS_NDIM, N_REF_LABELS, REF_LABELS_NDIM,
-    N_MASK, LENS,
-) = range(19)
+    N_MASK, SEED, LENS,
+) = range(20)
 META_SIZE = LENS + MAX_INDEX_TENSORS
 BAD_RANGE = 1  # BAD: an index outside the batch; BAD_MASK + i: indices_tuple[i] is a
 BAD_MASK = 2  # boolean mask whose length is not the batch size (its length in LENS + i)
+_SEED_BOUND = 2**62
 # dtype codes: the same on every process (a hash of the name would not be: PYTHONHASHSEED)
 _DTYPES = (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
@@ -104,6 +107,24 @@ def local_indices(indices_tuple, batch_size: int):
             idx = torch.nonzero(t.reshape(-1)).reshape(-1)
         out.append(idx)
     return tuple(out)
+
+
+def draw_anchor_seed(loss: torch.nn.Module) -> int:
+    """A seed for the anchors of the gathered batch when ``loss`` chooses random anchors
+    itself (``anchor_selection="random"``, e.g. GroupLoss), else -1. Drawn from the loss's
+    ``generator`` if it has one, else from torch's global (CPU) generator; every process
+    draws (their generators advance alike) and rank 0's seed is used."""
+    if getattr(loss, "anchor_selection", None) != "random" or not hasattr(loss, "num_anchors"):
+        return -1
+    generator = getattr(loss, "generator", None)
+    return int(torch.randint(0, _SEED_BOUND, (1,), generator=generator))
+
+
+def random_anchors(loss: torch.nn.Module, labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """The ``(n,)`` boolean anchor mask of the gathered batch for ``seed`` (rank 0's): what
+    ``loss`` itself would choose with a generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return anchor_mask(labels, loss.num_anchors, "random", generator)
 
 
 def local_meta(

@@ -49,6 +49,15 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
       gathered the same way (passed as the embeddings/labels themselves, they stay so: PML
       then excludes self-pairs). Batches may differ in size between ranks; integer labels are
       gathered as int64 (their dtypes may differ between ranks);
+    * **chooses random anchors once for all ranks**: for a loss that selects random anchors
+      itself (``anchor_selection="random"``, e.g. GroupLoss) called without
+      ``indices_tuple``, every rank draws ``s = torch.randint(0, 2**62, (1,),
+      generator=loss.generator)`` (torch's global CPU generator when the loss has none) and
+      rank 0's ``s`` travels in the per-call description the ranks exchange anyway; the loss
+      gets ``indices_tuple=(anchor_mask(all_labels, loss.num_anchors, "random",
+      torch.Generator().manual_seed(s)),)``. The value is the single-process loss of the
+      concatenated batch with those anchors (random anchors of the same law as one
+      process's, but not the draw ``GroupLoss(seed=...)`` makes in one process);
     * multiplies only the gradient flowing back into this process's embeddings by
       ``world_size``, so DDP's gradient averaging gives the model the single-process gradient;
     * all-reduces the gradient of every loss parameter and divides by ``world_size`` (DDP's
@@ -158,6 +167,8 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
         indices_tuple = g.local_indices(indices_tuple, emb.shape[0])
         meta = g.local_meta(emb, labels, indices_tuple, ref_emb, ref_labels, enqueue_mask, state)
         meta[g.RESYNC] = int(not self._state_is_synced(state))
+        if indices_tuple is None and not cross_batch:
+            meta[g.SEED] = g.draw_anchor_seed(self.loss)
         metas = g.gather_metas(meta)  # raises the same error on every rank
         if bool(metas[:, g.RESYNC].any()):
             self._broadcast_state(state)
@@ -174,6 +185,9 @@ class ParametricDistributedLossWrapper(pml_dist.DistributedLossWrapper):
                 mask = c_f.to_device(mask, device=emb.device).to(torch.uint8)
                 mask = torch.cat(g.all_gather_parts(mask, sizes)).bool()
             return self.loss(all_emb, all_labels, indices, mask)
+        seed = int(metas[0, g.SEED])
+        if seed >= 0 and all_labels is not None:  # rank 0's seed: the same anchors everywhere
+            indices = (g.random_anchors(self.loss, all_labels, seed),)
         all_ref_emb, all_ref_labels = g.gather_ref(
             ref_emb, ref_labels, emb, labels, all_emb, all_labels, metas
         )

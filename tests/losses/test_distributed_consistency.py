@@ -1,17 +1,22 @@
 """ParametricDistributedLossWrapper under 2 gloo processes whose inputs differ per rank:
 integer label dtypes (gathered as int64), embedding dtypes and label lengths (the same
-``ValueError`` on every rank, before any gather), and boolean anchor masks (the masked samples,
-offset into the gathered batch)."""
+``ValueError`` on every rank, before any gather), boolean anchor masks (the masked samples,
+offset into the gathered batch) and ``GroupLoss(anchor_selection="random")`` on ranks seeded
+differently (the same anchors, hence the same loss, on every rank)."""
 
 import pytest
 import torch
 from pytorch_metric_learning.losses import ContrastiveLoss
 
+from pml_grouploss.functional.anchors import anchor_mask
 from pml_grouploss.losses import GroupLoss, ParametricDistributedLossWrapper
 
 from .test_distributed_loss_wrapper import DIM_EMB, NUM_CLASSES, SEED, SIZES, _batch, _shard
 from .test_distributed_loss_wrapper import init_gloo, run_processes
 from .test_distributed_loss_wrapper import value_error_message as _error
+
+GLOBAL_SEED = 100  # rank r seeds torch's global generator with GLOBAL_SEED + r
+
 
 def _loss(init_seed: int, **kwargs) -> GroupLoss:
     torch.manual_seed(init_seed)
@@ -43,6 +48,13 @@ def _cases(rank: int) -> dict:
     out["after_errors"] = loss_func(es, ls).item()
     out["mask"] = loss_func(es, ls, (_mask(ls),)).item()
     out["short_mask"] = _error(lambda: loss_func(es, ls, (_mask(ls)[: 5 + rank],)))
+    # random anchors: each rank its own global RNG (as examples/distributed_grouploss.py),
+    # then each rank its own GroupLoss seed
+    random_func = ParametricDistributedLossWrapper(_loss(SEED + rank, anchor_selection="random"))
+    torch.manual_seed(GLOBAL_SEED + rank)
+    out["random"] = [random_func(es, ls).item() for _ in range(2)]
+    seeded = _loss(SEED + rank, anchor_selection="random", seed=SEED + rank)
+    out["random_seeded"] = ParametricDistributedLossWrapper(seeded)(es, ls).item()
     return out
 
 
@@ -101,3 +113,29 @@ def test_boolean_anchor_masks_select_the_masked_samples(results):
             f"one entry per sample of that process's batch ({SIZES[0]})"
         )
 
+
+def _random_anchor_losses(global_seed: int, generator, calls: int) -> list:
+    """The single-process losses the wrapper promises for ``anchor_selection="random"``: per
+    call rank 0 draws ``s`` from ``generator`` (None: torch's global generator, seeded with
+    ``global_seed`` after building the loss) and the anchors of the concatenated batch are
+    ``anchor_mask(..., torch.Generator().manual_seed(s))``."""
+    x, labels = _batch(0)
+    loss = _loss(SEED, anchor_selection="random")
+    torch.manual_seed(global_seed)
+    values = []
+    for _ in range(calls):
+        s = int(torch.randint(0, 2**62, (1,), generator=generator))
+        anchors = anchor_mask(labels, 1, "random", torch.Generator().manual_seed(s))
+        values.append(loss(x[:, :DIM_EMB], labels, (anchors,)).item())
+    return values
+
+
+@pytest.mark.slow
+def test_random_anchors_are_the_same_on_every_rank(results):
+    expected = _random_anchor_losses(GLOBAL_SEED, None, 2)
+    rank_1_draw = _random_anchor_losses(GLOBAL_SEED + 1, None, 2)
+    assert rank_1_draw != pytest.approx(expected, rel=1e-6)
+    seeded = _random_anchor_losses(0, torch.Generator().manual_seed(SEED), 1)[0]
+    for rank in (0, 1):
+        assert results[rank]["random"] == pytest.approx(expected, rel=1e-12)
+        assert results[rank]["random_seeded"] == pytest.approx(seeded, rel=1e-12)
