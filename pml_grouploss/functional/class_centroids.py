@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._validation import check_bool
+from .._validation import check_bool, check_class_ids, check_int
 from .beta_normalization import beta_normalize
 from .pearson import widen_rows
 
@@ -81,16 +81,25 @@ def nearest_classes(
 
     Args:
         centroids: ``(C, d)``.
-        seed: index in ``[0, C)`` of the query centroid.
-        num_neighbors: ``0 <= num_neighbors <= C - 1 - len(exclude)``.
-        exclude: optional ``(E,)`` int64 indices to skip.
+        seed: int index in ``[0, C)`` of the query centroid.
+        num_neighbors: int, ``0 <= num_neighbors <= C - 1 - len(exclude)``.
+        exclude: optional ``(E,)`` integer indices in ``[0, C)`` to skip (a tensor or a
+            sequence).
 
     Returns:
         ``(num_neighbors,)`` int64 indices, nearest first.
+
+    Raises:
+        TypeError: a non-integer ``seed``, ``num_neighbors`` or ``exclude``.
+        ValueError: any of them out of range.
     """
     num_classes = centroids.shape[0]
+    seed = check_int("seed", seed)
+    num_neighbors = check_int("num_neighbors", num_neighbors)
     if not 0 <= seed < num_classes:
         raise ValueError(f"seed must be in [0, {num_classes}), got {seed}")
+    if exclude is not None:
+        exclude = _check_exclude(exclude, num_classes)
     dist = torch.linalg.vector_norm(
         centroids.float() - centroids[seed].float().unsqueeze(0), dim=1
     )
@@ -109,6 +118,28 @@ def nearest_classes(
         )
     order = torch.sort(dist, stable=True).indices
     return order[:num_neighbors]
+
+
+def _check_exclude(exclude, num_classes: int) -> torch.Tensor:
+    """``exclude`` as a flat int64 tensor of indices in ``[0, num_classes)`` (one read)."""
+    if not torch.is_tensor(exclude):
+        try:
+            exclude = torch.as_tensor(exclude)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"exclude must be a tensor or sequence of integer class indices, got "
+                f"{type(exclude).__name__} {exclude!r}"
+            ) from None
+    if not exclude.numel():
+        return exclude.reshape(-1).long()
+    exclude = check_class_ids("exclude", exclude).reshape(-1)
+    low, high = torch.stack(exclude.aminmax()).tolist()
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"exclude must hold indices in [0, {num_classes}) (rows of centroids), got "
+            f"values in [{low}, {high}]"
+        )
+    return exclude
 
 
 def mean_pairwise_distance(centroids: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

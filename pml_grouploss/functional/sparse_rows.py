@@ -7,7 +7,12 @@ from .._validation import check_bool
 
 
 def gather_rows(weight: torch.Tensor, index: torch.Tensor, sparse: bool) -> torch.Tensor:
-    """``weight[index]`` for a ``(m, ...)`` ``weight`` and ``(k,)`` int64 ``index``.
+    """``weight.index_select(0, index)`` (``weight[index]`` for indices in ``[0, m)``) for a
+    ``(m, ...)`` ``weight`` and a ``(k,)`` int64 ``index``.
+
+    ``index`` is not checked (a check would read the device each step): every entry must lie
+    in ``[0, m)``. Unlike ``weight[index]``, negative indices are not wrapped; an index out of
+    range raises torch's ``IndexError`` on the CPU and is a device-side assert on CUDA.
 
     With ``sparse=True`` the gradient of ``weight`` is a sparse COO tensor holding only the
     rows in ``index`` (duplicates are summed when it is coalesced), as

@@ -1,7 +1,9 @@
 """Class centroids / nearest classes (GL++ §5.1 sampler math)."""
+import numpy as np
 import pytest
 import torch
 
+from pml_grouploss.functional import gather_rows
 from pml_grouploss.functional.class_centroids import (
     class_centroids,
     mean_pairwise_distance,
@@ -69,3 +71,38 @@ def test_mean_pairwise_distance_by_hand():
     assert mean_pairwise_distance(c, torch.tensor([0, 1, 2])).item() == pytest.approx(4.0)
     with pytest.raises(ValueError, match="indices"):
         mean_pairwise_distance(c, torch.tensor([0]))
+
+
+@pytest.mark.parametrize("kwargs, error, name", [
+    (dict(seed=1.5, num_neighbors=2), TypeError, "seed must be an int"),
+    (dict(seed=np.float64(2.0), num_neighbors=2), TypeError, "seed must be an int"),
+    (dict(seed=torch.tensor(2.0), num_neighbors=2), TypeError, "seed must be an int"),
+    (dict(seed=0, num_neighbors=1.5), TypeError, "num_neighbors must be an int"),
+    (dict(seed=0, num_neighbors=torch.tensor([1, 2])), TypeError, "num_neighbors must be an int"),
+    (dict(seed=0, num_neighbors=2, exclude=torch.tensor([9])), ValueError,
+     r"exclude must hold indices in \[0, 6\)"),
+    (dict(seed=0, num_neighbors=2, exclude=[-1]), ValueError, "exclude must hold indices"),
+    (dict(seed=0, num_neighbors=2, exclude=[1.5]), TypeError, "exclude must be an integer"),
+    (dict(seed=0, num_neighbors=2, exclude="a"), TypeError, "exclude must be a tensor or"),
+])
+def test_nearest_classes_bad_arguments_named(kwargs, error, name):
+    # they failed inside torch's indexing (IndexError naming no argument)
+    c = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(error, match=name):
+        nearest_classes(c, **kwargs)
+
+
+def test_nearest_classes_numpy_ints_and_sequences_accepted():
+    c = torch.tensor([[0.0], [10.0], [1.0], [3.0], [2.5]])
+    assert nearest_classes(c, np.int64(0), np.int32(2), exclude=[2]).tolist() == [4, 3]
+    assert nearest_classes(c, 0, 2, exclude=[]).tolist() == [2, 4]
+
+
+def test_gather_rows_is_index_select():
+    # documented: indices in [0, m), not wrapped; out of range is torch's IndexError
+    w = torch.arange(8.0).view(4, 2)
+    for sparse in (False, True):
+        assert gather_rows(w, torch.tensor([3, 0, 3]), sparse).tolist() == [[6, 7], [0, 1], [6, 7]]
+        for bad in (4, -1):
+            with pytest.raises(IndexError):
+                gather_rows(w, torch.tensor([bad]), sparse)
