@@ -6,7 +6,7 @@ differently (the same anchors, hence the same loss, on every rank)."""
 
 import pytest
 import torch
-from pytorch_metric_learning.losses import ContrastiveLoss
+from pytorch_metric_learning.losses import ContrastiveLoss, CrossBatchMemory
 
 from pml_grouploss.functional.anchors import anchor_mask
 from pml_grouploss.losses import GroupLoss, ParametricDistributedLossWrapper
@@ -43,6 +43,11 @@ def _cases(rank: int) -> dict:
             lambda: ParametricDistributedLossWrapper(ContrastiveLoss())(
                 es, ls, ref_emb=es.flip(0), ref_labels=ls[: 5 + rank]
             )
+        ),
+        "short_enqueue_mask": _error(
+            lambda: ParametricDistributedLossWrapper(
+                CrossBatchMemory(ContrastiveLoss(), DIM_EMB, memory_size=32)
+            )(es, ls, enqueue_mask=torch.ones(len(ls) - rank, dtype=torch.bool))
         ),
     }
     out["after_errors"] = loss_func(es, ls).item()
@@ -93,6 +98,8 @@ def test_labels_that_do_not_fit_the_embeddings_raise_on_every_rank(results):
         "tensor",
         "short_ref_labels": f"Number of ref_emb must equal number of ref_labels: rank 0 passed "
         f"5 ref_labels for {SIZES[0]} ref_emb",
+        "short_enqueue_mask": f"enqueue_mask must have one entry per embedding: rank 1 passed "
+        f"{n - 1} entries for {n} embeddings",
     }
     for rank in (0, 1):
         for key, message in expected.items():
