@@ -15,7 +15,8 @@ class PearsonCorrelation(BaseDistance):
 
     Each embedding is centred by its own mean over the feature dimension and scaled to unit
     L2 norm (:func:`pml_grouploss.functional.standardize_rows`); the matrix is then the dot
-    product of those rows, in ``[-1, 1]``, larger = more similar (``is_inverted=True``).
+    product of those rows, in ``[-1, 1]`` up to rounding, larger = more similar
+    (``is_inverted=True``).
     Unlike cosine similarity it is invariant to a translation of each embedding as well as
     to scaling. A finite zero-variance embedding correlates 0 with everything (no NaN), and so
     does one whose largest magnitude is subnormal in its dtype or within ~``1/eps`` of its
@@ -36,7 +37,9 @@ class PearsonCorrelation(BaseDistance):
     ``p |c|^(p-1)`` is infinite at ``c = 0`` (every zero-variance embedding, every orthogonal
     pair), and they flatten the similarities instead of sharpening them. For ``p >= 1`` the
     gradient is finite everywhere (0 at ``c = 0`` for ``p > 1``); ``power=1`` (default) is the
-    plain correlation, bit for bit.
+    plain correlation, bit for bit (rounding may leave an entry an ulp above 1). With
+    ``p > 1`` ``|c|`` is clamped to 1 first, so the matrix lies in ``[-1, 1]`` for any finite
+    ``p`` (``1.0000001 ** 2**40`` was ``+inf``); entries within ``[-1, 1]`` are unchanged.
 
     Usable wherever PML takes a distance: losses (``ContrastiveLoss(pos_margin=1,
     neg_margin=0, distance=PearsonCorrelation())``: a similarity needs PML's similarity margins,
@@ -144,8 +147,9 @@ class PearsonCorrelation(BaseDistance):
         if self.power == 1:
             return correlation
         # sign * |c|^p: its gradient p |c|^(p-1) is 0 at c = 0 for p > 1 (c * |c|^(p-1)
-        # would give 0 * inf = NaN there for p < 2)
-        return torch.sign(correlation) * correlation.abs().pow(self.power)
+        # would give 0 * inf = NaN there for p < 2); |c| clamped to 1: rounding leaves
+        # entries such as 1.0000001, whose huge powers overflowed
+        return torch.sign(correlation) * correlation.abs().clamp(max=1.0).pow(self.power)
 
 
 def _common_dtype(query_emb: torch.Tensor, ref_emb: Optional[torch.Tensor]

@@ -300,3 +300,19 @@ def test_mixed_dtypes_are_correlated_in_their_promotion(query_dtype, ref_dtype, 
     assert torch.allclose(mat.double(), expected, atol=1e-6 if out != torch.float16 else 2e-3)
     power = PearsonCorrelation(power=3)(q, r)
     assert torch.allclose(power.double(), torch.sign(expected) * expected.abs() ** 3, atol=1e-5)
+
+
+@pytest.mark.parametrize("power", [2.0, 3.0, 1e6, 2.0 ** 40, 1e308])
+def test_power_of_correlations_rounded_above_one_stays_in_range(power):
+    # rounding leaves raw correlations at 1.0000001; 1.0000001 ** 2**40 was +inf
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    raw = PearsonCorrelation()(x).detach()
+    assert raw.max() > 1  # the case this guards
+    D = PearsonCorrelation(power=power)(x)
+    assert torch.isfinite(D).all() and D.abs().max() <= 1
+    inside = raw.abs() <= 1  # bit for bit the signed power of the raw correlation
+    assert torch.equal(D.detach()[inside], (torch.sign(raw) * raw.abs().pow(power))[inside])
+    assert (D.detach()[~inside] == torch.sign(raw[~inside])).all()
+    if power < 1e12:  # the derivative p |c|^(p-1) itself overflows float32 beyond
+        (grad,) = torch.autograd.grad(D.sum(), x)
+        assert torch.isfinite(grad).all()
