@@ -153,9 +153,10 @@ def mean_pairwise_distance(centroids: torch.Tensor, indices: torch.Tensor) -> to
         indices: ``(P,)`` int64, ``P >= 2``.
 
     Returns:
-        scalar tensor.
+        scalar tensor, computed in and returned as ``promote_types(centroids.dtype, float32)``
+        (float64 stays float64; float16/bfloat16 give float32).
     """
     if indices.numel() < 2:
         raise ValueError(f"indices must hold at least 2 classes, got {indices.numel()}")
-    c = centroids[indices].float()
+    c = centroids[indices].to(torch.promote_types(centroids.dtype, torch.float32))
     return torch.pdist(c).mean()

@@ -106,3 +106,16 @@ def test_gather_rows_is_index_select():
         for bad in (4, -1):
             with pytest.raises(IndexError):
                 gather_rows(w, torch.tensor([bad]), sparse)
+
+
+def test_mean_pairwise_distance_keeps_float64():
+    # it computed and returned float32 (.float()): 0.6666666865 and a failing gradcheck
+    c = torch.tensor([[0.0, 0.0], [1e-9, 0.0], [1.0 + 1e-12, 0.0]], dtype=torch.float64)
+    out = mean_pairwise_distance(c, torch.tensor([0, 1, 2]))
+    assert out.dtype == torch.float64
+    assert out.item() == torch.pdist(c).mean().item() == pytest.approx(2 / 3, abs=1e-11)
+    x = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1),
+                    requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda z: mean_pairwise_distance(z, torch.tensor([0, 1, 2])), (x,))
+    assert mean_pairwise_distance(c.half(), torch.tensor([0, 2])).dtype == torch.float32
