@@ -22,7 +22,8 @@ MAX_INDEX_TENSORS = 4  # pairs (a1, p, a2, n) are the longest PML indices_tuple
 ) = range(20)
 META_SIZE = LENS + MAX_INDEX_TENSORS
 BAD_RANGE = 1  # BAD: an index outside the batch; BAD_MASK + i: indices_tuple[i] is a
-BAD_MASK = 2  # boolean mask whose length is not the batch size (its length in LENS + i)
+BAD_MASK = 2  # boolean mask whose length is not the batch size (its length in LENS + i);
+BAD_FLOAT = BAD_MASK + MAX_INDEX_TENSORS  # BAD_FLOAT + i: indices_tuple[i] is not integer
 _SEED_BOUND = 2**62
 # dtype codes: the same on every process (a hash of the name would not be: PYTHONHASHSEED)
 _DTYPES = (
@@ -163,7 +164,9 @@ def local_meta(
     for i, idx in enumerate((indices_tuple or ())[:MAX_INDEX_TENSORS]):
         idx = torch.as_tensor(idx).reshape(-1)
         meta[LENS + i] = idx.numel()
-        if idx.dtype == torch.bool:  # not the batch's length (see local_indices)
+        if idx.dtype.is_floating_point or idx.dtype.is_complex:  # .long() would truncate
+            meta[BAD] = meta[BAD] or BAD_FLOAT + i
+        elif idx.dtype == torch.bool:  # not the batch's length (see local_indices)
             meta[BAD] = meta[BAD] or BAD_MASK + i
         elif idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= emb.shape[0]):
             meta[BAD] = meta[BAD] or BAD_RANGE
@@ -232,6 +235,12 @@ def _check_shapes(metas: torch.Tensor) -> None:
 def _check_indices(metas: torch.Tensor) -> None:
     bad = metas[:, BAD]
     for rank, code in enumerate(bad.tolist()):
+        if code >= BAD_FLOAT:
+            raise TypeError(
+                f"indices_tuple[{code - BAD_FLOAT}] on rank {rank} holds floating-point (or "
+                "complex) values; anchor indices must be integer indices or a boolean mask: "
+                "convert with .long()"
+            )
         if code >= BAD_MASK:
             i = code - BAD_MASK
             raise ValueError(

@@ -28,6 +28,15 @@ def _mask(labels: torch.Tensor) -> torch.Tensor:
     return torch.arange(len(labels)) % 3 == 1
 
 
+def _type_error(fn) -> str:
+    """The message of the ``TypeError`` ``fn()`` raises, or ``""``."""
+    try:
+        fn()
+    except TypeError as exc:
+        return str(exc)
+    return ""
+
+
 def _cases(rank: int) -> dict:
     init_gloo(rank)
     x, labels = _batch(0)
@@ -53,6 +62,9 @@ def _cases(rank: int) -> dict:
     out["after_errors"] = loss_func(es, ls).item()
     out["mask"] = loss_func(es, ls, (_mask(ls),)).item()
     out["short_mask"] = _error(lambda: loss_func(es, ls, (_mask(ls)[: 5 + rank],)))
+    anchors = torch.tensor([1, 4])
+    out["float_indices"] = _type_error(
+        lambda: loss_func(es, ls, (anchors.double() if rank else anchors,)))
     # random anchors: each rank its own global RNG (as examples/distributed_grouploss.py),
     # then each rank its own GroupLoss seed
     random_func = ParametricDistributedLossWrapper(_loss(SEED + rank, anchor_selection="random"))
@@ -119,6 +131,15 @@ def test_boolean_anchor_masks_select_the_masked_samples(results):
             f"indices_tuple[0] is a boolean mask of 5 entries on rank 0; a mask of anchors needs "
             f"one entry per sample of that process's batch ({SIZES[0]})"
         )
+
+
+@pytest.mark.slow
+def test_floating_point_anchor_indices_raise_on_every_rank(results):
+    """Float indices were truncated by .long() (one process raises a TypeError)."""
+    for rank in (0, 1):
+        assert results[rank]["float_indices"] == (
+            "indices_tuple[0] on rank 1 holds floating-point (or complex) values; anchor "
+            "indices must be integer indices or a boolean mask: convert with .long()")
 
 
 def _random_anchor_losses(global_seed: int, generator, calls: int) -> list:
