@@ -274,8 +274,10 @@ def dense_re_ranking_knn(
     Squared Euclidean distances are computed exactly in float64 (scipy ``cdist``).
 
     Returns:
-        ``(distances, indices)``, each ``(nq, k)``: float32 final distances ascending, int64
-        indices into ``reference``. Ties are broken by the smaller index.
+        ``(distances, indices)``, each ``(nq, k')`` with ``k' = min(k, available)`` (``(nq, 0)``
+        when nothing is available, e.g. for an empty query/reference): float32 final
+        distances ascending, int64 indices into ``reference``. Ties are broken by the smaller
+        index.
     """
     from scipy.spatial.distance import cdist
 
@@ -287,6 +289,10 @@ def dense_re_ranking_knn(
         ref_includes_query = True
     check_embeddings(q, r, k)
     x, nq, off, perm = assemble_set(q, r, ref_includes_query)
+    n_out = x.shape[0] - off - (1 if ref_includes_query else 0)
+    kk = n_out if k is None else min(int(k), n_out)
+    if kk <= 0:  # nothing to rank (e.g. an empty set), as the sparse path
+        return np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64)
     (x64,) = rescale(x.astype(np.float64))
     sq = cdist(x64, x64, "sqeuclidean").astype(np.float32)
     final, _ = _dense_core(sq, nq, k1, k2, lambda_value, False)
@@ -294,8 +300,6 @@ def dense_re_ranking_knn(
     if ref_includes_query:
         final = final.astype(np.float64)
         final[np.arange(nq), np.arange(nq)] = np.inf  # self excluded
-    n_out = final.shape[1] - (1 if ref_includes_query else 0)
-    kk = n_out if k is None else min(int(k), n_out)
     order = np.argsort(final, axis=1, kind="stable")[:, :kk]
     dists = np.take_along_axis(final, order, axis=1).astype(np.float32)
     return dists, (order if perm is None else perm[order]).astype(np.int64)

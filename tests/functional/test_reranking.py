@@ -305,3 +305,15 @@ def test_negative_or_complex_input_is_rejected():
         re_ranking_one_set(np.zeros((4, 4), dtype=complex))
     with pytest.raises(TypeError, match="query must be real"):
         sparse_re_ranking_knn(torch.zeros(4, 3, dtype=torch.complex64), 2)
+
+
+@pytest.mark.parametrize("nq, nr, riq, width", [
+    (0, 0, True, 0), (0, 0, False, 0), (0, 5, False, 3), (3, 0, False, 0), (1, 1, True, 0)])
+def test_dense_knn_of_empty_sets_is_empty_like_sparse(nq, nr, riq, width):
+    # dense_re_ranking_knn failed inside numpy ("zero-size array to reduction operation")
+    e = np.random.default_rng(0).standard_normal((max(nq, nr), 4)).astype(np.float32)
+    q, r = e[:nq], e[:nr]
+    for knn in (dense_re_ranking_knn, sparse_re_ranking_knn):
+        d, i = knn(q, 3, r, riq, k1=3, k2=2)
+        assert d.shape == i.shape == (nq, width), knn
+        assert d.dtype == np.float32 and i.dtype == np.int64
