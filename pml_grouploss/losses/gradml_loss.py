@@ -30,7 +30,6 @@ from ..functional.gradml import (
     gradml_pair_terms,
     pair_indices,
 )
-from ..functional.pearson import widen_rows
 from ._stacked_sub_losses import StackedSubLossesMixin
 
 
@@ -241,11 +240,9 @@ class GradMLLoss(StackedSubLossesMixin, GenericPairLoss):
 
         ``F.normalize`` maps a zero row to 0 with a derivative ``1 / eps = 1e12``: a meaningless
         direction, and ``inf`` once cast back to float16. A zero row gets the zero gradient
-        (the same subgradient convention as coincident points); so does a half-precision row
-        subnormal in its own dtype (:func:`~pml_grouploss.functional.pearson.widen_rows`: its
-        gradient, ~1/scale, would overflow once cast back).
+        (the same subgradient convention as coincident points).
         """
-        x = widen_rows(x, compute_dtype(dtype))
+        x = x.to(compute_dtype(dtype))
         if getattr(self.distance, "normalize_embeddings", False) and x.requires_grad:
             zero = (x == 0).all(dim=1, keepdim=True)
             x = torch.where(zero, x.detach(), x)
