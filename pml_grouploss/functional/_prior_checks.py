@@ -53,11 +53,11 @@ def check_loss_args(
     nll_weight: float,
 ) -> Optional[torch.Tensor]:
     """The other arguments of ``refined_label_loss`` (``W`` floating point, the weights
-    finite and ``>= 0``, the CE's logits ``(n, m')`` and labels in ``[0, m')``); returns the
+    in ``[0, MAX_WEIGHT]``, the CE's logits ``(n, m')`` and labels in ``[0, m')``); returns the
     CE's labels as int64 (``None`` when they are ``labels``)."""
     v.check_floating("W", W)
-    v.check_number("ce_weight", ce_weight, minimum=0)
-    v.check_number("nll_weight", nll_weight, minimum=0)
+    v.check_number("ce_weight", ce_weight, minimum=0, maximum=v.MAX_WEIGHT)
+    v.check_number("nll_weight", nll_weight, minimum=0, maximum=v.MAX_WEIGHT)
     if ce_logits is None:
         if ce_labels is not None:
             raise ValueError("ce_labels needs ce_logits (the CE over other classes)")

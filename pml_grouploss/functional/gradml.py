@@ -35,7 +35,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._validation import check_finite, check_floating, check_number
+from .._validation import MAX_WEIGHT, check_finite, check_floating, check_number
 
 __all__ = [
     "check_gradml_params",
@@ -58,7 +58,6 @@ MAX_K = 10.0
 #: Largest accepted ``w`` and ``pos_weight``: ``100 * 2^10`` per pair stays finite in float32
 #: for any batch (``w = 1e300`` would overflow to ``-inf``). Scale the loss itself (or the
 #: learning rate) instead of the weights beyond this.
-MAX_WEIGHT = 100.0
 
 
 def check_gradml_params(k: float, w: float, pos_weight: float = 1.0) -> None:

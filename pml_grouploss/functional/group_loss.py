@@ -129,7 +129,9 @@ def refined_label_loss(
             runs over other classes than the prior (default: ``logits``, ``labels``).
 
     Returns:
-        the dict described in :func:`group_loss` (``similarity`` is ``W``).
+        the dict described in :func:`group_loss` (``similarity`` is ``W``). A loss that is not
+        finite (non-finite inputs, or logits whose cross-entropy overflows the dtype) raises a
+        ``ValueError`` instead (one device read).
     """
     labels, anchors = check_prior_args(logits, labels, anchors, temperature)
     ce_labels = check_loss_args(W, ce_logits, ce_labels, labels, ce_weight, nll_weight)
@@ -138,8 +140,16 @@ def refined_label_loss(
         ce_logits=ce_logits, ce_labels=ce_labels,
     )
     group, ce_mean = terms.nll.mean(), terms.ce.mean()
+    loss = nll_weight * group + ce_weight * ce_mean
+    if not bool(torch.isfinite(loss)):  # one read
+        raise ValueError(
+            f"the loss is {float(loss)} in {loss.dtype}: logits, ce_logits and W must be finite "
+            "(a label's logit -inf gives an infinite cross-entropy) and the logits small enough "
+            "for the cross-entropy (up to 2 max|logits| + log m per sample, times ce_weight) "
+            "to fit the dtype; scale the logits down or compute in float64"
+        )
     return {
-        "loss": nll_weight * group + ce_weight * ce_mean,
+        "loss": loss,
         "group_loss": group,
         "ce_loss": ce_mean,
         "group_loss_per_sample": terms.nll,

@@ -9,6 +9,9 @@ import torch
 from .. import _validation as v
 from ._closed_form_backward import differentiable_backward
 
+#: The largest number of replicator steps accepted (each costs O(n^2 m); the papers use 1-3).
+MAX_ITERATIONS = 1000
+
 
 def replicator_step(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """One step of the multi-population replicator dynamics (GL++ eq. 6-8).
@@ -213,7 +216,8 @@ def _power_of_two_at_or_below_max(W: torch.Tensor) -> torch.Tensor:
 
 def check_dynamics_args(W: torch.Tensor, X: torch.Tensor, num_iterations: int) -> None:
     """Host-side checks (shapes, ``num_iterations``), once per public call, not per step."""
-    v.check_int("num_iterations", num_iterations, minimum=0)
+    v.check_int("num_iterations", num_iterations, minimum=0, maximum=MAX_ITERATIONS,
+                hint="the papers use 1-3")
     if W.dim() != 2 or W.shape[0] != W.shape[1] or W.shape[0] != X.shape[0]:
         raise ValueError(
             f"W must be (n, n) and X (n, m) with the same n; got W {tuple(W.shape)} "

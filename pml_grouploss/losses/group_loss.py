@@ -14,6 +14,7 @@ from ..distances import PearsonCorrelation
 from ..functional.anchors import ANCHOR_SELECTIONS, AnchorSelection
 from ..functional.group_loss import refined_label_terms
 from ..functional.pearson import NEGATIVE_MODES, Negatives
+from ..functional.replicator import MAX_ITERATIONS
 from ..functional.rms_normalize import rms_normalize
 from ._classifier_guards import ClassifierGuardsMixin
 from ._classifier_prior import ClassifierPriorMixin, PriorClasses
@@ -21,9 +22,6 @@ from ._stacked_sub_losses import StackedSubLossesMixin
 from ._unlogged_parameters import hide_parameters_from_record_keeper
 from ._value_checks import GroupLossChecksMixin
 from .distributed_loss_wrapper import check_distributed_use
-
-#: The largest ``num_iterations`` (each step costs O(n^2 m); the papers use 1-3).
-MAX_ITERATIONS = 1000
 
 
 class GroupLoss(

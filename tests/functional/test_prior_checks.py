@@ -37,6 +37,14 @@ def _group_loss(**kwargs):
     (dict(embeddings=E[:5]), ValueError, r"one row per sample, got \(5, 4\) and \(6, 3\)"),
     (dict(embeddings=E.long()), TypeError, r"embeddings must be a floating-point tensor"),
     (dict(ce_weight=-1.0), ValueError, r"ce_weight must be a finite number >= 0"),
+    (dict(ce_weight=1e308), ValueError, r"ce_weight must be a finite number >= 0 and <= 100"),
+    (dict(nll_weight=101.0), ValueError, r"nll_weight must be a finite number >= 0 and <= 100"),
+    (dict(num_iterations=2**40), ValueError, r"num_iterations must be an int <= 1000, got"),
+    # finite logits whose cross-entropy overflows float32 (returned an inf loss)
+    (dict(logits=torch.tensor([[3e38, -3e38, 0.0]] * 6), temperature=1e38), ValueError,
+     r"the loss is inf in torch.float32: .*scale the logits down"),
+    (dict(logits=LOGITS.masked_fill(LABELS[:, None] == torch.arange(3), -float("inf"))),
+     ValueError, r"the loss is inf in torch.float32: .*a label's logit -inf"),
 ])
 def test_group_loss_names_the_bad_argument(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -63,6 +71,16 @@ def test_refined_label_loss_checks_the_cross_entropy_arguments():
         F.refined_label_loss(W, LOGITS, LABELS, ANCHORS, ce_labels=LABELS, **args)
     with pytest.raises(TypeError, match="W must be a floating-point tensor"):
         F.refined_label_loss(W.long(), LOGITS, LABELS, ANCHORS, **args)
+
+
+def test_replicator_dynamics_refuse_more_than_1000_steps():
+    """2**40 steps ran for hours instead of naming num_iterations."""
+    W, X = F.pearson_similarity(E), torch.softmax(LOGITS, dim=1)
+    for dynamics in (F.replicator_dynamics, F.log_replicator_dynamics):
+        with pytest.raises(ValueError, match=r"num_iterations must be an int <= 1000, got "
+                                             r"1099511627776; the papers use 1-3"):
+            dynamics(W, X, 2**40)
+    assert torch.isfinite(F.replicator_dynamics(W, X, 1000)).all()
 
 
 def test_initial_assignment_checks_and_keeps_the_anchor_rows_one_hot():
