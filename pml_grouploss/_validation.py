@@ -89,7 +89,8 @@ def seeded_generator(name: str, seed: object) -> Optional[torch.Generator]:
 
 def check_bool(name: str, value: object) -> bool:
     """``value`` is a ``bool`` (or NumPy bool); ``bool("False")`` would be ``True``."""
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")
+    if not isinstance(value, bool) and not numpy_bool:
         raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
     return bool(value)
 

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from .._validation import check_finite, check_rows, check_same_width
+from .._validation import check_bool, check_finite, check_rows, check_same_width
 from ..functional._reranking_checks import rescale
 from ..functional.reranking_sparse import ReRankingParams, sparse_knn_checked
 
@@ -106,7 +106,8 @@ class KReciprocalReRanker:
         device = query.device if isinstance(query, torch.Tensor) else torch.device("cpu")
         q, r = _as_float32(query, reference)
         params = ReRankingParams(self.k1, self.k2, self.lambda_value, self.query_block)
-        d, i = sparse_knn_checked(q, k, r, bool(ref_includes_query), params)
+        ref_includes_query = check_bool("ref_includes_query", ref_includes_query)
+        d, i = sparse_knn_checked(q, k, r, ref_includes_query, params)
         return torch.from_numpy(d).to(device), torch.from_numpy(i).to(device)
 
     # InferenceModel interface -----------------------------------------------------------

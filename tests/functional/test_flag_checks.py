@@ -44,6 +44,8 @@ def test_non_bool_flag_names_the_argument(name, i, bad):
 def test_bools_accepted(name, i):
     CALLS[name][i](True)
     CALLS[name][i](False)
+    CALLS[name][i](np.True_)  # NumPy 2 names its bool type "bool", NumPy 1 "bool_"
+    CALLS[name][i](np.False_)
 
 
 def test_string_false_no_longer_zeroes_the_diagonal():

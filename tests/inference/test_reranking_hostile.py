@@ -148,3 +148,12 @@ def test_reference_set_checked_when_stored(bad, error, message):
     assert ranker.reference.shape == (6, 3)  # unchanged
     ranker.add(np.random.default_rng(0).standard_normal((2, 3)))  # numpy rows are fine
     assert ranker.reference.shape == (8, 3)
+
+
+def test_ref_includes_query_must_be_a_bool():
+    """``bool("False")`` is True: the reranker took a string for the opposite setting."""
+    x = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+    knn = KReciprocalReRanker(k1=K1, k2=K2, lambda_value=LAM)
+    with pytest.raises(TypeError, match="ref_includes_query must be True or False, got str"):
+        knn(x[:5], 3, x[5:], "False")
+    assert torch.equal(knn(x[:5], 3, x[5:], np.False_)[1], knn(x[:5], 3, x[5:], False)[1])
