@@ -14,7 +14,7 @@ from pml_grouploss.losses.distributed_loss_wrapper import check_distributed_use
 
 from .test_distributed_loss_wrapper import DIM_EMB, NUM_CLASSES, SIZES, _batch, _shard
 from .test_distributed_loss_wrapper import init_gloo, run_processes
-from .test_distributed_loss_wrapper import value_error_message as _error
+from .test_distributed_loss_wrapper import error_message as _error
 
 NAME = "pml_grouploss.losses.ParametricDistributedLossWrapper"
 

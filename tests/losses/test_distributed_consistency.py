@@ -13,7 +13,7 @@ from pml_grouploss.losses import GroupLoss, ParametricDistributedLossWrapper
 
 from .test_distributed_loss_wrapper import DIM_EMB, NUM_CLASSES, SEED, SIZES, _batch, _shard
 from .test_distributed_loss_wrapper import init_gloo, run_processes
-from .test_distributed_loss_wrapper import value_error_message as _error
+from .test_distributed_loss_wrapper import error_message as _error
 
 GLOBAL_SEED = 100  # rank r seeds torch's global generator with GLOBAL_SEED + r
 
@@ -26,15 +26,6 @@ def _loss(init_seed: int, **kwargs) -> GroupLoss:
 def _mask(labels: torch.Tensor) -> torch.Tensor:
     """Anchors of a local batch as a boolean mask: its samples 1, 4, 7, ..."""
     return torch.arange(len(labels)) % 3 == 1
-
-
-def _type_error(fn) -> str:
-    """The message of the ``TypeError`` ``fn()`` raises, or ``""``."""
-    try:
-        fn()
-    except TypeError as exc:
-        return str(exc)
-    return ""
 
 
 def _cases(rank: int) -> dict:
@@ -63,8 +54,8 @@ def _cases(rank: int) -> dict:
     out["mask"] = loss_func(es, ls, (_mask(ls),)).item()
     out["short_mask"] = _error(lambda: loss_func(es, ls, (_mask(ls)[: 5 + rank],)))
     anchors = torch.tensor([1, 4])
-    out["float_indices"] = _type_error(
-        lambda: loss_func(es, ls, (anchors.double() if rank else anchors,)))
+    out["float_indices"] = _error(
+        lambda: loss_func(es, ls, (anchors.double() if rank else anchors,)), TypeError)
     # random anchors: each rank its own global RNG (as examples/distributed_grouploss.py),
     # then each rank its own GroupLoss seed
     random_func = ParametricDistributedLossWrapper(_loss(SEED + rank, anchor_selection="random"))

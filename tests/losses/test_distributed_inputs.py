@@ -10,7 +10,7 @@ from pml_grouploss.losses import GroupLoss, ParametricDistributedLossWrapper
 
 from .test_distributed_loss_wrapper import DIM_EMB, NUM_CLASSES, SEED, _batch, _shard
 from .test_distributed_loss_wrapper import init_gloo, run_processes
-from .test_distributed_loss_wrapper import value_error_message as _error
+from .test_distributed_loss_wrapper import error_message as _error
 
 NO_ANCHORS = (torch.empty(0, dtype=torch.long),)
 

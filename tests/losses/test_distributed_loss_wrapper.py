@@ -150,11 +150,11 @@ def run_processes(fn: Callable) -> Dict[int, dict]:
     return results
 
 
-def value_error_message(fn: Callable) -> str:
-    """The message of the ``ValueError`` ``fn()`` raises, or ``""``."""
+def error_message(fn: Callable, error: type = ValueError) -> str:
+    """The message of the ``error`` (default ``ValueError``) ``fn()`` raises, or ``""``."""
     try:
         fn()
-    except ValueError as exc:
+    except error as exc:
         return str(exc)
     return ""
 
