@@ -19,7 +19,7 @@ def malloc_returns_memory(returns: bool) -> None:
         libc.mallopt(-1, trim_threshold)  # M_TRIM_THRESHOLD
         if returns:
             libc.malloc_trim(0)  # the free blocks the timed steps left in the heap
-    except OSError:
+    except OSError:  # not glibc: the allocator keeps its own thresholds
         pass
 
 
