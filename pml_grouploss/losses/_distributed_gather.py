@@ -18,8 +18,8 @@ MAX_INDEX_TENSORS = 4  # pairs (a1, p, a2, n) are the longest PML indices_tuple
 (
     N, ROW, LABELS, N_REF, MASK, RESYNC, NUM_STATE, STATE_NUMEL, K, BAD,
     DTYPE, REF_DTYPE, LABEL_DTYPE, N_LABELS, LABELS_NDIM, N_REF_LABELS, REF_LABELS_NDIM,
-    N_MASK, SEED, LENS,
-) = range(20)
+    N_MASK, SEED, EMB_NDIM, LENS,
+) = range(21)
 META_SIZE = LENS + MAX_INDEX_TENSORS
 BAD_RANGE = 1  # BAD: an index outside the batch; BAD_MASK + i: indices_tuple[i] is a
 BAD_MASK = 2  # boolean mask whose length is not the batch size (its length in LENS + i);
@@ -136,6 +136,7 @@ def local_meta(
     meta = [-1] * META_SIZE
     meta[N] = emb.shape[0]
     meta[ROW] = math.prod(emb.shape[1:])
+    meta[EMB_NDIM] = emb.dim()
     # which of labels / ref_labels are given, and whether ref_emb/ref_labels *are* emb/labels
     meta[LABELS] = (
         int(labels is not None)
@@ -178,6 +179,7 @@ def check_metas(metas: torch.Tensor) -> None:
     _check_shapes(metas)
     agree = {
         ROW: "embedding sizes",
+        EMB_NDIM: "the embeddings' number of dimensions",
         DTYPE: "the embeddings' dtype",
         LABELS: "labels/ref_labels given or not (or ref_emb is embeddings)",
         LABEL_DTYPE: "the labels' dtype (integer labels are gathered as int64)",

@@ -36,6 +36,7 @@ def _cases(rank: int) -> dict:
     out = {
         "int32_labels": loss_func(es, ls.int() if rank else ls).item(),
         "float32_emb": _error(lambda: loss_func(es.float() if rank else es, ls)),
+        "3d_emb": _error(lambda: loss_func(es[:, :, None] if rank else es, ls)),
         "short_labels": _error(lambda: loss_func(es, ls[:-1] if rank else ls)),
         "long_labels": _error(lambda: loss_func(es, torch.cat([ls, ls[:2]]) if rank else ls)),
         "2d_labels": _error(lambda: loss_func(es, ls[:, None] if rank else ls)),
@@ -81,12 +82,16 @@ def test_integer_label_dtypes_may_differ_per_rank(results):
 
 
 @pytest.mark.slow
-def test_embedding_dtypes_that_differ_raise_on_every_rank(results):
+def test_embedding_dtypes_and_dimensions_that_differ_raise_on_every_rank(results):
+    """(n, 6) and (n, 6, 1) embeddings agreed on their row size: one rank's loss raised, the
+    other would wait at the next collective."""
     for rank in (0, 1):
         assert results[rank]["float32_emb"] == (
             "the processes disagree on the embeddings' dtype: "
             "['torch.float64', 'torch.float32'] per rank"
         )
+        assert results[rank]["3d_emb"] == (
+            "the processes disagree on the embeddings' number of dimensions: [2, 3] per rank")
 
 
 @pytest.mark.slow
